@@ -1,0 +1,298 @@
+"""Settings: `.mltrack.yml` + `MLTRACK_*` env + standard `OTEL_*` env -> one frozen, validated object.
+
+Precedence, lowest first: defaults, the YAML file, standard OTEL_* variables, MLTRACK_* variables, keyword
+arguments to configure(). An unknown key or a wrong type is an error naming the file (or variable), the key and
+what was expected; environment variables are strings, split into lists or mappings before the same validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .pricing import PriceOverride
+
+CONFIG_FILENAME = ".mltrack.yml"
+_MAX_FILE_BYTES = 1 << 20
+
+ExporterName = Literal["mlflow", "otlp", "console", "memory", "none"]
+
+
+class ProviderSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    default_model: str | None = None
+
+
+class Settings(BaseModel):
+    """Everything mltrack-otel can be told. Field names are the `.mltrack.yml` keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Seed keys.
+    llm_tracking_enabled: bool = True
+    llm_log_prompts: bool = True
+    llm_log_responses: bool = True
+    llm_track_token_usage: bool = True
+    llm_track_costs: bool = True
+    llm_token_limit_warning: int | None = Field(default=None, ge=0)
+    llm_cost_limit_warning: Decimal | None = Field(default=None, ge=0)
+    llm_providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+
+    # Hard budgets: the next model call in a spent scope raises BudgetExceededError before it is sent.
+    llm_token_limit: int | None = Field(default=None, ge=0)
+    llm_cost_limit: Decimal | None = Field(default=None, ge=0)
+
+    # Where spans go. None means: MLflow embedded store if mlflow is installed, OTLP if an endpoint is set.
+    service_name: str = "mltrack-otel-app"
+    exporters: tuple[ExporterName, ...] | None = None
+    otlp_endpoint: str | None = None
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otlp_headers: dict[str, str] = Field(default_factory=dict)
+    otlp_compression: Literal["none", "gzip", "deflate"] | None = None
+    otlp_timeout_seconds: float = Field(default=10.0, gt=0)
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment_name: str | None = None
+    mlflow_experiment_id: str | None = None
+
+    # Batch export bounds (per exporter).
+    export_queue_size: int = Field(default=2048, ge=1)
+    export_batch_size: int = Field(default=256, ge=1)
+    export_delay_ms: int = Field(default=1000, ge=0)
+    shutdown_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Pricing.
+    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+    provider_aliases: dict[str, str] = Field(default_factory=dict)
+
+    # Content capture.
+    content_max_bytes: int = Field(default=64 * 1024, ge=256)
+    redact_patterns: tuple[str, ...] = ()
+    openinference_attributes: bool = False
+
+    # Streams: ask OpenAI-compatible hosts for usage on streams the caller did not ask it for (and hide the
+    # extra usage-only chunk from the caller). Host patterns are fnmatch-style.
+    stream_include_usage: bool = True
+    stream_usage_hosts: tuple[str, ...] = ("api.openai.com", "*.openai.azure.com", "127.0.0.1", "localhost")
+
+    # Ledger memory bound.
+    max_conversations: int = Field(default=10_000, ge=1)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
+
+    # Derived views.
+    @property
+    def capture_prompts(self) -> bool:
+        return self.llm_tracking_enabled and self.llm_log_prompts
+
+    @property
+    def capture_responses(self) -> bool:
+        return self.llm_tracking_enabled and self.llm_log_responses
+
+    @cached_property
+    def redactor(self) -> re.Pattern[str] | None:
+        """One compiled alternation of all redaction patterns (None when there are none)."""
+        if not self.redact_patterns:
+            return None
+        return re.compile("|".join(f"(?:{p})" for p in self.redact_patterns))
+
+    def default_model(self, provider: str | None) -> str | None:
+        entry = self.llm_providers.get(provider or "")
+        return entry.default_model if entry else None
+
+
+_FIELDS = Settings.model_fields
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """`.mltrack.yml` in the working directory, then its parents, then the home directory."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        candidate = folder / CONFIG_FILENAME
+        if candidate.is_file():
+            return candidate
+    home = Path.home() / CONFIG_FILENAME
+    return home if home.is_file() else None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses YAML aliases: a config file has no use for them, and they enable YAML bombs."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse and strictly validate one YAML file; return its raw mapping."""
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: file is larger than {_MAX_FILE_BYTES} bytes")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - safe loader
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    _validate(data, origin=str(path))
+    return data
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> Settings:
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+
+
+def _explain(exc: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            top = str(err["loc"][0])
+            close = difflib.get_close_matches(top, _FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close and len(err["loc"]) == 1 else ""
+            lines.append(f"  key {key!r}: unknown key{hint}")
+        else:
+            lines.append(f"  key {key!r}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_value(name: str, raw: str) -> Any:
+    """Turn one MLTRACK_* string into the shape its field expects (pydantic does the rest, leniently)."""
+    annotation = str(_FIELDS[name].annotation)
+    if "dict" in annotation:
+        if name == "otlp_headers":
+            return _parse_headers(raw)
+        try:
+            return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"MLTRACK_{name.upper()}: expected a YAML/JSON mapping: {exc}") from None
+    if "tuple" in annotation:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if annotation in ("<class 'bool'>", "bool"):
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"MLTRACK_{name.upper()}: expected true or false, got {raw!r}")
+    if raw.strip() == "" and "None" in annotation:
+        return None
+    return raw
+
+
+def _parse_headers(raw: str) -> dict[str, str]:
+    """OTLP header syntax: `k1=v1,k2=v2` (values URL-encoded)."""
+    from urllib.parse import unquote
+
+    headers = {}
+    for item in raw.split(","):
+        if "=" in item:
+            key, _, value = item.partition("=")
+            headers[unquote(key.strip()).lower()] = unquote(value.strip())
+    return headers
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    # Standard OpenTelemetry variables first, so MLTRACK_* can override them.
+    if "OTEL_SERVICE_NAME" in env:
+        values["service_name"] = env["OTEL_SERVICE_NAME"]
+    endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        values["otlp_endpoint"] = endpoint
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol:
+        values["otlp_protocol"] = protocol
+    headers = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    if headers:
+        values["otlp_headers"] = _parse_headers(headers)
+    compression = env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION") or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
+    if compression:
+        values["otlp_compression"] = compression
+    if env.get("MLFLOW_TRACKING_URI"):
+        values["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
+    capture = env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")
+    if capture is not None:
+        # Boolean in older conventions; NO_CONTENT / SPAN_ONLY / EVENT_ONLY / SPAN_AND_EVENT in newer ones.
+        on = capture.strip().lower() in _TRUE | {"span_only", "span_and_event", "event_only"}
+        values["llm_log_prompts"] = values["llm_log_responses"] = on
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        values["llm_tracking_enabled"] = False
+
+    for key, raw in env.items():
+        if not key.startswith("MLTRACK_") or key == "MLTRACK_CONFIG":
+            continue
+        name = key[len("MLTRACK_") :].lower()
+        if name not in _FIELDS:
+            close = difflib.get_close_matches(name, _FIELDS, n=1)
+            hint = f" (did you mean MLTRACK_{close[0].upper()}?)" if close else ""
+            raise ConfigError(f"environment variable {key}: unknown setting{hint}")
+        values[name] = _env_value(name, raw)
+    return values
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build Settings from the config file (found or given), the environment and explicit overrides."""
+    env = os.environ if env is None else env
+    explicit = path or env.get("MLTRACK_CONFIG")
+    file_path = Path(explicit) if explicit else find_config_file()
+    if explicit and not file_path.is_file():
+        raise ConfigError(f"{file_path}: configuration file not found")
+    merged: dict[str, Any] = read_config_file(file_path) if file_path else {}
+    merged.update(_from_env(env))
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"configure(): unknown setting(s) {', '.join(unknown)}")
+    merged.update(overrides)
+    if isinstance(merged.get("exporters"), str):
+        merged["exporters"] = tuple(p.strip() for p in merged["exporters"].split(",") if p.strip())
+    origin = f"{file_path} + environment" if file_path else "environment"
+    return _validate(merged, origin=origin)
+
+
+_current: Settings | None = None
+
+
+def current() -> Settings:
+    """The active Settings: those configure() installed, else loaded once from file and environment."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def set_current(settings: Settings | None) -> None:
+    """Install the active Settings (configure() does this; None reloads lazily on next use)."""
+    global _current
+    _current = settings

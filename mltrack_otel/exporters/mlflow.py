@@ -1,0 +1,443 @@
+"""Export OpenTelemetry spans to MLflow Tracing (any tracking URI).
+
+``MlflowSpanExporter`` is an ordinary OpenTelemetry ``SpanExporter``: put it behind a
+``BatchSpanProcessor`` (our ``CostSpanProcessor`` forwards enriched copies to it) and every span
+becomes part of an MLflow trace, with MLflow's span types, inputs/outputs, token usage and *our* cost.
+
+How spans reach MLflow (MLflow 3.4+, verified against 3.17)
+----------------------------------------------------------
+MLflow 3 ingests OpenTelemetry spans natively. Its server has an OTLP/HTTP endpoint, ``POST /v1/traces``
+(``mlflow/server/otel_api.py``), that takes an ``ExportTraceServiceRequest`` plus the
+``x-mlflow-experiment-id`` header (and an optional ``x-mlflow-run-id``), converts every span with
+``Span.from_otel_proto`` and stores the whole batch with one ``store.log_spans(experiment_id, spans)``
+call. The SQL tracking store implements the same ``log_spans`` (one transaction per batch; traces are
+created on first sight and their totals recomputed as later batches add spans, so children and parents
+may arrive in separate batches).
+
+* ``http://`` / ``https://`` URIs: we encode the batch once with OpenTelemetry's own OTLP protobuf encoder
+  and POST it to ``<uri>/v1/traces``: one request per batch, the documented wire protocol any OTel client
+  uses, no per-span REST calls and no MLflow-private data model on the wire. The request goes through
+  MLflow's ``http_request`` with the REST store's host credentials, so basic auth, bearer tokens and TLS
+  settings (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, ``MLFLOW_TRACKING_INSECURE_TLS``, ...)
+  behave exactly as for ``MlflowClient``. The run id travels in ``x-mlflow-run-id`` (same request).
+* Any other URI (``sqlite:///path/mlflow.db``, the embedded default, or another SQL database): the same
+  protobuf batch is turned into MLflow spans with ``Span.from_otel_proto`` (the function the server uses)
+  and written with ``TracingClient.log_spans`` (what MLflow's own exporter uses). Both URI kinds therefore
+  go through the identical conversion and storage code; only the transport differs.
+  (A ``file:`` store has no ``log_spans``; export then fails with one logged error.)
+
+What MLflow derives by itself, and what we add
+---------------------------------------------
+On storage MLflow runs its OTel translators (``mlflow/tracing/otel/translation``), including one for the
+GenAI semantic conventions: ``gen_ai.input.messages``/``gen_ai.output.messages`` become
+``mlflow.spanInputs``/``mlflow.spanOutputs``, ``gen_ai.usage.*`` becomes ``mlflow.chat.tokenUsage``
+(total added), ``gen_ai.response.model``/``gen_ai.provider.name`` become ``mlflow.llm.model``/``provider``.
+We do not repeat that work. We add only what MLflow cannot know or gets wrong for us:
+
+* ``mlflow.spanType``: MLflow's translator writes the type into the span JSON only, while the ``spans``
+  table column that ``search_traces`` filters on keeps ``UNKNOWN``; and our ``@track`` spans are ``CHAIN``.
+* Cost. When a span has token usage and a model but no ``mlflow.llm.cost``, MLflow prices it itself
+  (LiteLLM, else its bundled table). The trace total is a tree-aware sum: a span's cost counts only when
+  no ancestor has one (topmost wins). So a framework wrapper span (``mltrack.usage.counted=false``) that
+  MLflow priced would hide our price of the counted call below it, and would be counted twice in MLflow's
+  per-span cost rollups. Therefore:
+
+  - counted spans carry our ``mlflow.llm.cost``; MLflow uses it verbatim (span and trace level);
+  - uncounted spans (``mltrack.usage.counted=false``) have their usage attributes renamed to
+    ``mltrack.uncounted.<name>`` on the MLflow copy, so MLflow neither prices them nor counts their
+    tokens (the counted span below or above carries the same usage; ``llm.tokens.*`` stay as they are);
+  - a counted span we could not price (no ``mlflow.llm.cost``) gets ``mlflow.llm.cost = {}`` so MLflow
+    does not invent a price from another catalog: its span cost stays empty and the trace total stays the
+    sum of our prices (``mlflow_fallback_pricing=True`` lets MLflow price such spans instead);
+  - spans without ``mltrack.usage.counted`` (not seen by our processor) are passed through untouched.
+
+Runs. If an MLflow run is active in this process (``mlflow.active_run()``, else the most recent active
+run of any thread, as MLflow's own tracing does, since a ``BatchSpanProcessor`` exports from its worker
+thread) and it lives at the same tracking URI, traces whose root span is in the batch are linked to it, and
+the run gets running-total metrics ``llm.tokens.cumulative.prompt/.completion/.total`` and
+``llm.cost.cumulative`` (one ``log_batch`` per exported batch with counted spans; step = counted calls so
+far). They are summed over counted spans, which is exactly-once whatever the scopes of root spans are.
+Flush the provider before ``mlflow.end_run()`` or the last batch finds no active run.
+
+``mlflow`` is imported on first export, never at ``import mltrack_otel``; ``export`` never raises.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from .. import semconv
+
+__all__ = ["MlflowSpanExporter"]
+
+_logger = logging.getLogger("mltrack_otel.exporters.mlflow")
+
+# MLflow attribute and header names (mlflow.tracing.constant / mlflow.tracing.utils.otlp), kept here
+# so that choosing what to send does not need mlflow imported.
+_SPAN_TYPE = "mlflow.spanType"
+_CHAT_USAGE = "mlflow.chat.tokenUsage"
+_LLM_COST = semconv.MLFLOW_LLM_COST
+_EXPERIMENT_HEADER = "x-mlflow-experiment-id"
+_RUN_HEADER = "x-mlflow-run-id"
+_OTLP_TRACES_PATH = "/v1/traces"
+
+_OPERATION = "gen_ai.operation.name"
+_OPERATION_TO_SPAN_TYPE = {
+    "chat": "CHAT_MODEL",
+    "text_completion": "LLM",
+    "generate_content": "LLM",
+    "embeddings": "EMBEDDING",
+    "execute_tool": "TOOL",
+    "invoke_agent": "AGENT",
+    "create_agent": "AGENT",
+    "retrieval": "RETRIEVER",
+}
+_TRACK_KEYS = (semconv.EXECUTION_TIME_SECONDS, semconv.MLTRACK_SCOPE_NAME)
+# Attribute prefixes MLflow's translators read token usage from (GenAI semconv, OpenLLMetry, OpenInference).
+_USAGE_PREFIXES = ("gen_ai.usage.", "llm.token_count.", "llm.usage.")
+_UNCOUNTED_PREFIX = "mltrack.uncounted."
+_NO_COST = "{}"
+
+_RUN_METRICS = (
+    (semconv.LLM_TOKENS_CUMULATIVE_PROMPT, semconv.LLM_TOKENS_PROMPT),
+    (semconv.LLM_TOKENS_CUMULATIVE_COMPLETION, semconv.LLM_TOKENS_COMPLETION),
+    (semconv.LLM_TOKENS_CUMULATIVE_TOTAL, semconv.LLM_TOKENS_TOTAL),
+    (semconv.LLM_COST_CUMULATIVE, semconv.LLM_COST_TOTAL),
+)
+_MAX_TRACE_LINKS_PER_REQUEST = 100  # MLflow's limit for link_traces_to_run
+
+
+def _is_usage_key(key: str) -> bool:
+    return key.startswith(_USAGE_PREFIXES) or key == _CHAT_USAGE
+
+
+def _span_type(attrs: Any) -> str:
+    operation = attrs.get(_OPERATION)
+    if operation is not None:
+        return _OPERATION_TO_SPAN_TYPE.get(str(operation), "UNKNOWN")
+    if any(key in attrs for key in _TRACK_KEYS):
+        return "CHAIN"
+    return "UNKNOWN"
+
+
+class _RunTotals:
+    __slots__ = ("calls", "values")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.values = [0.0] * len(_RUN_METRICS)
+
+
+class MlflowSpanExporter(SpanExporter):
+    """Write spans to MLflow Tracing at ``tracking_uri`` (sqlite/SQL store or http(s) tracking server).
+
+    Args:
+        tracking_uri: MLflow tracking URI; default ``mlflow.get_tracking_uri()`` (which honours
+            ``MLFLOW_TRACKING_URI`` and defaults to ``sqlite:///mlflow.db``), resolved on first export.
+        experiment_name: experiment to log traces to, created if missing.
+        experiment_id: existing experiment id (wins over ``experiment_name``). With neither, the
+            ``MLFLOW_EXPERIMENT_ID`` / ``MLFLOW_EXPERIMENT_NAME`` environment variables, else MLflow's
+            "Default" experiment.
+        mlflow_fallback_pricing: let MLflow price counted spans that we could not price (default: no,
+            such spans show no cost in MLflow, consistent with our ledger).
+        timeout_seconds: HTTP timeout per OTLP request (http(s) URIs only).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None = None,
+        experiment_name: str | None = None,
+        experiment_id: str | None = None,
+        *,
+        mlflow_fallback_pricing: bool = False,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise ImportError("MlflowSpanExporter needs mlflow: pip install 'mltrack-otel[mlflow]'")
+        self._tracking_uri_arg = tracking_uri
+        self._experiment_name = experiment_name
+        self._experiment_id_arg = str(experiment_id) if experiment_id is not None else None
+        self._fallback_pricing = mlflow_fallback_pricing
+        self._timeout = timeout_seconds
+        self._lock = threading.Lock()  # guards lazy setup, run totals and the logged-once set
+        self._ready = False
+        self._shutdown = False
+        self._tracking_uri: str | None = None
+        self._is_http = False
+        self._experiment_id: str | None = None
+        self._client: Any = None  # MlflowClient
+        self._tracing_client: Any = None  # mlflow.tracing.client.TracingClient
+        self._host_creds: Any = None
+        self._run_totals: dict[str, _RunTotals] = {}
+        self._logged: set[str] = set()
+
+    # ------------------------------------------------------------------ SpanExporter API
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            self._log_once("shutdown", "export called after shutdown; %d spans dropped", len(spans))
+            return SpanExportResult.FAILURE
+        if not spans:
+            return SpanExportResult.SUCCESS
+        try:
+            self._ensure_ready()
+        except Exception as exc:
+            self._log_once("setup", "cannot set up MLflow export (%s); %d spans dropped", exc, len(spans), exc=exc)
+            return SpanExportResult.FAILURE
+        try:
+            request = self._encode(spans)
+        except Exception as exc:
+            self._log_once("encode", "cannot encode spans for MLflow (%s); %d spans dropped", exc, len(spans), exc=exc)
+            return SpanExportResult.FAILURE
+
+        run_id = self._active_run_id()
+        roots = sorted({_mlflow_trace_id(s) for s in spans if s.parent is None or s.parent.is_remote})
+        try:
+            if self._is_http:
+                self._post(request, run_id)
+            else:
+                self._log_to_store(request)
+        except Exception as exc:
+            kind = "http" if self._is_http else "store"
+            self._log_once(
+                kind, "MLflow rejected %d spans at %s: %s", len(spans), self._tracking_uri, _short(exc), exc=exc
+            )
+            return SpanExportResult.FAILURE
+
+        if run_id is not None:
+            try:
+                if roots and not self._is_http:  # the server links them itself from x-mlflow-run-id
+                    for i in range(0, len(roots), _MAX_TRACE_LINKS_PER_REQUEST):
+                        self._client.link_traces_to_run(roots[i : i + _MAX_TRACE_LINKS_PER_REQUEST], run_id)
+                self._log_run_metrics(spans, run_id)
+            except Exception as exc:
+                # The traces are stored; only the run bookkeeping failed.
+                self._log_once("run", "cannot link traces or log metrics to MLflow run %s: %s", run_id, _short(exc))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # nothing is buffered here; every export() call is written before it returns
+
+    # ------------------------------------------------------------------ setup
+
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            import mlflow
+            from mlflow.tracing.client import TracingClient
+            from mlflow.tracking import MlflowClient
+
+            uri = self._tracking_uri_arg or mlflow.get_tracking_uri()
+            self._tracking_uri = uri
+            self._is_http = uri.lower().startswith(("http://", "https://"))
+            self._client = MlflowClient(tracking_uri=uri)
+            self._tracing_client = TracingClient(tracking_uri=uri)
+            if self._is_http:
+                self._host_creds = self._tracing_client.store.get_host_creds()
+            self._experiment_id = self._resolve_experiment()
+            self._ready = True
+
+    def _resolve_experiment(self) -> str:
+        client = self._client
+        experiment_id = self._experiment_id_arg
+        name = self._experiment_name
+        if experiment_id is None and name is None:
+            experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+            if experiment_id is None and name is None:
+                experiment_id = "0"  # MLflow's "Default" experiment, present in every store
+        if experiment_id is not None:
+            experiment = client.get_experiment(experiment_id)  # raises if it does not exist
+        else:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return str(client.create_experiment(name))
+                except Exception:
+                    experiment = client.get_experiment_by_name(name)  # created concurrently?
+                    if experiment is None:
+                        raise
+        if experiment.lifecycle_stage != "active":
+            raise RuntimeError(f"MLflow experiment {experiment.name!r} ({experiment.experiment_id}) is deleted")
+        return str(experiment.experiment_id)
+
+    # ------------------------------------------------------------------ encoding
+
+    def _encode(self, spans: Sequence[ReadableSpan]) -> Any:
+        """One OTLP ExportTraceServiceRequest for the batch, adjusted for MLflow (see module docstring)."""
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        plans: dict[int, tuple[str | None, bool, bool]] = {}
+        for span in spans:
+            attrs = span.attributes or {}
+            span_type = None if _SPAN_TYPE in attrs else _span_type(attrs)
+            counted = attrs.get(semconv.MLTRACK_USAGE_COUNTED)
+            hide_usage = counted is False
+            block_pricing = (
+                counted is True
+                and not self._fallback_pricing
+                and _LLM_COST not in attrs
+                and any(_is_usage_key(k) for k in attrs)
+            )
+            plans[span.context.span_id] = (span_type, hide_usage, block_pricing)
+
+        request = encode_spans(spans)
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                for proto in scope_spans.spans:
+                    plan = plans.get(int.from_bytes(proto.span_id, "big"))
+                    if plan is None:
+                        continue
+                    span_type, hide_usage, block_pricing = plan
+                    if hide_usage:
+                        for kv in proto.attributes:
+                            if _is_usage_key(kv.key):
+                                kv.key = _UNCOUNTED_PREFIX + kv.key
+                    if span_type is not None:
+                        kv = proto.attributes.add()
+                        kv.key = _SPAN_TYPE
+                        kv.value.string_value = span_type
+                    if block_pricing:
+                        kv = proto.attributes.add()
+                        kv.key = _LLM_COST
+                        kv.value.string_value = _NO_COST
+        return request
+
+    # ------------------------------------------------------------------ transports
+
+    def _post(self, request: Any, run_id: str | None) -> None:
+        from mlflow.utils.rest_utils import http_request
+
+        headers = {"Content-Type": "application/x-protobuf", _EXPERIMENT_HEADER: self._experiment_id}
+        if run_id is not None:
+            headers[_RUN_HEADER] = run_id
+        response = http_request(
+            host_creds=self._host_creds,
+            endpoint=_OTLP_TRACES_PATH,
+            method="POST",
+            data=request.SerializeToString(),
+            extra_headers=headers,
+            max_retries=2,
+            backoff_factor=0.5,
+            timeout=self._timeout,
+            raise_on_status=False,
+        )
+        if response.status_code != 200:
+            body = response.text[:300] if response.text else ""
+            raise RuntimeError(f"HTTP {response.status_code} from {_OTLP_TRACES_PATH}: {body}")
+
+    def _log_to_store(self, request: Any) -> None:
+        from mlflow.entities import Span
+
+        mlflow_spans = [
+            Span.from_otel_proto(proto, resource=resource_spans.resource)
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for proto in scope_spans.spans
+        ]
+        self._tracing_client.log_spans(self._experiment_id, mlflow_spans)
+
+    # ------------------------------------------------------------------ runs
+
+    def _active_run_id(self) -> str | None:
+        """The MLflow run active in this process, if it lives at our tracking URI."""
+        import sys
+
+        if "mlflow" not in sys.modules:
+            return None  # nobody imported mlflow in this process: no run can be active
+        try:
+            import mlflow
+
+            run = mlflow.active_run()
+            if run is None:
+                # BatchSpanProcessor exports from its own thread, where the thread-local active run
+                # is None; MLflow's own tracing looks at all threads for this reason.
+                from mlflow.tracking import fluent
+
+                latest = getattr(fluent, "_get_latest_active_run", None)
+                run = latest() if latest is not None else None
+            if run is None:
+                return None
+            if _normalize_uri(mlflow.get_tracking_uri()) != _normalize_uri(self._tracking_uri):
+                self._log_once(
+                    "run-uri",
+                    "active MLflow run %s is at %s, not at %s: traces are not linked to it",
+                    run.info.run_id,
+                    mlflow.get_tracking_uri(),
+                    self._tracking_uri,
+                    level=logging.INFO,
+                )
+                return None
+            return run.info.run_id
+        except Exception as exc:
+            self._log_once("run-lookup", "cannot look up the active MLflow run: %s", _short(exc))
+            return None
+
+    def _log_run_metrics(self, spans: Sequence[ReadableSpan], run_id: str) -> None:
+        increments = [0.0] * len(_RUN_METRICS)
+        calls = 0
+        for span in spans:
+            attrs = span.attributes or {}
+            if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True:
+                continue
+            calls += 1
+            for i, (_, source) in enumerate(_RUN_METRICS):
+                value = attrs.get(source)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    increments[i] += value
+        if not calls:
+            return
+        from mlflow.entities import Metric
+
+        with self._lock:
+            totals = self._run_totals.setdefault(run_id, _RunTotals())
+            totals.calls += calls
+            for i, inc in enumerate(increments):
+                totals.values[i] += inc
+            step, values = totals.calls, list(totals.values)
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for (key, _), value in zip(_RUN_METRICS, values)]
+        self._client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_once(
+        self, kind: str, msg: str, *args: Any, exc: BaseException | None = None, level: int = logging.WARNING
+    ) -> None:
+        with self._lock:
+            first = kind not in self._logged
+            self._logged.add(kind)
+        if first:
+            _logger.log(level, msg, *args, exc_info=exc if _logger.isEnabledFor(logging.DEBUG) else None)
+        else:
+            _logger.debug(msg, *args)
+
+
+def _mlflow_trace_id(span: ReadableSpan) -> str:
+    # Span.from_otel_proto derives the MLflow trace id ("tr-" + 32 hex digits) from the OTel trace id.
+    return f"tr-{span.context.trace_id:032x}"
+
+
+def _normalize_uri(uri: str | None) -> str:
+    return (uri or "").rstrip("/")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    text = text.replace("\n", " ")
+    return text if len(text) <= 300 else text[:297] + "..."

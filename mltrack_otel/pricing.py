@@ -1,0 +1,517 @@
+"""Price LLM calls: genai-prices lookup, provider aliases, user overrides and a memoised fast path.
+
+Usage semantics (read from genai-prices 0.2.3's unit registry, pinned by tests): its ``input_tokens`` is
+the *total* input; ``cache_read_tokens`` and ``cache_write_tokens`` are parts of it, priced at their own rate
+when the model has one. ``output_reasoning_tokens`` is likewise part of ``output_tokens``. That is the
+OpenTelemetry GenAI convention too, so our :class:`Usage` maps across field by field.
+
+Only genai-prices' bundled data is used (no update fetching). The first lookup of a (provider, model) pair
+walks genai-prices' tables (~100 µs); after that the resolved prices are cached and the cost computed here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from datetime import time as dt_time
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BUILTIN_PROVIDER_ALIASES", "Cost", "PriceOverride", "Pricer", "Usage"]
+
+_log = logging.getLogger("mltrack_otel.pricing")
+
+_PER_MTOK = Decimal(1_000_000)
+_NS_PER_DAY = 86_400 * 10**9
+_US_PER_DAY = 86_400 * 10**6
+_EPOCH = date(1970, 1, 1)
+_CACHE_MAX = 4096  # resolved (provider, model) pairs kept; oldest evicted first
+_MAX_MODEL_LEN = 512  # longer "model names" are junk: not looked up, not cached
+
+# gen_ai.provider.name values and LiteLLM provider names -> genai-prices provider ids. Names missing here fall
+# back to an exact genai-prices id, then to genai-prices' own provider matching. "ibm.watsonx.ai" has no
+# genai-prices data: its models are priced only if the model name identifies a provider, or by an override.
+BUILTIN_PROVIDER_ALIASES: Mapping[str, str] = MappingProxyType(
+    {
+        # OpenTelemetry GenAI semantic conventions
+        "openai": "openai",
+        "anthropic": "anthropic",
+        "azure.ai.openai": "azure",
+        "azure.ai.inference": "azure",
+        "aws.bedrock": "aws",
+        "gcp.gemini": "google",
+        "gcp.vertex_ai": "google",
+        "gcp.gen_ai": "google",
+        "mistral_ai": "mistral",
+        "groq": "groq",
+        "deepseek": "deepseek",
+        "perplexity": "perplexity",
+        "x_ai": "x-ai",
+        "cohere": "cohere",
+        # LiteLLM
+        "azure": "azure",
+        "azure_ai": "azure",
+        "azure_text": "azure",
+        "bedrock": "aws",
+        "bedrock_converse": "aws",
+        "sagemaker": "aws",
+        "vertex_ai": "google",
+        "vertex_ai_beta": "google",
+        "gemini": "google",
+        "google": "google",
+        "mistral": "mistral",
+        "codestral": "mistral",
+        "text-completion-openai": "openai",
+        "text-completion-codestral": "mistral",
+        "together_ai": "together",
+        "fireworks_ai": "fireworks",
+        "xai": "x-ai",
+        "cohere_chat": "cohere",
+        "openrouter": "openrouter",
+        "cerebras": "cerebras",
+        "novita": "novita",
+        "moonshot": "moonshotai",
+        "databricks": "databricks",
+        "cloudflare": "cloudflare",
+        "zai": "zai",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one call, normalised to the OTel GenAI convention (totals include their parts)."""
+
+    input_tokens: int  # includes cache read + cache creation tokens
+    output_tokens: int  # includes reasoning tokens
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """The price of one call in USD (exact Decimals) and where the price came from."""
+
+    input: Decimal  # all input, including cache read/write
+    output: Decimal
+    total: Decimal
+    source: str  # "genai-prices:<provider id>/<model id>" or "override:<model name>"
+
+
+class PriceOverride(BaseModel):
+    """A user-supplied price (USD per 1M tokens) for one model name; wins over genai-prices."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_mtok: Decimal = Field(ge=0)
+    output_per_mtok: Decimal = Field(ge=0)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: the input price
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: the input price
+    provider: str | None = None  # only apply when the call's provider is this one
+
+
+# --- compiled prices ---------------------------------------------------------------------------------------
+
+_FAST_KEYS = frozenset(
+    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok"}
+)
+
+
+class _Tiered:
+    """genai-prices' TieredPrices, per token: the highest tier whose start the *total* input exceeds wins."""
+
+    __slots__ = ("base", "tiers")
+
+    def __init__(self, base: Decimal, tiers: tuple[tuple[int, Decimal], ...]) -> None:
+        self.base = base
+        self.tiers = tiers  # (start, per-token price), highest start first
+
+    def at(self, total_input: int) -> Decimal:
+        for start, price in self.tiers:
+            if total_input > start:
+                return price
+        return self.base
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """One period's prices, per token; with `genai_price` set, genai-prices prices it (a shape we skip)."""
+
+    input: Decimal | _Tiered | None
+    output: Decimal | _Tiered | None
+    cache_read: Decimal | _Tiered | None
+    cache_write: Decimal | _Tiered | None
+    reasoning: Decimal | _Tiered | None
+    tiered: bool
+    genai_price: Any  # genai_prices.types.ModelPrice | None
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A resolved model: its prices over time (`periods` last rule first, as genai-prices tries them)."""
+
+    source: str
+    default: _Rates
+    periods: tuple[tuple[str, int, int, Any, _Rates], ...]  # (kind, a, b, raw constraint, rates)
+    detail: str
+
+
+def _per_token(value: Any) -> Decimal | _Tiered:
+    from genai_prices.types import TieredPrices
+
+    if isinstance(value, TieredPrices):
+        tiers = sorted(value.tiers, key=lambda t: t.start, reverse=True)
+        return _Tiered(value.base / _PER_MTOK, tuple((t.start, t.price / _PER_MTOK) for t in tiers))
+    return value / _PER_MTOK
+
+
+def _compile_rates(model_price: Any) -> _Rates:
+    from genai_prices.types import TieredPrices
+
+    prices = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
+    fast = {k: v for k, v in prices.items() if k in _FAST_KEYS}
+    # Other price keys (audio, images, web searches...) price usage we never report, so they add nothing --
+    # except a per-request price, which genai-prices charges on every call: leave those to genai-prices.
+    simple = "requests_kcount" not in prices and all(
+        isinstance(v, TieredPrices) or (isinstance(v, Decimal) and v.is_finite() and v >= 0)
+        for v in fast.values()
+    )
+    if not simple:
+        return _Rates(None, None, None, None, None, False, model_price, str(model_price))
+    rates = {k: _per_token(v) for k, v in fast.items()}
+    return _Rates(
+        rates.get("input_mtok"),
+        rates.get("output_mtok"),
+        rates.get("cache_read_mtok"),
+        rates.get("cache_write_mtok"),
+        rates.get("output_reasoning_mtok"),
+        any(isinstance(v, _Tiered) for v in rates.values()),
+        None,
+        str(model_price),
+    )
+
+
+def _utc_us_of_day(value: dt_time) -> int:
+    if value.tzinfo is not None:
+        value = datetime.combine(_EPOCH, value).astimezone(timezone.utc).time()
+    return ((value.hour * 60 + value.minute) * 60 + value.second) * 10**6 + value.microsecond
+
+
+def _compile_constraint(constraint: Any) -> tuple[str, int, int]:
+    from genai_prices.types import StartDateConstraint, TimeOfDateConstraint
+
+    if constraint is None:
+        return "always", 0, 0
+    if isinstance(constraint, StartDateConstraint):
+        return "date", (constraint.start_date - _EPOCH).days, 0
+    if isinstance(constraint, TimeOfDateConstraint):
+        return "time", _utc_us_of_day(constraint.start_time), _utc_us_of_day(constraint.end_time)
+    return "other", 0, 0  # a constraint type we do not know: ask the constraint itself
+
+
+def _compile_model(provider: Any, model: Any) -> _Entry:
+    """Turn a genai-prices (Provider, ModelInfo) into an _Entry: each price period compiled once."""
+    from genai_prices import __version__
+
+    source = f"genai-prices:{provider.id}/{model.id}"
+    detail = f"{provider.name} {model.name or model.id}, bundled genai-prices {__version__} data"
+    if not isinstance(model.prices, list):
+        return _Entry(source, _compile_rates(model.prices), (), detail)
+    periods = tuple(
+        (*_compile_constraint(c.constraint), c.constraint, _compile_rates(c.prices))
+        for c in reversed(model.prices)
+    )
+    return _Entry(
+        source, _compile_rates(model.prices[0].prices), periods, detail + ", price varies with time"
+    )
+
+
+def _rates_at(entry: _Entry, at_ns: int) -> _Rates:
+    # Same rule as genai-prices' ModelInfo.get_prices: the last price whose constraint holds, else the first.
+    for kind, a, b, raw, rates in entry.periods:
+        if kind == "always":
+            return rates
+        if kind == "date":
+            if at_ns // _NS_PER_DAY >= a:
+                return rates
+        elif kind == "time":
+            us = (at_ns // 1000) % _US_PER_DAY
+            if (a <= us < b) if a <= b else (us >= a or us < b):
+                return rates
+        elif raw.active(datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc)):
+            return rates
+    return entry.default
+
+
+class _BadUsage(ValueError):
+    pass
+
+
+def _cost(rates: _Rates, usage: Usage, source: str) -> Cost | None:
+    if rates.genai_price is not None:
+        return _genai_cost(rates.genai_price, usage, source)
+    inp = usage.input_tokens
+    out = usage.output_tokens
+    r_in, r_out, r_cr, r_cw, r_rs = (
+        rates.input,
+        rates.output,
+        rates.cache_read,
+        rates.cache_write,
+        rates.reasoning,
+    )
+    if r_in is None and r_out is None:
+        return None  # no token prices at all (e.g. per-page OCR): unpriced, not free
+    # Parts without their own price stay inside their total and pay its rate, as in genai-prices.
+    cr = usage.cache_read_tokens if r_cr is not None else 0
+    cw = usage.cache_write_tokens if r_cw is not None else 0
+    rs = usage.reasoning_tokens if r_rs is not None else 0
+    plain_in = inp - cr - cw
+    plain_out = out - rs
+    if plain_in < 0 or plain_out < 0 or cr < 0 or cw < 0 or rs < 0:
+        raise _BadUsage
+    if rates.tiered:  # the tier is chosen by the total input, cache tokens included
+        r_in, r_out, r_cr, r_cw, r_rs = (
+            r.at(inp) if isinstance(r, _Tiered) else r for r in (r_in, r_out, r_cr, r_cw, r_rs)
+        )
+    cost_in = plain_in * r_in if r_in is not None and plain_in else Decimal(0)
+    if cr:
+        cost_in += cr * r_cr
+    if cw:
+        cost_in += cw * r_cw
+    cost_out = plain_out * r_out if r_out is not None and plain_out else Decimal(0)
+    if rs:
+        cost_out += rs * r_rs
+    return Cost(cost_in, cost_out, cost_in + cost_out, source)
+
+
+def _genai_cost(model_price: Any, usage: Usage, source: str) -> Cost:
+    from genai_prices import Usage as GenaiUsage
+
+    calc = model_price.calc_price(
+        GenaiUsage(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_reasoning_tokens=usage.reasoning_tokens,
+        )
+    )
+    return Cost(calc["input_price"], calc["output_price"], calc["total_price"], source)
+
+
+@functools.cache
+def _genai_data() -> tuple[list[Any], dict[str, Any]]:
+    # Imported on first use: genai-prices takes ~0.2 s to import, and pricing may never be needed. The bundled
+    # table is used directly, so neither an UpdatePrices someone started nor genai-prices' own (unbounded)
+    # lookup caches are involved.
+    from genai_prices.data import providers
+
+    return providers, {p.id: p for p in providers}
+
+
+_UNKNOWN: Any = object()  # cache marker for a pair we could not price
+
+
+class Pricer:
+    """Prices model calls from genai-prices' bundled data, with user overrides and provider aliases.
+
+    Thread-safe. Lookups are memoised per (provider, model) in a bounded cache, so pricing a known model costs
+    a few microseconds and an unknown one a dict lookup.
+    """
+
+    def __init__(
+        self, overrides: Mapping[str, PriceOverride] | None = None, aliases: Mapping[str, str] | None = None
+    ) -> None:
+        self._overrides = {k: PriceOverride.model_validate(v) for k, v in (overrides or {}).items()}
+        self._aliases = dict(BUILTIN_PROVIDER_ALIASES)
+        self._aliases.update({k.strip().lower(): v.strip().lower() for k, v in (aliases or {}).items()})
+        self._cache: dict[tuple[Any, Any], Any] = {}
+        self._lock = threading.Lock()
+        self._warned: set[Any] = set()
+
+    def price(self, provider: str | None, model: str, usage: Usage, at_ns: int | None = None) -> Cost | None:
+        """The cost of one call at time `at_ns` (ns since the epoch; None = now); None if it cannot be priced.
+
+        None means an unknown model or provider, a model without token prices, or inconsistent usage (e.g.
+        more cache tokens than input tokens); each is logged once per (provider, model). Never raises.
+        """
+        try:
+            entry = self._cache.get((provider, model))
+            if entry is None:
+                entry = self._lookup(provider, model)
+            if entry is _UNKNOWN:
+                return None
+            if entry.periods:
+                rates = _rates_at(entry, time.time_ns() if at_ns is None else at_ns)
+            else:
+                rates = entry.default
+            cost = _cost(rates, usage, entry.source)
+            if cost is None:
+                self._warn_once(
+                    ("noprice", provider, model), "%s has no token prices; call left unpriced", entry.source
+                )
+            return cost
+        except _BadUsage:
+            self._warn_once(
+                ("usage", provider, model),
+                "inconsistent token usage for %r: %r; call left unpriced",
+                model,
+                usage,
+            )
+        except Exception:
+            self._warn_once(
+                ("error", provider, model), "pricing %.200r failed; call left unpriced", model, exc_info=True
+            )
+        return None
+
+    def describe(self, provider: str | None, model: str) -> str | None:
+        """Where the price of `model` comes from and what it is now, for humans; None if unknown."""
+        try:
+            entry = self._cache.get((provider, model)) or self._lookup(provider, model)
+            if entry is _UNKNOWN:
+                return None
+            rates = _rates_at(entry, time.time_ns()) if entry.periods else entry.default
+            return f"{entry.source}: {rates.label} ({entry.detail})"
+        except Exception:
+            return None
+
+    # --- resolution (cache misses only) --------------------------------------------------------------------
+
+    def _lookup(self, provider: str | None, model: str) -> Any:
+        if not isinstance(model, str) or len(model) > _MAX_MODEL_LEN:
+            # Not cached (could be large and endless); logged once per Pricer.
+            self._warn_once(
+                "junk-model",
+                "ignoring a model name that is not a string of at most %d characters",
+                _MAX_MODEL_LEN,
+            )
+            return _UNKNOWN
+        entry = self._resolve(provider if isinstance(provider, str) else None, model)
+        if entry is None:
+            entry = _UNKNOWN
+            self._warn_once(
+                ("unknown", provider, model),
+                "no price for model %.200r (provider %.100r); its calls stay unpriced (add a price override)",
+                model,
+                provider,
+            )
+        with self._lock:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[(provider, model)] = entry
+        return entry
+
+    def _resolve(self, provider: str | None, model: str) -> _Entry | None:
+        name = model.strip()
+        if not name:
+            return None
+        prefix, sep, rest = name.partition("/")
+        # "openai/gpt-4o", "bedrock/anthropic.claude-...": a known provider before the first slash.
+        prefixed = self._provider(prefix, fuzzy=False) if sep and rest else None
+        stripped = rest.strip() if prefixed is not None else None
+
+        for key in dict.fromkeys(k for k in (model, name, stripped) if k):
+            override = self._overrides.get(key)
+            if override is not None and self._override_applies(
+                override, provider, prefix if stripped else None
+            ):
+                return self._override_entry(key, override)
+
+        providers, _ = _genai_data()
+        given = self._provider(provider, fuzzy=True) if provider else None
+        attempts: list[tuple[Any, str]] = []
+        if given is not None:
+            attempts.append((given, name))
+            if stripped:
+                attempts.append((given, stripped))
+        if prefixed is not None and prefixed is not given:
+            attempts.append((prefixed, stripped))
+        for prov, ref in attempts:
+            found = prov.find_model(ref, all_providers=providers)
+            if found is not None:
+                return _compile_model(prov, found)
+        # As genai-prices does without a provider: the first provider whose model pattern matches the name.
+        # Also used when the given provider lacks the model (e.g. an OpenAI SDK pointed at another vendor).
+        for ref in dict.fromkeys(r.lower() for r in (name, stripped) if r):
+            for prov in providers:
+                if prov.model_match is not None and prov.model_match.is_match(ref):
+                    found = prov.find_model(ref, all_providers=providers)
+                    if found is not None:
+                        return _compile_model(prov, found)
+                    break
+        return None
+
+    def _provider(self, name: str, *, fuzzy: bool) -> Any:
+        from genai_prices.data_snapshot import find_provider_by_id
+
+        providers, by_id = _genai_data()
+        key = name.strip().lower()
+        if key in self._aliases:
+            target = by_id.get(self._aliases[key])
+            if target is None:
+                self._warn_once(
+                    ("alias", key),
+                    "provider alias %r -> %r: no such genai-prices provider",
+                    key,
+                    self._aliases[key],
+                )
+            return target
+        if key in by_id:
+            return by_id[key]
+        return find_provider_by_id(providers, key) if fuzzy and key else None
+
+    def _provider_id(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        key = name.strip().lower()
+        return self._aliases.get(key, key)
+
+    def _override_applies(self, override: PriceOverride, provider: str | None, prefix: str | None) -> bool:
+        if override.provider is None:
+            return True
+        wanted = self._provider_id(override.provider)
+        return wanted in (self._provider_id(provider), self._provider_id(prefix))
+
+    @staticmethod
+    def _override_entry(key: str, o: PriceOverride) -> _Entry:
+        cache_read = o.input_per_mtok if o.cache_read_per_mtok is None else o.cache_read_per_mtok
+        cache_write = o.input_per_mtok if o.cache_write_per_mtok is None else o.cache_write_per_mtok
+        label = (
+            f"${o.input_per_mtok}/input MTok, ${o.output_per_mtok}/output MTok, "
+            f"${cache_read}/cache read MTok, ${cache_write}/cache write MTok"
+        )
+        rates = _Rates(
+            o.input_per_mtok / _PER_MTOK,
+            o.output_per_mtok / _PER_MTOK,
+            cache_read / _PER_MTOK,
+            cache_write / _PER_MTOK,
+            None,
+            False,
+            None,
+            label,
+        )
+        scope = f"provider {o.provider} only" if o.provider else "any provider"
+        return _Entry(f"override:{key}", rates, (), f"user price override, {scope}")
+
+    def _warn_once(self, key: Any, msg: str, *args: Any, exc_info: bool = False) -> None:
+        try:
+            hash(key)
+        except TypeError:  # an unhashable "provider" or "model" from a misbehaving caller
+            key = repr(key)[:300]
+        with self._lock:
+            if key in self._warned:
+                return
+            if len(self._warned) >= _CACHE_MAX:
+                self._warned.clear()
+            self._warned.add(key)
+        _log.warning(msg, *args, exc_info=exc_info)

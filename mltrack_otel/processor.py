@@ -1,0 +1,337 @@
+"""CostSpanProcessor: the hub that prices model-call spans, keeps exactly-once totals and forwards enriched copies.
+
+The SDK freezes a span's attributes before any processor's on_end runs, so this processor owns the downstream
+(exporting) processors and hands each of them a ReadableSpan copy carrying the cost and total attributes.
+
+Exactly once: children end before their parents. A span carrying usage is counted by the ledger unless one of
+its descendants already counted (the innermost span with usage wins: LangChain over OpenAI counts the OpenAI span).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from decimal import Decimal
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import StatusCode
+
+from . import guard, semconv
+from .errors import LLMLimitWarning
+from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
+from .metrics import Instruments
+from .pricing import Cost, Pricer, Usage
+
+_log = logging.getLogger("mltrack_otel.processor")
+
+# Token-usage attribute names from the conventions we read, newest first: (input, output).
+_USAGE_KEYS = (
+    (gen_ai.GEN_AI_USAGE_INPUT_TOKENS, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS),
+    (gen_ai.GEN_AI_USAGE_PROMPT_TOKENS, gen_ai.GEN_AI_USAGE_COMPLETION_TOKENS),
+    ("llm.token_count.prompt", "llm.token_count.completion"),  # OpenInference
+)
+_CACHE_READ_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "llm.token_count.prompt_details.cache_read")
+_CACHE_WRITE_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "llm.token_count.prompt_details.cache_write")
+_REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count.completion_details.reasoning")
+_PROVIDER_KEYS = (gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider")
+_MODEL_KEYS = (gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name")
+_MAX_LIVE_SPANS = 100_000
+
+
+class _Live:
+    """What the processor remembers about a span between its start and its end."""
+
+    __slots__ = ("counted_below", "parent_id", "scope")
+
+    def __init__(self, parent_id: int | None, scope: Scope | None) -> None:
+        self.parent_id = parent_id
+        self.scope = scope
+        self.counted_below = False
+
+
+def _first(attrs: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _count(value: Any) -> int | None:
+    """A token count, or None when the value is not a plausible one (bool, negative, float, string...)."""
+    if type(value) is int and value >= 0:
+        return value
+    return None
+
+
+def read_usage(attrs: Any) -> Usage | None:
+    """Normalised usage from a span's attributes; None when the span carries no (valid) token usage."""
+    for in_key, out_key in _USAGE_KEYS:
+        raw_in, raw_out = attrs.get(in_key), attrs.get(out_key)
+        if raw_in is None and raw_out is None:
+            continue
+        tokens_in = _count(raw_in if raw_in is not None else 0)
+        tokens_out = _count(raw_out if raw_out is not None else 0)
+        if tokens_in is None or tokens_out is None:
+            guard.count("usage.invalid")
+            return None
+        return Usage(
+            tokens_in,
+            tokens_out,
+            _count(_first(attrs, _CACHE_READ_KEYS)) or 0,
+            _count(_first(attrs, _CACHE_WRITE_KEYS)) or 0,
+            _count(_first(attrs, _REASONING_KEYS)) or 0,
+        )
+    return None
+
+
+def _usd(value: Decimal) -> float:
+    return float(value)
+
+
+class CostSpanProcessor(SpanProcessor):
+    """Prices spans that carry token usage, keeps running totals, and forwards enriched copies downstream.
+
+    Usage: ``provider.add_span_processor(CostSpanProcessor(BatchSpanProcessor(OTLPSpanExporter())))``.
+    """
+
+    def __init__(
+        self,
+        *downstream: SpanProcessor,
+        pricer: Pricer | None = None,
+        ledger: Ledger | None = None,
+        instruments: Instruments | None = None,
+        track_costs: bool = True,
+        track_tokens: bool = True,
+    ) -> None:
+        self._downstream = tuple(downstream)
+        self._pricer = pricer or Pricer()
+        self._ledger = ledger if ledger is not None else LEDGER
+        self._instruments = instruments if instruments is not None else Instruments()
+        self._track_costs = track_costs
+        self._track_tokens = track_tokens
+        self._live: dict[int, _Live] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def downstream(self) -> tuple[SpanProcessor, ...]:
+        return self._downstream
+
+    # -- SpanProcessor -----------------------------------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            parent = span.parent
+            live = self._live
+            live[span.context.span_id] = _Live(parent.span_id if parent is not None else None, current_scope())
+            if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
+                live.pop(next(iter(live)), None)
+        except Exception as exc:
+            guard.record_error("processor.on_start", exc)
+        for processor in self._downstream:
+            try:
+                processor.on_start(span, parent_context=parent_context)
+            except Exception as exc:
+                guard.record_error("processor.downstream.on_start", exc)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            enriched = self._enrich(span)
+        except Exception as exc:
+            guard.record_error("processor.on_end", exc)
+            enriched = span
+        for processor in self._downstream:
+            try:
+                processor.on_end(enriched)
+            except Exception as exc:
+                guard.record_error("processor.downstream.on_end", exc)
+
+    def shutdown(self) -> None:
+        for processor in self._downstream:
+            try:
+                processor.shutdown()
+            except Exception as exc:
+                guard.record_error("processor.downstream.shutdown", exc)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        ok = True
+        for processor in self._downstream:
+            try:
+                ok = processor.force_flush(timeout_millis) and ok
+            except Exception as exc:
+                guard.record_error("processor.downstream.force_flush", exc)
+                ok = False
+        return ok
+
+    # -- enrichment --------------------------------------------------------------------------------------------
+
+    def _enrich(self, span: ReadableSpan) -> ReadableSpan:
+        guard.count("spans.processed")
+        ctx = span.context
+        live = self._live.pop(ctx.span_id, None)
+        scope = live.scope if live is not None else None
+        attrs = span.attributes or {}
+        extra: dict[str, Any] = {}
+        events: list[Event] = []
+        counted = False
+
+        usage = read_usage(attrs) if self._track_tokens else None
+        if usage is not None:
+            counted = live is None or not live.counted_below
+            self._price_and_count(span, attrs, usage, scope, counted, extra, events)
+
+        if live is None or not live.counted_below:
+            if attrs.get(gen_ai.GEN_AI_OPERATION_NAME) is not None:
+                self._record_duration(span, attrs)
+
+        # Tell the parent that usage below it is accounted for, so it is not counted again.
+        if live is not None and live.parent_id is not None and (counted or live.counted_below):
+            parent = self._live.get(live.parent_id)
+            if parent is not None:
+                parent.counted_below = True
+
+        # Scope roots get their final totals; so does a trace's local root.
+        if scope is not None and scope.span_id == ctx.span_id:
+            self._put_totals(extra, scope.totals)
+        parent = span.parent
+        if parent is None or parent.is_remote:
+            trace_totals = self._ledger.end_trace(ctx.trace_id)
+            if scope is None or scope.span_id != ctx.span_id:
+                if trace_totals.calls:
+                    self._put_totals(extra, trace_totals)
+
+        if not extra:
+            return span
+        merged = dict(attrs)
+        merged.update(extra)
+        return ReadableSpan(
+            name=span.name,
+            context=ctx,
+            parent=parent,
+            resource=span.resource,
+            attributes=merged,
+            events=(*span.events, *events) if events else span.events,
+            links=span.links,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _price_and_count(
+        self,
+        span: ReadableSpan,
+        attrs: Any,
+        usage: Usage,
+        scope: Scope | None,
+        counted: bool,
+        extra: dict[str, Any],
+        events: list[Event],
+    ) -> None:
+        provider = _first(attrs, _PROVIDER_KEYS)
+        model = _first(attrs, _MODEL_KEYS)
+        extra[semconv.LLM_TOKENS_PROMPT] = usage.input_tokens
+        extra[semconv.LLM_TOKENS_COMPLETION] = usage.output_tokens
+        extra[semconv.LLM_TOKENS_TOTAL] = usage.input_tokens + usage.output_tokens
+        extra[semconv.MLTRACK_USAGE_COUNTED] = counted
+
+        cost: Cost | None = None
+        if self._track_costs and isinstance(model, str):
+            cost = self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
+        if cost is not None:
+            extra[semconv.LLM_COST_PROMPT] = _usd(cost.input)
+            extra[semconv.LLM_COST_COMPLETION] = _usd(cost.output)
+            extra[semconv.LLM_COST_TOTAL] = _usd(cost.total)
+            extra[semconv.MLTRACK_PRICING_SOURCE] = cost.source
+        elif self._track_costs:
+            extra[semconv.MLTRACK_COST_UNPRICED] = True
+
+        if not counted:
+            return
+        guard.count("spans.priced" if cost is not None else "spans.unpriced")
+        conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
+        if conversation is None and scope is not None:
+            conversation = scope.conversation_id
+        running, crossings = self._ledger.add(
+            span.context.trace_id,
+            scope,
+            conversation if isinstance(conversation, str) else None,
+            usage.input_tokens,
+            usage.output_tokens,
+            cost.total if cost is not None else None,
+        )
+        self._put_totals(extra, running)
+        if cost is not None:
+            extra[semconv.MLFLOW_LLM_COST] = (
+                f'{{"input_cost": {_usd(cost.input)!r}, "output_cost": {_usd(cost.output)!r}, '
+                f'"total_cost": {_usd(cost.total)!r}}}'
+            )
+        for crossing in crossings:
+            events.append(self._limit_event(crossing, span))
+        self._record_metrics(attrs, provider, model, usage, cost)
+
+    def _record_duration(self, span: ReadableSpan, attrs: Any) -> None:
+        """gen_ai.client.operation.duration for the innermost span of a model call."""
+        if span.end_time is None or span.start_time is None:
+            return
+        labels = {
+            gen_ai.GEN_AI_OPERATION_NAME: attrs.get(gen_ai.GEN_AI_OPERATION_NAME),
+            gen_ai.GEN_AI_PROVIDER_NAME: attrs.get(gen_ai.GEN_AI_PROVIDER_NAME, "unknown"),
+            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, ""),
+        }
+        if span.status.status_code is StatusCode.ERROR:
+            labels[ERROR_TYPE] = attrs.get(ERROR_TYPE, "_OTHER")
+        self._instruments.duration.record((span.end_time - span.start_time) / 1e9, labels)
+
+    @staticmethod
+    def _put_totals(extra: dict[str, Any], totals: Totals) -> None:
+        extra[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
+        extra[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
+        extra[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
+        extra[semconv.LLM_COST_CUMULATIVE] = _usd(totals.cost_usd)
+
+    @staticmethod
+    def _limit_event(crossing: LimitCrossing, span: ReadableSpan) -> Event:
+        unit = "USD" if crossing.kind == "cost" else "tokens"
+        message = (
+            f"mltrack-otel: {crossing.scope} {crossing.kind} warning limit {crossing.threshold:g} {unit} "
+            f"crossed ({crossing.value:g} {unit}) by span {span.name!r}"
+        )
+        _log.warning(message)
+        warnings.warn(message, LLMLimitWarning, stacklevel=2)
+        return Event(
+            semconv.MLTRACK_LIMIT_EXCEEDED,
+            {
+                semconv.MLTRACK_LIMIT_KIND: crossing.kind,
+                semconv.MLTRACK_LIMIT_SCOPE: crossing.scope,
+                semconv.MLTRACK_LIMIT_THRESHOLD: float(crossing.threshold),
+                semconv.MLTRACK_LIMIT_VALUE: float(crossing.value),
+            },
+            timestamp=span.end_time,
+        )
+
+    def _record_metrics(
+        self, attrs: Any, provider: Any, model: Any, usage: Usage, cost: Cost | None
+    ) -> None:
+        instruments = self._instruments
+        base = {
+            gen_ai.GEN_AI_OPERATION_NAME: attrs.get(gen_ai.GEN_AI_OPERATION_NAME, "chat"),
+            gen_ai.GEN_AI_PROVIDER_NAME: provider if isinstance(provider, str) else "unknown",
+            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, model if isinstance(model, str) else ""),
+        }
+        response_model = attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL)
+        if response_model is not None:
+            base[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
+        instruments.token_usage.record(usage.input_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "input"})
+        instruments.token_usage.record(usage.output_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "output"})
+        if cost is not None:
+            instruments.cost.add(_usd(cost.total), base)
+        else:
+            instruments.unpriced.add(1, base)
+

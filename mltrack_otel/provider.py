@@ -1,0 +1,250 @@
+"""configure(): Settings -> TracerProvider (+ MeterProvider) with the CostSpanProcessor over the exporters.
+
+Never hijacks an application's own SDK provider: when one is already global, our processor chain is added to it.
+Calling configure() again swaps the chain in place (the old one is flushed and shut down), so it is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from . import config, ledger
+from .config import Settings
+from .metrics import Instruments
+from .pricing import Pricer
+from .processor import CostSpanProcessor
+
+_log = logging.getLogger("mltrack_otel")
+_lock = threading.Lock()
+
+
+class _Slot(SpanProcessor):
+    """The one processor we add to a TracerProvider; configure() swaps what it delegates to."""
+
+    def __init__(self, target: CostSpanProcessor) -> None:
+        self.target = target
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.target.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.target.on_end(span)
+
+    def shutdown(self) -> None:
+        self.target.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.target.force_flush(timeout_millis)
+
+
+@dataclass
+class Runtime:
+    """What configure() built; `mltrack_otel.provider.runtime()` returns it (tests, CLI)."""
+
+    settings: Settings
+    tracer_provider: Any
+    processor: CostSpanProcessor | None = None
+    memory_exporter: InMemorySpanExporter | None = None
+    metric_reader: Any = None
+    exporters: tuple[str, ...] = ()
+
+
+_runtime: Runtime | None = None
+_slots: dict[int, _Slot] = {}
+
+
+def runtime() -> Runtime | None:
+    return _runtime
+
+
+def resolve_exporters(settings: Settings) -> tuple[str, ...]:
+    """The configured exporters, or the defaults: the embedded MLflow store when mlflow is installed, OTLP when an
+    endpoint is set."""
+    if settings.exporters is not None:
+        return tuple(name for name in settings.exporters if name != "none")
+    chosen = []
+    if importlib.util.find_spec("mlflow") is not None:
+        chosen.append("mlflow")
+    if settings.otlp_endpoint:
+        chosen.append("otlp")
+    return tuple(chosen)
+
+
+def _otlp_exporter(settings: Settings) -> SpanExporter:
+    compression: Any = None
+    if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        if settings.otlp_compression and settings.otlp_compression != "none":
+            from grpc import Compression
+
+            compression = Compression.Gzip if settings.otlp_compression == "gzip" else Compression.Deflate
+        return OTLPSpanExporter(
+            endpoint=settings.otlp_endpoint,
+            headers=tuple(settings.otlp_headers.items()) or None,
+            timeout=settings.otlp_timeout_seconds,
+            compression=compression,
+        )
+    from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    endpoint = settings.otlp_endpoint
+    if endpoint and not endpoint.rstrip("/").endswith("/v1/traces"):
+        endpoint = endpoint.rstrip("/") + "/v1/traces"  # the base endpoint convention of OTEL_EXPORTER_OTLP_ENDPOINT
+    if settings.otlp_compression:
+        compression = HttpCompression(settings.otlp_compression)
+    return HttpExporter(
+        endpoint=endpoint,
+        headers=dict(settings.otlp_headers) or None,
+        timeout=settings.otlp_timeout_seconds,
+        compression=compression,
+    )
+
+
+def _mlflow_exporter(settings: Settings) -> SpanExporter:
+    from .exporters.mlflow import MlflowSpanExporter
+
+    return MlflowSpanExporter(
+        tracking_uri=settings.mlflow_tracking_uri or "sqlite:///mlflow.db",
+        experiment_name=settings.mlflow_experiment_name,
+        experiment_id=settings.mlflow_experiment_id,
+    )
+
+
+def _batch(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=settings.export_queue_size,
+        max_export_batch_size=min(settings.export_batch_size, settings.export_queue_size),
+        schedule_delay_millis=settings.export_delay_ms,
+        export_timeout_millis=int(settings.shutdown_timeout_seconds * 1000),
+    )
+
+
+def _downstream(settings: Settings, names: tuple[str, ...]) -> tuple[list[SpanProcessor], InMemorySpanExporter | None]:
+    processors: list[SpanProcessor] = []
+    memory = None
+    for name in names:
+        if name == "memory":
+            memory = InMemorySpanExporter()
+            processors.append(SimpleSpanProcessor(memory))
+        elif name == "console":
+            processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            processors.append(_batch(_otlp_exporter(settings), settings))
+        elif name == "mlflow":
+            processors.append(_batch(_mlflow_exporter(settings), settings))
+    return processors, memory
+
+
+def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, Any]:
+    """A MeterProvider with readers for the exporters that carry metrics (OTLP, memory); None when none does,
+    so that recording metrics costs nothing."""
+    global_provider = metrics.get_meter_provider()
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    if isinstance(global_provider, MeterProvider):
+        return global_provider, None
+    readers = []
+    memory_reader = None
+    if "memory" in names:
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        memory_reader = InMemoryMetricReader()
+        readers.append(memory_reader)
+    if "otlp" in names and settings.otlp_protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        endpoint = settings.otlp_endpoint or ""
+        base = endpoint.rstrip("/").removesuffix("/v1/traces")
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=f"{base}/v1/metrics" if base else None, headers=dict(settings.otlp_headers))
+            )
+        )
+    if not readers:
+        return None, None
+    resource = Resource.create({SERVICE_NAME: settings.service_name})
+    return MeterProvider(resource=resource, metric_readers=readers), memory_reader
+
+
+def configure(config_file: str | None = None, **overrides: Any) -> Any:
+    """Read settings (`.mltrack.yml`, env, keyword overrides such as ``exporters=["otlp", "mlflow"]``), build the
+    pipeline and return the TracerProvider spans go to. Disabled tracking returns the global provider untouched."""
+    global _runtime
+    settings = config.load_settings(config_file, **overrides)
+    with _lock:
+        config.set_current(settings)
+        ledger.LEDGER.limits = ledger.Limits(
+            token_warning=settings.llm_token_limit_warning,
+            cost_warning=settings.llm_cost_limit_warning,
+            token_budget=settings.llm_token_limit,
+            cost_budget=settings.llm_cost_limit,
+        )
+        ledger.LEDGER.max_conversations = settings.max_conversations
+        if not settings.llm_tracking_enabled:
+            _runtime = Runtime(settings, trace.get_tracer_provider())
+            return _runtime.tracer_provider
+
+        names = resolve_exporters(settings)
+        downstream, memory = _downstream(settings, names)
+        meter_provider, metric_reader = _meter_provider(settings, names)
+        processor = CostSpanProcessor(
+            *downstream,
+            pricer=Pricer(settings.price_overrides, settings.provider_aliases),
+            instruments=Instruments(meter_provider),
+            track_costs=settings.llm_track_costs,
+            track_tokens=settings.llm_track_token_usage,
+        )
+        provider = _install(processor, settings)
+        _runtime = Runtime(settings, provider, processor, memory, metric_reader, names)
+    _log.info("mltrack-otel: exporting to %s", ", ".join(names) or "nothing (ledger and metrics only)")
+    return provider
+
+
+def _install(processor: CostSpanProcessor, settings: Settings) -> TracerProvider:
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        provider = current
+        slot = _slots.get(id(provider))
+        if slot is not None:
+            old, slot.target = slot.target, processor
+            old.shutdown()
+            return provider
+        _log.info("mltrack-otel: an SDK TracerProvider is already global; adding our processor chain to it")
+    else:
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
+        trace.set_tracer_provider(provider)
+        if trace.get_tracer_provider() is not provider:  # someone else won the race to set it
+            provider = trace.get_tracer_provider()  # type: ignore[assignment]
+        else:
+            _log.info("mltrack-otel: installed a new global TracerProvider")
+    slot = _Slot(processor)
+    _slots[id(provider)] = slot
+    provider.add_span_processor(slot)
+    return provider
+
+
+def shutdown() -> None:
+    """Flush and shut down the exporters (bounded by shutdown_timeout_seconds each)."""
+    if _runtime is not None and _runtime.processor is not None:
+        timeout_ms = int(_runtime.settings.shutdown_timeout_seconds * 1000)
+        _runtime.processor.force_flush(timeout_ms)
+        _runtime.processor.shutdown()
