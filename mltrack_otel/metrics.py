@@ -38,7 +38,7 @@ class Instruments:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.cost = meter.create_counter(
-            semconv.METRIC_MLTRACK_CLIENT_COST, unit="USD", description="USD spent on model calls"
+            semconv.METRIC_MLTRACK_CLIENT_COST, unit="{USD}", description="USD spent on model calls"
         )
         self.unpriced = meter.create_counter(
             semconv.METRIC_MLTRACK_CLIENT_CALLS_UNPRICED,
