@@ -7,6 +7,7 @@ OpenTelemetry spans: the CostSpanProcessor prices and totals them exactly as it 
 from __future__ import annotations
 
 import functools
+import json
 import inspect
 import logging
 import time
@@ -355,3 +356,64 @@ def anthropic_response_extractor(response: Any) -> Any:
 def anthropic_token_extractor(response: Any) -> Any:
     # The usage object itself: usage_attributes() normalises Anthropic's cache fields into the input count.
     return getattr(response, "usage", None)
+
+
+# -- content (prompt as a string or a list of {"role", "content"} messages) -----------------------------------
+
+
+def _as_messages(prompt: Any) -> list[dict[str, Any]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if isinstance(prompt, (list, tuple)):
+        return [m if isinstance(m, Mapping) else {"role": "user", "content": m} for m in prompt]
+    return [{"role": "user", "content": prompt}]
+
+
+def content_attributes(settings: config.Settings, prompt: Any, response: Any) -> dict[str, Any]:
+    """gen_ai.input/output.messages for a logged call, per capture settings and within the byte budget."""
+    out: dict[str, Any] = {}
+    truncated = False
+    if settings.capture_prompts and prompt is not None:
+        out[gen_ai.GEN_AI_INPUT_MESSAGES], cut = _encode(_as_messages(prompt), settings)
+        truncated |= cut
+    if settings.capture_responses and response is not None:
+        out[gen_ai.GEN_AI_OUTPUT_MESSAGES], cut = _encode([{"role": "assistant", "content": response}], settings)
+        truncated |= cut
+    if truncated:
+        out[semconv.MLTRACK_CONTENT_TRUNCATED] = True
+    return out
+
+
+def _encode(messages: list[Mapping[str, Any]], settings: config.Settings) -> tuple[str, bool]:
+    parts = [
+        {"role": str(m.get("role", "user")), "parts": [{"type": "text", "content": _text(m.get("content"))}]}
+        for m in messages
+    ]
+    redactor = settings.redactor
+    if redactor is not None:
+        for message in parts:
+            for part in message["parts"]:
+                part["content"] = redactor.sub("[REDACTED]", part["content"])
+    budget = settings.content_max_bytes
+    truncated = False
+    while True:
+        encoded = json.dumps(parts, ensure_ascii=False)
+        if len(encoded.encode()) <= budget:
+            return encoded, truncated
+        truncated = True
+        if len(parts) > 1:
+            parts.pop(0)  # whole oldest messages go first
+        else:
+            text = parts[0]["parts"][0]["content"]
+            parts[0]["parts"][0]["content"] = text[: max(0, len(text) - (len(encoded.encode()) - budget) - 16)]
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
+    try:
+        return json.dumps(content, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return repr(content)[:65536]
