@@ -6,7 +6,7 @@ fleet's totals add up in any metrics backend.
 
 from __future__ import annotations
 
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider, get_meter
 from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
     GEN_AI_CLIENT_OPERATION_DURATION,
     GEN_AI_CLIENT_TOKEN_USAGE,
@@ -24,6 +24,8 @@ class Instruments:
     """The instruments the CostSpanProcessor records to."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+        # With a no-op provider, recording is skipped altogether rather than paid for per span.
+        self.enabled = not isinstance(meter_provider, NoOpMeterProvider)
         meter = get_meter("mltrack_otel", __version__, meter_provider=meter_provider)
         self.token_usage = meter.create_histogram(
             GEN_AI_CLIENT_TOKEN_USAGE,

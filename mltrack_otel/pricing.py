@@ -103,7 +103,7 @@ class Cost:
 
     input: Decimal  # all input, including cache read/write
     output: Decimal
-    total: Decimal
+    total: Decimal  # input + output, plus any per-request fee (e.g. Perplexity's search fee)
     source: str  # "genai-prices:<provider id>/<model id>" or "override:<model name>"
 
 
@@ -253,8 +253,27 @@ def _rates_at(entry: _Entry, at_ns: int) -> _Rates:
     return entry.default
 
 
-class _BadUsage(ValueError):
-    pass
+def _usage_ok(u: Usage) -> bool:
+    # Our convention: ints, parts within their totals. Anything else is a caller bug, priced as "unpriced".
+    i, o, cr, cw, rs = (
+        u.input_tokens,
+        u.output_tokens,
+        u.cache_read_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+    )
+    return (
+        type(i) is int
+        and type(o) is int
+        and type(cr) is int
+        and type(cw) is int
+        and type(rs) is int
+        and cr >= 0
+        and cw >= 0
+        and rs >= 0
+        and cr + cw <= i
+        and rs <= o
+    )
 
 
 def _cost(rates: _Rates, usage: Usage, source: str) -> Cost | None:
@@ -277,8 +296,6 @@ def _cost(rates: _Rates, usage: Usage, source: str) -> Cost | None:
     rs = usage.reasoning_tokens if r_rs is not None else 0
     plain_in = inp - cr - cw
     plain_out = out - rs
-    if plain_in < 0 or plain_out < 0 or cr < 0 or cw < 0 or rs < 0:
-        raise _BadUsage
     if rates.tiered:  # the tier is chosen by the total input, cache tokens included
         r_in, r_out, r_cr, r_cw, r_rs = (
             r.at(inp) if isinstance(r, _Tiered) else r for r in (r_in, r_out, r_cr, r_cw, r_rs)
@@ -342,14 +359,23 @@ class Pricer:
     def price(self, provider: str | None, model: str, usage: Usage, at_ns: int | None = None) -> Cost | None:
         """The cost of one call at time `at_ns` (ns since the epoch; None = now); None if it cannot be priced.
 
-        None means an unknown model or provider, a model without token prices, or inconsistent usage (e.g.
-        more cache tokens than input tokens); each is logged once per (provider, model). Never raises.
+        None means an unknown model or provider, a model without token prices, or invalid usage (not ints,
+        negative, or parts larger than their totals, e.g. cache tokens not counted in input_tokens); each is
+        logged once per (provider, model). Never raises.
         """
         try:
             entry = self._cache.get((provider, model))
             if entry is None:
                 entry = self._lookup(provider, model)
             if entry is _UNKNOWN:
+                return None
+            if not _usage_ok(usage):
+                self._warn_once(
+                    ("usage", provider, model),
+                    "invalid token usage for %.200r: %r; call left unpriced",
+                    model,
+                    usage,
+                )
                 return None
             if entry.periods:
                 rates = _rates_at(entry, time.time_ns() if at_ns is None else at_ns)
@@ -361,13 +387,6 @@ class Pricer:
                     ("noprice", provider, model), "%s has no token prices; call left unpriced", entry.source
                 )
             return cost
-        except _BadUsage:
-            self._warn_once(
-                ("usage", provider, model),
-                "inconsistent token usage for %r: %r; call left unpriced",
-                model,
-                usage,
-            )
         except Exception:
             self._warn_once(
                 ("error", provider, model), "pricing %.200r failed; call left unpriced", model, exc_info=True

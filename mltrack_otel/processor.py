@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -90,8 +91,13 @@ def read_usage(attrs: Any) -> Usage | None:
     return None
 
 
-def _usd(value: Decimal) -> float:
-    return float(value)
+def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
+    """The span's attributes as a plain dict when the SDK keeps one (reads through its MappingProxy of
+    BoundedAttributes cost a Python-level __getitem__ and a lock each), else the public mapping."""
+    raw = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if type(raw) is dict:
+        return raw
+    return span.attributes or {}
 
 
 class CostSpanProcessor(SpanProcessor):
@@ -175,7 +181,7 @@ class CostSpanProcessor(SpanProcessor):
         ctx = span.context
         live = self._live.pop(ctx.span_id, None)
         scope = live.scope if live is not None else None
-        attrs = span.attributes or {}
+        attrs = _attributes_of(span)
         extra: dict[str, Any] = {}
         events: list[Event] = []
         counted = False
@@ -185,7 +191,7 @@ class CostSpanProcessor(SpanProcessor):
             counted = live is None or not live.counted_below
             self._price_and_count(span, attrs, usage, scope, counted, extra, events)
 
-        if live is None or not live.counted_below:
+        if self._instruments.enabled and (live is None or not live.counted_below):
             if attrs.get(gen_ai.GEN_AI_OPERATION_NAME) is not None:
                 self._record_duration(span, attrs)
 
@@ -215,8 +221,8 @@ class CostSpanProcessor(SpanProcessor):
             parent=parent,
             resource=span.resource,
             attributes=merged,
-            events=(*span.events, *events) if events else span.events,
-            links=span.links,
+            events=(*span.events, *events) if events else getattr(span, "_events", span.events),
+            links=getattr(span, "_links", span.links),
             kind=span.kind,
             status=span.status,
             start_time=span.start_time,
@@ -245,9 +251,10 @@ class CostSpanProcessor(SpanProcessor):
         if self._track_costs and isinstance(model, str):
             cost = self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
         if cost is not None:
-            extra[semconv.LLM_COST_PROMPT] = _usd(cost.input)
-            extra[semconv.LLM_COST_COMPLETION] = _usd(cost.output)
-            extra[semconv.LLM_COST_TOTAL] = _usd(cost.total)
+            cost_in, cost_out, cost_total = float(cost.input), float(cost.output), float(cost.total)
+            extra[semconv.LLM_COST_PROMPT] = cost_in
+            extra[semconv.LLM_COST_COMPLETION] = cost_out
+            extra[semconv.LLM_COST_TOTAL] = cost_total
             extra[semconv.MLTRACK_PRICING_SOURCE] = cost.source
         elif self._track_costs:
             extra[semconv.MLTRACK_COST_UNPRICED] = True
@@ -269,12 +276,12 @@ class CostSpanProcessor(SpanProcessor):
         self._put_totals(extra, running)
         if cost is not None:
             extra[semconv.MLFLOW_LLM_COST] = (
-                f'{{"input_cost": {_usd(cost.input)!r}, "output_cost": {_usd(cost.output)!r}, '
-                f'"total_cost": {_usd(cost.total)!r}}}'
+                f'{{"input_cost": {cost_in!r}, "output_cost": {cost_out!r}, "total_cost": {cost_total!r}}}'
             )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
-        self._record_metrics(attrs, provider, model, usage, cost)
+        if self._instruments.enabled:
+            self._record_metrics(attrs, provider, model, usage, cost)
 
     def _record_duration(self, span: ReadableSpan, attrs: Any) -> None:
         """gen_ai.client.operation.duration for the innermost span of a model call."""
@@ -294,7 +301,7 @@ class CostSpanProcessor(SpanProcessor):
         extra[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
         extra[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
         extra[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
-        extra[semconv.LLM_COST_CUMULATIVE] = _usd(totals.cost_usd)
+        extra[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
 
     @staticmethod
     def _limit_event(crossing: LimitCrossing, span: ReadableSpan) -> Event:
@@ -331,7 +338,7 @@ class CostSpanProcessor(SpanProcessor):
         instruments.token_usage.record(usage.input_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "input"})
         instruments.token_usage.record(usage.output_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "output"})
         if cost is not None:
-            instruments.cost.add(_usd(cost.total), base)
+            instruments.cost.add(float(cost.total), base)
         else:
             instruments.unpriced.add(1, base)
 

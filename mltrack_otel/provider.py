@@ -180,7 +180,7 @@ def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, An
             )
         )
     if not readers:
-        return None, None
+        return metrics.NoOpMeterProvider(), None
     resource = Resource.create({SERVICE_NAME: settings.service_name})
     return MeterProvider(resource=resource, metric_readers=readers), memory_reader
 
