@@ -177,7 +177,6 @@ class CostSpanProcessor(SpanProcessor):
     # -- enrichment --------------------------------------------------------------------------------------------
 
     def _enrich(self, span: ReadableSpan) -> ReadableSpan:
-        guard.count("spans.processed")
         ctx = span.context
         live = self._live.pop(ctx.span_id, None)
         scope = live.scope if live is not None else None
