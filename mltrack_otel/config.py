@@ -147,7 +147,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
             raise ConfigError(f"{path}: file is larger than {_MAX_FILE_BYTES} bytes")
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - safe loader
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     if data is None:
@@ -190,7 +190,7 @@ def _env_value(name: str, raw: str) -> Any:
         if name == "otlp_headers":
             return _parse_headers(raw)
         try:
-            return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506
+            return yaml.load(raw, Loader=_NoAliasLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"MLTRACK_{name.upper()}: expected a YAML/JSON mapping: {exc}") from None
     if "tuple" in annotation:

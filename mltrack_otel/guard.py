@@ -34,8 +34,11 @@ def record_error(where: str, exc: BaseException | None = None) -> None:
         first = where not in _logged
         _logged.add(where)
     if first:
-        _log.warning("mltrack-otel: tracking failed in %s (further failures here are counted, not logged)",
-                     where, exc_info=exc)
+        _log.warning(
+            "mltrack-otel: tracking failed in %s (further failures here are counted, not logged)",
+            where,
+            exc_info=exc,
+        )
 
 
 def guarded(where: str, fn: Callable[..., T], *args: Any, default: T | None = None, **kwargs: Any) -> T | None:

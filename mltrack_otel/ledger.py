@@ -169,8 +169,9 @@ class Ledger:
         limits = self.limits
         if limits.token_budget is None and limits.cost_budget is None:
             return
-        for where, totals in [("process", self._process)] + [("context", s.totals) for s in
-                                                             (scope.chain() if scope else ())]:
+        for where, totals in [("process", self._process)] + [
+            ("context", s.totals) for s in (scope.chain() if scope else ())
+        ]:
             if limits.token_budget is not None and totals.total_tokens >= limits.token_budget:
                 raise BudgetExceededError("token", where, limits.token_budget, totals.total_tokens)
             if limits.cost_budget is not None and totals.cost_usd >= limits.cost_budget:

@@ -13,7 +13,6 @@ import logging
 import threading
 import warnings
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from opentelemetry.context import Context
@@ -37,8 +36,14 @@ _USAGE_KEYS = (
     ("llm.token_count.prompt", "llm.token_count.completion"),  # OpenInference
 )
 _CACHE_READ_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "llm.token_count.prompt_details.cache_read")
-_CACHE_WRITE_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "llm.token_count.prompt_details.cache_write")
-_REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count.completion_details.reasoning")
+_CACHE_WRITE_KEYS = (
+    gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    "llm.token_count.prompt_details.cache_write",
+)
+_REASONING_KEYS = (
+    gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    "llm.token_count.completion_details.reasoning",
+)
 _PROVIDER_KEYS = (gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider")
 _MODEL_KEYS = (gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name")
 _MAX_LIVE_SPANS = 100_000
@@ -190,9 +195,9 @@ class CostSpanProcessor(SpanProcessor):
             counted = live is None or not live.counted_below
             self._price_and_count(span, attrs, usage, scope, counted, extra, events)
 
-        if self._instruments.enabled and (live is None or not live.counted_below):
-            if attrs.get(gen_ai.GEN_AI_OPERATION_NAME) is not None:
-                self._record_duration(span, attrs)
+        innermost = live is None or not live.counted_below
+        if innermost and self._instruments.enabled and attrs.get(gen_ai.GEN_AI_OPERATION_NAME) is not None:
+            self._record_duration(span, attrs)
 
         # Tell the parent that usage below it is accounted for, so it is not counted again.
         if live is not None and live.parent_id is not None and (counted or live.counted_below):
@@ -201,14 +206,14 @@ class CostSpanProcessor(SpanProcessor):
                 parent.counted_below = True
 
         # Scope roots get their final totals; so does a trace's local root.
-        if scope is not None and scope.span_id == ctx.span_id:
+        scope_root = scope is not None and scope.span_id == ctx.span_id
+        if scope_root:
             self._put_totals(extra, scope.totals)
         parent = span.parent
         if parent is None or parent.is_remote:
             trace_totals = self._ledger.end_trace(ctx.trace_id)
-            if scope is None or scope.span_id != ctx.span_id:
-                if trace_totals.calls:
-                    self._put_totals(extra, trace_totals)
+            if trace_totals.calls and not scope_root:
+                self._put_totals(extra, trace_totals)
 
         if not extra:
             return span
@@ -322,14 +327,14 @@ class CostSpanProcessor(SpanProcessor):
             timestamp=span.end_time,
         )
 
-    def _record_metrics(
-        self, attrs: Any, provider: Any, model: Any, usage: Usage, cost: Cost | None
-    ) -> None:
+    def _record_metrics(self, attrs: Any, provider: Any, model: Any, usage: Usage, cost: Cost | None) -> None:
         instruments = self._instruments
         base = {
             gen_ai.GEN_AI_OPERATION_NAME: attrs.get(gen_ai.GEN_AI_OPERATION_NAME, "chat"),
             gen_ai.GEN_AI_PROVIDER_NAME: provider if isinstance(provider, str) else "unknown",
-            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, model if isinstance(model, str) else ""),
+            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(
+                gen_ai.GEN_AI_REQUEST_MODEL, model if isinstance(model, str) else ""
+            ),
         }
         response_model = attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL)
         if response_model is not None:
@@ -340,4 +345,3 @@ class CostSpanProcessor(SpanProcessor):
             instruments.cost.add(float(cost.total), base)
         else:
             instruments.unpriced.add(1, base)
-

@@ -7,8 +7,8 @@ OpenTelemetry spans: the CostSpanProcessor prices and totals them exactly as it 
 from __future__ import annotations
 
 import functools
-import json
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from . import config, guard, semconv
-from .ledger import _current_scope, Scope, Totals, current_scope
+from .ledger import Scope, Totals, _current_scope, current_scope
 from .usage import usage_attributes
 from .version import __version__
 
@@ -142,9 +142,7 @@ class LLMTracker:
             attributes[gen_ai.GEN_AI_CONVERSATION_ID] = self._scope.conversation_id
         attributes.update(_parameter_attributes(parameters))
         if metadata:
-            attributes.update(
-                {f"mltrack.metadata.{key}": _attribute_value(value) for key, value in metadata.items()}
-            )
+            attributes.update({f"mltrack.metadata.{key}": _attribute_value(value) for key, value in metadata.items()})
         if settings.llm_track_token_usage and token_usage is not None:
             attributes.update(usage_attributes(token_usage, provider))
         if duration_seconds is not None:
@@ -156,7 +154,10 @@ class LLMTracker:
             end = end_time or time.time_ns()
             start = end - int(duration_seconds * 1e9) if duration_seconds else None
             span = _tracer().start_span(
-                f"chat {model}" if model else "chat", kind=SpanKind.CLIENT, attributes=attributes, start_time=start
+                f"chat {model}" if model else "chat",
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                start_time=start,
             )
             span.end(end_time=end)
         finally:
@@ -205,9 +206,7 @@ class LLMTracker:
         return decorate
 
 
-def track(
-    name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] | None = None
-) -> Any:
+def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] | None = None) -> Any:
     """Trace a sync, async, generator or async-generator function as a scope span with
     ``execution_time_seconds`` and any exception. Usable as ``@track`` or ``@track(name=..., tags=...)``."""
     if callable(name):
@@ -337,7 +336,11 @@ def openai_token_extractor(response: Any) -> dict[str, int] | None:
     completion = getattr(usage, "completion_tokens", None)
     if prompt is None:  # Responses API names
         prompt, completion = getattr(usage, "input_tokens", 0), getattr(usage, "output_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": (prompt or 0) + (completion or 0)}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": (prompt or 0) + (completion or 0),
+    }
 
 
 def anthropic_prompt_extractor(args: tuple, kwargs: dict) -> Any:

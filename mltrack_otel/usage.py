@@ -17,7 +17,6 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from . import guard
 
 
-
 def _get(source: Any, name: str) -> Any:
     if source is None:
         return None

@@ -68,9 +68,14 @@ def test_thousand_concurrent_tasks_each_keep_their_context_total(pipeline):
                 await asyncio.sleep(0)
                 a = attrs(i * 2 + k)
                 tracker.log_prompt_response(
-                    "q", "a", model=a["gen_ai.request.model"], provider=a["gen_ai.provider.name"],
-                    token_usage={"prompt_tokens": a["gen_ai.usage.input_tokens"],
-                                 "completion_tokens": a["gen_ai.usage.output_tokens"]},
+                    "q",
+                    "a",
+                    model=a["gen_ai.request.model"],
+                    provider=a["gen_ai.provider.name"],
+                    token_usage={
+                        "prompt_tokens": a["gen_ai.usage.input_tokens"],
+                        "completion_tokens": a["gen_ai.usage.output_tokens"],
+                    },
                 )
             return tracker.totals
 

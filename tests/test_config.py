@@ -72,8 +72,16 @@ def test_a_typo_is_an_error_naming_file_key_and_suggestion(isolated_env):
         ("llm_token_limit_warning: 'lots'\n", "llm_token_limit_warning", "int"),
         ("llm_token_limit_warning: -5\n", "llm_token_limit_warning", "greater than or equal to 0"),
         ("exporters: [mlflow, zipkin]\n", "exporters.1", "'mlflow'"),
-        ("llm_providers:\n  openai:\n    default_modle: x\n", "llm_providers.openai.default_modle", "unknown key"),
-        ("price_overrides:\n  my-ft: {input_per_mtok: 1}\n", "price_overrides.my-ft.output_per_mtok", "required"),
+        (
+            "llm_providers:\n  openai:\n    default_modle: x\n",
+            "llm_providers.openai.default_modle",
+            "unknown key",
+        ),
+        (
+            "price_overrides:\n  my-ft: {input_per_mtok: 1}\n",
+            "price_overrides.my-ft.output_per_mtok",
+            "required",
+        ),
         ("redact_patterns: ['(unclosed']\n", "redact_patterns", "invalid regular expression"),
     ],
 )

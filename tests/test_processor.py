@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel import semconv
 from mltrack_otel.errors import BudgetExceededError, LLMLimitWarning
 from mltrack_otel.ledger import Ledger, Limits
-from mltrack_otel.pricing import Pricer, PriceOverride
+from mltrack_otel.pricing import PriceOverride, Pricer
 from mltrack_otel.processor import CostSpanProcessor
 
 # Published prices, USD per 1M tokens (openai.com/api/pricing): gpt-4o $2.50 in / $10.00 out.
@@ -120,10 +120,18 @@ def test_unknown_model_is_marked_unpriced_never_zero(setup):
 @pytest.mark.parametrize(
     "attrs",
     [
-        {"gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o",
-         "gen_ai.usage.prompt_tokens": 1000, "gen_ai.usage.completion_tokens": 200},
-        {"llm.provider": "openai", "llm.model_name": "gpt-4o",
-         "llm.token_count.prompt": 1000, "llm.token_count.completion": 200},
+        {
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o",
+            "gen_ai.usage.prompt_tokens": 1000,
+            "gen_ai.usage.completion_tokens": 200,
+        },
+        {
+            "llm.provider": "openai",
+            "llm.model_name": "gpt-4o",
+            "llm.token_count.prompt": 1000,
+            "llm.token_count.completion": 200,
+        },
     ],
     ids=["older-gen-ai-names", "openinference"],
 )

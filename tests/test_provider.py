@@ -20,7 +20,12 @@ def run(code: str, cwd, env_extra: dict | None = None) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLTRACK_", "OTEL_"))}
     env.update({"HOME": str(cwd), **(env_extra or {})})
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -33,8 +38,9 @@ def test_configure_twice_keeps_one_processor_chain(pipeline):
     slots = [p for p in second._active_span_processor._span_processors if isinstance(p, provider._Slot)]
     assert len(slots) == 1
     rt = provider.runtime()
-    mltrack_otel.LLMTracker().log_prompt_response("q", "a", model="gpt-4o",
-                                                  token_usage={"prompt_tokens": 1, "completion_tokens": 1})
+    mltrack_otel.LLMTracker().log_prompt_response(
+        "q", "a", model="gpt-4o", token_usage={"prompt_tokens": 1, "completion_tokens": 1}
+    )
     assert len(rt.memory_exporter.get_finished_spans()) == 1  # exported once, by the newest chain only
 
 

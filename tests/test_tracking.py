@@ -47,11 +47,21 @@ def test_the_issue_example(pipeline):
 
 def test_nested_contexts_roll_up_and_keep_their_own_totals(pipeline):
     with mltrack_otel.track_llm_context("outer") as outer:
-        outer.log_prompt_response("q1", "a1", model="gpt-4o", provider="openai",
-                                  token_usage={"prompt_tokens": 100, "completion_tokens": 10})
+        outer.log_prompt_response(
+            "q1",
+            "a1",
+            model="gpt-4o",
+            provider="openai",
+            token_usage={"prompt_tokens": 100, "completion_tokens": 10},
+        )
         with mltrack_otel.track_llm_context("inner") as inner:
-            inner.log_prompt_response("q2", "a2", model="claude-3-haiku-20240307", provider="anthropic",
-                                      token_usage={"input_tokens": 200, "output_tokens": 20})
+            inner.log_prompt_response(
+                "q2",
+                "a2",
+                model="claude-3-haiku-20240307",
+                provider="anthropic",
+                token_usage={"input_tokens": 200, "output_tokens": 20},
+            )
         assert inner.totals.cost_usd == cost(HAIKU, 200, 20)
         assert outer.totals.cost_usd == cost(GPT4O, 100, 10) + cost(HAIKU, 200, 20)
         assert outer.totals.calls == 2
@@ -75,12 +85,27 @@ def test_sdk_usage_objects_are_accepted_and_anthropic_cache_is_normalised(pipeli
     from openai.types import CompletionUsage
 
     tracker = mltrack_otel.LLMTracker()
-    tracker.log_prompt_response("a", "b", model="gpt-4o", provider="openai", token_usage=CompletionUsage(
-        prompt_tokens=50, completion_tokens=5, total_tokens=55, prompt_tokens_details={"cached_tokens": 20}))
-    tracker.log_prompt_response("c", "d", model="claude-3-haiku-20240307", provider="anthropic",
-                                token_usage=AnthropicUsage(input_tokens=10, output_tokens=3,
-                                                           cache_read_input_tokens=40,
-                                                           cache_creation_input_tokens=50))
+    tracker.log_prompt_response(
+        "a",
+        "b",
+        model="gpt-4o",
+        provider="openai",
+        token_usage=CompletionUsage(
+            prompt_tokens=50,
+            completion_tokens=5,
+            total_tokens=55,
+            prompt_tokens_details={"cached_tokens": 20},
+        ),
+    )
+    tracker.log_prompt_response(
+        "c",
+        "d",
+        model="claude-3-haiku-20240307",
+        provider="anthropic",
+        token_usage=AnthropicUsage(
+            input_tokens=10, output_tokens=3, cache_read_input_tokens=40, cache_creation_input_tokens=50
+        ),
+    )
     openai_span, anthropic_span = pipeline.memory_exporter.get_finished_spans()
     assert openai_span.attributes["gen_ai.usage.input_tokens"] == 50
     assert openai_span.attributes["gen_ai.usage.cache_read.input_tokens"] == 20
@@ -126,8 +151,12 @@ def test_unserialisable_prompt_and_huge_prompt_never_raise(pipeline):
 def test_content_capture_off_records_no_text(pipeline):
     mltrack_otel.configure(exporters=["memory"], llm_log_prompts=False, llm_log_responses=False)
     rt = mltrack_otel.provider.runtime()
-    mltrack_otel.LLMTracker().log_prompt_response("secret question", "secret answer", model="gpt-4o",
-                                                  token_usage={"prompt_tokens": 1, "completion_tokens": 1})
+    mltrack_otel.LLMTracker().log_prompt_response(
+        "secret question",
+        "secret answer",
+        model="gpt-4o",
+        token_usage={"prompt_tokens": 1, "completion_tokens": 1},
+    )
     (span,) = rt.memory_exporter.get_finished_spans()
     assert "secret" not in repr(dict(span.attributes))
 
@@ -141,13 +170,23 @@ def test_track_llm_call_with_custom_extractors_sync_and_async(pipeline):
     def tokens_of(response):
         return {"prompt_tokens": response["input_tokens"], "completion_tokens": response["output_tokens"]}
 
-    @tracker.track_llm_call(model="gpt-4o", provider="openai", extract_prompt=prompt_of,
-                            extract_response=lambda r: r["text"], extract_token_usage=tokens_of)
+    @tracker.track_llm_call(
+        model="gpt-4o",
+        provider="openai",
+        extract_prompt=prompt_of,
+        extract_response=lambda r: r["text"],
+        extract_token_usage=tokens_of,
+    )
     def call(query):
         return {"text": f"answer to {query}", "input_tokens": 7, "output_tokens": 3}
 
-    @tracker.track_llm_call(model="gpt-4o", provider="openai", extract_prompt=prompt_of,
-                            extract_response=lambda r: r["text"], extract_token_usage=tokens_of)
+    @tracker.track_llm_call(
+        model="gpt-4o",
+        provider="openai",
+        extract_prompt=prompt_of,
+        extract_response=lambda r: r["text"],
+        extract_token_usage=tokens_of,
+    )
     async def acall(query):
         return {"text": f"answer to {query}", "input_tokens": 70, "output_tokens": 30}
 
@@ -197,8 +236,12 @@ def test_track_decorates_every_function_kind_and_records_time_and_errors(pipelin
     with pytest.raises(KeyError):
         asyncio.run(boom())
     spans = finished(pipeline)
-    assert set(spans) >= {"test_track_decorates_every_function_kind_and_records_time_and_errors.<locals>.plain",
-                          "gen", "agen", "boom"}
+    assert set(spans) >= {
+        "test_track_decorates_every_function_kind_and_records_time_and_errors.<locals>.plain",
+        "gen",
+        "agen",
+        "boom",
+    }
     for span in spans.values():
         assert span.attributes[semconv.EXECUTION_TIME_SECONDS] >= 0
     assert spans["agen"].attributes[semconv.MLTRACK_TAGS] == ("kind=async-gen",)
@@ -214,8 +257,13 @@ def test_concurrent_tasks_and_threads_keep_separate_contexts(pipeline):
         with mltrack_otel.track_llm_context(f"task-{i}") as tracker:
             for _ in range(3):
                 await asyncio.sleep(0)
-                tracker.log_prompt_response("q", "a", model="gpt-4o", provider="openai",
-                                            token_usage={"prompt_tokens": i, "completion_tokens": 0})
+                tracker.log_prompt_response(
+                    "q",
+                    "a",
+                    model="gpt-4o",
+                    provider="openai",
+                    token_usage={"prompt_tokens": i, "completion_tokens": 0},
+                )
             assert current_scope().name == f"task-{i}"
             results[i] = tracker.totals.prompt_tokens
 
@@ -227,8 +275,13 @@ def test_concurrent_tasks_and_threads_keep_separate_contexts(pipeline):
     def thread_worker(i):
         with mltrack_otel.track_llm_context(f"thread-{i}") as tracker:
             for _ in range(3):
-                tracker.log_prompt_response("q", "a", model="gpt-4o", provider="openai",
-                                            token_usage={"prompt_tokens": i, "completion_tokens": 0})
+                tracker.log_prompt_response(
+                    "q",
+                    "a",
+                    model="gpt-4o",
+                    provider="openai",
+                    token_usage={"prompt_tokens": i, "completion_tokens": 0},
+                )
             results[100 + i] = tracker.totals.prompt_tokens
 
     threads = [threading.Thread(target=thread_worker, args=(i,)) for i in range(1, 9)]
@@ -243,22 +296,39 @@ def test_seed_extractors_read_real_sdk_objects():
     from anthropic.types import Message
     from openai.types.chat import ChatCompletion
 
-    completion = ChatCompletion.model_validate({
-        "id": "c1", "object": "chat.completion", "created": 0, "model": "gpt-4o",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    })
-    message = Message.model_validate({
-        "id": "m1", "type": "message", "role": "assistant", "model": "claude-3-haiku-20240307",
-        "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": {"input_tokens": 5, "output_tokens": 2},
-    })
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        }
+    )
+    message = Message.model_validate(
+        {
+            "id": "m1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-3-haiku-20240307",
+            "content": [{"type": "text", "text": "hello"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 2},
+        }
+    )
     messages = [{"role": "user", "content": "q"}]
     assert mltrack_otel.openai_prompt_extractor((), {"messages": messages}) is messages
     assert mltrack_otel.openai_response_extractor(completion) == "hi"
-    assert mltrack_otel.openai_token_extractor(completion) == {"prompt_tokens": 3, "completion_tokens": 1,
-                                                               "total_tokens": 4}
+    assert mltrack_otel.openai_token_extractor(completion) == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "total_tokens": 4,
+    }
     assert mltrack_otel.anthropic_prompt_extractor((), {"messages": messages, "system": "be brief"})[0] == {
-        "role": "system", "content": "be brief"}
+        "role": "system",
+        "content": "be brief",
+    }
     assert mltrack_otel.anthropic_response_extractor(message) == "hello"
     assert mltrack_otel.anthropic_token_extractor(message).input_tokens == 5
