@@ -11,15 +11,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel.ledger import Ledger
-from mltrack_otel.metrics import Instruments
 from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
 
@@ -76,13 +72,8 @@ def bench(n: int = 20_000, rounds: int = 7) -> dict[str, float]:
         pass
     span = finished.get_finished_spans()[0]
     # No downstream: the figure is the processor's own work, not the exporter's.
-    quiet = CostSpanProcessor(ledger=Ledger(), instruments=Instruments(NoOpMeterProvider()))
-    with_metrics = CostSpanProcessor(
-        ledger=Ledger(),
-        instruments=Instruments(MeterProvider(metric_readers=[InMemoryMetricReader()])),
-    )
-    results["on_end (no metrics)"] = [on_end_us(quiet, span, n) for _ in range(rounds)]
-    results["on_end (SDK metrics on)"] = [on_end_us(with_metrics, span, n) for _ in range(rounds)]
+    quiet = CostSpanProcessor(ledger=Ledger())
+    results["on_end"] = [on_end_us(quiet, span, n) for _ in range(rounds)]
     medians = {name: statistics.median(values) for name, values in results.items()}
     medians["CostSpanProcessor added"] = medians["sdk span + CostSpanProcessor"] - medians["sdk span"]
     return medians

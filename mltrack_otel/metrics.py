@@ -1,18 +1,27 @@
-"""The metric instruments, created once per meter: GenAI client token usage and duration, plus our cost counters.
+"""Metrics from enriched spans: GenAI client token usage and duration, plus our cost counters.
 
-Attributes are limited to low-cardinality ones (provider, model, operation, token type, error type) so that a
-fleet's totals add up in any metrics backend.
+Recording a measurement costs the OpenTelemetry SDK ~15 µs, so metrics are not recorded on the caller's thread: the
+SpanMetricsExporter sits behind its own BatchSpanProcessor under the CostSpanProcessor and records from the enriched
+spans in the export worker. Attributes are limited to low-cardinality ones (provider, model, operation, token type,
+error type) so a fleet's totals add up in any metrics backend.
 """
 
 from __future__ import annotations
 
-from opentelemetry.metrics import MeterProvider, NoOpMeterProvider, get_meter
+from collections.abc import Sequence
+
+from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
     GEN_AI_CLIENT_OPERATION_DURATION,
     GEN_AI_CLIENT_TOKEN_USAGE,
 )
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import StatusCode
 
-from . import semconv
+from . import guard, semconv
 from .version import __version__
 
 # Bucket boundaries advised by the GenAI semantic conventions.
@@ -20,12 +29,12 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 
 
-class Instruments:
-    """The instruments the CostSpanProcessor records to."""
+class SpanMetricsExporter(SpanExporter):
+    """Records gen_ai.client.token.usage, gen_ai.client.operation.duration, mltrack.client.cost and
+    mltrack.client.calls.unpriced from spans the CostSpanProcessor enriched. Only counted spans add usage and cost,
+    so metrics never double count a call that several layers describe."""
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:
-        # With a no-op provider, recording is skipped altogether rather than paid for per span.
-        self.enabled = not isinstance(meter_provider, NoOpMeterProvider)
         meter = get_meter("mltrack_otel", __version__, meter_provider=meter_provider)
         self.token_usage = meter.create_histogram(
             GEN_AI_CLIENT_TOKEN_USAGE,
@@ -47,3 +56,42 @@ class Instruments:
             unit="{call}",
             description="Model calls that could not be priced",
         )
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            try:
+                self._record(span)
+            except Exception as exc:
+                guard.record_error("metrics.record", exc)
+        return SpanExportResult.SUCCESS
+
+    def _record(self, span: ReadableSpan) -> None:
+        attrs = span.attributes or {}
+        operation = attrs.get(gen_ai.GEN_AI_OPERATION_NAME)
+        counted = attrs.get(semconv.MLTRACK_USAGE_COUNTED)
+        if operation is None or counted is False:
+            return  # not a model call, or a wrapper of one that a deeper span already describes
+        labels = {
+            gen_ai.GEN_AI_OPERATION_NAME: operation,
+            gen_ai.GEN_AI_PROVIDER_NAME: attrs.get(gen_ai.GEN_AI_PROVIDER_NAME, "_OTHER"),
+            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, ""),
+        }
+        response_model = attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL)
+        if response_model is not None:
+            labels[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
+        if span.status.status_code is StatusCode.ERROR:
+            labels[ERROR_TYPE] = attrs.get(ERROR_TYPE, "_OTHER")
+        if span.end_time is not None and span.start_time is not None:
+            self.duration.record((span.end_time - span.start_time) / 1e9, labels)
+        if counted is not True:
+            return
+        prompt, completion = attrs.get(semconv.LLM_TOKENS_PROMPT), attrs.get(semconv.LLM_TOKENS_COMPLETION)
+        if prompt is not None:
+            self.token_usage.record(prompt, {**labels, gen_ai.GEN_AI_TOKEN_TYPE: "input"})
+        if completion is not None:
+            self.token_usage.record(completion, {**labels, gen_ai.GEN_AI_TOKEN_TYPE: "output"})
+        cost = attrs.get(semconv.LLM_COST_TOTAL)
+        if cost is not None:
+            self.cost.add(cost, labels)
+        elif attrs.get(semconv.MLTRACK_COST_UNPRICED):
+            self.unpriced.add(1, labels)

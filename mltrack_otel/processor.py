@@ -18,13 +18,10 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import StatusCode
 
 from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
-from .metrics import Instruments
 from .pricing import Cost, Pricer, Usage
 
 _log = logging.getLogger("mltrack_otel.processor")
@@ -116,14 +113,12 @@ class CostSpanProcessor(SpanProcessor):
         *downstream: SpanProcessor,
         pricer: Pricer | None = None,
         ledger: Ledger | None = None,
-        instruments: Instruments | None = None,
         track_costs: bool = True,
         track_tokens: bool = True,
     ) -> None:
         self._downstream = tuple(downstream)
         self._pricer = pricer or Pricer()
         self._ledger = ledger if ledger is not None else LEDGER
-        self._instruments = instruments if instruments is not None else Instruments()
         self._track_costs = track_costs
         self._track_tokens = track_tokens
         self._live: dict[int, _Live] = {}
@@ -194,10 +189,6 @@ class CostSpanProcessor(SpanProcessor):
         if usage is not None:
             counted = live is None or not live.counted_below
             self._price_and_count(span, attrs, usage, scope, counted, extra, events)
-
-        innermost = live is None or not live.counted_below
-        if innermost and self._instruments.enabled and attrs.get(gen_ai.GEN_AI_OPERATION_NAME) is not None:
-            self._record_duration(span, attrs)
 
         # Tell the parent that usage below it is accounted for, so it is not counted again.
         if live is not None and live.parent_id is not None and (counted or live.counted_below):
@@ -284,21 +275,6 @@ class CostSpanProcessor(SpanProcessor):
             )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
-        if self._instruments.enabled:
-            self._record_metrics(attrs, provider, model, usage, cost)
-
-    def _record_duration(self, span: ReadableSpan, attrs: Any) -> None:
-        """gen_ai.client.operation.duration for the innermost span of a model call."""
-        if span.end_time is None or span.start_time is None:
-            return
-        labels = {
-            gen_ai.GEN_AI_OPERATION_NAME: attrs.get(gen_ai.GEN_AI_OPERATION_NAME),
-            gen_ai.GEN_AI_PROVIDER_NAME: attrs.get(gen_ai.GEN_AI_PROVIDER_NAME, "unknown"),
-            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, ""),
-        }
-        if span.status.status_code is StatusCode.ERROR:
-            labels[ERROR_TYPE] = attrs.get(ERROR_TYPE, "_OTHER")
-        self._instruments.duration.record((span.end_time - span.start_time) / 1e9, labels)
 
     @staticmethod
     def _put_totals(extra: dict[str, Any], totals: Totals) -> None:
@@ -326,22 +302,3 @@ class CostSpanProcessor(SpanProcessor):
             },
             timestamp=span.end_time,
         )
-
-    def _record_metrics(self, attrs: Any, provider: Any, model: Any, usage: Usage, cost: Cost | None) -> None:
-        instruments = self._instruments
-        base = {
-            gen_ai.GEN_AI_OPERATION_NAME: attrs.get(gen_ai.GEN_AI_OPERATION_NAME, "chat"),
-            gen_ai.GEN_AI_PROVIDER_NAME: provider if isinstance(provider, str) else "unknown",
-            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(
-                gen_ai.GEN_AI_REQUEST_MODEL, model if isinstance(model, str) else ""
-            ),
-        }
-        response_model = attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL)
-        if response_model is not None:
-            base[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
-        instruments.token_usage.record(usage.input_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "input"})
-        instruments.token_usage.record(usage.output_tokens, {**base, gen_ai.GEN_AI_TOKEN_TYPE: "output"})
-        if cost is not None:
-            instruments.cost.add(float(cost.total), base)
-        else:
-            instruments.unpriced.add(1, base)

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from . import config, ledger
 from .config import Settings
-from .metrics import Instruments
+from .metrics import SpanMetricsExporter
 from .pricing import Pricer
 from .processor import CostSpanProcessor
 
@@ -154,8 +154,8 @@ def _downstream(settings: Settings, names: tuple[str, ...]) -> tuple[list[SpanPr
 
 
 def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, Any]:
-    """A MeterProvider with readers for the exporters that carry metrics (OTLP, memory); None when none does,
-    so that recording metrics costs nothing."""
+    """The global SDK MeterProvider, or one with readers for the exporters that carry metrics (OTLP, memory);
+    None when nothing would read them, so that metrics cost nothing."""
     global_provider = metrics.get_meter_provider()
     from opentelemetry.sdk.metrics import MeterProvider
 
@@ -180,7 +180,7 @@ def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, An
             )
         )
     if not readers:
-        return metrics.NoOpMeterProvider(), None
+        return None, None
     resource = Resource.create({SERVICE_NAME: settings.service_name})
     return MeterProvider(resource=resource, metric_readers=readers), memory_reader
 
@@ -206,10 +206,11 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
         names = resolve_exporters(settings)
         downstream, memory = _downstream(settings, names)
         meter_provider, metric_reader = _meter_provider(settings, names)
+        if meter_provider is not None:  # recorded in the export worker, off the caller's thread
+            downstream.append(_batch(SpanMetricsExporter(meter_provider), settings))
         processor = CostSpanProcessor(
             *downstream,
             pricer=Pricer(settings.price_overrides, settings.provider_aliases),
-            instruments=Instruments(meter_provider),
             track_costs=settings.llm_track_costs,
             track_tokens=settings.llm_track_token_usage,
         )

@@ -16,10 +16,13 @@ may arrive in separate batches).
 
 * ``http://`` / ``https://`` URIs: we encode the batch once with OpenTelemetry's own OTLP protobuf encoder
   and POST it to ``<uri>/v1/traces``: one request per batch, the documented wire protocol any OTel client
-  uses, no per-span REST calls and no MLflow-private data model on the wire. The request goes through
-  MLflow's ``http_request`` with the REST store's host credentials, so basic auth, bearer tokens and TLS
-  settings (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``, ``MLFLOW_TRACKING_INSECURE_TLS``, ...)
-  behave exactly as for ``MlflowClient``. The run id travels in ``x-mlflow-run-id`` (same request).
+  uses, no per-span REST calls and no MLflow-private data model on the wire. The run id travels in
+  ``x-mlflow-run-id`` (same request). Experiment lookup/creation and run metrics use the MLflow REST API
+  2.0. All requests go through MLflow's ``http_request`` with ``get_default_host_creds(uri)``, so basic
+  auth, bearer tokens and TLS settings (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``,
+  ``MLFLOW_TRACKING_INSECURE_TLS``, ...) behave as for ``MlflowClient``, but with our own bounded retries
+  (2 retries, ``timeout_seconds``): ``MlflowClient`` retries a dead server for minutes
+  (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), which would stall the export thread and interpreter exit.
 * Any other URI (``sqlite:///path/mlflow.db``, the embedded default, or another SQL database): the same
   protobuf batch is turned into MLflow spans with ``Span.from_otel_proto`` (the function the server uses)
   and written with ``TracingClient.log_spans`` (what MLflow's own exporter uses). Both URI kinds therefore
@@ -35,7 +38,11 @@ GenAI semantic conventions: ``gen_ai.input.messages``/``gen_ai.output.messages``
 We do not repeat that work. We add only what MLflow cannot know or gets wrong for us:
 
 * ``mlflow.spanType``: MLflow's translator writes the type into the span JSON only, while the ``spans``
-  table column that ``search_traces`` filters on keeps ``UNKNOWN``; and our ``@track`` spans are ``CHAIN``.
+  table column that ``search_traces`` filters on (``span.type = 'TOOL'``) stays empty; and our ``@track``
+  spans are ``CHAIN``. An explicit ``mlflow.spanType`` on a span is kept.
+* ``mlflow.chat.tokenUsage`` on counted spans, from our usage mirror ``llm.tokens.*``: exact, and with a
+  total even for embeddings, which report input tokens only (MLflow then stores no total and the trace
+  total misses them).
 * Cost. When a span has token usage and a model but no ``mlflow.llm.cost``, MLflow prices it itself
   (LiteLLM, else its bundled table). The trace total is a tree-aware sum: a span's cost counts only when
   no ancestor has one (topmost wins). So a framework wrapper span (``mltrack.usage.counted=false``) that
@@ -51,6 +58,8 @@ We do not repeat that work. We add only what MLflow cannot know or gets wrong fo
     sum of our prices (``mlflow_fallback_pricing=True`` lets MLflow price such spans instead);
   - spans without ``mltrack.usage.counted`` (not seen by our processor) are passed through untouched.
 
+  (MLflow's first own price lookup in a process loads its catalog, about 7 s; our spans never trigger it.)
+
 Runs. If an MLflow run is active in this process (``mlflow.active_run()``, else the most recent active
 run of any thread, as MLflow's own tracing does, since a ``BatchSpanProcessor`` exports from its worker
 thread) and it lives at the same tracking URI, traces whose root span is in the batch are linked to it, and
@@ -65,6 +74,7 @@ Flush the provider before ``mlflow.end_run()`` or the last batch finds no active
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -105,6 +115,13 @@ _TRACK_KEYS = (semconv.EXECUTION_TIME_SECONDS, semconv.MLTRACK_SCOPE_NAME)
 # Attribute prefixes MLflow's translators read token usage from (GenAI semconv, OpenLLMetry, OpenInference).
 _USAGE_PREFIXES = ("gen_ai.usage.", "llm.token_count.", "llm.usage.")
 _UNCOUNTED_PREFIX = "mltrack.uncounted."
+_CACHE_USAGE = (  # MLflow usage key, GenAI attributes (current name first)
+    ("cache_read_input_tokens", ("gen_ai.usage.cache_read.input_tokens",)),
+    (
+        "cache_creation_input_tokens",
+        ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens"),
+    ),
+)
 _NO_COST = "{}"
 
 _RUN_METRICS = (
@@ -118,6 +135,28 @@ _MAX_TRACE_LINKS_PER_REQUEST = 100  # MLflow's limit for link_traces_to_run
 
 def _is_usage_key(key: str) -> bool:
     return key.startswith(_USAGE_PREFIXES) or key == _CHAT_USAGE
+
+
+def _token_usage(attrs: Any) -> dict[str, int] | None:
+    """MLflow's token usage dict from our usage mirror: exact, and with a total even when the
+    instrumentation reported input tokens only (embeddings), which MLflow's translator leaves without."""
+    prompt = attrs.get(semconv.LLM_TOKENS_PROMPT)
+    completion = attrs.get(semconv.LLM_TOKENS_COMPLETION)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    total = attrs.get(semconv.LLM_TOKENS_TOTAL)
+    usage = {
+        "input_tokens": prompt,
+        "output_tokens": completion,
+        "total_tokens": total if isinstance(total, int) else prompt + completion,
+    }
+    for key, sources in _CACHE_USAGE:
+        for source in sources:
+            value = attrs.get(source)
+            if isinstance(value, int):
+                usage[key] = value
+                break
+    return usage
 
 
 def _span_type(attrs: Any) -> str:
@@ -149,7 +188,7 @@ class MlflowSpanExporter(SpanExporter):
             "Default" experiment.
         mlflow_fallback_pricing: let MLflow price counted spans that we could not price (default: no,
             such spans show no cost in MLflow, consistent with our ledger).
-        timeout_seconds: HTTP timeout per OTLP request (http(s) URIs only).
+        timeout_seconds: timeout of each HTTP request (http(s) URIs only).
     """
 
     def __init__(
@@ -174,9 +213,9 @@ class MlflowSpanExporter(SpanExporter):
         self._tracking_uri: str | None = None
         self._is_http = False
         self._experiment_id: str | None = None
-        self._client: Any = None  # MlflowClient
-        self._tracing_client: Any = None  # mlflow.tracing.client.TracingClient
-        self._host_creds: Any = None
+        self._client: Any = None  # MlflowClient (store URIs only)
+        self._tracing_client: Any = None  # mlflow.tracing.client.TracingClient (store URIs only)
+        self._max_retries = 2  # per HTTP request, 0.5 s then 1 s apart
         self._run_totals: dict[str, _RunTotals] = {}
         self._logged: set[str] = set()
 
@@ -191,12 +230,16 @@ class MlflowSpanExporter(SpanExporter):
         try:
             self._ensure_ready()
         except Exception as exc:
-            self._log_once("setup", "cannot set up MLflow export (%s); %d spans dropped", exc, len(spans), exc=exc)
+            self._log_once(
+                "setup", "cannot set up MLflow export (%s); %d spans dropped", _short(exc), len(spans), exc=exc
+            )
             return SpanExportResult.FAILURE
         try:
             request = self._encode(spans)
         except Exception as exc:
-            self._log_once("encode", "cannot encode spans for MLflow (%s); %d spans dropped", exc, len(spans), exc=exc)
+            self._log_once(
+                "encode", "cannot encode spans for MLflow (%s); %d spans dropped", _short(exc), len(spans), exc=exc
+            )
             return SpanExportResult.FAILURE
 
         run_id = self._active_run_id()
@@ -209,7 +252,12 @@ class MlflowSpanExporter(SpanExporter):
         except Exception as exc:
             kind = "http" if self._is_http else "store"
             self._log_once(
-                kind, "MLflow rejected %d spans at %s: %s", len(spans), self._tracking_uri, _short(exc), exc=exc
+                kind,
+                "MLflow rejected %d spans at %s: %s",
+                len(spans),
+                self._tracking_uri,
+                _short(exc),
+                exc=exc,
             )
             return SpanExportResult.FAILURE
 
@@ -239,21 +287,20 @@ class MlflowSpanExporter(SpanExporter):
             if self._ready:
                 return
             import mlflow
-            from mlflow.tracing.client import TracingClient
-            from mlflow.tracking import MlflowClient
 
             uri = self._tracking_uri_arg or mlflow.get_tracking_uri()
             self._tracking_uri = uri
             self._is_http = uri.lower().startswith(("http://", "https://"))
-            self._client = MlflowClient(tracking_uri=uri)
-            self._tracing_client = TracingClient(tracking_uri=uri)
-            if self._is_http:
-                self._host_creds = self._tracing_client.store.get_host_creds()
+            if not self._is_http:
+                from mlflow.tracing.client import TracingClient
+                from mlflow.tracking import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=uri)
+                self._tracing_client = TracingClient(tracking_uri=uri)
             self._experiment_id = self._resolve_experiment()
             self._ready = True
 
     def _resolve_experiment(self) -> str:
-        client = self._client
         experiment_id = self._experiment_id_arg
         name = self._experiment_name
         if experiment_id is None and name is None:
@@ -261,6 +308,9 @@ class MlflowSpanExporter(SpanExporter):
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
             if experiment_id is None and name is None:
                 experiment_id = "0"  # MLflow's "Default" experiment, present in every store
+        if self._is_http:
+            return self._resolve_experiment_rest(experiment_id, name)
+        client = self._client
         if experiment_id is not None:
             experiment = client.get_experiment(experiment_id)  # raises if it does not exist
         else:
@@ -273,8 +323,45 @@ class MlflowSpanExporter(SpanExporter):
                     if experiment is None:
                         raise
         if experiment.lifecycle_stage != "active":
-            raise RuntimeError(f"MLflow experiment {experiment.name!r} ({experiment.experiment_id}) is deleted")
+            raise RuntimeError(f"experiment {experiment.name!r} ({experiment.experiment_id}) is deleted")
         return str(experiment.experiment_id)
+
+    def _resolve_experiment_rest(self, experiment_id: str | None, name: str | None) -> str:
+        # MLflow REST API 2.0 with our bounded retries: MlflowClient would retry a dead server for minutes
+        # (MLFLOW_HTTP_REQUEST_MAX_RETRIES), stalling the BatchSpanProcessor worker and interpreter exit.
+        if experiment_id is not None:
+            response = self._rest("GET", "/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment_id})
+        else:
+            response = self._rest("GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
+            if response.status_code == 404:
+                created = self._rest("POST", "/api/2.0/mlflow/experiments/create", json={"name": name})
+                if created.status_code == 200:
+                    return str(created.json()["experiment_id"])
+                # Created concurrently by someone else? Look it up again.
+                response = self._rest(
+                    "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name}
+                )
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code} looking up the experiment: {response.text[:300]}")
+        experiment = response.json()["experiment"]
+        if experiment.get("lifecycle_stage", "active") != "active":
+            raise RuntimeError(f"experiment {experiment.get('name')!r} ({experiment['experiment_id']}) is deleted")
+        return str(experiment["experiment_id"])
+
+    def _rest(self, method: str, endpoint: str, **kwargs: Any) -> Any:
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        return http_request(
+            host_creds=get_default_host_creds(self._tracking_uri),
+            endpoint=endpoint,
+            method=method,
+            max_retries=self._max_retries,
+            backoff_factor=0.5,
+            timeout=self._timeout,
+            raise_on_status=False,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ encoding
 
@@ -282,64 +369,50 @@ class MlflowSpanExporter(SpanExporter):
         """One OTLP ExportTraceServiceRequest for the batch, adjusted for MLflow (see module docstring)."""
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-        plans: dict[int, tuple[str | None, bool, bool]] = {}
+        plans: dict[tuple[int, int], tuple[list[tuple[str, str]], bool]] = {}
         for span in spans:
             attrs = span.attributes or {}
-            span_type = None if _SPAN_TYPE in attrs else _span_type(attrs)
+            added: list[tuple[str, str]] = []
+            if _SPAN_TYPE not in attrs:
+                added.append((_SPAN_TYPE, _span_type(attrs)))
             counted = attrs.get(semconv.MLTRACK_USAGE_COUNTED)
-            hide_usage = counted is False
-            block_pricing = (
-                counted is True
-                and not self._fallback_pricing
-                and _LLM_COST not in attrs
-                and any(_is_usage_key(k) for k in attrs)
-            )
-            plans[span.context.span_id] = (span_type, hide_usage, block_pricing)
+            if counted is True:
+                if _CHAT_USAGE not in attrs and (usage := _token_usage(attrs)):
+                    added.append((_CHAT_USAGE, json.dumps(usage)))
+                if _LLM_COST not in attrs and not self._fallback_pricing:
+                    added.append((_LLM_COST, _NO_COST))
+            plans[span.context.trace_id, span.context.span_id] = (added, counted is False)
 
         request = encode_spans(spans)
         for resource_spans in request.resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 for proto in scope_spans.spans:
-                    plan = plans.get(int.from_bytes(proto.span_id, "big"))
+                    plan = plans.get((int.from_bytes(proto.trace_id, "big"), int.from_bytes(proto.span_id, "big")))
                     if plan is None:
                         continue
-                    span_type, hide_usage, block_pricing = plan
+                    added, hide_usage = plan
                     if hide_usage:
                         for kv in proto.attributes:
                             if _is_usage_key(kv.key):
                                 kv.key = _UNCOUNTED_PREFIX + kv.key
-                    if span_type is not None:
+                    for key, value in added:
                         kv = proto.attributes.add()
-                        kv.key = _SPAN_TYPE
-                        kv.value.string_value = span_type
-                    if block_pricing:
-                        kv = proto.attributes.add()
-                        kv.key = _LLM_COST
-                        kv.value.string_value = _NO_COST
+                        kv.key = key
+                        kv.value.string_value = value
         return request
 
     # ------------------------------------------------------------------ transports
 
     def _post(self, request: Any, run_id: str | None) -> None:
-        from mlflow.utils.rest_utils import http_request
-
-        headers = {"Content-Type": "application/x-protobuf", _EXPERIMENT_HEADER: self._experiment_id}
+        headers = {
+            "Content-Type": "application/x-protobuf",
+            _EXPERIMENT_HEADER: self._experiment_id,
+        }
         if run_id is not None:
             headers[_RUN_HEADER] = run_id
-        response = http_request(
-            host_creds=self._host_creds,
-            endpoint=_OTLP_TRACES_PATH,
-            method="POST",
-            data=request.SerializeToString(),
-            extra_headers=headers,
-            max_retries=2,
-            backoff_factor=0.5,
-            timeout=self._timeout,
-            raise_on_status=False,
-        )
+        response = self._rest("POST", _OTLP_TRACES_PATH, data=request.SerializeToString(), extra_headers=headers)
         if response.status_code != 200:
-            body = response.text[:300] if response.text else ""
-            raise RuntimeError(f"HTTP {response.status_code} from {_OTLP_TRACES_PATH}: {body}")
+            raise RuntimeError(f"HTTP {response.status_code} from {_OTLP_TRACES_PATH}: {response.text[:300]}")
 
     def _log_to_store(self, request: Any) -> None:
         from mlflow.entities import Span
@@ -356,10 +429,6 @@ class MlflowSpanExporter(SpanExporter):
 
     def _active_run_id(self) -> str | None:
         """The MLflow run active in this process, if it lives at our tracking URI."""
-        import sys
-
-        if "mlflow" not in sys.modules:
-            return None  # nobody imported mlflow in this process: no run can be active
         try:
             import mlflow
 
@@ -402,8 +471,6 @@ class MlflowSpanExporter(SpanExporter):
                     increments[i] += value
         if not calls:
             return
-        from mlflow.entities import Metric
-
         with self._lock:
             totals = self._run_totals.setdefault(run_id, _RunTotals())
             totals.calls += calls
@@ -411,8 +478,20 @@ class MlflowSpanExporter(SpanExporter):
                 totals.values[i] += inc
             step, values = totals.calls, list(totals.values)
         now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, step) for (key, _), value in zip(_RUN_METRICS, values)]
-        self._client.log_batch(run_id, metrics=metrics, synchronous=True)
+        keys = [key for key, _ in _RUN_METRICS]
+        if self._is_http:
+            metrics = [
+                {"key": key, "value": value, "timestamp": now, "step": step}
+                for key, value in zip(keys, values, strict=True)
+            ]
+            response = self._rest("POST", "/api/2.0/mlflow/runs/log-batch", json={"run_id": run_id, "metrics": metrics})
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code} from log-batch: {response.text[:300]}")
+        else:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(key, value, now, step) for key, value in zip(keys, values, strict=True)]
+            self._client.log_batch(run_id, metrics=metrics, synchronous=True)
 
     # ------------------------------------------------------------------ logging
 
