@@ -60,9 +60,7 @@ def main() -> None:
     for name, fn in cases:
         print(f"{name:<{width}}  {_us_per_call(fn):8.2f} µs/call")
     first = Pricer()
-    cold = (
-        timeit.timeit(lambda: first.price("anthropic", "claude-3-5-sonnet-20241022", usage), number=1) * 1e6
-    )
+    cold = timeit.timeit(lambda: first.price("anthropic", "claude-3-5-sonnet-20241022", usage), number=1) * 1e6
     print(f"{'Pricer.price  first call of a model (cold lookup)':<{width}}  {cold:8.2f} µs")
 
 

@@ -121,9 +121,7 @@ class PriceOverride(BaseModel):
 
 # --- compiled prices ---------------------------------------------------------------------------------------
 
-_FAST_KEYS = frozenset(
-    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok"}
-)
+_FAST_KEYS = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok"})
 
 
 class _Tiered:
@@ -183,8 +181,7 @@ def _compile_rates(model_price: Any) -> _Rates:
     # Other price keys (audio, images, web searches...) price usage we never report, so they add nothing --
     # except a per-request price, which genai-prices charges on every call: leave those to genai-prices.
     simple = "requests_kcount" not in prices and all(
-        isinstance(v, TieredPrices) or (isinstance(v, Decimal) and v.is_finite() and v >= 0)
-        for v in fast.values()
+        isinstance(v, TieredPrices) or (isinstance(v, Decimal) and v.is_finite() and v >= 0) for v in fast.values()
     )
     if not simple:
         return _Rates(None, None, None, None, None, False, model_price, str(model_price))
@@ -228,12 +225,9 @@ def _compile_model(provider: Any, model: Any) -> _Entry:
     if not isinstance(model.prices, list):
         return _Entry(source, _compile_rates(model.prices), (), detail)
     periods = tuple(
-        (*_compile_constraint(c.constraint), c.constraint, _compile_rates(c.prices))
-        for c in reversed(model.prices)
+        (*_compile_constraint(c.constraint), c.constraint, _compile_rates(c.prices)) for c in reversed(model.prices)
     )
-    return _Entry(
-        source, _compile_rates(model.prices[0].prices), periods, detail + ", price varies with time"
-    )
+    return _Entry(source, _compile_rates(model.prices[0].prices), periods, detail + ", price varies with time")
 
 
 def _rates_at(entry: _Entry, at_ns: int) -> _Rates:
@@ -441,9 +435,7 @@ class Pricer:
 
         for key in dict.fromkeys(k for k in (model, name, stripped) if k):
             override = self._overrides.get(key)
-            if override is not None and self._override_applies(
-                override, provider, prefix if stripped else None
-            ):
+            if override is not None and self._override_applies(override, provider, prefix if stripped else None):
                 return self._override_entry(key, override)
 
         providers, _ = _genai_data()

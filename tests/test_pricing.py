@@ -132,9 +132,7 @@ def test_anthropic_cache_prices(pricer: Pricer, model: str, usd_write: str, usd_
 
 
 def test_openai_cached_input(pricer: Pricer) -> None:
-    cost = pricer.price(
-        "openai", "gpt-4o", Usage(input_tokens=10_000, output_tokens=1_000, cache_read_tokens=4_000)
-    )
+    cost = pricer.price("openai", "gpt-4o", Usage(input_tokens=10_000, output_tokens=1_000, cache_read_tokens=4_000))
     assert cost is not None
     # Published: $2.50 input, $1.25 cached input, $10 output.
     assert cost.input == per_m(6_000, "2.50") + per_m(4_000, "1.25") == D("0.02")
@@ -143,17 +141,13 @@ def test_openai_cached_input(pricer: Pricer) -> None:
 
 def test_cache_write_without_its_own_price_pays_input_price(pricer: Pricer) -> None:
     # OpenAI has no cache-write charge: those tokens are ordinary input.
-    cost = pricer.price(
-        "openai", "gpt-4o-mini", Usage(input_tokens=10_000, output_tokens=0, cache_write_tokens=3_000)
-    )
+    cost = pricer.price("openai", "gpt-4o-mini", Usage(input_tokens=10_000, output_tokens=0, cache_write_tokens=3_000))
     assert cost is not None
     assert cost.input == per_m(10_000, "0.15")
 
 
 def test_reasoning_tokens_are_billed_as_output(pricer: Pricer) -> None:
-    cost = pricer.price(
-        "openai", "o3-mini", Usage(input_tokens=1_000, output_tokens=2_000, reasoning_tokens=1_500)
-    )
+    cost = pricer.price("openai", "o3-mini", Usage(input_tokens=1_000, output_tokens=2_000, reasoning_tokens=1_500))
     assert cost is not None
     assert cost.output == per_m(2_000, "4.40")
 
@@ -166,9 +160,7 @@ def test_reasoning_tokens_are_billed_as_output(pricer: Pricer) -> None:
         ("gemini-1.5-flash", 200_000, "0.15", "0.60"),
     ],
 )
-def test_long_context_tier_gemini(
-    pricer: Pricer, model: str, total_input: int, usd_in: str, usd_out: str
-) -> None:
+def test_long_context_tier_gemini(pricer: Pricer, model: str, total_input: int, usd_in: str, usd_out: str) -> None:
     cost = pricer.price("gcp.gemini", model, Usage(total_input, 1_000))
     assert cost is not None
     assert cost.input == per_m(total_input, usd_in)
@@ -183,9 +175,7 @@ def test_long_context_tier_counts_cache_tokens(pricer: Pricer) -> None:
     assert cost is not None
     assert cost.input == per_m(150_000, "6") + per_m(100_000, "0.60") == D("0.96")
     assert cost.output == per_m(1_000, "22.50")
-    at_limit = pricer.price(
-        "anthropic", "claude-sonnet-4-5", Usage(200_000, 1_000, cache_read_tokens=100_000)
-    )
+    at_limit = pricer.price("anthropic", "claude-sonnet-4-5", Usage(200_000, 1_000, cache_read_tokens=100_000))
     assert at_limit is not None
     assert at_limit.input == per_m(100_000, "3") + per_m(100_000, "0.30")
 
@@ -623,9 +613,7 @@ def test_memoised_path_is_much_faster_than_calc_price(pricer: Pricer) -> None:
 
 
 def test_describe() -> None:
-    pricer = Pricer(
-        overrides={"my-ft-model": PriceOverride(input_per_mtok=4, output_per_mtok=8, provider="openai")}
-    )
+    pricer = Pricer(overrides={"my-ft-model": PriceOverride(input_per_mtok=4, output_per_mtok=8, provider="openai")})
     text = pricer.describe("openai", "gpt-4o")
     assert text is not None
     assert text.startswith("genai-prices:openai/gpt-4o: $2.5/input MTok, $10/output MTok")
