@@ -1,0 +1,98 @@
+"""`mltrack-otel demo`: a scripted multi-turn session through the real openai and anthropic SDKs against the bundled
+offline fake provider, exported to an embedded MLflow store, then read back and printed as a cost table.
+
+No API key and no network: the fake provider listens on 127.0.0.1 and the keys below are placeholders.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal
+from pathlib import Path
+
+QUESTIONS = [
+    "What is prompt caching and when does it pay off?",
+    "Give me an example with a long system prompt.",
+    "How would I measure the savings in production?",
+]
+SYSTEM = "You are a concise assistant for an observability team."
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _session(openai_client, anthropic_client) -> None:
+    import mltrack_otel
+
+    with mltrack_otel.track_llm_context("support-session", conversation_id="demo-conversation-1"):
+        # Multi-turn chat: each call carries the whole history so far.
+        messages = [{"role": "system", "content": SYSTEM}]
+        for question in QUESTIONS:
+            messages.append({"role": "user", "content": question})
+            reply = openai_client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+            messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+
+        # A streamed answer: the span ends when the stream does, with usage even though we did not ask for it.
+        stream = openai_client.chat.completions.create(
+            model="gpt-4o", messages=[*messages, {"role": "user", "content": "Summarise in one line."}], stream=True
+        )
+        "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+        # Anthropic: a tool call, then a streamed follow-up through the SDK's stream helper.
+        anthropic_client.messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=200,
+            system=SYSTEM,
+            tools=[WEATHER_TOOL],
+            messages=[{"role": "user", "content": "What's the weather in Lisbon? [[scenario:tool]]"}],
+        )
+        with anthropic_client.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=200,
+            system=SYSTEM,
+            messages=[{"role": "user", "content": "Write a haiku about token budgets."}],
+        ) as stream:
+            stream.get_final_text()
+
+        openai_client.embeddings.create(model="text-embedding-3-small", input=QUESTIONS)
+
+
+def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-demo") -> int:
+    import anthropic
+    import openai
+
+    import mltrack_otel
+    from mltrack_otel.report import aggregate, cost_table, counted_calls, read_spans
+    from mltrack_otel.testing.fake_provider import FakeProvider
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its schema-creation INFO lines are noise here
+    uri = tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    started = time.perf_counter()
+    session_start = time.time()
+    with FakeProvider() as fake:
+        mltrack_otel.configure(exporters=["mlflow"], mlflow_tracking_uri=uri, mlflow_experiment_name=experiment)
+        mltrack_otel.instrument(["openai", "anthropic"])
+        openai_client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-demo-placeholder")
+        anthropic_client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-demo-placeholder")
+        _session(openai_client, anthropic_client)
+        mltrack_otel.shutdown()  # flush every span to MLflow before reading them back
+
+    from datetime import datetime, timezone
+
+    since = datetime.fromtimestamp(session_start - 1, tz=timezone.utc)
+    calls = list(counted_calls(read_spans(uri, experiment, since)))
+    live = mltrack_otel.totals()
+    stored_cost = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
+    print(f"\nmltrack-otel demo: {live.calls} model calls, read back from MLflow ({uri})\n")
+    print(cost_table(aggregate(calls, "model"), "model"))
+    # Span attributes carry float USD; a billionth of a dollar is far below any price's precision.
+    same = abs(stored_cost - live.cost_usd) < Decimal("1e-9") and len(calls) == live.calls
+    match = "matches" if same else "DIFFERS FROM"
+    print(f"\nMLflow total ${stored_cost:.6f} {match} the live ledger total ${live.cost_usd:.6f}")
+    print(f"finished in {time.perf_counter() - started:.1f} s")
+    print(f"\nBrowse the traces:  mlflow ui --backend-store-uri {uri}")
+    return 0 if match == "matches" else 1
