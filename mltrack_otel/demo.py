@@ -68,8 +68,10 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     from mltrack_otel.report import aggregate, cost_table, counted_calls, read_spans
     from mltrack_otel.testing.fake_provider import FakeProvider
 
+    import mlflow  # imported here so its logger exists and its schema-creation INFO lines can be quietened
+
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its schema-creation INFO lines are noise here
+    logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)
     uri = tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     started = time.perf_counter()
     session_start = time.time()
