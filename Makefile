@@ -1,39 +1,50 @@
-# Everything a person types twice. `make test` and `make demo` work on a fresh machine: each builds .venv first.
+# Everything a person types twice. `make test` and `make demo` work on a fresh machine: each builds its venv first.
+#
+# Two environments, because the frameworks pin an older openai: .venv has the newest openai/anthropic SDKs (openai 3.x
+# on httpx2) and MLflow; .venv-fw has LangChain, LlamaIndex, LiteLLM and DSPy with the openai they resolve to.
 PYTHON ?= python3
-VENV := .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: test demo lint format bench semconv clean
+.PHONY: test test-core test-frameworks demo lint format bench semconv clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,dev]'
-	touch $(STAMP)
+.venv/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[openai,anthropic,mlflow,grpc,dev]'
+	touch $@
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(PY) scripts/gen_semconv.py --check
-	$(PY) -m pytest -q -p no:cacheprovider
+.venv-fw/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-fw
+	.venv-fw/bin/python -m pip install $(PIP_FLAGS) -e '.[all,dev,test-frameworks]'
+	touch $@
 
-demo: $(STAMP)
-	$(PY) -m mltrack_otel.cli demo
+test: lint test-core test-frameworks
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+lint: .venv/.installed
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python scripts/gen_semconv.py --check
 
-format: $(STAMP)
-	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format .
+test-core: .venv/.installed
+	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not frameworks"
 
-semconv: $(STAMP)
-	$(PY) scripts/gen_semconv.py
+# The frameworks, plus the provider instrumentors again on the openai version the frameworks resolve to.
+test-frameworks: .venv-fw/.installed
+	.venv-fw/bin/python -m pytest -q -p no:cacheprovider tests/test_openai.py tests/test_anthropic.py
+	.venv-fw/bin/python -m pytest -q -p no:cacheprovider -m frameworks
 
-bench: $(STAMP)
-	$(PY) -m benchmarks.overhead
+demo: .venv/.installed
+	.venv/bin/python -m mltrack_otel.cli demo
+
+format: .venv/.installed
+	.venv/bin/ruff check --fix .
+	.venv/bin/ruff format .
+
+semconv: .venv/.installed
+	.venv/bin/python scripts/gen_semconv.py
+
+bench: .venv/.installed
+	.venv/bin/python -m benchmarks.bench_processor
+	.venv/bin/python -m benchmarks.bench_pricing
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache mlflow.db
+	rm -rf .venv .venv-fw .pytest_cache .ruff_cache mlflow.db
