@@ -49,11 +49,12 @@ _MAX_LIVE_SPANS = 100_000
 class _Live:
     """What the processor remembers about a span between its start and its end."""
 
-    __slots__ = ("counted_below", "parent_id", "scope")
+    __slots__ = ("conversation", "counted_below", "parent_id", "scope")
 
-    def __init__(self, parent_id: int | None, scope: Scope | None) -> None:
+    def __init__(self, parent_id: int | None, scope: Scope | None, conversation: Any) -> None:
         self.parent_id = parent_id
         self.scope = scope
+        self.conversation = conversation  # own gen_ai.conversation.id at start, else the nearest ancestor's
         self.counted_below = False
 
 
@@ -134,7 +135,12 @@ class CostSpanProcessor(SpanProcessor):
         try:
             parent = span.parent
             live = self._live
-            live[span.context.span_id] = _Live(parent.span_id if parent is not None else None, current_scope())
+            parent_id = parent.span_id if parent is not None else None
+            conversation = _attributes_of(span).get(gen_ai.GEN_AI_CONVERSATION_ID)
+            if conversation is None and parent_id is not None:
+                parent_live = live.get(parent_id)
+                conversation = parent_live.conversation if parent_live is not None else None
+            live[span.context.span_id] = _Live(parent_id, current_scope(), conversation)
             if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
                 live.pop(next(iter(live)), None)
         except Exception as exc:
@@ -188,7 +194,7 @@ class CostSpanProcessor(SpanProcessor):
         usage = read_usage(attrs) if self._track_tokens else None
         if usage is not None:
             counted = live is None or not live.counted_below
-            self._price_and_count(span, attrs, usage, scope, counted, extra, events)
+            self._price_and_count(span, attrs, usage, live, counted, extra, events)
 
         # Tell the parent that usage below it is accounted for, so it is not counted again.
         if live is not None and live.parent_id is not None and (counted or live.counted_below):
@@ -230,7 +236,7 @@ class CostSpanProcessor(SpanProcessor):
         span: ReadableSpan,
         attrs: Any,
         usage: Usage,
-        scope: Scope | None,
+        live: _Live | None,
         counted: bool,
         extra: dict[str, Any],
         events: list[Event],
@@ -258,8 +264,13 @@ class CostSpanProcessor(SpanProcessor):
             return
         guard.count("spans.priced" if cost is not None else "spans.unpriced")
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
-        if conversation is None and scope is not None:
-            conversation = scope.conversation_id
+        scope = live.scope if live is not None else None
+        if conversation is None:  # inherited from a framework span above, or the tracking scope
+            conversation = live.conversation if live is not None else None
+            if conversation is None and scope is not None:
+                conversation = scope.conversation_id
+            if isinstance(conversation, str):
+                extra[gen_ai.GEN_AI_CONVERSATION_ID] = conversation
         running, crossings = self._ledger.add(
             span.context.trace_id,
             scope,

@@ -248,3 +248,12 @@ def test_spans_without_usage_are_forwarded_unchanged(setup):
         pass
     attrs = dict(spans()["root"].attributes)
     assert attrs == {"k": "v"}  # no totals on a root whose trace counted nothing
+
+
+def test_conversation_id_is_inherited_by_the_counted_span_below_a_framework_span(setup):
+    tracer, ledger, spans, _ = setup
+    with tracer.start_as_current_span("framework", attributes={"gen_ai.conversation.id": "thread-7"}):
+        with tracer.start_as_current_span("provider call", attributes=usage_attrs(1000, 0)):
+            pass
+    assert spans()["provider call"].attributes["gen_ai.conversation.id"] == "thread-7"
+    assert ledger.conversation_totals("thread-7").cost_usd == Decimal("0.0025")  # 1000 x $2.50 / 1M
