@@ -5,7 +5,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: test test-core test-frameworks demo lint format bench semconv clean
+.PHONY: test test-core test-frameworks demo lint format bench bench-quick semconv clean
 
 .venv/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv
@@ -42,9 +42,17 @@ format: .venv/.installed
 semconv: .venv/.installed
 	.venv/bin/python scripts/gen_semconv.py
 
-bench: .venv/.installed
-	.venv/bin/python -m benchmarks.bench_processor
-	.venv/bin/python -m benchmarks.bench_pricing
+.venv-bench/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install $(PIP_FLAGS) -e '.[bench]'
+	touch $@
+
+# Added CPU per call vs the raw SDKs and the peers, CostSpanProcessor, pricing, RSS over 1M spans, import time.
+bench: .venv-bench/.installed .venv-fw/.installed
+	.venv-bench/bin/python -m benchmarks.overhead
+
+bench-quick: .venv-bench/.installed .venv-fw/.installed
+	.venv-bench/bin/python -m benchmarks.overhead --quick
 
 clean:
-	rm -rf .venv .venv-fw .pytest_cache .ruff_cache mlflow.db
+	rm -rf .venv .venv-fw .venv-bench .pytest_cache .ruff_cache mlflow.db

@@ -1,0 +1,360 @@
+"""One benchmark variant in its own process, driven by benchmarks.overhead over stdin/stdout.
+
+    python -m benchmarks._overhead_worker --op openai_chat --variant mltrack --transport inproc --bodies FILE
+
+Sets the variant up once (a TracerProvider with SimpleSpanProcessor(InMemorySpanExporter) for every variant; ours
+has CostSpanProcessor in front of it), warms up, prints one ``ready`` JSON line, then answers commands, one per line:
+
+    run N       N calls; replies {"cpu": s, "wall": s, "spans": n} (CPU = time.process_time(), whole process)
+    profile N   N calls under cProfile; replies {"text": top functions}
+    quit
+
+Every reply is one JSON line on the original stdout; everything the libraries print goes to stderr. After each
+slice the span count must be exactly N x the spans-per-call seen in the warm-up, or the worker fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+OPS = ("openai_chat", "openai_stream", "anthropic_chat", "anthropic_stream", "openai_embeddings", "langchain_chat")
+
+SYSTEM = "You are a concise assistant."
+QUESTION = "Explain in one paragraph why the sky is blue, for a curious ten-year-old."
+OPENAI_MODEL = "gpt-4o-mini"
+ANTHROPIC_MODEL = "claude-sonnet-4-5"
+EMBEDDING_MODEL = "text-embedding-3-small"
+API_KEY = "sk-bench-not-a-key"
+
+# Attribute keys that mean "this span carries message content", per instrumentation family.
+CONTENT_KEYS = (
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "llm.input_messages",
+    "llm.output_messages",
+    "input.value",
+    "output.value",
+)
+USAGE_KEYS = ("usage", "token_count", "llm.tokens")
+
+
+def family(op: str) -> str:
+    return op.split("_", 1)[0]
+
+
+# --- clients --------------------------------------------------------------------------------------------
+
+
+def _mock_http_client(bodies: dict[str, Any], op: str) -> Any:
+    import httpx2
+
+    canned = bodies[op]
+    content = base64.b64decode(canned["body"])
+    headers = {"content-type": canned["content_type"]}
+
+    def handler(request: Any) -> Any:
+        request.read()
+        return httpx2.Response(200, headers=headers, content=content)
+
+    return httpx2.Client(transport=httpx2.MockTransport(handler))
+
+
+def make_call(op: str, transport: str, base_url: str | None, bodies: dict[str, Any] | None) -> Callable[[], Any]:
+    """A zero-argument function doing one complete operation (a stream is read to the end)."""
+    http_client = _mock_http_client(bodies, op) if transport == "inproc" else None
+    url = "http://bench.invalid" if transport == "inproc" else base_url
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    if family(op) == "openai":
+        import openai
+
+        client = openai.OpenAI(api_key=API_KEY, base_url=url + "/v1", max_retries=0, http_client=http_client)
+        if op == "openai_chat":
+            return lambda: client.chat.completions.create(model=OPENAI_MODEL, messages=messages, max_tokens=200)
+        if op == "openai_stream":
+
+            def stream() -> int:
+                n = 0
+                for _chunk in client.chat.completions.create(
+                    model=OPENAI_MODEL,
+                    messages=messages,
+                    max_tokens=200,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                ):
+                    n += 1
+                return n
+
+            return stream
+        if op == "openai_embeddings":
+            return lambda: client.embeddings.create(model=EMBEDDING_MODEL, input=QUESTION)
+    if family(op) == "anthropic":
+        import anthropic
+
+        client = anthropic.Anthropic(api_key=API_KEY, base_url=url, max_retries=0, http_client=http_client)
+        user = [{"role": "user", "content": QUESTION}]
+        if op == "anthropic_chat":
+            return lambda: client.messages.create(model=ANTHROPIC_MODEL, system=SYSTEM, messages=user, max_tokens=200)
+        if op == "anthropic_stream":
+
+            def stream() -> int:
+                n = 0
+                for _event in client.messages.create(
+                    model=ANTHROPIC_MODEL, system=SYSTEM, messages=user, max_tokens=200, stream=True
+                ):
+                    n += 1
+                return n
+
+            return stream
+    if op == "langchain_chat":
+        from langchain_openai import ChatOpenAI
+
+        chat = ChatOpenAI(
+            model=OPENAI_MODEL,
+            api_key=API_KEY,
+            base_url=url + "/v1",
+            max_retries=0,
+            max_tokens=200,
+            http_client=http_client,
+        )
+        lc_messages = [("system", SYSTEM), ("human", QUESTION)]
+        return lambda: chat.invoke(lc_messages)
+    raise ValueError(f"unknown op {op}")
+
+
+# --- variants ----------------------------------------------------------------------------------------------
+
+
+def _peer_instrumentors(variant: str, op: str) -> list[Any]:
+    fam = family(op)
+    if variant == "otel-genai":
+        if fam == "openai":
+            from opentelemetry.instrumentation.genai.openai import OpenAIInstrumentor
+
+            return [OpenAIInstrumentor()]
+        if fam == "anthropic":
+            from opentelemetry.instrumentation.genai.anthropic import AnthropicInstrumentor
+
+            return [AnthropicInstrumentor()]
+    if variant == "otel-openai-v2" and fam == "openai":
+        from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+        return [OpenAIInstrumentor()]
+    if variant == "openinference":
+        from openinference.instrumentation.openai import OpenAIInstrumentor
+
+        if fam == "openai":
+            return [OpenAIInstrumentor()]
+        if fam == "anthropic":
+            from openinference.instrumentation.anthropic import AnthropicInstrumentor
+
+            return [AnthropicInstrumentor()]
+        from openinference.instrumentation.langchain import LangChainInstrumentor
+
+        return [LangChainInstrumentor(), OpenAIInstrumentor()]
+    if variant == "openllmetry":
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+
+        if fam == "openai":
+            return [OpenAIInstrumentor()]
+        if fam == "anthropic":
+            from opentelemetry.instrumentation.anthropic import AnthropicInstrumentor
+
+            return [AnthropicInstrumentor()]
+        from opentelemetry.instrumentation.langchain import LangchainInstrumentor
+
+        return [LangchainInstrumentor(), OpenAIInstrumentor()]
+    raise ValueError(f"variant {variant} does not cover {op}")
+
+
+def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
+    """Instrument for the variant; returns (exporter, facts about the setup)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    facts: dict[str, Any] = {}
+    # The SDK (and LangChain) first, so an instrumentor that patches on import and one that patches now see the same.
+    if family(op) == "openai":
+        import openai
+
+        facts["sdk"] = f"openai {openai.__version__}"
+    elif family(op) == "anthropic":
+        import anthropic
+
+        facts["sdk"] = f"anthropic {anthropic.__version__}"
+    else:
+        import langchain_core
+        import openai
+
+        facts["sdk"] = f"langchain-core {langchain_core.__version__}, openai {openai.__version__}"
+    if variant == "raw":
+        tp.add_span_processor(SimpleSpanProcessor(exporter))
+        return exporter, facts
+    if variant in ("mltrack", "mltrack-nocontent"):
+        import mltrack_otel
+        from mltrack_otel import config
+        from mltrack_otel.instrumentation import LIBRARIES
+
+        content = variant == "mltrack"
+        config.set_current(config.Settings(llm_log_prompts=content, llm_log_responses=content))
+        tp.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter)))
+        libraries = ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
+        public = [name for name in libraries if name in LIBRARIES]
+        facts["instrumented"] = mltrack_otel.instrument(public, tracer_provider=tp)
+        for name in libraries:
+            if name not in LIBRARIES and name == "langchain":  # not yet in instrument(): use the instrumentor itself
+                from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
+
+                LangChainInstrumentor().instrument(tracer_provider=tp, skip_dep_check=True)
+                facts["instrumented"].append("langchain (LangChainInstrumentor directly)")
+        facts["version"] = mltrack_otel.__version__
+        return exporter, facts
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
+
+    conflicts = []
+    for instrumentor in _peer_instrumentors(variant, op):
+        conflict = get_dependency_conflicts(instrumentor.instrumentation_dependencies())
+        if conflict is not None:
+            conflicts.append(f"{type(instrumentor).__module__}: {conflict}")
+        # skip_dep_check: a conflict is reported (facts["dependency_conflicts"]), and the span check decides.
+        instrumentor.instrument(tracer_provider=tp, skip_dep_check=True)
+    facts["dependency_conflicts"] = conflicts
+    return exporter, facts
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+
+def describe_spans(spans: Any) -> dict[str, Any]:
+    keys = sorted({key for span in spans for key in (span.attributes or {})})
+    return {
+        "names": [span.name for span in spans],
+        "usage": any(any(mark in key for mark in USAGE_KEYS) for key in keys),
+        "content": any(key.startswith(CONTENT_KEYS) for key in keys),
+        "cost": "llm.cost.total" in keys,
+        "keys": keys,
+    }
+
+
+def profile_text(stats: pstats.Stats, n: int) -> str:
+    """The functions of mltrack_otel and of the OTel SDK, in µs per operation (cProfile inflates all of them)."""
+    rows = []
+    for (file, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        rows.append((where, line, name, ncalls / n, tottime / n * 1e6, cumtime / n * 1e6))
+    total = sum(r[4] for r in rows)
+    out = io.StringIO()
+    out.write(f"profiled µs per operation (all code, cProfile-inflated): {total:.0f}\n")
+    for title, prefix, key, limit in (
+        ("mltrack_otel by cumulative", "mltrack_otel/", 5, 15),
+        ("mltrack_otel by own time", "mltrack_otel/", 4, 15),
+        ("opentelemetry (SDK, API) by own time", "opentelemetry/", 4, 8),
+    ):
+        chosen = sorted((r for r in rows if r[0].startswith(prefix)), key=lambda r: -r[key])[:limit]
+        out.write(f"  {title}: calls/op  own µs/op  cum µs/op\n")
+        for where, line, name, calls, own, cum in chosen:
+            out.write(f"    {calls:6.1f} {own:8.1f} {cum:8.1f}  {where}:{line}({name})\n")
+    return out.getvalue()
+
+
+def timed(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    gc.collect()
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--op", required=True, choices=OPS)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--transport", required=True, choices=("inproc", "loopback"))
+    parser.add_argument("--base-url")
+    parser.add_argument("--bodies", help="JSON file of canned responses (inproc)")
+    parser.add_argument("--warmup-seconds", type=float, default=0.5)
+    args = parser.parse_args(argv)
+
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library prints go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+
+    def reply(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj) + "\n")
+
+    try:
+        bodies = None
+        if args.bodies:
+            with open(args.bodies) as f:
+                bodies = json.load(f)
+        exporter, facts = setup_variant(args.variant, args.op)
+        call = make_call(args.op, args.transport, args.base_url, bodies)
+        call()
+        first = exporter.get_finished_spans()
+        exporter.clear()
+        per_call = len(first)
+        # Warm up: caches, lazy imports, branch predictors; also the first per-call CPU estimate.
+        n, cpu, deadline = 0, 0.0, time.perf_counter() + args.warmup_seconds
+        while n < 20 or time.perf_counter() < deadline:
+            cpu += timed(call, 5)[0]
+            n += 5
+        seen = len(exporter.get_finished_spans())
+        exporter.clear()
+        if seen != per_call * n:
+            raise RuntimeError(f"{seen} spans for {n} warm-up calls; the first call made {per_call}")
+        reply(
+            {
+                "ready": True,
+                "spans_per_call": per_call,
+                "cpu_per_call": cpu / n,
+                "spans": describe_spans(first),
+                **facts,
+            }
+        )
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        reply({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "run":
+            n = int(arg)
+            cpu, wall = timed(call, n)
+            spans = len(exporter.get_finished_spans())
+            exporter.clear()
+            reply({"cpu": cpu, "wall": wall, "spans": spans, "ok": spans == per_call * n})
+        elif command == "profile":
+            n = int(arg)
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(n):
+                call()
+            profiler.disable()
+            exporter.clear()
+            reply({"text": profile_text(pstats.Stats(profiler), n)})
+        elif command == "quit":
+            break
+
+
+if __name__ == "__main__":
+    main()
