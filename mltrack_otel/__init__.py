@@ -10,8 +10,7 @@ Everything public is re-exported here; the modules behind it are implementation.
 from .config import Settings, load_settings
 from .errors import BudgetExceededError, ConfigError, LLMLimitWarning, MltrackError
 from .guard import health
-
-# TEMP from .instrumentation import instrument, uninstrument
+from .instrumentation import instrument, uninstrument
 from .ledger import Totals, check_budget, totals
 from .pricing import Cost, PriceOverride, Pricer, Usage
 from .processor import CostSpanProcessor

@@ -1,0 +1,499 @@
+"""Shared pieces of every instrumentor: one model call's span, stream recording, content capture, names.
+
+A :class:`Call` is one model call: it starts the span (request attributes and input content already known) and
+finishes it exactly once with the response attributes and output content, or with an error. A
+:class:`StreamRecorder` is fed each streamed item and finishes its call when the stream ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import config, content, guard, ledger, semconv
+from ..version import __version__
+
+# OpenInference names (optional attributes, so Phoenix and other OpenInference tools show messages natively).
+OI_SPAN_KIND = "openinference.span.kind"
+OI_INPUT_VALUE = "input.value"
+OI_INPUT_MIME = "input.mime_type"
+OI_OUTPUT_VALUE = "output.value"
+OI_OUTPUT_MIME = "output.mime_type"
+OI_MODEL_NAME = "llm.model_name"
+OI_PROVIDER = "llm.provider"
+OI_INPUT_MESSAGES = "llm.input_messages"
+OI_OUTPUT_MESSAGES = "llm.output_messages"
+OI_TOKEN_PROMPT = "llm.token_count.prompt"
+OI_TOKEN_COMPLETION = "llm.token_count.completion"
+OI_TOKEN_TOTAL = "llm.token_count.total"
+OI_TOKEN_CACHE_READ = "llm.token_count.prompt_details.cache_read"
+OI_TOKEN_CACHE_WRITE = "llm.token_count.prompt_details.cache_write"
+OI_TOKEN_REASONING = "llm.token_count.completion_details.reasoning"
+_OI_MAX_MESSAGES = 64
+_JSON = "application/json"
+
+# Provider finish reasons -> the convention's FinishReason values (output messages); others pass through.
+FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "max_output_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_calls": "tool_call",
+    "function_call": "tool_call",
+    "tool_use": "tool_call",
+    "content_filter": "content_filter",
+    "refusal": "content_filter",
+}
+UNFINISHED = "incomplete"  # output of a stream that stopped before the provider finished it
+
+# Host patterns -> gen_ai.provider.name, for OpenAI-compatible (or Anthropic-compatible) endpoints.
+HOST_PROVIDERS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    ("*.openai.azure.com", "azure.ai.openai"),
+    ("*.cognitiveservices.azure.com", "azure.ai.openai"),
+    ("*.services.ai.azure.com", "azure.ai.inference"),
+    ("*.models.ai.azure.com", "azure.ai.inference"),
+    ("*.inference.ai.azure.com", "azure.ai.inference"),
+    ("api.anthropic.com", "anthropic"),
+    ("api.groq.com", "groq"),
+    ("api.deepseek.com", "deepseek"),
+    ("api.mistral.ai", "mistral_ai"),
+    ("api.x.ai", "x_ai"),
+    ("api.perplexity.ai", "perplexity"),
+    ("api.cohere.com", "cohere"),
+    ("api.cohere.ai", "cohere"),
+    ("generativelanguage.googleapis.com", "gcp.gemini"),
+    ("*aiplatform.googleapis.com", "gcp.vertex_ai"),
+    ("bedrock-runtime.*.amazonaws.com", "aws.bedrock"),
+    ("bedrock-runtime-fips.*.amazonaws.com", "aws.bedrock"),
+    ("*.ml.cloud.ibm.com", "ibm.watsonx.ai"),
+    ("openrouter.ai", "openrouter"),
+)
+_host_cache: dict[str, str | None] = {}
+
+
+def provider_for_host(host: str) -> str | None:
+    """The GenAI provider name of a known API host (None when the host is not known)."""
+    try:
+        return _host_cache[host]
+    except KeyError:
+        pass
+    name = next((p for pattern, p in HOST_PROVIDERS if fnmatch.fnmatchcase(host, pattern)), None)
+    if len(_host_cache) < 1024:
+        _host_cache[host] = name
+    return name
+
+
+_match_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """Whether host matches one of the fnmatch patterns (memoised: called on every streamed request)."""
+    key = (host, patterns)
+    try:
+        return _match_cache[key]
+    except KeyError:
+        pass
+    hit = any(fnmatch.fnmatchcase(host, p) for p in patterns)
+    if len(_match_cache) < 1024:
+        _match_cache[key] = hit
+    return hit
+
+
+def get(obj: Any, name: str, default: Any = None) -> Any:
+    """obj[name] for dicts, obj.name for SDK models; default when missing or None."""
+    if obj is None:
+        return default
+    # dict, not the Mapping ABC: an ABC isinstance check costs ~10x more, and this runs ~20 times per call.
+    value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return default if value is None else value
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None  # bools and garbage are not counts
+
+
+def usage_attributes(usage: Any, shape: str) -> dict[str, int]:
+    """gen_ai.usage.* from an SDK usage object (or its JSON): input tokens include cache reads and writes.
+
+    shape "openai": chat/completions (prompt_tokens, already including cached tokens) or Responses (input_tokens,
+    likewise); shape "anthropic": input_tokens exclude the cache, so cache reads and writes are added back.
+    """
+    if usage is None:
+        return {}
+    write = reasoning = None
+    if shape == "anthropic":
+        raw_in, raw_out = _count(get(usage, "input_tokens")), _count(get(usage, "output_tokens"))
+        read, write = _count(get(usage, "cache_read_input_tokens")), _count(get(usage, "cache_creation_input_tokens"))
+        total_in = None if raw_in is None else raw_in + (read or 0) + (write or 0)
+        reasoning = _count(get(get(usage, "output_tokens_details"), "thinking_tokens"))
+    elif get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
+        total_in, raw_out = _count(get(usage, "prompt_tokens")), _count(get(usage, "completion_tokens"))
+        details = get(usage, "prompt_tokens_details")
+        read, write = _count(get(details, "cached_tokens")), _count(get(details, "cache_write_tokens"))
+        reasoning = _count(get(get(usage, "completion_tokens_details"), "reasoning_tokens"))
+    else:
+        total_in, raw_out = _count(get(usage, "input_tokens")), _count(get(usage, "output_tokens"))
+        details = get(usage, "input_tokens_details")
+        read, write = _count(get(details, "cached_tokens")), _count(get(details, "cache_write_tokens"))
+        reasoning = _count(get(get(usage, "output_tokens_details"), "reasoning_tokens"))
+    attributes: dict[str, int] = {}
+    if total_in is None and raw_out is None:
+        return attributes
+    attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = total_in or 0
+    attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = raw_out or 0
+    if read:
+        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = read
+    if write:
+        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = write
+    if reasoning:
+        attributes[gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
+    return attributes
+
+
+def seq(value: Any) -> list[Any] | tuple[Any, ...]:
+    """value if it is a list or tuple, else (): never iterate (and so consume) a caller's other iterables."""
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def error_type(exc: BaseException) -> str:
+    """error.type: the provider's error code when it sent one, else the exception class."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code:
+        return code
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        kind = inner.get("code") or inner.get("type") if isinstance(inner, Mapping) else None
+        if isinstance(kind, str) and kind and kind != "error":
+            return kind
+    cls = type(exc)
+    module = cls.__module__.split(".", 1)[0]
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+class Inputs:
+    """What a request sends that content capture may record (normalised GenAI messages and parts)."""
+
+    __slots__ = ("messages", "system", "tools")
+
+    def __init__(
+        self, messages: list[Any] | None = None, system: list[Any] | None = None, tools: list[Any] | None = None
+    ) -> None:
+        self.messages, self.system, self.tools = messages, system, tools
+
+
+class Call:
+    """One model call: its span, when it started, and how to finish it exactly once."""
+
+    __slots__ = ("capture_out", "ended", "max_bytes", "nest", "oi", "redactor", "span", "t0", "usage_shape")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        operation: str,
+        model: str | None,
+        attributes: dict[str, Any],
+        settings: config.Settings,
+        inputs: Inputs | None,
+        usage_shape: str,
+    ) -> None:
+        self.max_bytes = settings.content_max_bytes
+        self.redactor = settings.redactor
+        self.capture_out = settings.capture_responses
+        self.oi = settings.openinference_attributes
+        self.usage_shape = usage_shape
+        self.ended = False
+        self.nest = False  # make the span current during the request (set by instrumentors that need it)
+        if inputs is not None and settings.capture_prompts:
+            self._add_inputs(inputs, attributes)
+        if self.oi:
+            self._add_openinference_start(operation, model, attributes)
+        name = f"{operation} {model}" if model else operation
+        self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        self.t0 = time.perf_counter()
+
+    def _encode(self, items: list[Any], key: str, attributes: dict[str, Any]) -> None:
+        text, truncated = content.encode(items, self.max_bytes, self.redactor)
+        attributes[key] = text
+        if truncated:
+            attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
+
+    def _add_inputs(self, inputs: Inputs, attributes: dict[str, Any]) -> None:
+        if inputs.messages is not None:
+            self._encode(inputs.messages, gen_ai.GEN_AI_INPUT_MESSAGES, attributes)
+        if inputs.system:
+            self._encode(inputs.system, gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS, attributes)
+        if inputs.tools:
+            self._encode(inputs.tools, gen_ai.GEN_AI_TOOL_DEFINITIONS, attributes)
+
+    def _add_openinference_start(self, operation: str, model: str | None, attributes: dict[str, Any]) -> None:
+        attributes[OI_SPAN_KIND] = "EMBEDDING" if operation == "embeddings" else "LLM"
+        if model:
+            attributes[OI_MODEL_NAME] = model
+        attributes[OI_PROVIDER] = attributes.get(gen_ai.GEN_AI_PROVIDER_NAME, "")
+        messages = attributes.get(gen_ai.GEN_AI_INPUT_MESSAGES)
+        if messages is not None:
+            attributes[OI_INPUT_VALUE] = messages
+            attributes[OI_INPUT_MIME] = _JSON
+            _flatten_messages(OI_INPUT_MESSAGES, messages, attributes)
+
+    def finish(
+        self,
+        attributes: dict[str, Any],
+        output: list[Any] | None = None,
+        usage: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """End the span once: response attributes, usage, output content, then the error if there was one."""
+        if self.ended:
+            return
+        self.ended = True
+        span = self.span
+        try:
+            attributes[semconv.LLM_LATENCY] = time.perf_counter() - self.t0
+            if usage is not None:
+                attributes.update(usage_attributes(usage, self.usage_shape))
+            if output is not None and self.capture_out:
+                self._encode(output, gen_ai.GEN_AI_OUTPUT_MESSAGES, attributes)
+            if self.oi:
+                _add_openinference_end(attributes)
+            if error is not None:
+                _describe_error(error, attributes)
+            span.set_attributes(attributes)
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1024]))
+        except Exception as exc:  # the span still ends, with what it has
+            guard.record_error("instrumentation.finish", exc)
+        finally:
+            span.end()
+
+    def fail(self, error: BaseException) -> None:
+        """The request itself failed (nothing came back)."""
+        self.finish({}, error=error)
+
+
+def _describe_error(error: BaseException, attributes: dict[str, Any]) -> None:
+    attributes[error_attributes.ERROR_TYPE] = error_type(error)
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status
+
+
+def _flatten_messages(prefix: str, messages_json: str, attributes: dict[str, Any]) -> None:
+    """OpenInference's flattened llm.*_messages.N.message.* attributes from our (already bounded) JSON."""
+    try:
+        messages = json.loads(messages_json)
+    except ValueError:
+        return
+    for i, message in enumerate(messages[-_OI_MAX_MESSAGES:]):
+        if not isinstance(message, dict):
+            continue
+        base = f"{prefix}.{i}.message"
+        attributes[f"{base}.role"] = str(message.get("role", ""))
+        texts, calls = [], 0
+        for part in message.get("parts") or ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("text", "reasoning") and isinstance(part.get("content"), str):
+                texts.append(part["content"])
+            elif kind == "tool_call_response":
+                texts.append(
+                    part["response"] if isinstance(part.get("response"), str) else json.dumps(part.get("response"))
+                )
+            elif kind == "tool_call":
+                call = f"{base}.tool_calls.{calls}.tool_call"
+                attributes[f"{call}.function.name"] = str(part.get("name", ""))
+                args = part.get("arguments")
+                attributes[f"{call}.function.arguments"] = args if isinstance(args, str) else json.dumps(args)
+                if part.get("id"):
+                    attributes[f"{call}.id"] = str(part["id"])
+                calls += 1
+        if texts:
+            attributes[f"{base}.content"] = "".join(texts)
+
+
+def _add_openinference_end(attributes: dict[str, Any]) -> None:
+    output = attributes.get(gen_ai.GEN_AI_OUTPUT_MESSAGES)
+    if output is not None:
+        attributes[OI_OUTPUT_VALUE] = output
+        attributes[OI_OUTPUT_MIME] = _JSON
+        _flatten_messages(OI_OUTPUT_MESSAGES, output, attributes)
+    prompt = attributes.get(gen_ai.GEN_AI_USAGE_INPUT_TOKENS)
+    completion = attributes.get(gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS)
+    if prompt is not None:
+        attributes[OI_TOKEN_PROMPT] = prompt
+    if completion is not None:
+        attributes[OI_TOKEN_COMPLETION] = completion
+    if prompt is not None or completion is not None:
+        attributes[OI_TOKEN_TOTAL] = (prompt or 0) + (completion or 0)
+    for ours, theirs in (
+        (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, OI_TOKEN_CACHE_READ),
+        (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, OI_TOKEN_CACHE_WRITE),
+        (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, OI_TOKEN_REASONING),
+    ):
+        if ours in attributes:
+            attributes[theirs] = attributes[ours]
+
+
+class StreamRecorder:
+    """Fed every item of one streamed response; finishes its call exactly once however the stream ends.
+
+    Subclasses implement :meth:`feed` (cheap: append deltas to lists, never concatenate) and :meth:`outcome`.
+    """
+
+    __slots__ = ("call", "capture", "done", "first_at", "hide_usage", "release", "started", "suspended")
+
+    def __init__(self, call: Call, hide_usage: bool = False) -> None:
+        self.call = call
+        self.capture = call.capture_out
+        self.hide_usage = hide_usage  # we asked for usage the caller did not: keep the usage-only chunk from them
+        self.done = False
+        self.started = False  # the caller began iterating
+        self.suspended = False  # the caller holds an item (we are parked at a yield)
+        self.first_at: float | None = None
+        self.release: Any = None  # undoes our hook on the HTTP response once the span has ended
+
+    def feed(self, item: Any) -> bool:
+        """Record one item; return False to keep it from the caller."""
+        raise NotImplementedError
+
+    def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        """(response attributes, output messages, usage) accumulated so far."""
+        raise NotImplementedError
+
+    def salvage(self, item: Any) -> bool:
+        """feed() raised on item: whether to pass it on, still hiding whatever we added to the stream."""
+        return True
+
+    def end(self, complete: bool, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        release, self.release = self.release, None
+        if release is not None:
+            guard.guarded("instrumentation.stream", release)
+        try:
+            attributes, output, usage = self.outcome(complete)
+        except Exception as exc:
+            guard.record_error("instrumentation.stream", exc)
+            attributes, output, usage = {}, None, None
+        attributes[semconv.MLTRACK_STREAM_COMPLETE] = complete
+        if self.first_at is not None:
+            attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0
+        self.call.finish(attributes, output, usage, error)
+
+    def on_close(self) -> None:
+        """The HTTP response is being closed: by the caller before the end (early stop), or by the SDK at the end."""
+        if not self.done and (self.suspended or not self.started):
+            self.end(complete=False)
+
+    def __del__(self) -> None:
+        """The stream was dropped unfinished (break, then garbage collection): end the span as incomplete.
+
+        The recorder lives exactly as long as the HTTP response and the stream that read it, so this is the
+        finalizer of the abandoned stream, without a weakref.finalize registration on every call.
+        """
+        if not self.done:
+            try:
+                self.end(complete=False)
+            except Exception as exc:  # at interpreter exit modules may already be gone
+                with contextlib.suppress(Exception):
+                    guard.record_error("instrumentation.stream", exc)
+
+
+def finish_reason(raw: Any, default: str = UNFINISHED) -> str:
+    """The convention's finish reason for a provider's (None: the stream stopped early)."""
+    if raw is None:
+        return default
+    return FINISH_REASONS.get(raw, raw) if isinstance(raw, str) else str(raw)
+
+
+def copy_params(body: Mapping[str, Any], table: tuple[tuple[str, str], ...], attributes: dict[str, Any]) -> None:
+    """Copy request parameters that are plain numbers or strings into attributes."""
+    for key, attribute in table:
+        value = body.get(key)
+        if value is not None and type(value) in (int, float, str):
+            attributes[attribute] = value
+
+
+def stop_sequences(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def base_attributes(operation: str, provider: str, address: str | None, port: int | None) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        gen_ai.GEN_AI_OPERATION_NAME: operation,
+        gen_ai.GEN_AI_PROVIDER_NAME: provider,
+    }
+    if address:
+        attributes[server_attributes.SERVER_ADDRESS] = address
+        if port:
+            attributes[server_attributes.SERVER_PORT] = port
+    scope = ledger.current_scope()
+    if scope is not None and scope.conversation_id:
+        attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+    return attributes
+
+
+# --- instrumentor classes ------------------------------------------------------------------------------------
+
+try:  # OTel's base class when opentelemetry-instrumentation is installed, so `opentelemetry-instrument` works
+    from opentelemetry.instrumentation.instrumentor import BaseInstrumentor as _OTelInstrumentor
+except ImportError:  # pragma: no cover - exercised in the no-dependency test via a subprocess
+    _OTelInstrumentor = None  # type: ignore[assignment,misc]
+
+
+class _DuckInstrumentor:
+    """The public surface of OTel's BaseInstrumentor, for when opentelemetry-instrumentation is not installed."""
+
+    _instance = None
+    _is_instrumented_by_opentelemetry = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls._instance is None:
+            cls._instance = object.__new__(cls)
+        return cls._instance
+
+    @property
+    def is_instrumented_by_opentelemetry(self) -> bool:
+        return self._is_instrumented_by_opentelemetry
+
+    def instrument(self, **kwargs: Any) -> Any:
+        if self._is_instrumented_by_opentelemetry:
+            return None
+        kwargs.pop("skip_dep_check", None)
+        kwargs.pop("raise_exception_on_conflict", None)
+        result = self._instrument(**kwargs)  # type: ignore[attr-defined]
+        self._is_instrumented_by_opentelemetry = True
+        return result
+
+    def uninstrument(self, **kwargs: Any) -> Any:
+        if not self._is_instrumented_by_opentelemetry:
+            return None
+        result = self._uninstrument(**kwargs)  # type: ignore[attr-defined]
+        self._is_instrumented_by_opentelemetry = False
+        return result
+
+
+InstrumentorBase: type = _OTelInstrumentor if _OTelInstrumentor is not None else _DuckInstrumentor
+
+
+def get_tracer(name: str, tracer_provider: Any = None) -> trace.Tracer:
+    return trace.get_tracer(name, __version__, tracer_provider=tracer_provider)

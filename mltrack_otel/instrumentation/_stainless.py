@@ -1,0 +1,487 @@
+"""One instrumentation for the Stainless-generated SDKs (openai, anthropic), at their single choke point.
+
+Every API call of these SDKs goes through ``SyncAPIClient.request`` / ``AsyncAPIClient.request(cast_to, options,
+*, stream, stream_cls)``. We wrap those two methods; a provider module only declares which routes are model
+calls (:class:`Endpoint`: request attributes, input content, response reading, stream recorder). A stream stays
+the SDK's own object, of its exact class (some SDK versions' isinstance checks reject subclasses): we wrap the
+iterator it reads from, and hook its HTTP response's close, so the span ends exactly once on exhaustion, close,
+context exit, error or garbage collection.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .. import config, guard, ledger
+from ..errors import BudgetExceededError
+from . import _base, when_imported
+from ._base import Call, Inputs, StreamRecorder
+
+RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+_RECORDED = "_mltrack_recorded"  # marks a stream whose iterator we already wrap
+
+
+class Endpoint:
+    """What one API route is, declared by a provider module."""
+
+    __slots__ = ("inputs", "operation", "recorder", "request", "response", "usage_option")
+
+    def __init__(
+        self,
+        operation: str,
+        request: Callable[[dict[str, Any], dict[str, Any]], None],
+        response: Callable[[Any, bool], tuple[dict[str, Any], list[Any] | None, Any]],
+        inputs: Callable[[dict[str, Any]], Inputs] | None = None,
+        recorder: Callable[[Call, bool], StreamRecorder] | None = None,
+        usage_option: bool = False,
+    ) -> None:
+        self.operation = operation
+        self.request = request  # (body, attributes): add gen_ai.request.* attributes
+        self.response = response  # (result, capture): (attributes, output messages, usage)
+        self.inputs = inputs  # body -> normalised input content (only called when capture is on)
+        self.recorder = recorder  # (call, hide_usage) -> a recorder for a streamed response
+        self.usage_option = usage_option  # accepts stream_options.include_usage
+
+
+class Sdk:
+    """A Stainless SDK as a provider module declares it."""
+
+    def __init__(
+        self,
+        module: str,
+        routes: dict[str, Endpoint],
+        provider_name: Callable[[Any, str | None], str],
+        usage_shape: str,
+        instruments: tuple[str, ...],
+        records_own_spans: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.module = module
+        self.routes = routes
+        self.provider_name = provider_name  # (client, host) -> gen_ai.provider.name
+        self.usage_shape = usage_shape
+        self.instruments = instruments
+        # (client) -> whether the SDK itself records a span for the call: then ours is made current around the
+        # call so that span nests under ours and the cost pipeline counts the call once, not twice.
+        self.records_own_spans = records_own_spans
+
+
+class Patch:
+    """The wrappers of one SDK's two request methods, and how to take them off again exactly."""
+
+    def __init__(self, sdk: Sdk) -> None:
+        self.sdk = sdk
+        self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.active = False
+        self.originals: dict[type, Any] = {}
+        self.raw_types: tuple[type, ...] = ()
+        self.sentinels: tuple[type, ...] = ()  # NotGiven / Omit: parameters the caller left out
+
+    # -- install / remove ------------------------------------------------------------------------------------
+
+    def apply(self, tracer_provider: Any = None) -> None:
+        self.tracer = _base.get_tracer(f"mltrack_otel.instrumentation.{self.sdk.module}", tracer_provider)
+        self.active = True
+        if self.originals:  # already wrapped (or still under someone else's wrapper)
+            return
+        import wrapt
+
+        base = importlib.import_module(f"{self.sdk.module}._base_client")
+        self.raw_types = _raw_response_types(self.sdk.module)
+        types = importlib.import_module(f"{self.sdk.module}._types")
+        self.sentinels = tuple(t for t in (getattr(types, "NotGiven", None), getattr(types, "Omit", None)) if t)
+        for name, wrapper in (("SyncAPIClient", self._sync_request), ("AsyncAPIClient", self._async_request)):
+            cls = getattr(base, name)
+            original = cls.__dict__["request"]
+            wrapt.wrap_function_wrapper(cls, "request", wrapper)
+            self.originals[cls] = original
+
+    def remove(self) -> None:
+        self.active = False  # if someone stacked a wrapper on ours, ours stays under it and passes through
+        for cls, original in list(self.originals.items()):
+            if getattr(cls.__dict__.get("request"), "__wrapped__", None) is original:
+                cls.request = original  # the very function object that was there before
+                del self.originals[cls]
+
+    # -- the wrappers ----------------------------------------------------------------------------------------
+
+    def _sync_request(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        begun = self._begin(instance, args, kwargs, False)
+        if begun is None:
+            return wrapped(*args, **kwargs)
+        call, endpoint, recorder, stream = begun
+        # Our span is made current only when the SDK records its own span (to nest it): a context switch per
+        # call is not free, and HTTP-level spans can stay siblings.
+        token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            guard.guarded("instrumentation.error", call.fail, exc)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        try:
+            self._on_result(call, endpoint, recorder, stream, result, False)
+        except Exception as exc:
+            guard.record_error("instrumentation.response", exc)
+            guard.guarded("instrumentation.response", call.finish, {})  # the span still ends
+        return result
+
+    async def _async_request(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        begun = self._begin(instance, args, kwargs, True)
+        if begun is None:
+            return await wrapped(*args, **kwargs)
+        call, endpoint, recorder, stream = begun
+        # Our span is made current only when the SDK records its own span (to nest it): a context switch per
+        # call is not free, and HTTP-level spans can stay siblings.
+        token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            guard.guarded("instrumentation.error", call.fail, exc)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        try:
+            self._on_result(call, endpoint, recorder, stream, result, True)
+        except Exception as exc:
+            guard.record_error("instrumentation.response", exc)
+            guard.guarded("instrumentation.response", call.finish, {})  # the span still ends
+        return result
+
+    def _begin(
+        self, instance: Any, args: tuple, kwargs: dict, is_async: bool
+    ) -> tuple[Call, Endpoint, StreamRecorder | None, bool] | None:
+        """Start the call's span, or None to pass the request through untouched.
+
+        Raises only BudgetExceededError (before anything is sent); every other failure is recorded and the
+        request goes out uninstrumented.
+        """
+        if not self.active:
+            return None
+        try:
+            options = args[1] if len(args) > 1 else kwargs["options"]
+            url = options.url
+            endpoint = self.sdk.routes.get(url) or self.sdk.routes.get(url.partition("?")[0])
+            if endpoint is None or options.method.lower() != "post":
+                return None
+            settings = config.current()
+            if not settings.llm_tracking_enabled:
+                return None
+        except Exception as exc:
+            guard.record_error("instrumentation.begin", exc)
+            return None
+        try:
+            ledger.check_budget()
+        except BudgetExceededError:
+            raise
+        except Exception as exc:
+            guard.record_error("instrumentation.budget", exc)
+        try:
+            return self._start(instance, options, kwargs, endpoint, settings, is_async)
+        except Exception as exc:
+            guard.record_error("instrumentation.start", exc)
+            return None
+
+    def _start(
+        self,
+        instance: Any,
+        options: Any,
+        kwargs: dict,
+        endpoint: Endpoint,
+        settings: config.Settings,
+        is_async: bool,
+    ) -> tuple[Call, Endpoint, StreamRecorder | None, bool]:
+        body = options.json_data if isinstance(options.json_data, dict) else {}
+        extra = getattr(options, "extra_json", None)
+        if extra and isinstance(extra, dict):  # extra_body parameters are sent too: describe them as well
+            body = {**body, **extra}
+        sentinels = self.sentinels
+        for value in body.values():  # helpers such as messages.stream send bodies with NotGiven/Omit left in
+            if type(value) in sentinels:
+                body = {k: v for k, v in body.items() if type(v) not in sentinels}
+                break
+        address, port, provider = self._server(instance)
+        attributes = _base.base_attributes(endpoint.operation, provider, address, port)
+        model = body.get("model")
+        model = model if isinstance(model, str) and model else settings.default_model(provider)
+        if model:
+            attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
+        endpoint.request(body, attributes)
+        inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+
+        stream = bool(kwargs.get("stream"))
+        call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        if self.sdk.records_own_spans is not None:
+            call.nest = guard.guarded("instrumentation.nest", self.sdk.records_own_spans, instance, default=False)
+        if not stream or endpoint.recorder is None:
+            return call, endpoint, None, stream
+        try:
+            hide_usage = endpoint.usage_option and _wants_usage(options, body, address, settings)
+            recorder = endpoint.recorder(call, hide_usage)
+        except Exception:
+            call.finish({})
+            raise
+        if hide_usage:
+            stream_options = body.get("stream_options") or {}
+            options.json_data = {**body, "stream_options": {**stream_options, "include_usage": True}}
+        return call, endpoint, recorder, stream
+
+    def _server(self, client: Any) -> tuple[str | None, int | None, str]:
+        """(server.address, server.port, provider name) of a client, memoised on it per base URL."""
+        base_url = client.base_url
+        cached = client.__dict__.get("_mltrack_server")
+        if cached is not None and cached[0] is base_url:
+            return cached[1]
+        host = base_url.host or None
+        port = base_url.port or {"https": 443, "http": 80}.get(base_url.scheme)
+        server = (host, port, self.sdk.provider_name(client, host))
+        client.__dict__["_mltrack_server"] = (base_url, server)
+        return server
+
+    # -- results ---------------------------------------------------------------------------------------------
+
+    def _on_result(
+        self,
+        call: Call,
+        endpoint: Endpoint,
+        recorder: StreamRecorder | None,
+        stream: bool,
+        result: Any,
+        is_async: bool,
+    ) -> None:
+        if recorder is not None:
+            if isinstance(result, self.raw_types):  # the caller gets the stream from parse(), later
+                _record_when_parsed(result, recorder, is_async)
+            else:
+                _record_stream(result, recorder, is_async)
+            return
+        if stream:  # a stream of an endpoint without a recorder: the span covers the request only
+            call.finish({})
+            return
+        if isinstance(result, self.raw_types):  # with_raw_response / with_streaming_response
+            response = result.http_response
+            if hasattr(response, "_content"):
+                _finish_from_body(call, endpoint, response.content)
+            else:
+                _attach_body_reader(response, call, endpoint, is_async)
+            return
+        attributes, output, usage = endpoint.response(result, call.capture_out)
+        call.finish(attributes, output, usage)
+
+
+def _raw_response_types(module: str) -> tuple[type, ...]:
+    found = []
+    for submodule, name in (("_response", "BaseAPIResponse"), ("_legacy_response", "LegacyAPIResponse")):
+        try:
+            found.append(getattr(importlib.import_module(f"{module}.{submodule}"), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _wants_usage(options: Any, body: dict[str, Any], host: str | None, settings: config.Settings) -> bool:
+    """Whether to ask an OpenAI-compatible host for the stream usage the caller did not ask for."""
+    if not settings.stream_include_usage or not host or not body:
+        return False
+    headers = options.headers if isinstance(options.headers, dict) else {}
+    if headers.get(RAW_RESPONSE_HEADER):  # the caller reads raw bytes: nothing we could hide from them
+        return False
+    stream_options = body.get("stream_options")
+    if stream_options is not None and (not isinstance(stream_options, dict) or "include_usage" in stream_options):
+        return False
+    return _base.host_matches(host, settings.stream_usage_hosts)
+
+
+def _finish_from_body(call: Call, endpoint: Endpoint, body: bytes) -> None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        call.finish({})
+        return
+    attributes, output, usage = endpoint.response(data, call.capture_out)
+    call.finish(attributes, output, usage)
+
+
+def _hook_method(
+    obj: Any, name: str, *, before: Callable[[], None] | None = None, after: Callable[[Any], Any] | None = None
+) -> Callable[[], None]:
+    """Shadow obj.name with a hook: `before()`, the original method, then `after(result)`; return an unhook.
+
+    The hook holds the bound original, so obj -> hook -> obj is a cycle until unhook() is called: callers
+    unhook as soon as the hook has done its job, so the common path leaves nothing for the garbage collector.
+    (Holding obj weakly instead breaks when obj's own finalizer, mid-collection, calls the method.)
+    """
+    original = getattr(obj, name)
+
+    if inspect.iscoroutinefunction(original):
+
+        async def hook(*args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                guard.guarded("instrumentation.hook", before)
+            result = await original(*args, **kwargs)
+            return after(result) if after is not None else result
+
+    else:
+
+        def hook(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            if before is not None:
+                guard.guarded("instrumentation.hook", before)
+            result = original(*args, **kwargs)
+            return after(result) if after is not None else result
+
+    setattr(obj, name, hook)
+    target = weakref.ref(obj)
+
+    def unhook() -> None:
+        alive = target()
+        if alive is not None and alive.__dict__.get(name) is hook:
+            del alive.__dict__[name]
+
+    return unhook
+
+
+def _attach_body_reader(response: Any, call: Call, endpoint: Endpoint, is_async: bool) -> None:
+    """with_streaming_response on a plain call: finish when the caller reads the body (or drops it unread)."""
+
+    def finish(data: bytes) -> bytes:
+        unhook()
+        guard.guarded("instrumentation.response", _finish_from_body, call, endpoint, data)
+        return data
+
+    unhook = _hook_method(response, "aread" if is_async else "read", after=finish)
+    weakref.finalize(response, call.finish, {})
+
+
+def _record_stream(stream: Any, recorder: StreamRecorder, is_async: bool) -> None:
+    """Record what the caller iterates from this SDK stream, and end the span when its response closes."""
+    state = stream.__dict__
+    if state.get(_RECORDED):
+        return
+    items = state.get("_iterator")
+    if items is None:  # anthropic 2.x makes it lazily (a cached_property): make it now, then replace it
+        items = stream._iterator
+    state["_iterator"] = _recorded_async(items, recorder) if is_async else _recorded_sync(items, recorder)
+    state[_RECORDED] = True
+    recorder.release = _hook_method(stream.response, "aclose" if is_async else "close", before=recorder.on_close)
+    # No finalizer to register: the recorder's own __del__ ends an abandoned stream's span (see StreamRecorder).
+
+
+def _record_when_parsed(raw: Any, recorder: StreamRecorder, is_async: bool) -> None:
+    """with_raw_response / with_streaming_response on a stream: record the stream that parse() returns.
+
+    Until then the recorder is only held by this hook: if the caller never parses, it ends as abandoned.
+    """
+
+    def attach(result: Any) -> Any:
+        unhook()
+        if hasattr(result, "response") and hasattr(result, "__stream__"):
+            guard.guarded("instrumentation.stream", _record_stream, result, recorder, is_async)
+        return result
+
+    unhook = _hook_method(raw, "parse", after=attach)
+
+
+def _recorded_sync(items: Any, recorder: StreamRecorder) -> Any:
+    recorder.started = True
+    try:
+        for item in items:
+            if recorder.first_at is None:
+                recorder.first_at = time.perf_counter()
+            try:
+                keep = recorder.feed(item)
+            except Exception as exc:  # recording must never cost the caller an item (nor add one)
+                guard.record_error("instrumentation.stream", exc)
+                keep = guard.guarded("instrumentation.stream", recorder.salvage, item, default=True)
+            if keep:
+                recorder.suspended = True
+                yield item
+                recorder.suspended = False
+    except GeneratorExit:
+        guard.guarded("instrumentation.stream", recorder.end, False)
+        raise
+    except BaseException as exc:
+        guard.guarded("instrumentation.stream", recorder.end, False, exc)
+        raise
+    guard.guarded("instrumentation.stream", recorder.end, True)
+
+
+async def _recorded_async(items: Any, recorder: StreamRecorder) -> Any:
+    recorder.started = True
+    try:
+        async for item in items:
+            if recorder.first_at is None:
+                recorder.first_at = time.perf_counter()
+            try:
+                keep = recorder.feed(item)
+            except Exception as exc:
+                guard.record_error("instrumentation.stream", exc)
+                keep = guard.guarded("instrumentation.stream", recorder.salvage, item, default=True)
+            if keep:
+                recorder.suspended = True
+                yield item
+                recorder.suspended = False
+    except GeneratorExit:
+        guard.guarded("instrumentation.stream", recorder.end, False)
+        raise
+    except BaseException as exc:
+        guard.guarded("instrumentation.stream", recorder.end, False, exc)
+        raise
+    guard.guarded("instrumentation.stream", recorder.end, True)
+
+
+# --- the instrumentor class both SDK modules subclass ----------------------------------------------------------
+
+
+class StainlessInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+    """OTel-style instrumentor (BaseInstrumentor when available) for one Stainless SDK.
+
+    ``instrument()`` wraps the SDK at once if it is imported, else the moment it is imported.
+    """
+
+    sdk: ClassVar[Sdk]
+    _patch: ClassVar[Patch | None] = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return self.sdk.instruments
+
+    @classmethod
+    def _the_patch(cls) -> Patch:
+        if cls.__dict__.get("_patch") is None:
+            cls._patch = Patch(cls.sdk)
+        return cls._patch  # type: ignore[return-value]
+
+    def _instrument(self, **kwargs: Any) -> None:
+        patch = self._the_patch()
+        tracer_provider = kwargs.get("tracer_provider")
+        patch.active = True
+
+        def apply(_module: Any) -> None:
+            if patch.active:
+                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
+
+        if self.sdk.module in sys.modules:
+            apply(sys.modules[self.sdk.module])
+        else:
+            when_imported(self.sdk.module, apply, owner=type(self).__name__)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        patch = self._the_patch()
+        when_imported(self.sdk.module, None, owner=type(self).__name__)  # forget a pending hook
+        patch.remove()
+
+    def set_tracer_provider(self, tracer_provider: Any) -> None:
+        """Record into another TracerProvider from now on."""
+        patch = self._the_patch()
+        patch.tracer = _base.get_tracer(f"mltrack_otel.instrumentation.{self.sdk.module}", tracer_provider)

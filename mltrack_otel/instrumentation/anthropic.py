@@ -1,0 +1,280 @@
+"""Anthropic SDK: messages.create (sync/async, stream=True), messages.stream(...), messages.parse, beta messages.
+
+Anthropic reports input tokens excluding the prompt cache; the usage we record adds cache reads and writes back
+in (gen_ai.usage.input_tokens includes them) and records both counts. In a stream, input counts come from
+message_start and output tokens from the final message_delta, whose usage is cumulative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+
+from ..content import media_part, parse_arguments, text_part
+from ._base import (
+    UNFINISHED,
+    Call,
+    Inputs,
+    StreamRecorder,
+    copy_params,
+    finish_reason,
+    get,
+    provider_for_host,
+    seq,
+    stop_sequences,
+)
+from ._stainless import Endpoint, Sdk, StainlessInstrumentor
+
+_PARAMS = (
+    ("max_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
+    ("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE),
+    ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
+    ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K),
+)
+_USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def provider_name(client: Any, host: str | None) -> str:
+    """aws.bedrock / gcp.vertex_ai for those clients, a known host's provider, else anthropic."""
+    kind = type(client).__name__
+    if "Bedrock" in kind:
+        return "aws.bedrock"
+    if "Vertex" in kind:
+        return "gcp.vertex_ai"
+    if "Foundry" in kind:
+        return "azure.ai.inference"
+    return (provider_for_host(host) if host else None) or "anthropic"
+
+
+def records_own_spans(client: Any) -> bool:
+    """Whether this client's SDK (anthropic >= 2.x) records its own span for each call, into a real provider."""
+    tracer = client._tracer if hasattr(type(client), "_tracer") else None
+    if tracer is None or isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):  # follows the global provider, which may be set by now
+        return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return True
+
+
+# --- content: Anthropic blocks -> GenAI parts ----------------------------------------------------------------
+
+
+def _source_part(source: Any, modality: str) -> dict[str, Any]:
+    kind = get(source, "type")
+    mime = get(source, "media_type")
+    if kind == "base64":
+        part = {"type": "blob", "modality": modality, "content": get(source, "data", "")}
+        return {**part, "mime_type": mime} if mime else part
+    if kind == "url":
+        return media_part(get(source, "url", ""), modality, mime)
+    if kind == "file":
+        return {"type": "file", "modality": modality, "file_id": get(source, "file_id", "")}
+    if kind == "text":
+        return text_part(get(source, "data", ""))
+    return {"type": kind if isinstance(kind, str) else "unknown"}
+
+
+def _tool_result(content: Any) -> Any:
+    if isinstance(content, (list, tuple)) and all(get(b, "type") == "text" for b in content):
+        return "".join(get(b, "text", "") for b in content)
+    return content
+
+
+def blocks(content: Any) -> list[Any]:
+    """Message content (a string or content blocks, dicts or SDK models) as GenAI parts."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [text_part(content)]
+    parts: list[Any] = []
+    for block in seq(content):
+        kind = get(block, "type")
+        if kind == "text":
+            parts.append(text_part(get(block, "text", "")))
+        elif kind == "tool_use":
+            call = {"type": "tool_call", "id": get(block, "id"), "name": get(block, "name", "")}
+            parts.append({**call, "arguments": get(block, "input")})
+        elif kind == "tool_result":
+            response = _tool_result(get(block, "content"))
+            parts.append({"type": "tool_call_response", "id": get(block, "tool_use_id"), "response": response})
+        elif kind == "thinking":
+            parts.append({"type": "reasoning", "content": get(block, "thinking", "")})
+        elif kind in ("image", "document"):
+            parts.append(_source_part(get(block, "source"), "image" if kind == "image" else "document"))
+        elif kind in ("server_tool_use", "mcp_tool_use"):
+            details = {"type": get(block, "name", kind), "input": get(block, "input")}
+            call = {"type": "server_tool_call", "id": get(block, "id"), "name": get(block, "name", kind)}
+            parts.append({**call, "server_tool_call": details})
+        elif isinstance(kind, str) and kind.endswith("_tool_result"):
+            result = {"type": "server_tool_call_response", "id": get(block, "tool_use_id")}
+            parts.append({**result, "server_tool_call_response": {"type": kind}})
+        else:
+            parts.append({"type": kind if isinstance(kind, str) else "unknown"})
+    return parts
+
+
+def messages(body: dict[str, Any]) -> list[Any]:
+    out = []
+    for message in seq(body.get("messages")):
+        parts = blocks(get(message, "content"))
+        role = get(message, "role", "user")
+        if role == "user" and parts and all(p["type"] == "tool_call_response" for p in parts):
+            role = "tool"  # a turn of tool results only, as the convention's role for them
+        out.append({"role": role, "parts": parts})
+    return out
+
+
+def tool_definitions(tools: Any) -> list[Any] | None:
+    if not tools:
+        return None
+    out = []
+    for tool in seq(tools):
+        kind = get(tool, "type")
+        definition = {
+            "type": "function" if kind in (None, "custom") else kind,
+            "name": get(tool, "name", kind or ""),
+            "description": get(tool, "description", ""),
+        }
+        schema = get(tool, "input_schema")
+        if schema is not None:
+            definition["parameters"] = schema
+        out.append(definition)
+    return out
+
+
+def inputs(body: dict[str, Any]) -> Inputs:
+    return Inputs(messages(body), blocks(body.get("system")) or None, tool_definitions(body.get("tools")))
+
+
+# --- request / response --------------------------------------------------------------------------------------
+
+
+def request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
+    copy_params(body, _PARAMS, attributes)
+    stops = stop_sequences(body.get("stop_sequences"))
+    if stops:
+        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
+    if body.get("stream") is True:
+        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+
+
+def _ids(message: Any, attributes: dict[str, Any]) -> None:
+    message_id = get(message, "id")
+    if isinstance(message_id, str):
+        attributes[gen_ai.GEN_AI_RESPONSE_ID] = message_id
+    model = get(message, "model")
+    if isinstance(model, str):
+        attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model
+
+
+def response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+    attributes: dict[str, Any] = {}
+    _ids(result, attributes)
+    stop = get(result, "stop_reason")
+    if isinstance(stop, str):
+        attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = (stop,)
+    output = None
+    if capture:
+        parts = blocks(get(result, "content"))
+        output = [{"role": get(result, "role", "assistant"), "parts": parts, "finish_reason": finish_reason(stop)}]
+    return attributes, output, get(result, "usage")
+
+
+# --- stream --------------------------------------------------------------------------------------------------
+
+
+class MessageRecorder(StreamRecorder):
+    """Raw message stream events; content blocks are accumulated as lists of deltas, joined once at the end."""
+
+    __slots__ = ("blocks", "message", "stop", "usage")
+
+    def __init__(self, call: Call, hide_usage: bool) -> None:
+        super().__init__(call, hide_usage)
+        self.message: Any = None
+        self.usage: dict[str, Any] = {}
+        self.stop: str | None = None
+        self.blocks: dict[int, list[Any]] = {}  # index -> [block, text deltas]
+
+    def feed(self, event: Any) -> bool:
+        kind = event.type
+        if kind == "content_block_delta":
+            if self.capture:
+                delta = event.delta
+                piece = getattr(delta, "text", None) or getattr(delta, "partial_json", None)
+                if piece is None:
+                    piece = getattr(delta, "thinking", None)
+                if piece:
+                    entry = self.blocks.get(event.index)
+                    if entry is not None:
+                        entry[1].append(piece)
+        elif kind == "content_block_start":
+            if self.capture:
+                self.blocks[event.index] = [event.content_block, []]
+        elif kind == "message_delta":
+            self.stop = event.delta.stop_reason or self.stop
+            self._add_usage(event.usage)
+        elif kind == "message_start":
+            self.message = event.message
+            self._add_usage(event.message.usage)
+        return True
+
+    def _add_usage(self, usage: Any) -> None:
+        """Later counts replace earlier ones: message_delta's usage is cumulative."""
+        if usage is None:
+            return
+        for name in (*_USAGE_FIELDS, "output_tokens"):
+            value = getattr(usage, name, None)
+            if value is not None:
+                self.usage[name] = value
+        details = getattr(usage, "output_tokens_details", None)
+        if details is not None:
+            self.usage["output_tokens_details"] = details
+
+    def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        attributes: dict[str, Any] = {}
+        _ids(self.message, attributes)
+        if self.stop:
+            attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = (self.stop,)
+        output = None
+        if self.capture:
+            parts = [self._part(block, pieces) for _, (block, pieces) in sorted(self.blocks.items())]
+            reason = finish_reason(self.stop, UNFINISHED if not complete else "stop")
+            output = [{"role": "assistant", "parts": parts, "finish_reason": reason}]
+        return attributes, output, self.usage or None
+
+    @staticmethod
+    def _part(block: Any, pieces: list[str]) -> dict[str, Any]:
+        kind = block.type
+        if kind == "text":
+            return text_part(block.text + "".join(pieces))
+        if kind == "thinking":
+            return {"type": "reasoning", "content": block.thinking + "".join(pieces)}
+        if kind in ("tool_use", "server_tool_use", "mcp_tool_use"):
+            arguments = parse_arguments("".join(pieces)) if pieces else block.input
+            if kind == "tool_use":
+                return {"type": "tool_call", "id": block.id, "name": block.name, "arguments": arguments}
+            details = {"type": block.name, "input": arguments}
+            return {"type": "server_tool_call", "id": block.id, "name": block.name, "server_tool_call": details}
+        return blocks([block])[0]
+
+
+# --- the declaration -----------------------------------------------------------------------------------------
+
+_MESSAGES = Endpoint("chat", request, response, inputs, MessageRecorder)
+
+SDK = Sdk(
+    module="anthropic",
+    routes={"/v1/messages": _MESSAGES},
+    provider_name=provider_name,
+    usage_shape="anthropic",
+    instruments=("anthropic >= 0.40",),
+    records_own_spans=records_own_spans,
+)
+
+
+class AnthropicInstrumentor(StainlessInstrumentor):
+    """Instruments the anthropic SDK (entry point `opentelemetry_instrumentor: anthropic`)."""
+
+    sdk = SDK

@@ -1,0 +1,166 @@
+"""Fixtures for the instrumentation tests: the fake provider, SDK clients, an in-memory TracerProvider.
+
+Import the fixtures a module uses (or register this module in conftest's pytest_plugins).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from mltrack_otel import config, guard, ledger
+from mltrack_otel.instrumentation import instrument, uninstrument
+from mltrack_otel.testing.fake_provider import FakeProvider
+
+SCHEMAS = Path(__file__).parent / "schemas"
+_SCHEMA_FILES = {
+    "input": "gen-ai-input-messages.json",
+    "output": "gen-ai-output-messages.json",
+    "system": "gen-ai-system-instructions.json",
+    "tools": "gen-ai-tool-definitions.json",
+}
+# Part type -> the schema definition it must satisfy. The schemas accept any part through GenericPart, so each
+# known part is also checked against its own definition, or a malformed text part would pass.
+_PART_DEFS = {
+    "text": "TextPart",
+    "tool_call": "ToolCallRequestPart",
+    "tool_call_response": "ToolCallResponsePart",
+    "server_tool_call": "ServerToolCallPart",
+    "server_tool_call_response": "ServerToolCallResponsePart",
+    "blob": "BlobPart",
+    "file": "FilePart",
+    "uri": "UriPart",
+    "reasoning": "ReasoningPart",
+}
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / _SCHEMA_FILES[kind]).read_text())
+
+
+def validate_content(kind: str, text: str) -> list[Any]:
+    """Parse one content attribute and validate it against the convention's schema (kind: input, output,
+    system, tools); return the parsed value."""
+    value = json.loads(text)
+    schema = _schema(kind)
+    jsonschema.validate(value, schema)
+    parts = value if kind == "system" else [] if kind == "tools" else [p for m in value for p in m["parts"]]
+    for part in parts:
+        definition = _PART_DEFS.get(part["type"])
+        if definition is not None:
+            jsonschema.validate(part, {"$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"})
+    return value
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    """One loopback fake OpenAI/Anthropic server for the session (cleared per test by `fake_clear`)."""
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture
+def settings() -> Iterator[config.Settings]:
+    """Default Settings installed for the test (no file or environment), restored afterwards."""
+    installed = config.Settings()
+    config.set_current(installed)
+    yield installed
+    config.set_current(None)
+
+
+def use_settings(**values: Any) -> config.Settings:
+    """Install Settings with these values for the rest of the test (the `settings` fixture restores)."""
+    installed = config.Settings(**values)
+    config.set_current(installed)
+    return installed
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def instrumented(
+    fake: FakeProvider, settings: config.Settings, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> Iterator[InMemorySpanExporter]:
+    """OpenAI and Anthropic instrumented into the test's TracerProvider; yields its exporter."""
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    instrument(["openai", "anthropic"], tracer_provider=tracer_provider)
+    yield exporter
+    uninstrument(["openai", "anthropic"])
+
+
+@pytest.fixture
+def oai(fake: FakeProvider) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+
+
+@pytest.fixture
+def aoai(fake: FakeProvider) -> Any:
+    import openai
+
+    return openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+
+
+@pytest.fixture
+def ant(fake: FakeProvider) -> Any:
+    import anthropic
+
+    return anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
+
+
+@pytest.fixture
+def aant(fake: FakeProvider) -> Any:
+    import anthropic
+
+    return anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
+
+
+def spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return list(exporter.get_finished_spans())
+
+
+def one_span(exporter: InMemorySpanExporter) -> ReadableSpan:
+    """The single finished span (fails if there are more or none)."""
+    finished = spans(exporter)
+    assert len(finished) == 1, [s.name for s in finished]
+    return finished[0]
+
+
+def attrs(span: ReadableSpan) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def without_ids(model: Any) -> Any:
+    """A response as a dict without the fields the fake varies per request (ids, timestamps)."""
+    data = model.model_dump() if hasattr(model, "model_dump") else dict(model)
+    return _drop(data)
+
+
+def _drop(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop(v) for k, v in value.items() if k not in ("id", "created", "created_at")}
+    if isinstance(value, list):
+        return [_drop(v) for v in value]
+    return value
