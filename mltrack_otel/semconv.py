@@ -53,6 +53,9 @@ MLTRACK_CONTENT_TRUNCATED: Final = "mltrack.content.truncated"
 MLTRACK_COST_UNPRICED: Final = "mltrack.cost.unpriced"
 """True when the model or provider has no known price; no cost attributes are set."""
 
+MLTRACK_EMBEDDINGS_INPUT_COUNT: Final = "mltrack.embeddings.input_count"
+"""Number of inputs embedded in one embeddings call."""
+
 MLTRACK_LIMIT_KIND: Final = "mltrack.limit.kind"
 """Which limit was crossed: tokens or cost."""
 

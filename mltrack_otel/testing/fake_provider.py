@@ -62,6 +62,16 @@ Prompt caching
     ``cache-write``/``cache-read`` scenarios force either, for both providers (OpenAI reports
     ``cached_tokens``, or ``cache_write_tokens`` for a write).
 
+DSPy adapters
+    When the system prompt is a DSPy ChatAdapter/JSONAdapter one (``Your output fields are:`` followed by
+    ``[[ ## field ## ]]`` sections), a plain answer is the ``[[ ## field ## ]]`` section of every output field
+    followed by ``[[ ## completed ## ]]``, so a real ``dspy.Predict``/``dspy.ChainOfThought`` parses it. A field's
+    value follows DSPy's type note: ``True``, ``1``, ``1.5``, the last option of a Literal/enum (the first under
+    the ``tool`` scenario until the prompt carries an ``observation_``: a ReAct tool call), an example object for
+    a JSON schema, else ``"Echo: "`` plus the first 8 words of the input field values. Each whitespace-separated
+    word (with the whitespace before it) is one delta and one output token; no filler, ``stream_chunks`` does not
+    apply. A JSONAdapter ``json_object`` request gets an object with those fields (``json_schema``: from the schema).
+
 Models
     The response ``model`` is the request model, except that the aliases in :data:`MODEL_ALIASES`
     resolve to a dated snapshot (``gpt-4o-mini`` -> ``gpt-4o-mini-2024-07-18``,
@@ -78,6 +88,7 @@ SSE framing
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import contextlib
 import hashlib
@@ -325,6 +336,102 @@ def _echo_pieces(user_text: str, n: int) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(seq)]
 
 
+# DSPy adapters ---------------------------------------------------------------------------------------
+
+DSPY_COMPLETED = "[[ ## completed ## ]]"
+_DSPY_OUTPUTS = re.compile(r"Your output fields are:\n(.*?)(?:\nAll interactions will be structured|\Z)", re.S)
+_DSPY_FIELD = re.compile(r"^\d+\. `([^`]+)` \((.+?)\):", re.M)
+_DSPY_MARKER = re.compile(r"\[\[ ## [^#]*? ## \]\]")
+
+
+def dspy_output_fields(system_text: str) -> list[tuple[str, str]]:
+    """(name, note) of the output fields a DSPy ChatAdapter/JSONAdapter system prompt asks for ([] if none).
+
+    The note is the type hint DSPy writes next to the field in its structure section (``# note: the value you
+    produce must ...``), or the annotation name when there is none (``str``, ``int``...).
+    """
+    if "[[ ## " not in system_text:
+        return []
+    found = _DSPY_OUTPUTS.search(system_text)
+    if found is None:
+        return []
+    fields = []
+    for name, annotation in _DSPY_FIELD.findall(found.group(1)):
+        note = re.search(r"\{" + re.escape(name) + r"\}\s+# note: the value you produce (.*)", system_text)
+        fields.append((name, note.group(1).strip() if note else annotation.strip()))
+    return fields
+
+
+def _dspy_input_text(user_text: str) -> str:
+    """The input field values of a DSPy user message (markers and the closing instruction removed)."""
+    text = user_text.split("Respond with the corresponding output fields")[0]
+    text = text.split("Respond with a JSON object")[0]
+    return _DSPY_MARKER.sub(" ", text)
+
+
+def dspy_field_value(note: str, user_text: str, tool: bool = False) -> str:
+    """A value DSPy parses for a field, as JSON text: chosen by the field's type note (default: an echo string).
+
+    Literal/enum fields take the first option under the ``tool`` scenario until the conversation carries an
+    observation (a ReAct tool call), else the last option (ReAct's ``finish``).
+    """
+    if note.startswith("must be True or False") or note == "bool":
+        return "true"
+    if note.startswith("must be a single int") or note == "int":
+        return "1"
+    if note.startswith("must be a single float") or note == "float":
+        return "1.5"
+    options = re.search(r"one of: (.*)$", note)
+    if options:
+        choices = [c.strip() for c in options.group(1).split(";") if c.strip()]
+        first = tool and "observation_" not in user_text
+        return json.dumps(choices[0] if first else choices[-1]) if choices else '""'
+    schema = re.search(r"must adhere to the JSON schema: (.*)$", note)
+    if schema:
+        try:
+            return json.dumps(example_from_schema(json.loads(schema.group(1))))
+        except ValueError:
+            return "{}"
+    words = SCENARIO_TOKEN.sub(" ", _dspy_input_text(user_text)).split()[:ECHO_WORDS]
+    return json.dumps(" ".join(["Echo:", *words]))
+
+
+def _dspy_tool_arguments(system_text: str, tool: str) -> Any:
+    """Example arguments for a tool a DSPy ReAct prompt describes (``(1) name, ... It takes arguments {...}.``)."""
+    found = re.search(
+        r"\) " + re.escape(tool) + r", whose description is .*? It takes arguments (\{.*?\})\.\n", system_text
+    )
+    if found is None:
+        return None
+    try:
+        properties = ast.literal_eval(found.group(1))
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(properties, dict):
+        return None
+    return example_from_schema({"type": "object", "properties": properties})
+
+
+def _dspy_pieces(fields: list[tuple[str, str]], user_text: str, tool: bool, system_text: str = "") -> list[str]:
+    """A ChatAdapter answer: one ``[[ ## field ## ]]`` section per output field, then the completed marker.
+
+    A JSON-object field after a chosen ReAct tool name gets example arguments from that tool's described schema.
+    Each whitespace-separated word (with the whitespace before it) is one delta and one output token.
+    """
+    sections = []
+    chosen: str | None = None
+    for name, note in fields:
+        value = json.loads(dspy_field_value(note, user_text, tool))
+        if "one of:" in note and isinstance(value, str):
+            chosen = value
+        elif chosen is not None and value == {} and note.startswith("must adhere to the JSON schema"):
+            value = _dspy_tool_arguments(system_text, chosen) or value
+        text = value if isinstance(value, str) else json.dumps(value)
+        sections.append(f"[[ ## {name} ## ]]\n{text}")
+    answer = "\n\n".join([*sections, DSPY_COMPLETED])
+    return re.findall(r"\s*\S+", answer)
+
+
 @dataclass
 class _ToolCall:
     id: str
@@ -349,6 +456,7 @@ class _Request:
     cache_requested: bool = False
     cache_ttl: str = "5m"
     cache_key_extra: Any = None
+    system_text: str = ""  # system prompt text (DSPy adapters describe their output fields there)
 
 
 @dataclass
@@ -513,11 +621,18 @@ class FakeProvider:
             tool = _ToolCall(id=f"{self._next_id():06d}", name=name, arguments=args, pieces=_fragments(args, n))
             pieces = ["Calling", f" {name}."] if tool_preamble else []
         elif req.json_schema is not None:
+            fields = dspy_output_fields(req.system_text) if not req.json_schema else None
             if req.json_schema:
                 value = example_from_schema(req.json_schema)
+            elif fields:  # DSPy JSONAdapter in json_object mode: the fields its system prompt asks for
+                value = {
+                    name: json.loads(dspy_field_value(kind, req.user_text, scenario.tool)) for name, kind in fields
+                }
             else:
                 value = {"answer": "".join(_echo_pieces(req.user_text, n))}
             pieces = _fragments(json.dumps(value), n)
+        elif dspy_output_fields(req.system_text):
+            pieces = _dspy_pieces(dspy_output_fields(req.system_text), req.user_text, scenario.tool, req.system_text)
         else:
             pieces = _echo_pieces(req.user_text, n)
 
@@ -1222,6 +1337,7 @@ def _openai_chat_request(body: dict, deployment: str | None) -> _Request:
         after_tool_result=bool(messages) and messages[-1].get("role") in ("tool", "function"),
         json_schema=schema,
         max_tokens=max_tokens if max_tokens is not None else body.get("max_tokens"),
+        system_text="\n".join(_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")),
     )
 
 
@@ -1261,6 +1377,7 @@ def _responses_request(body: dict, deployment: str | None) -> _Request:
         after_tool_result=bool(items) and items[-1].get("type") == "function_call_output",
         json_schema=schema,
         max_tokens=body.get("max_output_tokens"),
+        system_text=body["instructions"] if isinstance(body.get("instructions"), str) else "",
     )
 
 
@@ -1318,6 +1435,7 @@ def _anthropic_request(body: dict) -> _Request:
         cache_requested=_has_cache_control(body),
         cache_ttl=ttl,
         cache_key_extra=body.get("tools"),
+        system_text=_text_of(system) if system else "",
     )
 
 

@@ -1,0 +1,395 @@
+"""DSPy 3.x: module, LM and tool spans from one global DSPy callback.
+
+The callback is added to what ``dspy.settings.get("callbacks")`` returns (a wrapper on ``Settings.get``), so it
+survives ``dspy.configure(callbacks=...)`` / ``dspy.context(callbacks=...)`` without touching the user's list.
+DSPy runs start and end callbacks in the caller's own context around each call, so a span is made current in
+``on_*_start`` and detached in ``on_*_end``: the LM's inner call (LiteLLM -> OpenAI SDK, or DSPy's native lm15
+engine) nests under the LM span, which nests under the predictor and module spans.
+
+Usage: DSPy's ``finalize`` hands the LM's result (usage, cache hit) back while the LM call is active; we keep it
+for that LM span. With a LiteLLM/SDK span below, that span counts and the DSPy LM span is marked not counted; on
+DSPy's native engine (no span below) the LM span counts. Cache hits carry no usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any, ClassVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import config, content, guard, ledger, semconv
+from ..errors import BudgetExceededError
+from . import _base, when_imported
+from ._base import Call, Inputs, get, seq
+from .litellm import litellm_usage_attributes, otel_provider, split_model
+from .openai import chat_messages, chat_request
+
+_LM_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n")
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _outputs_dict(outputs: Any) -> Any:
+    """A Prediction (or any DSPy output) as plain data."""
+    to_dict = getattr(outputs, "toDict", None)
+    if callable(to_dict):
+        try:
+            return to_dict()
+        except Exception:
+            pass
+    return outputs
+
+
+def _lm_route(lm: Any) -> tuple[str, str | None, str | None, int | None]:
+    """(provider, request model, server address, port) of a dspy.LM from its LiteLLM model string."""
+    model = get(lm, "model", "")
+    model = model if isinstance(model, str) else str(model)
+    prefix, name = split_model(model)
+    kwargs = get(lm, "kwargs", {}) or {}
+    api_base = kwargs.get("api_base") or kwargs.get("base_url") if isinstance(kwargs, dict) else None
+    address = port = None
+    if isinstance(api_base, str):
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(api_base)
+            address, port = parts.hostname, parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+        except ValueError:
+            pass
+    provider = otel_provider(prefix, address) if prefix else otel_provider(None, address)
+    if provider == "unknown" and prefix is None and "/" not in model:
+        provider = "openai" if model.startswith(("gpt-", "o1", "o3", "o4")) else provider
+    return provider, name, address, port
+
+
+class _Open:
+    __slots__ = ("call", "result", "span", "token")
+
+    def __init__(self, span: Any, token: Any, call: Call | None = None) -> None:
+        self.span, self.token, self.call = span, token, call
+        self.result: Any = None
+
+
+def _callback_class() -> type:
+    from dspy.utils.callback import BaseCallback
+
+    class MltrackCallback(BaseCallback):
+        """Spans for DSPy modules (invoke_agent), LM calls (chat) and tools (execute_tool)."""
+
+        def __init__(self, patch: Patch) -> None:
+            self._patch = patch
+
+        def __repr__(self) -> str:
+            return "MltrackCallback()"
+
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            guard.guarded("instrumentation.dspy.module", self._patch.module_start, call_id, instance, inputs)
+
+        def on_module_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+            guard.guarded("instrumentation.dspy.module", self._patch.module_end, call_id, outputs, exception)
+
+        def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            self._patch.lm_start(call_id, instance, inputs)
+
+        def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+            guard.guarded("instrumentation.dspy.lm", self._patch.lm_end, call_id, outputs, exception)
+
+        def on_tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            guard.guarded("instrumentation.dspy.tool", self._patch.tool_start, call_id, instance, inputs)
+
+        def on_tool_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+            guard.guarded("instrumentation.dspy.tool", self._patch.module_end, call_id, outputs, exception)
+
+    return MltrackCallback
+
+
+class Patch:
+    """The global callback, the Settings.get and finalize wrappers, and the spans in flight (by call_id)."""
+
+    def __init__(self) -> None:
+        self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.active = False
+        self.callback: Any = None
+        self.open: dict[str, _Open] = {}
+        self.originals: list[tuple[Any, str, Any]] = []
+        self._lock = threading.Lock()
+
+    # -- install / remove ------------------------------------------------------------------------------------
+
+    def apply(self, tracer_provider: Any = None) -> None:
+        self.tracer = _base.get_tracer(__name__, tracer_provider)
+        self.active = True
+        with self._lock:
+            if self.originals:
+                return
+            import dspy
+            import wrapt
+            from dspy.clients import execution
+
+            self.callback = _callback_class()(self)
+            for owner, name, wrapper in (
+                (type(dspy.settings), "get", self._settings_get),
+                (execution, "finalize", self._finalize),
+                (execution, "execute", self._execute),
+                (execution, "aexecute", self._aexecute),
+            ):
+                original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+                wrapt.wrap_function_wrapper(owner, name, wrapper)
+                self.originals.append((owner, name, original))
+
+    def remove(self) -> None:
+        self.active = False
+        with self._lock:
+            for owner, name, original in self.originals:
+                current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+                if getattr(current, "__wrapped__", None) is original:
+                    setattr(owner, name, original)
+            self.originals.clear()
+
+    def _settings_get(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        value = wrapped(*args, **kwargs)
+        key = args[0] if args else kwargs.get("key")
+        if key != "callbacks" or not self.active or self.callback is None:
+            return value
+        callbacks = value if isinstance(value, list) else list(value or ())
+        if self.callback in callbacks:
+            return value
+        return [*callbacks, self.callback]
+
+    # DSPy swallows (and logs) what a callback raises, so the budget is checked where the LM sends: execute.
+    def _execute(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        self._check_budget()
+        return wrapped(*args, **kwargs)
+
+    async def _aexecute(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        self._check_budget()
+        return await wrapped(*args, **kwargs)
+
+    def _check_budget(self) -> None:
+        if not self.active:
+            return
+        try:
+            ledger.check_budget()
+        except BudgetExceededError:
+            raise
+        except Exception as exc:
+            guard.record_error("instrumentation.dspy.budget", exc)
+
+    def _finalize(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self.open:
+            try:
+                from dspy.utils.callback import ACTIVE_CALL_ID
+
+                entry = self.open.get(ACTIVE_CALL_ID.get() or "")
+                if entry is not None and entry.call is not None:
+                    entry.result = args[2] if len(args) > 2 else kwargs.get("result")
+            except Exception as exc:
+                guard.record_error("instrumentation.dspy.finalize", exc)
+        return wrapped(*args, **kwargs)
+
+    # -- spans ------------------------------------------------------------------------------------------------
+
+    def _enabled(self) -> config.Settings | None:
+        if not self.active:
+            return None
+        settings = config.current()
+        return settings if settings.llm_tracking_enabled else None
+
+    def _push(self, call_id: str, span: Any, call: Call | None = None) -> None:
+        token = otel_context.attach(trace.set_span_in_context(span))
+        self.open[call_id] = _Open(span, token, call)
+
+    def _pop(self, call_id: str) -> _Open | None:
+        entry = self.open.pop(call_id, None)
+        if entry is None:
+            return None
+        if trace.get_current_span() is entry.span:  # the context we attached: never detach a foreign one
+            otel_context.detach(entry.token)
+        else:
+            guard.count("instrumentation.dspy.context_mismatch")
+        return entry
+
+    def module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        settings = self._enabled()
+        if settings is None:
+            return
+        name = type(instance).__name__
+        attributes: dict[str, Any] = {
+            gen_ai.GEN_AI_OPERATION_NAME: "invoke_agent",
+            gen_ai.GEN_AI_AGENT_NAME: name,
+        }
+        scope = ledger.current_scope()
+        if scope is not None and scope.conversation_id:
+            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+        if settings.capture_prompts and inputs:
+            message = {"role": "user", "parts": [content.text_part(_json(inputs))]}
+            self._encode([message], gen_ai.GEN_AI_INPUT_MESSAGES, attributes, settings)
+        if settings.openinference_attributes:
+            attributes[_base.OI_SPAN_KIND] = "CHAIN"
+            if gen_ai.GEN_AI_INPUT_MESSAGES in attributes:
+                attributes[_base.OI_INPUT_VALUE] = _json(inputs)
+                attributes[_base.OI_INPUT_MIME] = "application/json"
+        span = self.tracer.start_span(f"invoke_agent {name}", kind=SpanKind.INTERNAL, attributes=attributes)
+        self._push(call_id, span)
+
+    def module_end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
+        entry = self._pop(call_id)
+        if entry is None:
+            return
+        span = entry.span
+        try:
+            settings = config.current()
+            attributes: dict[str, Any] = {}
+            if exception is None and outputs is not None and settings.capture_responses:
+                data = _outputs_dict(outputs)
+                if span.attributes.get(gen_ai.GEN_AI_OPERATION_NAME) == "execute_tool":
+                    text, _ = content.encode([data], settings.content_max_bytes, settings.redactor)
+                    attributes[gen_ai.GEN_AI_TOOL_CALL_RESULT] = text[1:-1]
+                else:
+                    message = {"role": "assistant", "parts": [content.text_part(_json(data))], "finish_reason": "stop"}
+                    self._encode([message], gen_ai.GEN_AI_OUTPUT_MESSAGES, attributes, settings)
+                if settings.openinference_attributes:
+                    attributes[_base.OI_OUTPUT_VALUE] = _json(data)
+                    attributes[_base.OI_OUTPUT_MIME] = "application/json"
+            if exception is not None:
+                attributes["error.type"] = _base.error_type(exception)
+            span.set_attributes(attributes)
+            if exception is not None:
+                span.record_exception(exception)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:1024]))
+        finally:
+            span.end()
+
+    def tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        settings = self._enabled()
+        if settings is None:
+            return
+        name = get(instance, "name") or type(instance).__name__
+        attributes: dict[str, Any] = {
+            gen_ai.GEN_AI_OPERATION_NAME: "execute_tool",
+            gen_ai.GEN_AI_TOOL_NAME: str(name),
+            gen_ai.GEN_AI_TOOL_TYPE: "function",
+        }
+        description = get(instance, "desc")
+        if isinstance(description, str):
+            attributes[gen_ai.GEN_AI_TOOL_DESCRIPTION] = description
+        if settings.capture_prompts:
+            arguments = inputs.get("kwargs", inputs) if isinstance(inputs, dict) else inputs
+            text, _ = content.encode([arguments], settings.content_max_bytes, settings.redactor)
+            attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] = text[1:-1]
+        span = self.tracer.start_span(f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes)
+        self._push(call_id, span)
+
+    def lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        try:
+            settings = self._enabled()
+            if settings is None:
+                return
+            call = self._lm_call(instance, inputs, settings)
+        except Exception as exc:
+            guard.record_error("instrumentation.dspy.lm", exc)
+            return
+        self._push(call_id, call.span, call)
+
+    def _lm_call(self, instance: Any, inputs: dict[str, Any], settings: config.Settings) -> Call:
+        provider, model, address, port = _lm_route(instance)
+        attributes = _base.base_attributes("chat", provider, address, port)
+        if model:
+            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
+        params = dict(get(instance, "kwargs", {}) or {})
+        call_kwargs = inputs.get("kwargs") if isinstance(inputs, dict) else None
+        if isinstance(call_kwargs, dict):
+            params.update(call_kwargs)
+        chat_request({k: params[k] for k in _LM_PARAMS if k in params}, attributes)
+        messages = inputs.get("messages") if isinstance(inputs, dict) else None
+        prompt = inputs.get("prompt") if isinstance(inputs, dict) else None
+        if messages is None and isinstance(prompt, str):
+            messages = [{"role": "user", "content": prompt}]
+        call_inputs = Inputs(chat_messages(messages)) if settings.capture_prompts and messages is not None else None
+        return Call(self.tracer, "chat", model, attributes, settings, call_inputs, "openai")
+
+    def lm_end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
+        entry = self._pop(call_id)
+        if entry is None or entry.call is None:
+            return
+        call = entry.call
+        if exception is not None:
+            call.fail(exception)
+            return
+        attributes: dict[str, Any] = {}
+        result = entry.result
+        if result is not None and not get(result, "cache_hit", False):
+            attributes.update(litellm_usage_attributes(get(result, "usage")))
+            response_model = get(result, "response_model")
+            if isinstance(response_model, str):
+                attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
+        output = None
+        if call.capture_out:
+            output = []
+            for item in seq(outputs):
+                parts: list[Any] = []
+                text = get(item, "text") if isinstance(item, dict) else item
+                if isinstance(text, str):
+                    parts.append(content.text_part(text))
+                for tool in seq(get(item, "tool_calls") if isinstance(item, dict) else None):
+                    function = get(tool, "function")
+                    arguments = content.parse_arguments(get(function, "arguments"))
+                    part = {"type": "tool_call", "id": get(tool, "id"), "name": get(function, "name", "")}
+                    parts.append({**part, "arguments": arguments})
+                output.append({"role": "assistant", "parts": parts, "finish_reason": "stop"})
+        call.finish(attributes, output)
+
+    @staticmethod
+    def _encode(items: list[Any], key: str, attributes: dict[str, Any], settings: config.Settings) -> None:
+        text, truncated = content.encode(items, settings.content_max_bytes, settings.redactor)
+        attributes[key] = text
+        if truncated:
+            attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
+
+
+class DSPyInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+    """Instruments dspy (entry point `opentelemetry_instrumentor: dspy`)."""
+
+    _patch: ClassVar[Patch | None] = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return ("dspy >= 3.0",)
+
+    @classmethod
+    def _the_patch(cls) -> Patch:
+        if cls._patch is None:
+            cls._patch = Patch()
+        return cls._patch
+
+    def _instrument(self, **kwargs: Any) -> None:
+        patch = self._the_patch()
+        tracer_provider = kwargs.get("tracer_provider")
+        patch.active = True
+
+        def apply(_module: Any) -> None:
+            if patch.active:
+                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
+
+        if "dspy" in sys.modules:
+            apply(sys.modules["dspy"])
+        else:
+            when_imported("dspy", apply, owner=type(self).__name__)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        when_imported("dspy", None, owner=type(self).__name__)
+        self._the_patch().remove()
+
+    def set_tracer_provider(self, tracer_provider: Any) -> None:
+        """Record into another TracerProvider from now on."""
+        self._the_patch().tracer = _base.get_tracer(__name__, tracer_provider)

@@ -1,0 +1,1105 @@
+"""LangChain (langchain-core 0.3+, and so every provider package and LangGraph): one span per run.
+
+One callback handler is added to every callback manager LangChain creates (we wrap
+``BaseCallbackManager.__init__``, as OpenInference and OpenLLMetry do), so every Runnable is seen without user
+changes. Each run's span is keyed by its ``run_id`` and parented on the span of its ``parent_run_id``, never on
+whatever context happens to be current, so async, threaded and LangGraph runs keep their parents.
+
+Making a run's span *current* (so the OpenAI/Anthropic SDK span nests under the chat-model span, and code
+inside a tool nests under ``execute_tool``) is done in frames we own, never across callbacks: LangChain runs
+async end-callbacks in separate tasks (``@shielded``), so a context attached in ``on_*_start`` and detached in
+``on_*_end`` would leak or fail to detach. Instead we wrap the few methods that do the work:
+
+* ``BaseChatModel._generate_with_cache`` / ``_agenerate_with_cache`` and ``BaseLLM._generate_helper`` /
+  ``_agenerate_helper`` receive the run manager: attach the run's span around the call, detach in ``finally``.
+* ``stream``/``astream`` of chat models and LLMs, ``BaseTool.run``/``arun`` and ``BaseRetriever.invoke``/
+  ``ainvoke`` create their run inside: the wrapper opens a *slot* (a context variable); the run's start
+  callback, which LangChain calls inline in the same context (our handler is ``run_inline``), attaches the span
+  and leaves the token in the slot; the wrapper detaches it when the call (or the stream step) returns. Streams
+  attach per step, so nothing stays current while the caller holds a chunk.
+
+Spans: ``chat {model}`` / ``text_completion {model}`` (CLIENT, GenAI attributes, usage from ``usage_metadata``),
+``execute_tool {name}``, ``retrieval {name}``, ``invoke_agent {name}`` for agents (AgentExecutor, LangGraph graphs
+that ran a tool-calling model) and the run name for other chains (INTERNAL, no ``gen_ai.operation.name``: the
+conventions have no chain operation, and a made-up one would pollute the GenAI duration metric). A run that never
+ends (abandoned stream) is ended, marked incomplete, when its parent ends or when the open-run table is full.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any, ClassVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .. import config, content, guard, ledger, semconv
+from ..content import media_part, parse_arguments, text_part
+from ..usage import usage_attributes
+from . import _base, when_imported
+
+__all__ = ["LangChainInstrumentor"]
+
+_MODULE = "langchain_core"
+_MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
+_INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
+
+# LangChain's ls_provider -> gen_ai.provider.name (others pass through unchanged).
+PROVIDERS = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "azure_openai": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "google_genai": "gcp.gemini",
+    "google_vertexai": "gcp.vertex_ai",
+    "google_anthropic_vertex": "gcp.vertex_ai",
+    "vertexai": "gcp.vertex_ai",
+    "bedrock": "aws.bedrock",
+    "amazon_bedrock": "aws.bedrock",
+    "bedrock_converse": "aws.bedrock",
+    "mistralai": "mistral_ai",
+    "mistral": "mistral_ai",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "xai": "x_ai",
+    "cohere": "cohere",
+    "perplexity": "perplexity",
+    "ibm": "ibm.watsonx.ai",
+    "watsonx": "ibm.watsonx.ai",
+    "openrouter": "openrouter",
+}
+# Chat model class -> provider, when the model does not report ls_provider.
+_CLASS_PROVIDERS = (
+    ("AzureChatOpenAI", "azure.ai.openai"),
+    ("AzureOpenAI", "azure.ai.openai"),
+    ("OpenAI", "openai"),
+    ("Anthropic", "anthropic"),
+    ("Bedrock", "aws.bedrock"),
+    ("VertexAI", "gcp.vertex_ai"),
+    ("GoogleGenerativeAI", "gcp.gemini"),
+    ("Mistral", "mistral_ai"),
+    ("Groq", "groq"),
+    ("DeepSeek", "deepseek"),
+    ("Cohere", "cohere"),
+)
+_PARAMS = (
+    ("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE),
+    ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
+    ("top_k", gen_ai.GEN_AI_REQUEST_TOP_K),
+    ("max_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
+    ("max_completion_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
+    ("max_output_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
+    ("frequency_penalty", gen_ai.GEN_AI_REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
+    ("seed", gen_ai.GEN_AI_REQUEST_SEED),
+)
+_CONVERSATION_KEYS = ("thread_id", "conversation_id", "session_id")
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
+_OI_KIND = {"llm": "LLM", "chain": "CHAIN", "agent": "AGENT", "tool": "TOOL", "retriever": "RETRIEVER"}
+
+
+# --- the open runs --------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """One LangChain run and its span."""
+
+    __slots__ = (
+        "agent_below",
+        "children",
+        "context",
+        "first_token_at",
+        "graph",
+        "kind",
+        "llm_below",
+        "name",
+        "parent",
+        "provider",
+        "span",
+        "t0",
+        "tool_below",
+        "tools_bound",
+    )
+
+    def __init__(self, kind: str, span: trace.Span, parent: Any, name: str) -> None:
+        self.kind = kind  # llm | chain | agent | tool | retriever
+        self.span = span
+        self.parent = parent  # parent run_id (None for a root run)
+        self.name = name
+        self.children: list[Any] = []
+        self.context: otel_context.Context | None = None  # the span as current context, made on first use
+        self.t0 = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.provider: str | None = None
+        self.graph = False  # a LangGraph graph (its children carry langgraph_node metadata)
+        self.llm_below = self.tool_below = self.tools_bound = self.agent_below = False
+
+    def as_context(self) -> otel_context.Context:
+        if self.context is None:
+            self.context = trace.set_span_in_context(self.span)
+        return self.context
+
+
+class _Slot:
+    """Opened by a wrapper around a method that starts a run; the run's start callback fills it."""
+
+    __slots__ = ("context", "kinds", "taken", "token")
+
+    def __init__(self, kinds: tuple[str, ...]) -> None:
+        self.kinds = kinds
+        self.taken = False
+        self.token: Any = None
+        self.context: otel_context.Context | None = None
+
+    def release(self) -> None:
+        """Detach what the start callback attached, only if it is still the current context (same frame)."""
+        token, self.token = self.token, None
+        if token is None:
+            return
+        if otel_context.get_current() is self.context:
+            otel_context.detach(token)
+        else:  # the callback ran in another Context, or someone left an attach unbalanced: leave theirs alone
+            guard.count("langchain.context.unbalanced")
+
+
+_SLOT: ContextVar[_Slot | None] = ContextVar("mltrack_langchain_slot", default=None)
+
+
+def _text(value: Any, settings: config.Settings, max_bytes: int | None = None) -> tuple[str, bool]:
+    """A bounded, redacted string for a value (strings as they are, anything else as JSON)."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=content._fallback)
+        except (TypeError, ValueError):
+            text = content._capped_repr(value)
+    if settings.redactor is not None:
+        text = settings.redactor.sub(content.REDACTED, text)
+    limit = max_bytes or settings.content_max_bytes
+    if len(text.encode("utf-8", "replace")) <= limit:
+        return text, False
+    cut = text.encode("utf-8", "replace")[: max(0, limit - len(content.TRUNCATION_MARK))]
+    return cut.decode("utf-8", "ignore") + content.TRUNCATION_MARK, True
+
+
+# --- messages: LangChain -> GenAI JSON ---------------------------------------------------------------------------
+
+
+def _parts(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [text_part(value)] if value else []
+    parts: list[Any] = []
+    for block in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(block, str):
+            parts.append(text_part(block))
+            continue
+        kind = _base.get(block, "type")
+        if kind == "text":
+            parts.append(text_part(_base.get(block, "text", "")))
+        elif kind in ("thinking", "reasoning"):
+            text = _base.get(block, "thinking") or _base.get(block, "reasoning") or _base.get(block, "text", "")
+            parts.append({"type": "reasoning", "content": text if isinstance(text, str) else str(text)})
+        elif kind == "image_url":
+            url = _base.get(block, "image_url")
+            parts.append(media_part(_base.get(url, "url", url if isinstance(url, str) else ""), "image"))
+        elif kind in ("image", "audio", "file", "video"):
+            modality = "document" if kind == "file" else kind
+            mime = _base.get(block, "mime_type")
+            if _base.get(block, "url"):
+                parts.append(media_part(block["url"], modality, mime))
+            elif _base.get(block, "base64") or _base.get(block, "data"):
+                data = _base.get(block, "base64") or _base.get(block, "data")
+                part = {"type": "blob", "modality": modality, "content": data}
+                parts.append({**part, "mime_type": mime} if mime else part)
+            else:
+                parts.append({"type": "file", "modality": modality, "file_id": _base.get(block, "id")})
+        elif kind in ("tool_use", "tool_call", "function_call", "server_tool_use"):
+            continue  # the message's tool_calls carry these
+        elif kind == "tool_result":
+            parts.append(
+                {"type": "tool_call_response", "id": _base.get(block, "tool_use_id"), "response": block.get("content")}
+            )
+        else:
+            parts.append({"type": kind if isinstance(kind, str) else "unknown"})
+    return parts
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    return {
+        "type": "tool_call",
+        "id": _base.get(call, "id"),
+        "name": _base.get(call, "name", ""),
+        "arguments": parse_arguments(_base.get(call, "args")),
+    }
+
+
+def message_json(message: Any) -> dict[str, Any]:
+    """One LangChain message (BaseMessage, or a (role, text) tuple / dict) as a GenAI message."""
+    if isinstance(message, tuple) and len(message) == 2:
+        role, body = message
+        return {"role": _ROLES.get(role, role), "parts": _parts(body)}
+    kind = _base.get(message, "type") or _base.get(message, "role") or "user"
+    role = _ROLES.get(kind, kind)
+    if kind == "chat":
+        role = _base.get(message, "role", "user")
+    body = _base.get(message, "content")
+    if role == "tool":
+        response = body if isinstance(body, str) else [p.get("content", p) if isinstance(p, dict) else p for p in body]
+        part = {"type": "tool_call_response", "id": _base.get(message, "tool_call_id"), "response": response}
+        return {"role": "tool", "parts": [part]}
+    parts = _parts(body)
+    if role == "assistant":
+        parts.extend(_tool_call(c) for c in _base.seq(_base.get(message, "tool_calls")))
+    entry: dict[str, Any] = {"role": role, "parts": parts}
+    name = _base.get(message, "name")
+    if isinstance(name, str) and name:
+        entry["name"] = name
+    return entry
+
+
+def _tool_definitions(tools: Any) -> list[Any] | None:
+    out = []
+    for tool in _base.seq(tools):
+        spec = _base.get(tool, "function") or tool
+        definition = {
+            "type": _base.get(tool, "type", "function"),
+            "name": _base.get(spec, "name", ""),
+            "description": _base.get(spec, "description", ""),
+        }
+        parameters = _base.get(spec, "parameters") or _base.get(spec, "input_schema")
+        if parameters is not None:
+            definition["parameters"] = parameters
+        out.append(definition)
+    return out or None
+
+
+def provider_name(serialized: Any, metadata: Mapping[str, Any] | None, params: Mapping[str, Any]) -> str:
+    """gen_ai.provider.name from ls_provider metadata, else from the model class name."""
+    raw = (metadata or {}).get("ls_provider") or params.get("model_provider")
+    if isinstance(raw, str) and raw:
+        return PROVIDERS.get(raw, raw)
+    ids = _base.get(serialized, "id")
+    cls = ids[-1] if isinstance(ids, list) and ids else str(params.get("_type", ""))
+    for needle, provider in _CLASS_PROVIDERS:
+        if needle.lower() in str(cls).lower():
+            return provider
+    return "langchain"
+
+
+def _request_attributes(params: Mapping[str, Any], metadata: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+    for key, attribute in _PARAMS:
+        value = params.get(key)
+        if value is None and key in ("temperature", "max_tokens"):
+            value = metadata.get(f"ls_{key}")
+        if value is not None and type(value) in (int, float) and attribute not in attributes:
+            attributes[attribute] = value
+    stops = _base.stop_sequences(params.get("stop") or params.get("stop_sequences") or metadata.get("ls_stop"))
+    if stops:
+        attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
+    n = params.get("n")
+    if type(n) is int and n != 1:
+        attributes[gen_ai.GEN_AI_REQUEST_CHOICE_COUNT] = n
+    if params.get("stream") is True or params.get("streaming") is True:
+        attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+
+
+def _count(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
+
+
+def usage_from_metadata(usage: Any) -> dict[str, int]:
+    """GenAI usage attributes from LangChain's UsageMetadata (input_tokens already include cache)."""
+    if not isinstance(usage, Mapping):
+        return {}
+    tokens_in, tokens_out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+    if tokens_in is None or tokens_out is None:
+        if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
+            guard.record_error("usage.invalid", ValueError(f"invalid LangChain usage_metadata {usage!r}"))
+        return {}
+    attributes = {gen_ai.GEN_AI_USAGE_INPUT_TOKENS: tokens_in, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: tokens_out}
+    details_in = usage.get("input_token_details") or {}
+    details_out = usage.get("output_token_details") or {}
+    for value, key in (
+        (details_in.get("cache_read"), gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+        (details_in.get("cache_creation"), gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+        (details_out.get("reasoning"), gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+    ):
+        if _count(value):
+            attributes[key] = value
+    return attributes
+
+
+def _describe_error(span: trace.Span, error: BaseException) -> None:
+    span.set_attribute(error_attributes.ERROR_TYPE, _base.error_type(error))
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int):
+        span.set_attribute("http.response.status_code", status)
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1024]))
+
+
+# --- the handler --------------------------------------------------------------------------------------------------
+
+
+class Tracer:
+    """The callback logic. :func:`_handler_class` mixes it with LangChain's BaseCallbackHandler."""
+
+    run_inline = True  # async runs call us in the caller's task (no executor thread, same context)
+    raise_error = False
+    ignore_llm = ignore_chain = ignore_agent = ignore_retriever = ignore_chat_model = False
+    ignore_retry = ignore_custom_event = True
+
+    def __init__(self) -> None:
+        self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.active = False
+        self.runs: OrderedDict[Any, _Run] = OrderedDict()
+        self.lock = threading.Lock()
+
+    # -- run table -----------------------------------------------------------------------------------------------
+
+    def span_context(self, run_id: Any) -> otel_context.Context | None:
+        run = self.runs.get(run_id)
+        return run.as_context() if run is not None else None
+
+    def _start(
+        self,
+        kind: str,
+        name: str,
+        run_id: Any,
+        parent_run_id: Any,
+        attributes: dict[str, Any],
+        span_kind: SpanKind = SpanKind.INTERNAL,
+    ) -> _Run:
+        parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
+        parent_ctx = parent.as_context() if parent is not None else None  # None: the current context (root run)
+        if config.current().openinference_attributes:
+            attributes[_base.OI_SPAN_KIND] = _OI_KIND[kind]
+        span = self.tracer.start_span(name, context=parent_ctx, kind=span_kind, attributes=attributes)
+        run = _Run(kind, span, parent_run_id if parent is not None else None, name)
+        evicted = None
+        with self.lock:
+            self.runs[run_id] = run
+            if parent is not None:
+                parent.children.append(run_id)
+            if len(self.runs) > _MAX_RUNS:
+                evicted = self.runs.popitem(last=False)[1]
+        if evicted is not None:
+            self._abandon(evicted)
+        slot = _SLOT.get()
+        if slot is not None and not slot.taken and kind in slot.kinds:
+            slot.taken = True
+            slot.context = run.as_context()
+            slot.token = otel_context.attach(slot.context)
+        return run
+
+    def _pop(self, run_id: Any) -> _Run | None:
+        with self.lock:
+            run = self.runs.pop(run_id, None)
+            if run is None:
+                return None
+            parent = self.runs.get(run.parent)
+            orphans = [self.runs.pop(c) for c in run.children if c in self.runs]
+        if parent is not None:
+            parent.llm_below |= run.llm_below or run.kind == "llm"
+            parent.tool_below |= run.tool_below or run.kind == "tool"
+            parent.tools_bound |= run.tools_bound
+            parent.agent_below |= run.agent_below or run.kind == "agent"
+        for orphan in orphans:
+            self._abandon(orphan)
+        return run
+
+    def _abandon(self, run: _Run) -> None:
+        """End a run that never reported its end (abandoned stream, lost callback), and its open children."""
+        with self.lock:
+            orphans = [self.runs.pop(c) for c in run.children if c in self.runs]
+        for orphan in orphans:
+            self._abandon(orphan)
+        with contextlib.suppress(Exception):
+            run.span.set_attribute(_INCOMPLETE, False)
+        run.span.end()
+        guard.count("langchain.runs.abandoned")
+
+    def end_all(self) -> None:
+        with self.lock:
+            runs = list(self.runs.values())
+            self.runs.clear()
+        for run in runs:
+            with contextlib.suppress(Exception):
+                run.span.set_attribute(_INCOMPLETE, False)
+                run.span.end()
+
+    def _enabled(self) -> config.Settings | None:
+        if not self.active:
+            return None
+        settings = config.current()
+        return settings if settings.llm_tracking_enabled else None
+
+    # -- chat models and LLMs --------------------------------------------------------------------------------------
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            settings = self._enabled()
+            if settings is not None:
+                batch = messages[0] if messages else []
+                inputs = [message_json(m) for m in _base.seq(batch)] if settings.capture_prompts else None
+                self._start_model("chat", serialized, inputs, run_id, settings, kwargs)
+        except Exception as exc:
+            guard.record_error("langchain.on_chat_model_start", exc)
+
+    def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            settings = self._enabled()
+            if settings is not None:
+                inputs = None
+                if settings.capture_prompts:
+                    inputs = [{"role": "user", "parts": [text_part(p)]} for p in _base.seq(prompts)]
+                self._start_model("text_completion", serialized, inputs, run_id, settings, kwargs)
+        except Exception as exc:
+            guard.record_error("langchain.on_llm_start", exc)
+
+    def _start_model(
+        self,
+        operation: str,
+        serialized: Any,
+        inputs: list[Any] | None,
+        run_id: Any,
+        settings: config.Settings,
+        kwargs: dict[str, Any],
+    ) -> None:
+        metadata = kwargs.get("metadata") or {}
+        params = kwargs.get("invocation_params") or {}
+        provider = provider_name(serialized, metadata, params)
+        model = (
+            params.get("model") or params.get("model_name") or params.get("model_id") or metadata.get("ls_model_name")
+        )
+        model = model if isinstance(model, str) and model else None
+        attributes: dict[str, Any] = {
+            gen_ai.GEN_AI_OPERATION_NAME: operation,
+            gen_ai.GEN_AI_PROVIDER_NAME: provider,
+        }
+        if model:
+            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
+        _request_attributes(params, metadata, attributes)
+        self._conversation(metadata, attributes)
+        tools = params.get("tools") or params.get("functions")
+        if inputs is not None:
+            self._encode(inputs, gen_ai.GEN_AI_INPUT_MESSAGES, settings, attributes)
+            definitions = _tool_definitions(tools)
+            if definitions:
+                self._encode(definitions, gen_ai.GEN_AI_TOOL_DEFINITIONS, settings, attributes)
+        name = f"{operation} {model}" if model else operation
+        run = self._start("llm", name, run_id, kwargs.get("parent_run_id"), attributes, SpanKind.CLIENT)
+        run.provider = provider
+        run.tools_bound = bool(tools)
+
+    def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            run = self.runs.get(run_id)
+            if run is not None and run.first_token_at is None:
+                run.first_token_at = time.perf_counter()
+        except Exception as exc:
+            guard.record_error("langchain.on_llm_new_token", exc)
+
+    def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            run = self._pop(run_id)
+            if run is not None:
+                self._finish_model(run, response, None)
+        except Exception as exc:
+            guard.record_error("langchain.on_llm_end", exc)
+
+    def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            run = self._pop(run_id)
+            if run is not None:
+                self._finish_model(run, kwargs.get("response"), error)
+        except Exception as exc:
+            guard.record_error("langchain.on_llm_error", exc)
+
+    def _finish_model(self, run: _Run, response: Any, error: BaseException | None) -> None:
+        span = run.span
+        try:
+            attributes = self._response_attributes(run, response)
+            now = time.perf_counter()
+            attributes[semconv.LLM_LATENCY] = now - run.t0
+            if run.first_token_at is not None:
+                attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = run.first_token_at - run.t0
+                attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+            if isinstance(error, GeneratorExit):  # the caller stopped reading the stream: incomplete, not failed
+                attributes[_INCOMPLETE] = False
+                error = None
+            elif run.first_token_at is not None:
+                attributes[_INCOMPLETE] = error is None
+            span.set_attributes(attributes)
+            if error is not None:
+                _describe_error(span, error)
+        except Exception as exc:
+            guard.record_error("langchain.finish_model", exc)
+        finally:
+            span.end()
+
+    def _response_attributes(self, run: _Run, response: Any) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        generations = _base.get(response, "generations")
+        batch = generations[0] if generations and isinstance(generations[0], list) else []
+        llm_output = _base.get(response, "llm_output") or {}
+        reasons: list[str] = []
+        output: list[Any] = []
+        usage: dict[str, int] = {}
+        response_model = response_id = None
+        for generation in batch:
+            info = _base.get(generation, "generation_info") or {}
+            message = _base.get(generation, "message")
+            meta = _base.get(message, "response_metadata") or {}
+            raw_reason = info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
+            reason = _base.finish_reason(raw_reason, default="stop")
+            if raw_reason is not None:
+                reasons.append(reason)
+            response_model = response_model or meta.get("model_name") or meta.get("model")
+            response_id = response_id or meta.get("id")
+            if not response_id:
+                message_id = _base.get(message, "id")
+                if isinstance(message_id, str) and not message_id.startswith(("run-", "lc_")):
+                    response_id = message_id
+            if not usage and message is not None:
+                usage = usage_from_metadata(_base.get(message, "usage_metadata"))
+            if message is not None:
+                output.append({**message_json(message), "role": "assistant", "finish_reason": reason})
+            else:
+                text = _base.get(generation, "text", "")
+                output.append({"role": "assistant", "parts": [text_part(text)], "finish_reason": reason})
+        if not usage:
+            raw = llm_output.get("token_usage") or llm_output.get("usage")
+            if raw:
+                usage = usage_attributes(raw, run.provider)
+        attributes.update(usage)
+        response_model = response_model or llm_output.get("model_name") or llm_output.get("model")
+        response_id = response_id or llm_output.get("id")
+        if isinstance(response_model, str) and response_model:
+            attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
+        if isinstance(response_id, str) and response_id:
+            attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
+        if reasons:
+            attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(reasons)
+        settings = config.current()
+        if output and settings.capture_responses:
+            self._encode(output, gen_ai.GEN_AI_OUTPUT_MESSAGES, settings, attributes)
+        return attributes
+
+    # -- chains and agents -----------------------------------------------------------------------------------------
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            settings = self._enabled()
+            if settings is None:
+                return
+            ids = _base.get(serialized, "id")
+            cls = ids[-1] if isinstance(ids, list) and ids else None
+            name = kwargs.get("name") or _base.get(serialized, "name") or cls or "chain"
+            metadata = kwargs.get("metadata") or {}
+            parent_run_id = kwargs.get("parent_run_id")
+            attributes: dict[str, Any] = {}
+            agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
+            if agent:
+                attributes.update({gen_ai.GEN_AI_OPERATION_NAME: "invoke_agent", gen_ai.GEN_AI_AGENT_NAME: name})
+            self._conversation(metadata, attributes)
+            if settings.openinference_attributes and settings.capture_prompts:
+                attributes[_base.OI_INPUT_VALUE], _ = _text(inputs, settings)
+            span_name = f"invoke_agent {name}" if agent else name
+            self._start("agent" if agent else "chain", span_name, run_id, parent_run_id, attributes)
+            tags = kwargs.get("tags") or ()
+            if parent_run_id is not None and any(str(t).startswith("graph:step:") for t in tags):
+                parent = self.runs.get(parent_run_id)  # a LangGraph node: its parent run is the graph
+                if parent is not None:
+                    parent.graph = True
+        except Exception as exc:
+            guard.record_error("langchain.on_chain_start", exc)
+
+    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_chain(run_id, outputs, None)
+
+    def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_chain(run_id, None, error)
+
+    def _end_chain(self, run_id: Any, outputs: Any, error: BaseException | None) -> None:
+        try:
+            run = self._pop(run_id)
+            if run is None:
+                return
+            span = run.span
+            try:
+                if run.kind == "chain" and self._is_agent(run):
+                    run.kind = "agent"
+                    span.update_name(f"invoke_agent {run.name}")
+                    span.set_attribute(gen_ai.GEN_AI_OPERATION_NAME, "invoke_agent")
+                    span.set_attribute(gen_ai.GEN_AI_AGENT_NAME, run.name)
+                    if config.current().openinference_attributes:
+                        span.set_attribute(_base.OI_SPAN_KIND, "AGENT")
+                    self._bubble_agent(run)
+                settings = config.current()
+                if outputs is not None and settings.openinference_attributes and settings.capture_responses:
+                    span.set_attribute(_base.OI_OUTPUT_VALUE, _text(outputs, settings)[0])
+                if error is not None and not _is_control_flow(error):
+                    _describe_error(span, error)
+            finally:
+                span.end()
+        except Exception as exc:
+            guard.record_error("langchain.on_chain_end", exc)
+
+    @staticmethod
+    def _is_agent(run: _Run) -> bool:
+        """The innermost chain that ran a tool-calling model and a tool, or a LangGraph graph with a tool model."""
+        if run.agent_below or not run.llm_below:
+            return False
+        return run.tool_below or (run.graph and run.tools_bound)
+
+    def _bubble_agent(self, run: _Run) -> None:
+        parent = self.runs.get(run.parent)
+        if parent is not None:
+            parent.agent_below = True
+
+    # -- tools -------------------------------------------------------------------------------------------------
+
+    def on_tool_start(self, serialized: Any, input_str: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            settings = self._enabled()
+            if settings is None:
+                return
+            name = kwargs.get("name") or _base.get(serialized, "name") or "tool"
+            attributes: dict[str, Any] = {
+                gen_ai.GEN_AI_OPERATION_NAME: "execute_tool",
+                gen_ai.GEN_AI_TOOL_NAME: name,
+                gen_ai.GEN_AI_TOOL_TYPE: "function",
+            }
+            description = _base.get(serialized, "description")
+            if isinstance(description, str) and description:
+                attributes[gen_ai.GEN_AI_TOOL_DESCRIPTION] = description[:1024]
+            call_id = kwargs.get("tool_call_id")
+            if isinstance(call_id, str) and call_id:
+                attributes[gen_ai.GEN_AI_TOOL_CALL_ID] = call_id
+            self._conversation(kwargs.get("metadata") or {}, attributes)
+            if settings.capture_prompts:
+                arguments = kwargs.get("inputs")
+                text, truncated = _text(arguments if arguments is not None else input_str, settings)
+                attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] = text
+                if truncated:
+                    attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
+            self._start("tool", f"execute_tool {name}", run_id, kwargs.get("parent_run_id"), attributes)
+        except Exception as exc:
+            guard.record_error("langchain.on_tool_start", exc)
+
+    def on_tool_end(self, output: Any, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_tool(run_id, output, None)
+
+    def on_tool_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_tool(run_id, None, error)
+
+    def _end_tool(self, run_id: Any, output: Any, error: BaseException | None) -> None:
+        try:
+            run = self._pop(run_id)
+            if run is None:
+                return
+            try:
+                settings = config.current()
+                if output is not None and settings.capture_responses:
+                    result = _base.get(output, "content", output) if hasattr(output, "tool_call_id") else output
+                    text, truncated = _text(result, settings)
+                    run.span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_RESULT, text)
+                    if truncated:
+                        run.span.set_attribute(semconv.MLTRACK_CONTENT_TRUNCATED, True)
+                if _base.get(output, "status") == "error":
+                    run.span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
+                    run.span.set_attribute(error_attributes.ERROR_TYPE, "tool_error")
+                if error is not None:
+                    _describe_error(run.span, error)
+            finally:
+                run.span.end()
+        except Exception as exc:
+            guard.record_error("langchain.on_tool_end", exc)
+
+    # -- retrievers --------------------------------------------------------------------------------------------
+
+    def on_retriever_start(self, serialized: Any, query: Any, *, run_id: Any, **kwargs: Any) -> None:
+        try:
+            settings = self._enabled()
+            if settings is None:
+                return
+            metadata = kwargs.get("metadata") or {}
+            name = (
+                kwargs.get("name") or _base.get(serialized, "name") or metadata.get("ls_retriever_name") or "retriever"
+            )
+            attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: "retrieval"}
+            if settings.capture_prompts and isinstance(query, str):
+                attributes[gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT] = _text(query, settings)[0]
+            self._conversation(metadata, attributes)
+            self._start("retriever", f"retrieval {name}", run_id, kwargs.get("parent_run_id"), attributes)
+        except Exception as exc:
+            guard.record_error("langchain.on_retriever_start", exc)
+
+    def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_retriever(run_id, documents, None)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
+        self._end_retriever(run_id, None, error)
+
+    def _end_retriever(self, run_id: Any, documents: Any, error: BaseException | None) -> None:
+        try:
+            run = self._pop(run_id)
+            if run is None:
+                return
+            try:
+                settings = config.current()
+                if documents is not None and settings.capture_responses:
+                    docs = []
+                    for doc in _base.seq(documents):
+                        item: dict[str, Any] = {"content": _base.get(doc, "page_content", "")}
+                        doc_id = _base.get(doc, "id")
+                        if doc_id is not None:
+                            item["id"] = str(doc_id)
+                        score = (_base.get(doc, "metadata") or {}).get("score")
+                        if isinstance(score, (int, float)):
+                            item["score"] = score
+                        docs.append(item)
+                    attributes: dict[str, Any] = {}
+                    self._encode(docs, gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS, settings, attributes)
+                    run.span.set_attributes(attributes)
+                if error is not None:
+                    _describe_error(run.span, error)
+            finally:
+                run.span.end()
+        except Exception as exc:
+            guard.record_error("langchain.on_retriever_end", exc)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _encode(items: list[Any], key: str, settings: config.Settings, attributes: dict[str, Any]) -> None:
+        text, truncated = content.encode(items, settings.content_max_bytes, settings.redactor)
+        attributes[key] = text
+        if truncated:
+            attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
+
+    @staticmethod
+    def _conversation(metadata: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+        for key in _CONVERSATION_KEYS:
+            value = metadata.get(key)
+            if isinstance(value, str) and value:
+                attributes[gen_ai.GEN_AI_CONVERSATION_ID] = value
+                return
+        scope = ledger.current_scope()
+        if scope is not None and scope.conversation_id:
+            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+
+
+def _is_control_flow(error: BaseException) -> bool:
+    """LangGraph's interrupts and Command jumps travel as exceptions through chains; they are not failures."""
+    return type(error).__name__ in ("GraphInterrupt", "NodeInterrupt", "ParentCommand", "GraphBubbleUp")
+
+
+_handler_classes: dict[type, type] = {}
+
+
+def _handler_class() -> type:
+    """Tracer mixed with langchain-core's BaseCallbackHandler (imported only once langchain-core is)."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    cls = _handler_classes.get(BaseCallbackHandler)
+    if cls is None:
+        cls = type("MltrackCallbackHandler", (Tracer, BaseCallbackHandler), {"__module__": __name__})
+        _handler_classes[BaseCallbackHandler] = cls
+    return cls
+
+
+# --- wrappers -------------------------------------------------------------------------------------------------
+
+
+class _Patch:
+    """The wrappers, the handler they feed, and how to take them off exactly."""
+
+    def __init__(self) -> None:
+        self.handler: Tracer | None = None
+        self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.originals: list[tuple[type, str, Any]] = []
+
+    # -- install / remove --------------------------------------------------------------------------------------
+
+    def apply(self, tracer_provider: Any = None) -> None:
+        self.tracer = _base.get_tracer(__name__, tracer_provider)
+        if self.handler is None:
+            self.handler = _handler_class()()
+        self.handler.tracer = self.tracer
+        self.handler.active = True
+        if self.originals:
+            return
+        import importlib
+
+        import wrapt
+
+        targets = (
+            ("langchain_core.callbacks.base", "BaseCallbackManager", "__init__", self._manager_init),
+            ("langchain_core.language_models.chat_models", "BaseChatModel", "_generate_with_cache", self._generate),
+            ("langchain_core.language_models.chat_models", "BaseChatModel", "_agenerate_with_cache", self._agenerate),
+            ("langchain_core.language_models.chat_models", "BaseChatModel", "stream", self._stream),
+            ("langchain_core.language_models.chat_models", "BaseChatModel", "astream", self._astream),
+            ("langchain_core.language_models.llms", "BaseLLM", "_generate_helper", self._generate_many),
+            ("langchain_core.language_models.llms", "BaseLLM", "_agenerate_helper", self._agenerate_many),
+            ("langchain_core.language_models.llms", "BaseLLM", "stream", self._stream),
+            ("langchain_core.language_models.llms", "BaseLLM", "astream", self._astream),
+            ("langchain_core.tools.base", "BaseTool", "run", self._call_tool),
+            ("langchain_core.tools.base", "BaseTool", "arun", self._acall_tool),
+            ("langchain_core.retrievers", "BaseRetriever", "invoke", self._call_retriever),
+            ("langchain_core.retrievers", "BaseRetriever", "ainvoke", self._acall_retriever),
+        )
+        for module_name, class_name, method, wrapper in targets:
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+                original = cls.__dict__[method]
+            except (ImportError, AttributeError, KeyError) as exc:  # another langchain-core layout: skip that hook
+                guard.record_error(f"langchain.install.{class_name}.{method}", exc)
+                continue
+            wrapt.wrap_function_wrapper(cls, method, wrapper)
+            self.originals.append((cls, method, original))
+
+    def remove(self) -> None:
+        if self.handler is not None:
+            self.handler.active = False
+            self.handler.end_all()
+        for cls, method, original in reversed(self.originals):
+            current = cls.__dict__.get(method)
+            if getattr(current, "__wrapped__", None) is original:
+                setattr(cls, method, original)
+        self.originals.clear()
+
+    def _live(self) -> Tracer | None:
+        handler = self.handler
+        return handler if handler is not None and handler.active else None
+
+    # -- global registration ---------------------------------------------------------------------------------
+
+    def _manager_init(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> None:
+        wrapped(*args, **kwargs)
+        handler = self._live()
+        if handler is not None:
+            try:
+                if handler not in instance.inheritable_handlers:
+                    instance.add_handler(handler, True)
+            except Exception as exc:
+                guard.record_error("langchain.register", exc)
+
+    # -- model calls with a run manager: the run's span is current around the SDK call -------------------------
+
+    def _run_context(self, run_manager: Any) -> otel_context.Context | None:
+        handler = self._live()
+        if handler is None or run_manager is None:
+            return None
+        try:
+            return handler.span_context(run_manager.run_id)
+        except Exception:
+            return None
+
+    def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        ctx = self._run_context(kwargs.get("run_manager", args[2] if len(args) > 2 else None))
+        if ctx is None:
+            return wrapped(*args, **kwargs)
+        token = otel_context.attach(ctx)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+    async def _agenerate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        ctx = self._run_context(kwargs.get("run_manager", args[2] if len(args) > 2 else None))
+        if ctx is None:
+            return await wrapped(*args, **kwargs)
+        token = otel_context.attach(ctx)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+    def _first_manager(self, args: tuple, kwargs: dict) -> Any:
+        managers = kwargs.get("run_managers", args[2] if len(args) > 2 else None)
+        return managers[0] if managers else None  # one request for all prompts: the first run carries the usage
+
+    def _generate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        ctx = self._run_context(self._first_manager(args, kwargs))
+        if ctx is None:
+            return wrapped(*args, **kwargs)
+        token = otel_context.attach(ctx)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+    async def _agenerate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        ctx = self._run_context(self._first_manager(args, kwargs))
+        if ctx is None:
+            return await wrapped(*args, **kwargs)
+        token = otel_context.attach(ctx)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            otel_context.detach(token)
+
+    # -- methods that start their run inside: a slot the start callback fills ---------------------------------
+
+    def _call_slotted(self, kinds: tuple[str, ...], wrapped: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        slot = _Slot(kinds)
+        reset = _SLOT.set(slot)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            slot.release()
+            _SLOT.reset(reset)
+
+    async def _acall_slotted(self, kinds: tuple[str, ...], wrapped: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return await wrapped(*args, **kwargs)
+        slot = _Slot(kinds)
+        reset = _SLOT.set(slot)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            slot.release()
+            _SLOT.reset(reset)
+
+    def _call_tool(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._call_slotted(("tool",), wrapped, args, kwargs)
+
+    def _acall_tool(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._acall_slotted(("tool",), wrapped, args, kwargs)
+
+    def _call_retriever(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._call_slotted(("retriever",), wrapped, args, kwargs)
+
+    def _acall_retriever(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._acall_slotted(("retriever",), wrapped, args, kwargs)
+
+    def _stream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return self._stream_steps(wrapped(*args, **kwargs))
+
+    def _stream_steps(self, inner: Any) -> Any:
+        """Drive the model's stream generator with its run's span current during each step (and only then)."""
+        ctx: otel_context.Context | None = None
+        first = True
+        try:
+            while True:
+                if first:  # the first step starts the run: let its start callback attach it
+                    first = False
+                    slot = _Slot(("llm",))
+                    reset = _SLOT.set(slot)
+                    try:
+                        item = next(inner)
+                    finally:
+                        slot.release()
+                        _SLOT.reset(reset)
+                        ctx = slot.context
+                elif ctx is None:
+                    item = next(inner)
+                else:
+                    token = otel_context.attach(ctx)
+                    try:
+                        item = next(inner)
+                    finally:
+                        otel_context.detach(token)
+                yield item
+        except StopIteration:
+            return
+        finally:
+            inner.close()  # the caller stopped early: LangChain ends the run (GeneratorExit -> incomplete)
+
+    def _astream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return self._astream_steps(wrapped(*args, **kwargs))
+
+    async def _astream_steps(self, inner: Any) -> Any:
+        ctx: otel_context.Context | None = None
+        first = True
+        try:
+            while True:
+                if first:
+                    first = False
+                    slot = _Slot(("llm",))
+                    reset = _SLOT.set(slot)
+                    try:
+                        item = await inner.__anext__()
+                    finally:
+                        slot.release()
+                        _SLOT.reset(reset)
+                        ctx = slot.context
+                elif ctx is None:
+                    item = await inner.__anext__()
+                else:
+                    token = otel_context.attach(ctx)
+                    try:
+                        item = await inner.__anext__()
+                    finally:
+                        otel_context.detach(token)
+                yield item
+        except StopAsyncIteration:
+            return
+        finally:
+            await inner.aclose()
+
+
+_PATCH = _Patch()
+
+
+# --- the instrumentor ---------------------------------------------------------------------------------------------
+
+
+class LangChainInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+    """OTel-style instrumentor for langchain-core: ``LangChainInstrumentor().instrument(tracer_provider=...)``.
+
+    Instruments at once if langchain-core is imported, else the moment it is imported (importing nothing itself).
+    """
+
+    _owner: ClassVar[str] = "LangChainInstrumentor"
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return ("langchain-core >= 0.3",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer_provider = kwargs.get("tracer_provider")
+        _PATCH.tracer = _base.get_tracer(__name__, tracer_provider)
+
+        def apply(_module: Any) -> None:
+            guard.guarded("instrumentation.install", _PATCH.apply, tracer_provider)
+
+        if _MODULE in sys.modules:
+            apply(sys.modules[_MODULE])
+        else:
+            when_imported(_MODULE, apply, owner=self._owner)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        when_imported(_MODULE, None, owner=self._owner)
+        _PATCH.remove()
+
+    def set_tracer_provider(self, tracer_provider: Any) -> None:
+        """Record into another TracerProvider from now on."""
+        _PATCH.tracer = _base.get_tracer(__name__, tracer_provider)
+        if _PATCH.handler is not None:
+            _PATCH.handler.tracer = _PATCH.tracer
+
+
+def current_handler() -> Any:
+    """The callback handler every LangChain callback manager gets (None before instrumentation)."""
+    return _PATCH.handler

@@ -1,0 +1,509 @@
+"""LiteLLM: completion / acompletion / embedding / aembedding, streamed or not, and so the Router too (it calls
+those four by name on the litellm module at call time).
+
+One CLIENT span per call, started as the current span so the provider SDK call LiteLLM makes (OpenAI SDK, or
+its own httpx handler) nests under it; the innermost span with usage is the one the ledger counts. Provider and
+model come from LiteLLM's own routing (``litellm.get_llm_provider``), mapped to ``gen_ai.provider.name``. A
+stream comes back as the caller's own CustomStreamWrapper behind a transparent proxy whose span ends exactly
+once: exhaustion, close, context exit, error or garbage collection.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+
+from .. import config, guard, ledger
+from ..errors import BudgetExceededError
+from ..usage import usage_attributes
+from . import _base, when_imported
+from ._base import Call, get, provider_for_host
+from .openai import (
+    ChatRecorder,
+    _Choice,
+    chat_inputs,
+    chat_request,
+    chat_response,
+    embeddings_request,
+    embeddings_response,
+)
+
+# LiteLLM provider names -> gen_ai.provider.name (anything else keeps LiteLLM's name).
+PROVIDERS: dict[str, str] = {
+    "openai": "openai",
+    "text-completion-openai": "openai",
+    "chatgpt": "openai",
+    "azure": "azure.ai.openai",
+    "azure_text": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference",
+    "anthropic": "anthropic",
+    "anthropic_text": "anthropic",
+    "bedrock": "aws.bedrock",
+    "bedrock_converse": "aws.bedrock",
+    "bedrock_mantle": "aws.bedrock",
+    "vertex_ai": "gcp.vertex_ai",
+    "vertex_ai_beta": "gcp.vertex_ai",
+    "gemini": "gcp.gemini",
+    "mistral": "mistral_ai",
+    "codestral": "mistral_ai",
+    "text-completion-codestral": "mistral_ai",
+    "groq": "groq",
+    "cohere": "cohere",
+    "cohere_chat": "cohere",
+    "deepseek": "deepseek",
+    "xai": "x_ai",
+    "perplexity": "perplexity",
+    "watsonx": "ibm.watsonx.ai",
+    "watsonx_text": "ibm.watsonx.ai",
+}
+# Where a provider's API lives when the call names no api_base (server.address / port).
+_DEFAULT_HOSTS: dict[str, str] = {
+    "openai": "api.openai.com",
+    "anthropic": "api.anthropic.com",
+    "groq": "api.groq.com",
+    "mistral": "api.mistral.ai",
+    "deepseek": "api.deepseek.com",
+    "xai": "api.x.ai",
+    "perplexity": "api.perplexity.ai",
+    "gemini": "generativelanguage.googleapis.com",
+}
+# LiteLLM providers that speak the OpenAI chat wire format (stream_options.include_usage is understood).
+_OPENAI_WIRE = frozenset({"openai", "azure", "text-completion-openai", "hosted_vllm", "openai_like", "custom_openai"})
+_FUNCTIONS = (("completion", "chat", False), ("acompletion", "chat", True))
+_FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", True))
+
+
+def otel_provider(litellm_provider: str | None, host: str | None) -> str:
+    """gen_ai.provider.name for a LiteLLM provider (an OpenAI-compatible known host names its own provider)."""
+    if not litellm_provider:
+        return (provider_for_host(host) if host else None) or "unknown"
+    name = PROVIDERS.get(litellm_provider, litellm_provider)
+    if name == "openai" and host:
+        return provider_for_host(host) or name
+    return name
+
+
+def split_model(model: str) -> tuple[str | None, str]:
+    """("anthropic", "claude-...") for "anthropic/claude-..." when the prefix is a provider we know, else (None, model).
+
+    Pure string work (no litellm import), for frameworks such as DSPy that carry LiteLLM model strings.
+    """
+    prefix, sep, rest = model.partition("/")
+    if sep and (prefix in PROVIDERS or prefix in _OPENAI_WIRE or prefix in _DEFAULT_HOSTS):
+        return prefix, rest
+    return None, model
+
+
+class _Route:
+    __slots__ = ("address", "litellm_provider", "model", "port", "provider")
+
+    def __init__(self, model: str, litellm_provider: str | None, api_base: str | None) -> None:
+        self.model = model
+        self.litellm_provider = litellm_provider
+        host, port = None, None
+        if api_base:
+            try:
+                parts = urlsplit(api_base)
+                host = parts.hostname
+                port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+            except ValueError:
+                host = None
+        elif litellm_provider in _DEFAULT_HOSTS:
+            host, port = _DEFAULT_HOSTS[litellm_provider], 443
+        self.address, self.port = host, port
+        self.provider = otel_provider(litellm_provider, host)
+
+
+_routes: dict[tuple[Any, ...], _Route] = {}
+
+
+def resolve(model: str, custom_llm_provider: Any, api_base: Any) -> _Route:
+    """The call's route as LiteLLM resolves it (memoised; LiteLLM's resolver is not free)."""
+    key = (model, custom_llm_provider, api_base)
+    route = _routes.get(key)
+    if route is not None:
+        return route
+    litellm_provider, resolved_model, resolved_base = None, model, api_base
+    try:
+        import litellm
+
+        resolved_model, litellm_provider, _, dynamic_base = litellm.get_llm_provider(
+            model=model, custom_llm_provider=custom_llm_provider, api_base=api_base
+        )
+        resolved_base = api_base or dynamic_base
+    except Exception:  # LiteLLM cannot route it: it will raise for the caller too; describe what we know
+        litellm_provider, resolved_model = split_model(model)
+        litellm_provider = custom_llm_provider if isinstance(custom_llm_provider, str) else litellm_provider
+    route = _Route(resolved_model, litellm_provider, resolved_base if isinstance(resolved_base, str) else None)
+    if len(_routes) < 4096:
+        _routes[key] = route
+    return route
+
+
+def litellm_usage_attributes(usage: Any) -> dict[str, int]:
+    """GenAI usage attributes of a LiteLLM Usage (OpenAI shape; prompt_tokens include cache reads and writes)."""
+    if usage is None:
+        return {}
+    attributes = usage_attributes(usage, "openai")
+    if not attributes:
+        return attributes
+    details = get(usage, "prompt_tokens_details")
+    written = get(usage, "cache_creation_input_tokens") or get(details, "cache_creation_tokens")
+    written = written or get(details, "cache_write_tokens")
+    if type(written) is int and written > 0:
+        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = written
+    read = attributes.get(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) or get(usage, "cache_read_input_tokens")
+    if type(read) is int and read > 0:
+        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = read
+    return attributes
+
+
+# --- streams ------------------------------------------------------------------------------------------------
+
+
+class StreamRecorder(ChatRecorder):
+    """LiteLLM stream chunks (OpenAI chunk shape); usage from the chunk or from LiteLLM's hidden params."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: Any) -> bool:
+        if self.first_at is None:
+            import time
+
+            self.first_at = time.perf_counter()
+        if not self.fields:
+            self.fields = {"id": getattr(chunk, "id", None), "model": getattr(chunk, "model", None)}
+        usage = getattr(chunk, "usage", None)  # LiteLLM deletes the attribute when there is none
+        if usage is None:
+            hidden = getattr(chunk, "_hidden_params", None)
+            usage = hidden.get("usage") if isinstance(hidden, dict) else None
+        if usage is not None and type(usage).__name__ != "UnreportedUsage":  # LiteLLM's estimate is not usage
+            self.usage = usage
+        for choice in getattr(chunk, "choices", None) or ():
+            acc = self.choices.get(choice.index)
+            if acc is None:
+                acc = self.choices[choice.index] = _Choice()
+            if choice.finish_reason is not None:
+                acc.finish = choice.finish_reason
+            if self.capture:
+                self._capture(choice, acc)
+        return True
+
+    def finished(self) -> bool:
+        return bool(self.choices) and all(acc.finish for acc in self.choices.values())
+
+    def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        attributes, output, usage = super().outcome(complete)
+        attributes.update(litellm_usage_attributes(usage))
+        return attributes, output, None
+
+
+def _end(recorder: StreamRecorder, complete: bool, error: BaseException | None = None) -> None:
+    guard.guarded("instrumentation.litellm.stream", recorder.end, complete, error)
+
+
+def _reported_usage(recorder: StreamRecorder, stream: Any) -> None:
+    """At exhaustion: the provider's own usage among the chunks LiteLLM kept (usage-only chunks it hid from the
+    caller included). Only a chunk's `usage` counts: the hidden usage LiteLLM fills in later may be an estimate."""
+    if recorder.usage is not None:
+        return
+    for chunk in reversed(getattr(stream, "chunks", None) or ()):
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            recorder.usage = usage
+            return
+
+
+def _feed(recorder: StreamRecorder, item: Any) -> None:
+    try:
+        recorder.feed(item)
+    except Exception as exc:  # recording must never cost the caller an item
+        guard.record_error("instrumentation.litellm.stream", exc)
+
+
+def _stream_proxy_class() -> type:
+    import wrapt
+
+    class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+        """The caller's CustomStreamWrapper, recorded: same items, same attributes, same isinstance."""
+
+        def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
+            super().__init__(wrapped)
+            self._self_recorder = recorder
+            weakref.finalize(self, _end, recorder, False)  # abandoned: ends (partial) when collected
+
+        def __iter__(self) -> Any:
+            return self
+
+        def __next__(self) -> Any:
+            recorder = self._self_recorder
+            try:
+                item = self.__wrapped__.__next__()
+            except StopIteration:
+                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
+                _end(recorder, True)
+                raise
+            except BaseException as exc:
+                _end(recorder, False, exc)
+                raise
+            _feed(recorder, item)
+            return item
+
+        def __aiter__(self) -> Any:
+            return self
+
+        async def __anext__(self) -> Any:
+            recorder = self._self_recorder
+            try:
+                item = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
+                _end(recorder, True)
+                raise
+            except BaseException as exc:
+                _end(recorder, False, exc)
+                raise
+            _feed(recorder, item)
+            return item
+
+        def close(self) -> Any:
+            _end(self._self_recorder, self._self_recorder.finished())
+            return self.__wrapped__.close()
+
+        async def aclose(self) -> Any:
+            _end(self._self_recorder, self._self_recorder.finished())
+            return await self.__wrapped__.aclose()
+
+        def __enter__(self) -> Any:
+            self.__wrapped__.__enter__()
+            return self
+
+        def __exit__(self, *exc_info: Any) -> Any:
+            _end(self._self_recorder, self._self_recorder.finished())
+            return self.__wrapped__.__exit__(*exc_info)
+
+        async def __aenter__(self) -> Any:
+            await self.__wrapped__.__aenter__()
+            return self
+
+        async def __aexit__(self, *exc_info: Any) -> Any:
+            _end(self._self_recorder, self._self_recorder.finished())
+            return await self.__wrapped__.__aexit__(*exc_info)
+
+    return RecordedStream
+
+
+_proxy_class: type | None = None
+
+
+def recorded_stream(stream: Any, recorder: StreamRecorder) -> Any:
+    global _proxy_class
+    if _proxy_class is None:
+        _proxy_class = _stream_proxy_class()
+    return _proxy_class(stream, recorder)
+
+
+# --- the patch ----------------------------------------------------------------------------------------------
+
+
+def _argument(args: tuple, kwargs: dict, index: int, name: str) -> Any:
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+class Patch:
+    """Wrappers on the litellm module's four entry points, and how to take them off again exactly."""
+
+    def __init__(self) -> None:
+        self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.active = False
+        self.originals: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, tracer_provider: Any = None) -> None:
+        self.tracer = _base.get_tracer(__name__, tracer_provider)
+        self.active = True
+        with self._lock:
+            if self.originals:
+                return
+            import wrapt
+
+            module = sys.modules["litellm"]
+            for name, operation, is_async in _FUNCTIONS:
+                original = getattr(module, name, None)
+                if original is None:
+                    continue
+                wrapper = self._async_wrapper(operation) if is_async else self._sync_wrapper(operation)
+                setattr(module, name, wrapt.FunctionWrapper(original, wrapper))
+                self.originals[name] = original
+
+    def remove(self) -> None:
+        self.active = False
+        with self._lock:
+            module = sys.modules.get("litellm")
+            for name, original in self.originals.items():
+                current = getattr(module, name, None)
+                if getattr(current, "__wrapped__", None) is original:
+                    setattr(module, name, original)
+            self.originals.clear()
+
+    # -- wrappers --------------------------------------------------------------------------------------------
+
+    def _sync_wrapper(self, operation: str) -> Any:
+        def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            call = self._begin(operation, args, kwargs)
+            if call is None:
+                return wrapped(*args, **kwargs)
+            token = otel_context.attach(trace.set_span_in_context(call.span))
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException as exc:
+                guard.guarded("instrumentation.litellm.error", call.fail, exc)
+                raise
+            finally:
+                otel_context.detach(token)
+            return self._on_result(call, operation, result)
+
+        return wrapper
+
+    def _async_wrapper(self, operation: str) -> Any:
+        async def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            call = self._begin(operation, args, kwargs)
+            if call is None:
+                return await wrapped(*args, **kwargs)
+            token = otel_context.attach(trace.set_span_in_context(call.span))
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                guard.guarded("instrumentation.litellm.error", call.fail, exc)
+                raise
+            finally:
+                otel_context.detach(token)
+            return self._on_result(call, operation, result)
+
+        return wrapper
+
+    def _begin(self, operation: str, args: tuple, kwargs: dict) -> Call | None:
+        """Start the call's span (None: pass through untouched). Raises only BudgetExceededError."""
+        if not self.active:
+            return None
+        try:
+            settings = config.current()
+            if not settings.llm_tracking_enabled:
+                return None
+        except Exception as exc:
+            guard.record_error("instrumentation.litellm.begin", exc)
+            return None
+        try:
+            ledger.check_budget()
+        except BudgetExceededError:
+            raise
+        except Exception as exc:
+            guard.record_error("instrumentation.litellm.budget", exc)
+        try:
+            return self._start(operation, args, kwargs, settings)
+        except Exception as exc:
+            guard.record_error("instrumentation.litellm.start", exc)
+            return None
+
+    def _start(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Call:
+        model = _argument(args, kwargs, 0, "model")
+        model = model if isinstance(model, str) else ""
+        api_base = kwargs.get("api_base") or kwargs.get("base_url")
+        route = resolve(model, kwargs.get("custom_llm_provider"), api_base)
+        attributes = _base.base_attributes(operation, route.provider, route.address, route.port)
+        request_model = route.model or settings.default_model(route.provider)
+        if request_model:
+            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = request_model
+        inputs = None
+        if operation == "chat":
+            body = dict(kwargs)
+            messages = _argument(args, kwargs, 1, "messages")
+            body["messages"] = messages
+            chat_request(body, attributes)
+            if settings.capture_prompts:
+                inputs = chat_inputs(body)
+            if kwargs.get("stream") is True:
+                self._ask_stream_usage(kwargs, route, settings)
+        else:
+            embeddings_request(kwargs, attributes)
+        return Call(self.tracer, operation, request_model, attributes, settings, inputs, "openai")
+
+    @staticmethod
+    def _ask_stream_usage(kwargs: dict, route: _Route, settings: config.Settings) -> None:
+        """Ask an OpenAI-wire host for stream usage the caller did not ask for, through the request body only:
+        LiteLLM keeps usage-only chunks it was not asked for from the caller, so the caller's stream is the same
+        (its last chunk's hidden usage becomes the provider's count instead of LiteLLM's estimate)."""
+        if kwargs.get("stream_options") is not None or route.litellm_provider not in _OPENAI_WIRE:
+            return
+        if not settings.stream_include_usage or not route.address:
+            return
+        if not _base.host_matches(route.address, settings.stream_usage_hosts):
+            return
+        extra_body = kwargs.get("extra_body")
+        if extra_body is None:
+            kwargs["extra_body"] = {"stream_options": {"include_usage": True}}
+        elif isinstance(extra_body, Mapping) and "stream_options" not in extra_body:
+            kwargs["extra_body"] = {**extra_body, "stream_options": {"include_usage": True}}
+
+    def _on_result(self, call: Call, operation: str, result: Any) -> Any:
+        try:
+            if operation == "chat" and hasattr(result, "completion_stream") and hasattr(result, "chunks"):
+                return recorded_stream(result, StreamRecorder(call, False))
+            if operation == "chat":
+                attributes, output, usage = chat_response(result, call.capture_out)
+            else:
+                attributes, output, usage = embeddings_response(result, call.capture_out)
+            attributes.update(litellm_usage_attributes(usage))
+            call.finish(attributes, output)
+        except Exception as exc:
+            guard.record_error("instrumentation.litellm.response", exc)
+            call.finish({})
+        return result
+
+
+# --- the instrumentor ---------------------------------------------------------------------------------------
+
+
+class LiteLLMInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+    """Instruments litellm (entry point `opentelemetry_instrumentor: litellm`); the Router is covered too."""
+
+    _patch: ClassVar[Patch | None] = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return ("litellm >= 1.60",)
+
+    @classmethod
+    def _the_patch(cls) -> Patch:
+        if cls._patch is None:
+            cls._patch = Patch()
+        return cls._patch
+
+    def _instrument(self, **kwargs: Any) -> None:
+        patch = self._the_patch()
+        tracer_provider = kwargs.get("tracer_provider")
+        patch.active = True
+
+        def apply(_module: Any) -> None:
+            if patch.active:
+                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
+
+        if "litellm" in sys.modules:
+            apply(sys.modules["litellm"])
+        else:
+            when_imported("litellm", apply, owner=type(self).__name__)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        when_imported("litellm", None, owner=type(self).__name__)
+        self._the_patch().remove()
+
+    def set_tracer_provider(self, tracer_provider: Any) -> None:
+        """Record into another TracerProvider from now on."""
+        self._the_patch().tracer = _base.get_tracer(__name__, tracer_provider)

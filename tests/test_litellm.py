@@ -1,0 +1,381 @@
+"""LiteLLM instrumentation: the real litellm package against the fake provider server (loopback only)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network at import
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from mltrack_otel import config, semconv
+from mltrack_otel.errors import BudgetExceededError
+from mltrack_otel.ledger import LEDGER, Ledger, Limits
+from mltrack_otel.pricing import Pricer, Usage
+from mltrack_otel.processor import CostSpanProcessor
+
+litellm = pytest.importorskip("litellm")
+from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # noqa: E402
+from mltrack_otel.instrumentation._base import error_type  # noqa: E402
+from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
+
+pytestmark = pytest.mark.frameworks
+
+OPENAI_MODEL = "openai/gpt-4o-mini"
+ANTHROPIC_MODEL = "anthropic/claude-3-5-haiku-latest"
+
+
+class Traced:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.ledger = Ledger()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(
+            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=Pricer())
+        )
+
+    def spans(self) -> list:
+        return list(self.exporter.get_finished_spans())
+
+    def one(self):
+        spans = self.spans()
+        assert len(spans) == 1, [s.name for s in spans]
+        return spans[0]
+
+
+def _openai_instrumentor():
+    try:
+        from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+    except ImportError:
+        return None
+    return OpenAIInstrumentor()
+
+
+@pytest.fixture
+def traced(isolated_env, fake_provider):
+    """LiteLLM instrumented into a fresh TracerProvider + CostSpanProcessor; the OpenAI instrumentor off."""
+    config.set_current(None)
+    fake_provider.clear()
+    openai_instrumentor = _openai_instrumentor()
+    if openai_instrumentor is not None and openai_instrumentor.is_instrumented_by_opentelemetry:
+        openai_instrumentor.uninstrument()
+    t = Traced()
+    instrumentor = LiteLLMInstrumentor()
+    instrumentor.instrument(tracer_provider=t.provider)
+    instrumentor.set_tracer_provider(t.provider)
+    yield t
+    instrumentor.uninstrument()
+    config.set_current(None)
+
+
+def openai_kwargs(fake, text: str = "hello there", **extra):
+    return dict(
+        model=OPENAI_MODEL,
+        messages=[{"role": "user", "content": text}],
+        api_base=fake.openai_base_url,
+        api_key="test",
+        num_retries=0,
+        **extra,
+    )
+
+
+def price(provider: str, model: str, usage: Usage) -> float:
+    cost = Pricer().price(provider, model, usage)
+    assert cost is not None
+    return float(cost.total)
+
+
+# --- plain calls --------------------------------------------------------------------------------------------
+
+
+def test_completion_openai_span_usage_cost(traced, fake_provider):
+    response = litellm.completion(**openai_kwargs(fake_provider, temperature=0.5, max_tokens=50))
+    span = traced.one()
+    a = span.attributes
+    assert span.name == "chat gpt-4o-mini"
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini"
+    assert a["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+    assert a["gen_ai.request.temperature"] == 0.5
+    assert a["gen_ai.request.max_tokens"] == 50
+    assert a["server.address"] == "127.0.0.1"
+    assert a["gen_ai.usage.input_tokens"] == response.usage.prompt_tokens == 5
+    assert a["gen_ai.usage.output_tokens"] == response.usage.completion_tokens
+    assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+    expected = price("openai", "gpt-4o-mini-2024-07-18", Usage(5, response.usage.completion_tokens))
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(expected)
+    assert a[semconv.LLM_COST_CUMULATIVE] == pytest.approx(expected)
+    assert '"hello there"' in a["gen_ai.input.messages"]
+    assert "Echo:" in a["gen_ai.output.messages"]
+    assert "api_key" not in str(dict(a)) and "test" not in a.get("gen_ai.input.messages", "")
+
+
+def test_completion_anthropic_routed_by_litellm(traced, fake_provider):
+    response = litellm.completion(
+        model=ANTHROPIC_MODEL,
+        messages=[{"role": "user", "content": "hi [[scenario:cache-write]]"}],
+        api_base=fake_provider.anthropic_base_url,
+        api_key="test",
+        num_retries=0,
+    )
+    assert fake_provider.requests[-1].path == "/v1/messages"
+    a = traced.one().attributes
+    assert a["gen_ai.provider.name"] == "anthropic"
+    assert a["gen_ai.request.model"] == "claude-3-5-haiku-latest"
+    assert a["gen_ai.response.model"] == "claude-3-5-haiku-20241022"
+    written = response.usage.cache_creation_input_tokens
+    assert written > 0
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == written
+    assert a["gen_ai.usage.input_tokens"] == response.usage.prompt_tokens  # includes the cache write
+    assert a[semconv.LLM_COST_TOTAL] > 0
+
+
+def test_cache_read_tokens(traced, fake_provider):
+    litellm.completion(**openai_kwargs(fake_provider, "one two [[scenario:cache-read]]"))
+    a = traced.one().attributes
+    assert a["gen_ai.usage.cache_read.input_tokens"] > 0
+
+
+def test_acompletion(traced, fake_provider):
+    response = asyncio.run(litellm.acompletion(**openai_kwargs(fake_provider)))
+    a = traced.one().attributes
+    assert a["gen_ai.usage.output_tokens"] == response.usage.completion_tokens
+    assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+
+
+def test_tool_call(traced, fake_provider):
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    response = litellm.completion(**openai_kwargs(fake_provider, "weather? [[scenario:tool]]", tools=tools))
+    assert response.choices[0].message.tool_calls[0].function.name == "get_weather"
+    a = traced.one().attributes
+    assert a["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    assert "get_weather" in a["gen_ai.tool.definitions"]
+    assert '"tool_call"' in a["gen_ai.output.messages"] and '"city"' in a["gen_ai.output.messages"]
+
+
+def test_embedding(traced, fake_provider):
+    response = litellm.embedding(
+        model="openai/text-embedding-3-small",
+        input=["hello there"],
+        api_base=fake_provider.openai_base_url,
+        api_key="test",
+    )
+    span = traced.one()
+    assert span.name == "embeddings text-embedding-3-small"
+    assert span.attributes["gen_ai.operation.name"] == "embeddings"
+    assert span.attributes["gen_ai.usage.input_tokens"] == response.usage.prompt_tokens
+    assert span.attributes["gen_ai.embeddings.dimension.count"] == 16
+
+
+def test_aembedding(traced, fake_provider):
+    asyncio.run(
+        litellm.aembedding(
+            model="openai/text-embedding-3-small", input="x y", api_base=fake_provider.openai_base_url, api_key="t"
+        )
+    )
+    assert traced.one().attributes["gen_ai.usage.input_tokens"] == 5
+
+
+# --- streams ------------------------------------------------------------------------------------------------
+
+
+def test_stream_sync_same_items_and_provider_usage(traced, fake_provider):
+    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+    assert isinstance(stream, litellm.CustomStreamWrapper)
+    chunks = list(stream)
+    assert fake_provider.requests[-1].json["stream_options"] == {"include_usage": True}  # asked for on the wire
+    assert all(c.choices for c in chunks)  # ...but no usage-only chunk reached the caller
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    span = traced.one()
+    a = span.attributes
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert a["gen_ai.request.stream"] is True
+    assert a["gen_ai.usage.input_tokens"] == 5  # the provider's count, not LiteLLM's estimate
+    assert a["gen_ai.usage.output_tokens"] == 30
+    assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert text in a["gen_ai.output.messages"]
+    assert "gen_ai.response.time_to_first_chunk" in a
+
+
+def test_stream_with_caller_stream_options(traced, fake_provider):
+    chunks = list(
+        litellm.completion(**openai_kwargs(fake_provider, stream=True, stream_options={"include_usage": True}))
+    )
+    assert chunks[-1].usage is not None  # the caller asked for it: they get it
+    assert traced.one().attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens
+
+
+def test_stream_async(traced, fake_provider):
+    async def run():
+        stream = await litellm.acompletion(**openai_kwargs(fake_provider, stream=True))
+        return [c async for c in stream]
+
+    chunks = asyncio.run(run())
+    assert chunks
+    a = traced.one().attributes
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert a["gen_ai.usage.output_tokens"] == 30
+
+
+def test_stream_anthropic(traced, fake_provider):
+    stream = litellm.completion(
+        model=ANTHROPIC_MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        api_base=fake_provider.anthropic_base_url,
+        api_key="test",
+        stream=True,
+    )
+    list(stream)
+    a = traced.one().attributes
+    assert a["gen_ai.provider.name"] == "anthropic"
+    assert a["gen_ai.usage.output_tokens"] == 30
+    assert "stream_options" not in fake_provider.requests[-1].json
+
+
+def test_stream_closed_early_ends_once_partial(traced, fake_provider):
+    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+    next(stream)
+    stream.close()
+    stream.close()
+    span = traced.one()
+    assert span.attributes[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+
+def test_stream_abandoned_ends_on_gc(traced, fake_provider):
+    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+    next(stream)
+    del stream
+    gc.collect()
+    assert traced.one().attributes[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+
+def test_stream_context_manager(traced, fake_provider):
+    with litellm.completion(**openai_kwargs(fake_provider, stream=True)) as stream:
+        for _ in stream:
+            pass
+    assert traced.one().attributes[semconv.MLTRACK_STREAM_COMPLETE] is True
+
+
+# --- errors and budget ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("scenario", "error"), [("error-429", "RateLimitError"), ("error-500", "InternalServerError")])
+def test_provider_error_mapped(traced, fake_provider, scenario, error):
+    with pytest.raises(getattr(litellm, error)) as raised:
+        litellm.completion(**openai_kwargs(fake_provider, f"x [[scenario:{scenario}]]"))
+    span = traced.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"]
+    assert span.attributes["error.type"] == error_type(raised.value)  # the provider's code, else the class
+    assert span.attributes["http.response.status_code"] == int(scenario[-3:])
+    assert "gen_ai.usage.input_tokens" not in span.attributes
+
+
+def test_budget_raises_before_any_request(traced, fake_provider, monkeypatch):
+    monkeypatch.setattr(LEDGER, "limits", Limits(token_budget=1))
+    LEDGER.reset()
+    LEDGER.add(1, None, None, 5, 5, None)
+    try:
+        with pytest.raises(BudgetExceededError):
+            litellm.completion(**openai_kwargs(fake_provider))
+        assert fake_provider.requests == []
+        assert traced.spans() == []
+    finally:
+        LEDGER.reset()
+
+
+def test_tracking_disabled_passes_through(traced, fake_provider, monkeypatch):
+    monkeypatch.setenv("MLTRACK_LLM_TRACKING_ENABLED", "false")
+    config.set_current(None)
+    litellm.completion(**openai_kwargs(fake_provider))
+    assert traced.spans() == []
+
+
+# --- Router -------------------------------------------------------------------------------------------------
+
+
+def test_router_two_deployments(traced, fake_provider):
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "fast",
+                "litellm_params": {"model": OPENAI_MODEL, "api_base": fake_provider.openai_base_url, "api_key": "t"},
+            },
+            {
+                "model_name": "fast",
+                "litellm_params": {
+                    "model": ANTHROPIC_MODEL,
+                    "api_base": fake_provider.anthropic_base_url,
+                    "api_key": "t",
+                },
+            },
+        ],
+        num_retries=0,
+    )
+    for _ in range(4):
+        router.completion(model="fast", messages=[{"role": "user", "content": "hi"}])
+    asyncio.run(router.acompletion(model="fast", messages=[{"role": "user", "content": "hi"}]))
+    spans = traced.spans()
+    assert len(spans) == 5
+    assert {s.attributes["gen_ai.provider.name"] for s in spans} <= {"openai", "anthropic"}
+    assert all(s.attributes[semconv.MLTRACK_USAGE_COUNTED] is True for s in spans)
+    paths = [r.path for r in fake_provider.requests]
+    for span, path in zip(spans, paths, strict=True):
+        assert (span.attributes["gen_ai.provider.name"] == "anthropic") == (path == "/v1/messages")
+
+
+# --- the OpenAI SDK layer below -----------------------------------------------------------------------------
+
+
+def test_openai_instrumentor_on_counts_the_innermost_span(traced, fake_provider):
+    openai_instrumentor = _openai_instrumentor()
+    if openai_instrumentor is None:
+        pytest.skip("mltrack_otel.instrumentation.openai is not there yet")
+    openai_instrumentor.instrument(tracer_provider=traced.provider)
+    openai_instrumentor.set_tracer_provider(traced.provider)
+    try:
+        with traced.provider.get_tracer("test").start_as_current_span("root"):
+            litellm.completion(**openai_kwargs(fake_provider))
+            list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
+    finally:
+        openai_instrumentor.uninstrument()
+    spans = {s.context.span_id: s for s in traced.spans()}
+    assert len(spans) == 5  # root, 2 x (litellm -> openai)
+    root = next(s for s in spans.values() if s.name == "root")
+    outer = [s for s in spans.values() if s.parent and s.parent.span_id == root.context.span_id]
+    assert len(outer) == 2
+    counted = 0.0
+    for span in outer:
+        inner = [s for s in spans.values() if s.parent and s.parent.span_id == span.context.span_id]
+        assert len(inner) == 1, "the OpenAI SDK span must be a child of the LiteLLM span"
+        assert inner[0].instrumentation_scope.name != span.instrumentation_scope.name
+        assert inner[0].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+        assert span.attributes[semconv.MLTRACK_USAGE_COUNTED] is False  # kept its usage, not counted again
+        assert span.attributes["gen_ai.usage.input_tokens"] == inner[0].attributes["gen_ai.usage.input_tokens"]
+        counted += inner[0].attributes[semconv.LLM_COST_TOTAL]
+    assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted)
+
+
+def test_provider_mapping():
+    assert litellm_instrumentation.otel_provider("vertex_ai", None) == "gcp.vertex_ai"
+    assert litellm_instrumentation.otel_provider("bedrock", None) == "aws.bedrock"
+    assert litellm_instrumentation.otel_provider("openai", "api.groq.com") == "groq"
+    assert litellm_instrumentation.otel_provider("openrouter", None) == "openrouter"
+    assert litellm_instrumentation.split_model("anthropic/claude-3") == ("anthropic", "claude-3")
+    assert litellm_instrumentation.split_model("my-model") == (None, "my-model")
