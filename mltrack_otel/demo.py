@@ -62,13 +62,12 @@ def _session(openai_client, anthropic_client) -> None:
 
 def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-demo") -> int:
     import anthropic
+    import mlflow  # imported here so its logger exists and its schema-creation INFO lines can be quietened
     import openai
 
     import mltrack_otel
     from mltrack_otel.report import aggregate, cost_table, counted_calls, read_spans
     from mltrack_otel.testing.fake_provider import FakeProvider
-
-    import mlflow  # imported here so its logger exists and its schema-creation INFO lines can be quietened
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger(mlflow.__name__).setLevel(logging.WARNING)

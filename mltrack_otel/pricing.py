@@ -371,10 +371,8 @@ class Pricer:
                     usage,
                 )
                 return None
-            if entry.periods:
-                rates = _rates_at(entry, time.time_ns() if at_ns is None else at_ns)
-            else:
-                rates = entry.default
+            now = time.time_ns() if at_ns is None else at_ns
+            rates = _rates_at(entry, now) if entry.periods else entry.default
             cost = _cost(rates, usage, entry.source)
             if cost is None:
                 self._warn_once(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind
 
-from . import config, guard, semconv
+from . import config, content, guard, semconv
 from .ledger import Scope, Totals, _current_scope, current_scope
 from .usage import usage_attributes
 from .version import __version__
@@ -152,7 +151,7 @@ class LLMTracker:
         token = _current_scope.set(self._scope) if current_scope() is not self._scope else None
         try:
             end = end_time or time.time_ns()
-            start = end - int(duration_seconds * 1e9) if duration_seconds else None
+            start = end - int(duration_seconds * 1e9) if duration_seconds else end
             span = _tracer().start_span(
                 f"chat {model}" if model else "chat",
                 kind=SpanKind.CLIENT,
@@ -377,46 +376,19 @@ def content_attributes(settings: config.Settings, prompt: Any, response: Any) ->
     out: dict[str, Any] = {}
     truncated = False
     if settings.capture_prompts and prompt is not None:
-        out[gen_ai.GEN_AI_INPUT_MESSAGES], cut = _encode(_as_messages(prompt), settings)
+        messages = [_message(m.get("role", "user"), m.get("content")) for m in _as_messages(prompt)]
+        out[gen_ai.GEN_AI_INPUT_MESSAGES], cut = content.encode(messages, settings.content_max_bytes, settings.redactor)
         truncated |= cut
     if settings.capture_responses and response is not None:
-        out[gen_ai.GEN_AI_OUTPUT_MESSAGES], cut = _encode([{"role": "assistant", "content": response}], settings)
+        messages = [_message("assistant", response)]
+        out[gen_ai.GEN_AI_OUTPUT_MESSAGES], cut = content.encode(
+            messages, settings.content_max_bytes, settings.redactor
+        )
         truncated |= cut
     if truncated:
         out[semconv.MLTRACK_CONTENT_TRUNCATED] = True
     return out
 
 
-def _encode(messages: list[Mapping[str, Any]], settings: config.Settings) -> tuple[str, bool]:
-    parts = [
-        {"role": str(m.get("role", "user")), "parts": [{"type": "text", "content": _text(m.get("content"))}]}
-        for m in messages
-    ]
-    redactor = settings.redactor
-    if redactor is not None:
-        for message in parts:
-            for part in message["parts"]:
-                part["content"] = redactor.sub("[REDACTED]", part["content"])
-    budget = settings.content_max_bytes
-    truncated = False
-    while True:
-        encoded = json.dumps(parts, ensure_ascii=False)
-        if len(encoded.encode()) <= budget:
-            return encoded, truncated
-        truncated = True
-        if len(parts) > 1:
-            parts.pop(0)  # whole oldest messages go first
-        else:
-            text = parts[0]["parts"][0]["content"]
-            parts[0]["parts"][0]["content"] = text[: max(0, len(text) - (len(encoded.encode()) - budget) - 16)]
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, bytes):
-        return content.decode("utf-8", "replace")
-    try:
-        return json.dumps(content, ensure_ascii=False, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        return repr(content)[:65536]
+def _message(role: Any, text: Any) -> dict[str, Any]:
+    return {"role": str(role), "parts": [content.text_part(text)]}
