@@ -55,126 +55,6 @@ def _report(section: str, figures: dict[str, float]) -> None:
         print(f"{section:<14} {mode:<28} {micros:8.0f} us/call{extra}")
 
 
-# --- LlamaIndex --------------------------------------------------------------------------------------------------
-
-
-def bench_llama_index() -> dict[str, float]:
-    """llama_index.llms.openai.OpenAI.chat: raw, with the LlamaIndex instrumentor, and with the OpenAI SDK one too."""
-    import json
-
-    import httpx
-    from llama_index.core.llms import ChatMessage
-    from llama_index.llms.openai import OpenAI
-
-    from mltrack_otel.instrumentation.llama_index import LlamaIndexInstrumentor
-    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
-
-    text = " ".join(f"word{i}" for i in range(30))
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "gpt-4o-mini-2024-07-18",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 25, "completion_tokens": 30, "total_tokens": 55},
-        }
-    ).encode()
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"})
-    )
-    llm = OpenAI(
-        model="gpt-4o-mini",
-        api_key="bench",
-        api_base="http://127.0.0.1:9/v1",
-        max_retries=0,
-        http_client=httpx.Client(transport=transport),
-    )
-    messages = [
-        ChatMessage(role="system", content="You are a terse assistant."),
-        ChatMessage(role="user", content="Tell me about OpenTelemetry spans in three sentences."),
-    ]
-
-    def call() -> None:
-        llm.chat(messages)
-
-    figures = {"raw": _cpu_per_call(call)}
-    provider, exporter = _memory_provider()
-    LlamaIndexInstrumentor().instrument(tracer_provider=provider)
-    try:
-        figures["llama_index"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-        try:
-            figures["llama_index + openai sdk"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        finally:
-            OpenAIInstrumentor().uninstrument()
-    finally:
-        LlamaIndexInstrumentor().uninstrument()
-    _report("llama_index", figures)
-    return figures
-
-
-# --- LangChain ---------------------------------------------------------------------------------------------------
-
-
-def bench_langchain() -> dict[str, float]:
-    """langchain_openai.ChatOpenAI.invoke: raw, with the LangChain instrumentor, and with the OpenAI SDK one too."""
-    import json
-
-    import httpx
-    from langchain_openai import ChatOpenAI
-
-    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
-
-    text = " ".join(f"word{i}" for i in range(30))
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "gpt-4o-mini-2024-07-18",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 25, "completion_tokens": 30, "total_tokens": 55},
-        }
-    ).encode()
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"})
-    )
-    model = ChatOpenAI(
-        model="gpt-4o-mini",
-        api_key="bench",
-        base_url="http://127.0.0.1:9/v1",
-        max_retries=0,
-        http_client=httpx.Client(transport=transport),
-    )
-    messages = [
-        ("system", "You are a terse assistant."),
-        ("user", "Tell me about OpenTelemetry spans in three sentences."),
-    ]
-
-    def call() -> None:
-        model.invoke(messages)
-
-    figures = {"raw": _cpu_per_call(call)}
-    provider, exporter = _memory_provider()
-    LangChainInstrumentor().instrument(tracer_provider=provider)
-    try:
-        figures["langchain"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-        try:
-            figures["langchain + openai sdk"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        finally:
-            OpenAIInstrumentor().uninstrument()
-    finally:
-        LangChainInstrumentor().uninstrument()
-    _report("langchain", figures)
-    return figures
-
-
-# --- LiteLLM -----------------------------------------------------------------------------------------------------
-
-
 def _openai_chat_transport() -> Any:
     """An in-process httpx.MockTransport answering every chat completion with one canned body (30 output words)."""
     import json
@@ -195,6 +75,88 @@ def _openai_chat_transport() -> Any:
     return httpx.MockTransport(
         lambda request: httpx.Response(200, content=body, headers={"content-type": "application/json"})
     )
+
+
+def _measure(
+    section: str, call: Callable[[], Any], outer: type, inner: type, inner_label: str, n: int = CALLS
+) -> dict[str, float]:
+    """CPU per call raw, with the section's instrumentor, then with the inner library's one too; reported."""
+    figures = {"raw": _cpu_per_call(call, n=n)}
+    provider, exporter = _memory_provider()
+    outer().instrument(tracer_provider=provider)
+    try:
+        figures[section] = _cpu_per_call(lambda: (call(), exporter.clear()), n=n)
+        inner().instrument(tracer_provider=provider)
+        try:
+            figures[f"{section} + {inner_label}"] = _cpu_per_call(lambda: (call(), exporter.clear()), n=n)
+        finally:
+            inner().uninstrument()
+    finally:
+        outer().uninstrument()
+    _report(section, figures)
+    return figures
+
+
+# --- LlamaIndex --------------------------------------------------------------------------------------------------
+
+
+def bench_llama_index() -> dict[str, float]:
+    """llama_index.llms.openai.OpenAI.chat: raw, with the LlamaIndex instrumentor, and with the OpenAI SDK one too."""
+    import httpx
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai import OpenAI
+
+    from mltrack_otel.instrumentation.llama_index import LlamaIndexInstrumentor
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+
+    llm = OpenAI(
+        model="gpt-4o-mini",
+        api_key="bench",
+        api_base="http://127.0.0.1:9/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=_openai_chat_transport()),
+    )
+    messages = [
+        ChatMessage(role="system", content="You are a terse assistant."),
+        ChatMessage(role="user", content="Tell me about OpenTelemetry spans in three sentences."),
+    ]
+
+    def call() -> None:
+        llm.chat(messages)
+
+    return _measure("llama_index", call, LlamaIndexInstrumentor, OpenAIInstrumentor, "openai sdk")
+
+
+# --- LangChain ---------------------------------------------------------------------------------------------------
+
+
+def bench_langchain() -> dict[str, float]:
+    """langchain_openai.ChatOpenAI.invoke: raw, with the LangChain instrumentor, and with the OpenAI SDK one too."""
+    import httpx
+    from langchain_openai import ChatOpenAI
+
+    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+
+    model = ChatOpenAI(
+        model="gpt-4o-mini",
+        api_key="bench",
+        base_url="http://127.0.0.1:9/v1",
+        max_retries=0,
+        http_client=httpx.Client(transport=_openai_chat_transport()),
+    )
+    messages = [
+        ("system", "You are a terse assistant."),
+        ("user", "Tell me about OpenTelemetry spans in three sentences."),
+    ]
+
+    def call() -> None:
+        model.invoke(messages)
+
+    return _measure("langchain", call, LangChainInstrumentor, OpenAIInstrumentor, "openai sdk")
+
+
+# --- LiteLLM -----------------------------------------------------------------------------------------------------
 
 
 def bench_litellm() -> dict[str, float]:
@@ -226,20 +188,7 @@ def bench_litellm() -> dict[str, float]:
     def call() -> None:
         litellm.completion(model="openai/gpt-4o-mini", messages=messages, client=client, num_retries=0)
 
-    figures = {"raw": _cpu_per_call(call)}
-    provider, exporter = _memory_provider()
-    LiteLLMInstrumentor().instrument(tracer_provider=provider)
-    try:
-        figures["litellm"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-        try:
-            figures["litellm + openai sdk"] = _cpu_per_call(lambda: (call(), exporter.clear()))
-        finally:
-            OpenAIInstrumentor().uninstrument()
-    finally:
-        LiteLLMInstrumentor().uninstrument()
-    _report("litellm", figures)
-    return figures
+    return _measure("litellm", call, LiteLLMInstrumentor, OpenAIInstrumentor, "openai sdk")
 
 
 # --- DSPy --------------------------------------------------------------------------------------------------------
@@ -261,7 +210,6 @@ def bench_dspy() -> dict[str, float]:
     from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor
     from mltrack_otel.testing.fake_provider import FakeProvider
 
-    figures: dict[str, float] = {}
     with FakeProvider() as fake:
         lm = dspy.LM(
             "openai/gpt-4o-mini", api_base=fake.openai_base_url, api_key="bench", cache=False, engine="litellm"
@@ -274,20 +222,7 @@ def bench_dspy() -> dict[str, float]:
             fake.requests.clear()
             lm.history.clear()
 
-        figures["raw"] = _cpu_per_call(call, n=50)
-        provider, exporter = _memory_provider()
-        DSPyInstrumentor().instrument(tracer_provider=provider)
-        try:
-            figures["dspy"] = _cpu_per_call(lambda: (call(), exporter.clear()), n=50)
-            LiteLLMInstrumentor().instrument(tracer_provider=provider)
-            try:
-                figures["dspy + litellm"] = _cpu_per_call(lambda: (call(), exporter.clear()), n=50)
-            finally:
-                LiteLLMInstrumentor().uninstrument()
-        finally:
-            DSPyInstrumentor().uninstrument()
-    _report("dspy", figures)
-    return figures
+        return _measure("dspy", call, DSPyInstrumentor, LiteLLMInstrumentor, "litellm", n=50)
 
 
 # --- registry (each framework appends its own line) ----------------------------------------------------------------

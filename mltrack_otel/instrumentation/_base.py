@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
@@ -20,7 +21,9 @@ from opentelemetry.semconv.attributes import error_attributes, http_attributes, 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import config, content, guard, ledger, semconv
+from ..errors import BudgetExceededError
 from ..version import __version__
+from . import when_imported
 
 # OpenInference names (optional attributes, so Phoenix and other OpenInference tools show messages natively).
 OI_SPAN_KIND = "openinference.span.kind"
@@ -414,6 +417,17 @@ class StreamRecorder:
                     guard.record_error("instrumentation.stream", exc)
 
 
+def check_budget(where: str) -> None:
+    """The ledger's budget check before a call is sent: raises only BudgetExceededError; any other failure is
+    recorded under `where` and the call goes out."""
+    try:
+        ledger.check_budget()
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error(where, exc)
+
+
 def finish_reason(raw: Any, default: str = UNFINISHED) -> str:
     """The convention's finish reason for a provider's (None: the stream stopped early)."""
     if raw is None:
@@ -497,3 +511,50 @@ InstrumentorBase: type = _OTelInstrumentor if _OTelInstrumentor is not None else
 
 def get_tracer(name: str, tracer_provider: Any = None) -> trace.Tracer:
     return trace.get_tracer(name, __version__, tracer_provider=tracer_provider)
+
+
+class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
+    """An instrumentor that applies one patch to one library: at once if it is imported, else the moment it is.
+
+    A subclass declares only what differs: ``module`` (the import that triggers it), ``dependencies``,
+    ``tracer_name`` and ``patch_factory``, which makes the patch (once per class). A patch has ``active``,
+    ``tracer``, ``apply(tracer_provider)`` and ``remove()``.
+    """
+
+    module: ClassVar[str]
+    dependencies: ClassVar[tuple[str, ...]]
+    tracer_name: ClassVar[str]
+    patch_factory: ClassVar[Callable[[], Any]]
+    _patch: ClassVar[Any] = None
+
+    def instrumentation_dependencies(self) -> tuple[str, ...]:
+        return self.dependencies
+
+    @classmethod
+    def _the_patch(cls) -> Any:
+        if cls.__dict__.get("_patch") is None:
+            cls._patch = cls.patch_factory()
+        return cls._patch
+
+    def _instrument(self, **kwargs: Any) -> None:
+        patch = self._the_patch()
+        tracer_provider = kwargs.get("tracer_provider")
+        self.set_tracer_provider(tracer_provider)
+        patch.active = True
+
+        def apply(_module: Any) -> None:
+            if patch.active:
+                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
+
+        if self.module in sys.modules:
+            apply(sys.modules[self.module])
+        else:
+            when_imported(self.module, apply, owner=type(self).__name__)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        when_imported(self.module, None, owner=type(self).__name__)  # forget a pending hook
+        self._the_patch().remove()
+
+    def set_tracer_provider(self, tracer_provider: Any) -> None:
+        """Record into another TracerProvider from now on."""
+        self._the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)

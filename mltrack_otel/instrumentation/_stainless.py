@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -22,9 +21,8 @@ from typing import Any, ClassVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import config, guard, ledger
-from ..errors import BudgetExceededError
-from . import _base, when_imported
+from .. import config, guard
+from . import _base
 from ._base import Call, Inputs, StreamRecorder
 
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
@@ -182,12 +180,7 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.begin", exc)
             return None
-        try:
-            ledger.check_budget()
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.budget", exc)
+        _base.check_budget("instrumentation.budget")
         try:
             return self._start(instance, options, kwargs, endpoint, settings, is_async)
         except Exception as exc:
@@ -444,44 +437,21 @@ async def _recorded_async(items: Any, recorder: StreamRecorder) -> Any:
 # --- the instrumentor class both SDK modules subclass ----------------------------------------------------------
 
 
-class StainlessInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
-    """OTel-style instrumentor (BaseInstrumentor when available) for one Stainless SDK.
+class StainlessInstrumentor(_base.PatchInstrumentor):
+    """OTel-style instrumentor (BaseInstrumentor when available) for one Stainless SDK, declared by ``sdk``.
 
     ``instrument()`` wraps the SDK at once if it is imported, else the moment it is imported.
     """
 
     sdk: ClassVar[Sdk]
-    _patch: ClassVar[Patch | None] = None
 
-    def instrumentation_dependencies(self) -> tuple[str, ...]:
-        return self.sdk.instruments
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sdk" in cls.__dict__:
+            cls.module = cls.sdk.module
+            cls.dependencies = cls.sdk.instruments
+            cls.tracer_name = f"mltrack_otel.instrumentation.{cls.sdk.module}"
 
     @classmethod
-    def _the_patch(cls) -> Patch:
-        if cls.__dict__.get("_patch") is None:
-            cls._patch = Patch(cls.sdk)
-        return cls._patch  # type: ignore[return-value]
-
-    def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
-        tracer_provider = kwargs.get("tracer_provider")
-        patch.active = True
-
-        def apply(_module: Any) -> None:
-            if patch.active:
-                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
-
-        if self.sdk.module in sys.modules:
-            apply(sys.modules[self.sdk.module])
-        else:
-            when_imported(self.sdk.module, apply, owner=type(self).__name__)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
-        when_imported(self.sdk.module, None, owner=type(self).__name__)  # forget a pending hook
-        patch.remove()
-
-    def set_tracer_provider(self, tracer_provider: Any) -> None:
-        """Record into another TracerProvider from now on."""
-        patch = self._the_patch()
-        patch.tracer = _base.get_tracer(f"mltrack_otel.instrumentation.{self.sdk.module}", tracer_provider)
+    def patch_factory(cls) -> Patch:  # type: ignore[override]
+        return Patch(cls.sdk)

@@ -14,9 +14,8 @@ DSPy's native engine (no span below) the LM span counts. Cache hits carry no usa
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -24,8 +23,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import config, content, guard, ledger, semconv
-from ..errors import BudgetExceededError
-from . import _base, when_imported
+from . import _base
 from ._base import Call, Inputs, get, seq
 from .litellm import litellm_usage_attributes, otel_provider, split_model
 from .openai import chat_messages, chat_request
@@ -179,12 +177,7 @@ class Patch:
     def _check_budget(self) -> None:
         if not self.active:
             return
-        try:
-            ledger.check_budget()
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.dspy.budget", exc)
+        _base.check_budget("instrumentation.dspy.budget")
 
     def _finalize(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if self.open:
@@ -358,38 +351,10 @@ class Patch:
             attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
 
 
-class DSPyInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+class DSPyInstrumentor(_base.PatchInstrumentor):
     """Instruments dspy (entry point `opentelemetry_instrumentor: dspy`)."""
 
-    _patch: ClassVar[Patch | None] = None
-
-    def instrumentation_dependencies(self) -> tuple[str, ...]:
-        return ("dspy >= 3.0",)
-
-    @classmethod
-    def _the_patch(cls) -> Patch:
-        if cls._patch is None:
-            cls._patch = Patch()
-        return cls._patch
-
-    def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
-        tracer_provider = kwargs.get("tracer_provider")
-        patch.active = True
-
-        def apply(_module: Any) -> None:
-            if patch.active:
-                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
-
-        if "dspy" in sys.modules:
-            apply(sys.modules["dspy"])
-        else:
-            when_imported("dspy", apply, owner=type(self).__name__)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        when_imported("dspy", None, owner=type(self).__name__)
-        self._the_patch().remove()
-
-    def set_tracer_provider(self, tracer_provider: Any) -> None:
-        """Record into another TracerProvider from now on."""
-        self._the_patch().tracer = _base.get_tracer(__name__, tracer_provider)
+    module = "dspy"
+    dependencies = ("dspy >= 3.0",)
+    tracer_name = __name__
+    patch_factory = Patch

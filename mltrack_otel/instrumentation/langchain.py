@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Any, ClassVar
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -46,7 +45,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from .. import config, content, guard, ledger, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import usage_attributes
-from . import _base, when_imported
+from . import _base
 
 __all__ = ["LangChainInstrumentor"]
 
@@ -826,12 +825,43 @@ def _handler_class() -> type:
 # --- wrappers -------------------------------------------------------------------------------------------------
 
 
+def _run_manager(args: tuple, kwargs: dict) -> Any:
+    return kwargs.get("run_manager", args[2] if len(args) > 2 else None)
+
+
+def _first_manager(args: tuple, kwargs: dict) -> Any:
+    managers = kwargs.get("run_managers", args[2] if len(args) > 2 else None)
+    return managers[0] if managers else None  # one request for all prompts: the first run carries the usage
+
+
+def _call_in(ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict) -> Any:
+    """wrapped(*args, **kwargs) with ctx attached (as it is when ctx is None)."""
+    if ctx is None:
+        return wrapped(*args, **kwargs)
+    token = otel_context.attach(ctx)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
+
+
+async def _acall_in(ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict) -> Any:
+    if ctx is None:
+        return await wrapped(*args, **kwargs)
+    token = otel_context.attach(ctx)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        otel_context.detach(token)
+
+
 class _Patch:
     """The wrappers, the handler they feed, and how to take them off exactly."""
 
     def __init__(self) -> None:
         self.handler: Tracer | None = None
         self.tracer: trace.Tracer = trace.get_tracer(__name__)
+        self.active = False
         self.originals: list[tuple[type, str, Any]] = []
 
     # -- install / remove --------------------------------------------------------------------------------------
@@ -874,6 +904,7 @@ class _Patch:
             self.originals.append((cls, method, original))
 
     def remove(self) -> None:
+        self.active = False
         if self.handler is not None:
             self.handler.active = False
             self.handler.end_all()
@@ -911,48 +942,16 @@ class _Patch:
             return None
 
     def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx = self._run_context(kwargs.get("run_manager", args[2] if len(args) > 2 else None))
-        if ctx is None:
-            return wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            otel_context.detach(token)
+        return _call_in(self._run_context(_run_manager(args, kwargs)), wrapped, args, kwargs)
 
     async def _agenerate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx = self._run_context(kwargs.get("run_manager", args[2] if len(args) > 2 else None))
-        if ctx is None:
-            return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            return await wrapped(*args, **kwargs)
-        finally:
-            otel_context.detach(token)
-
-    def _first_manager(self, args: tuple, kwargs: dict) -> Any:
-        managers = kwargs.get("run_managers", args[2] if len(args) > 2 else None)
-        return managers[0] if managers else None  # one request for all prompts: the first run carries the usage
+        return await _acall_in(self._run_context(_run_manager(args, kwargs)), wrapped, args, kwargs)
 
     def _generate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx = self._run_context(self._first_manager(args, kwargs))
-        if ctx is None:
-            return wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            otel_context.detach(token)
+        return _call_in(self._run_context(_first_manager(args, kwargs)), wrapped, args, kwargs)
 
     async def _agenerate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx = self._run_context(self._first_manager(args, kwargs))
-        if ctx is None:
-            return await wrapped(*args, **kwargs)
-        token = otel_context.attach(ctx)
-        try:
-            return await wrapped(*args, **kwargs)
-        finally:
-            otel_context.detach(token)
+        return await _acall_in(self._run_context(_first_manager(args, kwargs)), wrapped, args, kwargs)
 
     # -- methods that start their run inside: a slot the start callback fills ---------------------------------
 
@@ -1066,36 +1065,20 @@ _PATCH = _Patch()
 # --- the instrumentor ---------------------------------------------------------------------------------------------
 
 
-class LangChainInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+class LangChainInstrumentor(_base.PatchInstrumentor):
     """OTel-style instrumentor for langchain-core: ``LangChainInstrumentor().instrument(tracer_provider=...)``.
 
     Instruments at once if langchain-core is imported, else the moment it is imported (importing nothing itself).
     """
 
-    _owner: ClassVar[str] = "LangChainInstrumentor"
-
-    def instrumentation_dependencies(self) -> tuple[str, ...]:
-        return ("langchain-core >= 0.3",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        tracer_provider = kwargs.get("tracer_provider")
-        _PATCH.tracer = _base.get_tracer(__name__, tracer_provider)
-
-        def apply(_module: Any) -> None:
-            guard.guarded("instrumentation.install", _PATCH.apply, tracer_provider)
-
-        if _MODULE in sys.modules:
-            apply(sys.modules[_MODULE])
-        else:
-            when_imported(_MODULE, apply, owner=self._owner)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        when_imported(_MODULE, None, owner=self._owner)
-        _PATCH.remove()
+    module = _MODULE
+    dependencies = ("langchain-core >= 0.3",)
+    tracer_name = __name__
+    _patch = _PATCH  # the module's one patch (current_handler() reads it)
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        _PATCH.tracer = _base.get_tracer(__name__, tracer_provider)
+        super().set_tracer_provider(tracer_provider)
         if _PATCH.handler is not None:
             _PATCH.handler.tracer = _PATCH.tracer
 

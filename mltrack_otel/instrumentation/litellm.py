@@ -14,17 +14,16 @@ import sys
 import threading
 import weakref
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import config, guard, ledger
-from ..errors import BudgetExceededError
+from .. import config, guard
 from ..usage import usage_attributes
-from . import _base, when_imported
+from . import _base
 from ._base import Call, get, provider_for_host
 from .openai import (
     ChatRecorder,
@@ -401,12 +400,7 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.litellm.begin", exc)
             return None
-        try:
-            ledger.check_budget()
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.litellm.budget", exc)
+        _base.check_budget("instrumentation.litellm.budget")
         try:
             return self._start(operation, args, kwargs, settings)
         except Exception as exc:
@@ -472,38 +466,10 @@ class Patch:
 # --- the instrumentor ---------------------------------------------------------------------------------------
 
 
-class LiteLLMInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+class LiteLLMInstrumentor(_base.PatchInstrumentor):
     """Instruments litellm (entry point `opentelemetry_instrumentor: litellm`); the Router is covered too."""
 
-    _patch: ClassVar[Patch | None] = None
-
-    def instrumentation_dependencies(self) -> tuple[str, ...]:
-        return ("litellm >= 1.60",)
-
-    @classmethod
-    def _the_patch(cls) -> Patch:
-        if cls._patch is None:
-            cls._patch = Patch()
-        return cls._patch
-
-    def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
-        tracer_provider = kwargs.get("tracer_provider")
-        patch.active = True
-
-        def apply(_module: Any) -> None:
-            if patch.active:
-                guard.guarded("instrumentation.install", patch.apply, tracer_provider)
-
-        if "litellm" in sys.modules:
-            apply(sys.modules["litellm"])
-        else:
-            when_imported("litellm", apply, owner=type(self).__name__)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        when_imported("litellm", None, owner=type(self).__name__)
-        self._the_patch().remove()
-
-    def set_tracer_provider(self, tracer_provider: Any) -> None:
-        """Record into another TracerProvider from now on."""
-        self._the_patch().tracer = _base.get_tracer(__name__, tracer_provider)
+    module = "litellm"
+    dependencies = ("litellm >= 1.60",)
+    tracer_name = __name__
+    patch_factory = Patch

@@ -37,7 +37,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from .. import config, content, guard, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import usage_attributes
-from . import _base, when_imported
+from . import _base
 from ._base import Call, Inputs, finish_reason, get, provider_for_host, seq
 
 __all__ = ["LlamaIndexInstrumentor"]
@@ -865,41 +865,34 @@ def _remove() -> None:
         _tracker = None
 
 
-class LlamaIndexInstrumentor(_base.InstrumentorBase):  # type: ignore[misc,valid-type]
+class _Patch:
+    """The dispatcher handlers as one patch: installed with the latest tracer provider, removed exactly."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.tracer_provider: Any = None
+
+    def apply(self, _tracer_provider: Any = None) -> None:
+        _install(self.tracer_provider)  # set_tracer_provider's, even when called after instrument()
+
+    def remove(self) -> None:
+        self.active = False
+        guard.guarded("instrumentation.uninstall", _remove)
+
+
+class LlamaIndexInstrumentor(_base.PatchInstrumentor):
     """Instruments llama-index-core's dispatcher (entry point `opentelemetry_instrumentor: llama_index`).
 
     ``instrument()`` registers the handlers at once if llama_index.core is imported, else the moment it is.
     """
 
-    _active = False
-    _tracer_provider: Any = None
-
-    def instrumentation_dependencies(self) -> tuple[str, ...]:
-        return ("llama-index-core >= 0.10.20",)
-
-    def _instrument(self, **kwargs: Any) -> None:
-        cls = type(self)
-        cls._active = True
-        cls._tracer_provider = kwargs.get("tracer_provider")
-
-        def apply(_module: Any) -> None:
-            if cls._active:
-                guard.guarded("instrumentation.install", _install, cls._tracer_provider)
-
-        if _MODULE in sys.modules:
-            apply(sys.modules[_MODULE])
-        else:
-            when_imported(_MODULE, apply, owner=cls.__name__)
-
-    def _uninstrument(self, **kwargs: Any) -> None:
-        cls = type(self)
-        cls._active = False
-        when_imported(_MODULE, None, owner=cls.__name__)
-        guard.guarded("instrumentation.uninstall", _remove)
+    module = _MODULE
+    dependencies = ("llama-index-core >= 0.10.20",)
+    patch_factory = _Patch
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        type(self)._tracer_provider = tracer_provider
+        self._the_patch().tracer_provider = tracer_provider
         with _lock:
             if _installed is not None:
                 _installed.tracker.tracer = _base.get_tracer(__name__, tracer_provider)
