@@ -12,6 +12,12 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[openai,anthropic,mlflow,grpc,dev]'
 	touch $@
 
+# Arize Phoenix, a real OTLP receiver for the export tests; its own venv so its dependencies never mix with ours.
+.venv-phoenix/.installed:
+	$(PYTHON) -m venv .venv-phoenix
+	.venv-phoenix/bin/python -m pip install $(PIP_FLAGS) 'arize-phoenix==20.26.1'
+	touch $@
+
 .venv-fw/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv-fw
 	.venv-fw/bin/python -m pip install $(PIP_FLAGS) -e '.[all,dev,test-frameworks]'
@@ -24,7 +30,7 @@ lint: .venv/.installed
 	.venv/bin/ruff format --check .
 	.venv/bin/python scripts/gen_semconv.py --check
 
-test-core: .venv/.installed
+test-core: .venv/.installed .venv-phoenix/.installed
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not frameworks"
 
 # The frameworks, plus the provider instrumentors again on the openai version the frameworks resolve to.
@@ -55,4 +61,4 @@ bench-quick: .venv-bench/.installed .venv-fw/.installed
 	.venv-bench/bin/python -m benchmarks.overhead --quick
 
 clean:
-	rm -rf .venv .venv-fw .venv-bench .pytest_cache .ruff_cache mlflow.db
+	rm -rf .venv .venv-fw .venv-bench .venv-phoenix .pytest_cache .ruff_cache mlflow.db

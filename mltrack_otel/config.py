@@ -60,6 +60,7 @@ class Settings(BaseModel):
     otlp_headers: dict[str, str] = Field(default_factory=dict)
     otlp_compression: Literal["none", "gzip", "deflate"] | None = None
     otlp_timeout_seconds: float = Field(default=10.0, gt=0)
+    otlp_insecure: bool | None = None  # gRPC plaintext; default: from the endpoint's scheme (loopback: plaintext)
     mlflow_tracking_uri: str | None = None
     mlflow_experiment_name: str | None = None
     mlflow_experiment_id: str | None = None
@@ -236,6 +237,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     compression = env.get("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION") or env.get("OTEL_EXPORTER_OTLP_COMPRESSION")
     if compression:
         values["otlp_compression"] = compression
+    insecure = env.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE") or env.get("OTEL_EXPORTER_OTLP_INSECURE")
+    if insecure:
+        values["otlp_insecure"] = insecure.strip().lower() == "true"
     if env.get("MLFLOW_TRACKING_URI"):
         values["mlflow_tracking_uri"] = env["MLFLOW_TRACKING_URI"]
     capture = env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT")

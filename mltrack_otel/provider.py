@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from . import config, ledger
+from . import config, guard, ledger
 from .config import Settings
 from .metrics import SpanMetricsExporter
 from .pricing import Pricer
@@ -63,6 +64,7 @@ class Runtime:
     memory_exporter: InMemorySpanExporter | None = None
     metric_reader: Any = None
     exporters: tuple[str, ...] = ()
+    meter_provider: Any = None  # ours to shut down (None when the application's own is global, or none is needed)
 
 
 _runtime: Runtime | None = None
@@ -97,6 +99,7 @@ def _otlp_exporter(settings: Settings) -> SpanExporter:
             compression = Compression.Gzip if settings.otlp_compression == "gzip" else Compression.Deflate
         return OTLPSpanExporter(
             endpoint=settings.otlp_endpoint,
+            insecure=_grpc_insecure(settings),
             headers=tuple(settings.otlp_headers.items()) or None,
             timeout=settings.otlp_timeout_seconds,
             compression=compression,
@@ -117,6 +120,17 @@ def _otlp_exporter(settings: Settings) -> SpanExporter:
     )
 
 
+def _grpc_insecure(settings: Settings) -> bool | None:
+    """Plaintext gRPC when asked, or for a scheme-less loopback endpoint (the exporter would try TLS there)."""
+    if settings.otlp_insecure is not None:
+        return settings.otlp_insecure
+    endpoint = settings.otlp_endpoint or ""
+    if "://" in endpoint:
+        return None  # the exporter decides from the scheme
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    return True if host in ("localhost", "127.0.0.1", "::1") else None
+
+
 def _mlflow_exporter(settings: Settings) -> SpanExporter:
     from .exporters.mlflow import MlflowSpanExporter
 
@@ -127,11 +141,19 @@ def _mlflow_exporter(settings: Settings) -> SpanExporter:
     )
 
 
+_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024  # what OTLP receivers commonly accept per request
+_SPAN_OVERHEAD_BYTES = 4096  # ids, names, times and the non-content attributes of one span, generously
+
+
 def _batch(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
+    # A span carries at most two content attributes of content_max_bytes each; size batches so that even a batch
+    # of the largest spans stays under the payload limit.
+    largest_span = 2 * settings.content_max_bytes + _SPAN_OVERHEAD_BYTES
+    batch_size = max(1, min(settings.export_batch_size, settings.export_queue_size, _MAX_PAYLOAD_BYTES // largest_span))
     return BatchSpanProcessor(
         exporter,
         max_queue_size=settings.export_queue_size,
-        max_export_batch_size=min(settings.export_batch_size, settings.export_queue_size),
+        max_export_batch_size=batch_size,
         schedule_delay_millis=settings.export_delay_ms,
         export_timeout_millis=int(settings.shutdown_timeout_seconds * 1000),
     )
@@ -208,6 +230,7 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
         meter_provider, metric_reader = _meter_provider(settings, names)
         if meter_provider is not None:  # recorded in the export worker, off the caller's thread
             downstream.append(_batch(SpanMetricsExporter(meter_provider), settings))
+        owned_meters = meter_provider if meter_provider is not metrics.get_meter_provider() else None
         processor = CostSpanProcessor(
             *downstream,
             pricer=Pricer(settings.price_overrides, settings.provider_aliases),
@@ -215,7 +238,10 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
             track_tokens=settings.llm_track_token_usage,
         )
         provider = _install(processor, settings)
-        _runtime = Runtime(settings, provider, processor, memory, metric_reader, names)
+        previous = _runtime
+        _runtime = Runtime(settings, provider, processor, memory, metric_reader, names, owned_meters)
+    if previous is not None and previous.meter_provider is not None:
+        _shutdown_within([previous.meter_provider.shutdown], previous.settings.shutdown_timeout_seconds)
     _log.info("mltrack-otel: exporting to %s", ", ".join(names) or "nothing (ledger and metrics only)")
     return provider
 
@@ -244,8 +270,40 @@ def _install(processor: CostSpanProcessor, settings: Settings) -> TracerProvider
 
 
 def shutdown() -> None:
-    """Flush and shut down the exporters (bounded by shutdown_timeout_seconds each)."""
-    if _runtime is not None and _runtime.processor is not None:
-        timeout_ms = int(_runtime.settings.shutdown_timeout_seconds * 1000)
-        _runtime.processor.force_flush(timeout_ms)
-        _runtime.processor.shutdown()
+    """Flush and shut down every exporter, in parallel, within shutdown_timeout_seconds in total.
+
+    The SDK's BatchSpanProcessor does not bound its final flush (each queued batch may retry for the exporter's
+    timeout), so a dead backend could otherwise hold the process at exit for minutes.
+    """
+    if _runtime is None or _runtime.processor is None:
+        return
+    steps = [processor.shutdown for processor in _runtime.processor.downstream]
+    if _runtime.meter_provider is not None:
+        steps.append(_runtime.meter_provider.shutdown)
+    late = _shutdown_within(steps, _runtime.settings.shutdown_timeout_seconds)
+    for processor in late:
+        exporter = getattr(getattr(processor, "__self__", None), "span_exporter", None)
+        if exporter is not None:  # stop its retries; what it still holds is dropped
+            threading.Thread(target=guard.guarded, args=("provider.shutdown", exporter.shutdown), daemon=True).start()
+    counts = guard.health()
+    _log.info(
+        "mltrack-otel: shut down; spans priced %d, unpriced %d, tracking errors caught %d",
+        counts.get("spans.priced", 0),
+        counts.get("spans.unpriced", 0),
+        counts.get("errors.caught", 0),
+    )
+
+
+def _shutdown_within(steps: list[Any], seconds: float) -> list[Any]:
+    """Run each step in its own daemon thread; return the steps still running at the deadline."""
+    deadline = time.monotonic() + seconds
+    threads = [threading.Thread(target=guard.guarded, args=("provider.shutdown", step), daemon=True) for step in steps]
+    for thread in threads:
+        thread.start()
+    late = []
+    for step, thread in zip(steps, threads, strict=True):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            late.append(step)
+            _log.warning("mltrack-otel: %r did not finish within shutdown_timeout_seconds", step)
+    return late
