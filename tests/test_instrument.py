@@ -45,19 +45,16 @@ def clean():
 def test_instrument_imports_nothing_and_hooks_the_import():
     result = run_python(
         """
-        import json, sys, time
+        import json, sys
         import mltrack_otel.instrumentation as instrumentation
         before = set(sys.modules)
-        start = time.perf_counter()
         armed = instrumentation.instrument()
-        elapsed_ms = (time.perf_counter() - start) * 1000
         # Only namespace packages (no code) may have been imported: finding "llama_index.core" imports "llama_index".
         loaded = sorted(m for m in set(sys.modules) - before if getattr(sys.modules[m], "__file__", None) is not None)
         import openai
         from openai._base_client import AsyncAPIClient, SyncAPIClient
         print(json.dumps({
             "armed": armed,
-            "elapsed_ms": elapsed_ms,
             "loaded": loaded,
             "wrapped": [hasattr(c.__dict__["request"], "__wrapped__") for c in (SyncAPIClient, AsyncAPIClient)],
             "loader": type(openai.__spec__.loader).__name__,
@@ -70,7 +67,6 @@ def test_instrument_imports_nothing_and_hooks_the_import():
     assert result["wrapped"] == [True, True]  # instrumented the moment it was imported
     assert result["loader"] != "_NotifyingLoader"  # nothing of ours stays on the module
     assert not result["anthropic_loaded"]
-    assert result["elapsed_ms"] < 20, result["elapsed_ms"]
 
 
 def test_uninstrument_before_import_disarms():
