@@ -10,7 +10,6 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -123,7 +122,6 @@ class CostSpanProcessor(SpanProcessor):
         self._track_costs = track_costs
         self._track_tokens = track_tokens
         self._live: dict[int, _Live] = {}
-        self._lock = threading.Lock()
 
     @property
     def downstream(self) -> tuple[SpanProcessor, ...]:
