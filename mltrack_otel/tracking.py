@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.trace import SpanKind
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import config, content, guard, semconv
 from .ledger import Scope, Totals, _current_scope, current_scope
@@ -35,27 +37,68 @@ def _tag_list(tags: Mapping[str, Any] | None) -> list[str]:
     return [f"{key}={value}" for key, value in (tags or {}).items()]
 
 
-@contextmanager
-def _scoped_span(name: str, tags: Mapping[str, Any] | None, conversation_id: str | None) -> Iterator[Scope]:
-    """A span that is the root of a new tracking scope; the scope is current before the span starts, so the
-    processor sees the span as the scope's root."""
-    parent = current_scope()
-    scope = Scope(name, parent, conversation_id or (parent.conversation_id if parent else None))
+class _Within(Scope):
+    """A standalone tracker's scope for one call made inside a tracking context: counts in both."""
+
+    def __init__(self, own: Scope, context: Scope) -> None:
+        super().__init__(own.name, context, context.conversation_id or own.conversation_id)
+        self.own = own
+
+    def chain(self) -> list[Scope]:
+        return [self.own, *self.parent.chain()] if self.parent is not None else [self.own]
+
+
+class _Active:
+    """A span and the tracking scope it belongs to, made current only while code of the tracked call runs.
+
+    Generators run in steps between which the caller runs code of its own; attaching for each step (and detaching
+    in the same context) keeps the caller's context clean and never leaves a context to detach elsewhere.
+    """
+
+    __slots__ = ("scope", "span")
+
+    def __init__(self, span: trace.Span, scope: Scope) -> None:
+        self.span = span
+        self.scope = scope
+
+    @contextmanager
+    def current(self) -> Iterator[None]:
+        scope_token = _current_scope.set(self.scope)
+        context_token = otel_context.attach(trace.set_span_in_context(self.span))
+        try:
+            yield
+        finally:
+            otel_context.detach(context_token)
+            _current_scope.reset(scope_token)
+
+    def fail(self, exc: BaseException) -> None:
+        self.span.record_exception(exc)
+        self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        self.span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+
+
+def _start(name: str, scope: Scope, kind: SpanKind = SpanKind.INTERNAL, attributes: dict | None = None) -> _Active:
+    """Start a span under the caller's current span, with `scope` current so the processor files it there."""
     token = _current_scope.set(scope)
     try:
-        attributes: dict[str, Any] = {semconv.MLTRACK_SCOPE_NAME: name}
-        if tags:
-            attributes[semconv.MLTRACK_TAGS] = _tag_list(tags)
-        if scope.conversation_id:
-            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
-        with _tracer().start_as_current_span(name, attributes=attributes) as span:
-            scope.span_id = span.get_span_context().span_id
-            yield scope
+        span = _tracer().start_span(name, kind=kind, attributes=attributes)
     finally:
-        try:
-            _current_scope.reset(token)
-        except ValueError:  # exited in another context (e.g. a generator closed elsewhere)
-            _current_scope.set(parent)
+        _current_scope.reset(token)
+    return _Active(span, scope)
+
+
+def _start_scope(name: str, tags: Mapping[str, Any] | None, conversation_id: str | None) -> _Active:
+    """A span that is the root of a new tracking scope nested in the current one."""
+    parent = current_scope()
+    scope = Scope(name, parent, conversation_id or (parent.conversation_id if parent else None))
+    attributes: dict[str, Any] = {semconv.MLTRACK_SCOPE_NAME: name}
+    if tags:
+        attributes[semconv.MLTRACK_TAGS] = _tag_list(tags)
+    if scope.conversation_id:
+        attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+    active = _start(name, scope, attributes=attributes)
+    scope.span_id = active.span.get_span_context().span_id
+    return active
 
 
 @contextmanager
@@ -68,8 +111,15 @@ def track_llm_context(
 ) -> Iterator[LLMTracker]:
     """A named scope: every model call inside it (instrumented or logged) is a child span, and the scope keeps its
     own running totals (``tracker.totals``). Contexts nest; totals roll up to every enclosing context."""
-    with _scoped_span(name, tags, conversation_id) as scope:
-        yield LLMTracker(model=model, provider=provider, _scope=scope)
+    active = _start_scope(name, tags, conversation_id)
+    try:
+        with active.current():
+            yield LLMTracker(model=model, provider=provider, _scope=active.scope)
+    except BaseException as exc:
+        active.fail(exc)
+        raise
+    finally:
+        active.span.end()
 
 
 class LLMTracker:
@@ -78,7 +128,8 @@ class LLMTracker:
     def __init__(self, model: str | None = None, provider: str | None = None, *, _scope: Scope | None = None):
         self.model = model
         self.provider = provider
-        self._scope = _scope if _scope is not None else Scope("LLMTracker", parent=current_scope())
+        self._scope = _scope if _scope is not None else Scope("LLMTracker")
+        self._standalone = _scope is None
 
     @property
     def totals(self) -> Totals:
@@ -88,6 +139,14 @@ class LLMTracker:
     @property
     def conversation_id(self) -> str | None:
         return self._scope.conversation_id
+
+    def _call_scope(self) -> Scope:
+        """The scope a call is filed in: a context's tracker files in its context; a standalone tracker keeps its
+        own totals and also counts in whatever context is current at the call (in this thread or task)."""
+        if not self._standalone:
+            return self._scope
+        context = current_scope()
+        return self._scope if context is None else _Within(self._scope, context)
 
     def log_prompt_response(
         self,
@@ -125,11 +184,24 @@ class LLMTracker:
         parameters: Mapping[str, Any] | None,
         metadata: Mapping[str, Any] | None,
         duration_seconds: float | None,
-        end_time: int | None = None,
     ) -> None:
         settings = config.current()
         if not settings.llm_tracking_enabled:
             return
+        name, attributes = self._call_span(settings, model, provider)
+        attributes.update(self._call_details(settings, attributes, prompt, response, token_usage, parameters, metadata))
+        if duration_seconds is not None:
+            attributes[semconv.LLM_LATENCY] = float(duration_seconds)
+        end = time.time_ns()
+        start = end - int(duration_seconds * 1e9) if duration_seconds else end
+        token = _current_scope.set(self._call_scope())
+        try:
+            _tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start).end(end_time=end)
+        finally:
+            _current_scope.reset(token)
+
+    def _call_span(self, settings: config.Settings, model: str | None, provider: str | None) -> tuple[str, dict]:
+        """Name and identifying attributes of a model-call span."""
         provider = provider or self.provider
         model = model or self.model or settings.default_model(provider)
         attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: "chat"}
@@ -137,31 +209,29 @@ class LLMTracker:
             attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider
         if model:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
-        if self._scope.conversation_id:
-            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = self._scope.conversation_id
-        attributes.update(_parameter_attributes(parameters))
-        if metadata:
-            attributes.update({f"mltrack.metadata.{key}": _attribute_value(value) for key, value in metadata.items()})
-        if settings.llm_track_token_usage and token_usage is not None:
-            attributes.update(usage_attributes(token_usage, provider))
-        if duration_seconds is not None:
-            attributes[semconv.LLM_LATENCY] = float(duration_seconds)
-        attributes.update(content_attributes(settings, prompt, response))
+        conversation_id = self._call_scope().conversation_id
+        if conversation_id:
+            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = conversation_id
+        return (f"chat {model}" if model else "chat"), attributes
 
-        token = _current_scope.set(self._scope) if current_scope() is not self._scope else None
-        try:
-            end = end_time or time.time_ns()
-            start = end - int(duration_seconds * 1e9) if duration_seconds else end
-            span = _tracer().start_span(
-                f"chat {model}" if model else "chat",
-                kind=SpanKind.CLIENT,
-                attributes=attributes,
-                start_time=start,
-            )
-            span.end(end_time=end)
-        finally:
-            if token is not None:
-                _current_scope.reset(token)
+    @staticmethod
+    def _call_details(
+        settings: config.Settings,
+        identity: Mapping[str, Any],
+        prompt: Any,
+        response: Any,
+        token_usage: Any,
+        parameters: Mapping[str, Any] | None,
+        metadata: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Parameters, metadata, usage and content of a model call, per settings."""
+        details = _parameter_attributes(parameters)
+        if metadata:
+            details.update({f"mltrack.metadata.{key}": _attribute_value(value) for key, value in metadata.items()})
+        if settings.llm_track_token_usage and token_usage is not None:
+            details.update(usage_attributes(token_usage, identity.get(gen_ai.GEN_AI_PROVIDER_NAME)))
+        details.update(content_attributes(settings, prompt, response))
+        return details
 
     def track_llm_call(
         self,
@@ -172,32 +242,70 @@ class LLMTracker:
         extract_token_usage: Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Decorate a sync or async function that calls a model; its arguments and result are turned into a
-        model-call span by the extractors. The function's own result and exceptions pass through untouched."""
+        model-call span by the extractors. The function's own result and exceptions pass through untouched.
+
+        The span is current while the function runs, so an instrumented SDK call inside it is its child and the
+        call is counted once (on the innermost span that carries usage)."""
+
+        def begin() -> _Active | None:
+            settings = config.current()
+            if not settings.llm_tracking_enabled:
+                return None
+            name, attributes = self._call_span(settings, model, provider)
+            return _start(name, self._call_scope(), SpanKind.CLIENT, attributes)
+
+        def end(active: _Active, args: tuple, kwargs: dict, result: Any, started: float) -> None:
+            settings = config.current()
+            prompt = extract_prompt(args, kwargs) if extract_prompt else _default_prompt(args, kwargs)
+            response = extract_response(result) if extract_response else result
+            usage = extract_token_usage(result) if extract_token_usage else getattr(result, "usage", None)
+            details = self._call_details(settings, active.span.attributes, prompt, response, usage, None, None)
+            details[semconv.LLM_LATENCY] = time.perf_counter() - started
+            active.span.set_attributes(details)
+
+        def fail(active: _Active | None, exc: BaseException) -> None:
+            if active is not None:
+                guard.guarded("tracking.track_llm_call", active.fail, exc)
+                active.span.end()
+
+        def finish(active: _Active | None, args: tuple, kwargs: dict, result: Any, started: float) -> None:
+            if active is not None:
+                guard.guarded("tracking.track_llm_call", end, active, args, kwargs, result, started)
+                active.span.end()
 
         def decorate(fn: F) -> F:
-            def record(args: tuple, kwargs: dict, result: Any, started: float) -> None:
-                elapsed = time.perf_counter() - started
-                prompt = extract_prompt(args, kwargs) if extract_prompt else _default_prompt(args, kwargs)
-                response = extract_response(result) if extract_response else result
-                usage = extract_token_usage(result) if extract_token_usage else getattr(result, "usage", None)
-                self._log_call(prompt, response, model, provider, usage, None, None, elapsed)
-
             if inspect.iscoroutinefunction(fn):
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    active = guard.guarded("tracking.track_llm_call", begin)
                     started = time.perf_counter()
-                    result = await fn(*args, **kwargs)
-                    guard.guarded("tracking.track_llm_call", record, args, kwargs, result, started)
+                    try:
+                        if active is None:
+                            return await fn(*args, **kwargs)
+                        with active.current():
+                            result = await fn(*args, **kwargs)
+                    except BaseException as exc:
+                        fail(active, exc)
+                        raise
+                    finish(active, args, kwargs, result, started)
                     return result
 
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
+                active = guard.guarded("tracking.track_llm_call", begin)
                 started = time.perf_counter()
-                result = fn(*args, **kwargs)
-                guard.guarded("tracking.track_llm_call", record, args, kwargs, result, started)
+                try:
+                    if active is None:
+                        return fn(*args, **kwargs)
+                    with active.current():
+                        result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    fail(active, exc)
+                    raise
+                finish(active, args, kwargs, result, started)
                 return result
 
             return wrapper  # type: ignore[return-value]
@@ -207,28 +315,51 @@ class LLMTracker:
 
 def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] | None = None) -> Any:
     """Trace a sync, async, generator or async-generator function as a scope span with
-    ``execution_time_seconds`` and any exception. Usable as ``@track`` or ``@track(name=..., tags=...)``."""
+    ``execution_time_seconds`` and any exception. Usable as ``@track`` or ``@track(name=..., tags=...)``.
+
+    A generator's span is current only while the generator itself runs, not while its caller holds an item."""
     if callable(name):
         return track()(name)
 
     def decorate(fn: F) -> F:
         span_name = name or fn.__qualname__
 
-        def finish(span_scope: Scope, started: float) -> None:
-            span = trace.get_current_span()
-            span.set_attribute(semconv.EXECUTION_TIME_SECONDS, time.perf_counter() - started)
+        def finish(active: _Active, started: float, error: BaseException | None = None) -> None:
+            active.span.set_attribute(semconv.EXECUTION_TIME_SECONDS, time.perf_counter() - started)
+            if error is not None and not isinstance(error, (GeneratorExit, StopAsyncIteration)):
+                active.fail(error)
+            active.span.end()
 
         if inspect.isasyncgenfunction(fn):
 
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with _scoped_span(span_name, tags, None) as scope:
-                    started = time.perf_counter()
-                    try:
-                        async for item in fn(*args, **kwargs):
-                            yield item
-                    finally:
-                        finish(scope, started)
+                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                inner = fn(*args, **kwargs)
+                error: BaseException | None = None
+                try:
+                    with active.current():
+                        item = await inner.__anext__()
+                    while True:
+                        try:
+                            sent = yield item
+                        except GeneratorExit:
+                            with active.current():
+                                await inner.aclose()
+                            raise
+                        except BaseException as exc:  # thrown in by the caller: pass it to the generator
+                            with active.current():
+                                item = await inner.athrow(exc)
+                        else:
+                            with active.current():
+                                item = await inner.asend(sent)
+                except StopAsyncIteration:
+                    return
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(active, started, error)
 
             return agen_wrapper  # type: ignore[return-value]
 
@@ -236,12 +367,32 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with _scoped_span(span_name, tags, None) as scope:
-                    started = time.perf_counter()
-                    try:
-                        yield from fn(*args, **kwargs)
-                    finally:
-                        finish(scope, started)
+                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                inner = fn(*args, **kwargs)
+                error: BaseException | None = None
+                try:
+                    with active.current():
+                        item = next(inner)
+                    while True:
+                        try:
+                            sent = yield item
+                        except GeneratorExit:
+                            with active.current():
+                                inner.close()
+                            raise
+                        except BaseException as exc:  # thrown in by the caller: pass it to the generator
+                            with active.current():
+                                item = inner.throw(exc)
+                        else:
+                            with active.current():
+                                item = inner.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(active, started, error)
 
             return gen_wrapper  # type: ignore[return-value]
 
@@ -249,23 +400,31 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with _scoped_span(span_name, tags, None) as scope:
-                    started = time.perf_counter()
-                    try:
+                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                error: BaseException | None = None
+                try:
+                    with active.current():
                         return await fn(*args, **kwargs)
-                    finally:
-                        finish(scope, started)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    finish(active, started, error)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with _scoped_span(span_name, tags, None) as scope:
-                started = time.perf_counter()
-                try:
+            active, started = _start_scope(span_name, tags, None), time.perf_counter()
+            error: BaseException | None = None
+            try:
+                with active.current():
                     return fn(*args, **kwargs)
-                finally:
-                    finish(scope, started)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                finish(active, started, error)
 
         return wrapper  # type: ignore[return-value]
 
@@ -283,13 +442,18 @@ _PARAMETERS = {
     "presence_penalty": gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY,
     "seed": gen_ai.GEN_AI_REQUEST_SEED,
     "stop": gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES,
+    "n": gen_ai.GEN_AI_REQUEST_CHOICE_COUNT,
+    "max_completion_tokens": gen_ai.GEN_AI_REQUEST_MAX_TOKENS,
 }
 
 
 def _parameter_attributes(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Known request parameters only: callers pass their whole kwargs, which may hold api keys and headers."""
     out: dict[str, Any] = {}
     for key, value in (parameters or {}).items():
-        name = _PARAMETERS.get(key, f"gen_ai.request.{key}")
+        name = _PARAMETERS.get(key)
+        if name is None:
+            continue
         value = _attribute_value(value)
         if name == gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES and isinstance(value, str):
             value = [value]

@@ -332,3 +332,74 @@ def test_seed_extractors_read_real_sdk_objects():
     }
     assert mltrack_otel.anthropic_response_extractor(message) == "hello"
     assert mltrack_otel.anthropic_token_extractor(message).input_tokens == 5
+
+
+def test_parameters_record_known_request_settings_never_keys_or_headers(pipeline):
+    mltrack_otel.LLMTracker().log_prompt_response(
+        "q",
+        "a",
+        model="gpt-4o",
+        parameters={
+            "temperature": 0.2,
+            "max_tokens": 50,
+            "api_key": "sk-SECRETKEY123",
+            "extra_headers": {"Authorization": "Bearer sk-SECRETKEY123"},
+        },
+    )
+    (span,) = pipeline.memory_exporter.get_finished_spans()
+    assert span.attributes["gen_ai.request.temperature"] == 0.2
+    assert span.attributes["gen_ai.request.max_tokens"] == 50
+    assert "SECRETKEY" not in repr(dict(span.attributes))
+
+
+def test_track_llm_call_over_an_instrumented_sdk_call_counts_it_once(pipeline, fake_provider):
+    import openai
+
+    tracker = mltrack_otel.LLMTracker()
+    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0)
+
+    @tracker.track_llm_call(
+        model="gpt-4o-mini",
+        provider="openai",
+        extract_response=mltrack_otel.openai_response_extractor,
+        extract_token_usage=mltrack_otel.openai_token_extractor,
+    )
+    def ask(question):
+        return client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": question}])
+
+    mltrack_otel.instrument(["openai"])
+    try:
+        with mltrack_otel.track_llm_context("ctx") as context:
+            response = ask("How many calls is this?")
+    finally:
+        mltrack_otel.uninstrument(["openai"])
+    spans = {s.context.span_id: s for s in pipeline.memory_exporter.get_finished_spans()}
+    wrapper = next(
+        s for s in spans.values() if s.instrumentation_scope.name == "mltrack_otel.tracking" and s.kind.name == "CLIENT"
+    )
+    sdk = next(s for s in spans.values() if s.parent is not None and s.parent.span_id == wrapper.context.span_id)
+    assert sdk.attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert wrapper.attributes[semconv.MLTRACK_USAGE_COUNTED] is False
+    assert context.totals.calls == 1 and mltrack_otel.totals().calls == 1
+    assert context.totals.prompt_tokens == response.usage.prompt_tokens
+
+
+def test_track_generator_is_current_only_while_it_runs(pipeline):
+    from opentelemetry import trace
+
+    @mltrack_otel.track(name="gen")
+    def gen():
+        assert current_scope().name == "gen"  # inside, the generator's scope is current
+        yield trace.get_current_span().get_span_context().span_id
+        yield 2
+
+    outer = trace.get_current_span()
+    g = gen()
+    inner_span_id = next(g)
+    assert trace.get_current_span() is outer and current_scope() is None  # the caller is left alone between steps
+    with trace.get_tracer("t").start_as_current_span("unrelated"):
+        pass
+    assert list(g) == [2]
+    spans = finished(pipeline)
+    assert spans["gen"].context.span_id == inner_span_id
+    assert spans["unrelated"].parent is None or spans["unrelated"].parent.span_id != inner_span_id
