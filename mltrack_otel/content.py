@@ -118,7 +118,9 @@ def redact(obj: Any, pattern: re.Pattern[str]) -> Any:
         return {k: v if k in _STRUCTURAL_KEYS else redact(v, pattern) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v, pattern) for v in obj]
-    return obj
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    return redact(_fallback(obj), pattern)  # models, bytes, arbitrary objects: redact what they serialise to
 
 
 def encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None = None) -> tuple[str, bool]:

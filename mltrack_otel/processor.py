@@ -10,6 +10,7 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -122,6 +123,7 @@ class CostSpanProcessor(SpanProcessor):
         self._track_costs = track_costs
         self._track_tokens = track_tokens
         self._live: dict[int, _Live] = {}
+        self._lock = threading.Lock()
 
     @property
     def downstream(self) -> tuple[SpanProcessor, ...]:
@@ -135,12 +137,14 @@ class CostSpanProcessor(SpanProcessor):
             live = self._live
             parent_id = parent.span_id if parent is not None else None
             conversation = _attributes_of(span).get(gen_ai.GEN_AI_CONVERSATION_ID)
-            if conversation is None and parent_id is not None:
-                parent_live = live.get(parent_id)
-                conversation = parent_live.conversation if parent_live is not None else None
-            live[span.context.span_id] = _Live(parent_id, current_scope(), conversation)
-            if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
-                live.pop(next(iter(live)), None)
+            scope = current_scope()
+            with self._lock:
+                if conversation is None and parent_id is not None:
+                    parent_live = live.get(parent_id)
+                    conversation = parent_live.conversation if parent_live is not None else None
+                live[span.context.span_id] = _Live(parent_id, scope, conversation)
+                if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
+                    live.pop(next(iter(live)), None)
         except Exception as exc:
             guard.record_error("processor.on_start", exc)
         for processor in self._downstream:
@@ -182,23 +186,21 @@ class CostSpanProcessor(SpanProcessor):
 
     def _enrich(self, span: ReadableSpan) -> ReadableSpan:
         ctx = span.context
-        live = self._live.pop(ctx.span_id, None)
-        scope = live.scope if live is not None else None
         attrs = _attributes_of(span)
+        usage = read_usage(attrs) if self._track_tokens else None
+        with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
+            live = self._live.pop(ctx.span_id, None)
+            counted = usage is not None and (live is None or not live.counted_below)
+            # Tell the parent that usage below it is accounted for, so it is not counted again.
+            if live is not None and live.parent_id is not None and (counted or live.counted_below):
+                parent_live = self._live.get(live.parent_id)
+                if parent_live is not None:
+                    parent_live.counted_below = True
+        scope = live.scope if live is not None else None
         extra: dict[str, Any] = {}
         events: list[Event] = []
-        counted = False
-
-        usage = read_usage(attrs) if self._track_tokens else None
         if usage is not None:
-            counted = live is None or not live.counted_below
             self._price_and_count(span, attrs, usage, live, counted, extra, events)
-
-        # Tell the parent that usage below it is accounted for, so it is not counted again.
-        if live is not None and live.parent_id is not None and (counted or live.counted_below):
-            parent = self._live.get(live.parent_id)
-            if parent is not None:
-                parent.counted_below = True
 
         # Scope roots get their final totals; so does a trace's local root.
         scope_root = scope is not None and scope.span_id == ctx.span_id

@@ -205,3 +205,18 @@ def test_any_messages_fit_any_budget_as_valid_json(items, budget):
         assert len(parsed) == len(items)
     for message in parsed:
         assert set(message) >= {"role", "parts"}
+
+
+def test_redaction_reaches_values_inside_objects():
+    import re
+
+    from pydantic import BaseModel
+
+    from mltrack_otel import content as content_module
+
+    class Secret(BaseModel):
+        token: str
+
+    message = {"role": "user", "parts": [{"type": "text", "content": "key sk-ABC123"}, {"x": Secret(token="sk-XYZ9")}]}
+    text, _ = content_module.encode([message], 10_000, re.compile(r"sk-[A-Za-z0-9]+"))
+    assert "sk-" not in text and text.count("[REDACTED]") == 2

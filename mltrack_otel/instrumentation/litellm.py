@@ -273,29 +273,38 @@ def _stream_proxy_class() -> type:
             _feed(recorder, item)
             return item
 
+        # The wrapped stream is closed first: spans inside it (the SDK's) must end before ours, their parent.
         def close(self) -> Any:
-            _end(self._self_recorder, self._self_recorder.finished())
-            return self.__wrapped__.close()
+            try:
+                return self.__wrapped__.close()
+            finally:
+                _end(self._self_recorder, self._self_recorder.finished())
 
         async def aclose(self) -> Any:
-            _end(self._self_recorder, self._self_recorder.finished())
-            return await self.__wrapped__.aclose()
+            try:
+                return await self.__wrapped__.aclose()
+            finally:
+                _end(self._self_recorder, self._self_recorder.finished())
 
         def __enter__(self) -> Any:
             self.__wrapped__.__enter__()
             return self
 
         def __exit__(self, *exc_info: Any) -> Any:
-            _end(self._self_recorder, self._self_recorder.finished())
-            return self.__wrapped__.__exit__(*exc_info)
+            try:
+                return self.__wrapped__.__exit__(*exc_info)
+            finally:
+                _end(self._self_recorder, self._self_recorder.finished())
 
         async def __aenter__(self) -> Any:
             await self.__wrapped__.__aenter__()
             return self
 
         async def __aexit__(self, *exc_info: Any) -> Any:
-            _end(self._self_recorder, self._self_recorder.finished())
-            return await self.__wrapped__.__aexit__(*exc_info)
+            try:
+                return await self.__wrapped__.__aexit__(*exc_info)
+            finally:
+                _end(self._self_recorder, self._self_recorder.finished())
 
     return RecordedStream
 
