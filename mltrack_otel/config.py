@@ -289,10 +289,21 @@ _current: Settings | None = None
 
 
 def current() -> Settings:
-    """The active Settings: those configure() installed, else loaded once from file and environment."""
+    """The active Settings: those configure() installed, else loaded once from file and environment.
+
+    Without configure(), a broken configuration cannot be raised into the user's calls: it is logged once and
+    tracking stays off (capturing content the file may have meant to forbid would be worse than capturing nothing).
+    configure() raises the same error as ConfigError.
+    """
     global _current
     if _current is None:
-        _current = load_settings()
+        try:
+            _current = load_settings()
+        except ConfigError as exc:
+            from . import guard
+
+            guard.record_error("config.load", exc)
+            _current = Settings(llm_tracking_enabled=False)
     return _current
 
 

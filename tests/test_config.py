@@ -172,3 +172,17 @@ def test_redactor_compiles_all_patterns_once(isolated_env):
     s = load_settings(redact_patterns=[r"sk-[A-Za-z0-9]{8,}", r"\b\d{16}\b"])
     assert s.redactor is s.redactor
     assert s.redactor.sub("[REDACTED]", "key sk-abcdefghij card 1234567812345678") == "key [REDACTED] card [REDACTED]"
+
+
+def test_a_broken_file_without_configure_turns_tracking_off_once(isolated_env):
+    from mltrack_otel import config, guard
+
+    write(isolated_env, "llm_log_promts: false\n")
+    guard.reset()
+    config.set_current(None)
+    try:
+        assert config.current().llm_tracking_enabled is False
+        assert config.current() is config.current()  # loaded once, not re-read on every call
+        assert guard.health()["errors.config.load"] == 1
+    finally:
+        config.set_current(None)

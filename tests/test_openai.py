@@ -599,3 +599,16 @@ def test_reasoning_and_cache_tokens(instrumented, oai):
     assert cached > 0
     assert a[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == cached
     assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == response.usage.prompt_tokens  # OpenAI's count includes the cache
+
+
+def test_error_text_is_redacted_like_content(instrumented, oai):
+    """Gateways may echo keys back in error text: redaction patterns apply to the exception event and status."""
+    use_settings(redact_patterns=(r"\(fake provider\)",))
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model=MODEL, messages=MESSAGES, **scenario("error-400"))
+    span = one_span(instrumented)
+    (event,) = span.events
+    assert "(fake provider)" not in event.attributes["exception.message"]
+    assert "[REDACTED]" in event.attributes["exception.message"]
+    assert "(fake provider)" not in event.attributes["exception.stacktrace"]
+    assert "(fake provider)" not in span.status.description

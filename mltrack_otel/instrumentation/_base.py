@@ -277,8 +277,7 @@ class Call:
                 _describe_error(error, attributes)
             span.set_attributes(attributes)
             if error is not None:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1024]))
+                record_failure(span, error)
         except Exception as exc:  # the span still ends, with what it has
             guard.record_error("instrumentation.finish", exc)
         finally:
@@ -558,3 +557,19 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
         self._the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
+
+
+def record_failure(span: Any, error: BaseException) -> None:
+    """Exception event and ERROR status; redaction patterns apply to the message and stack trace too, since
+    gateways may echo keys or headers back in error text."""
+    message = str(error)
+    attributes = None
+    redactor = config.current().redactor
+    if redactor is not None:
+        import traceback
+
+        message = redactor.sub(content.REDACTED, message)
+        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        attributes = {"exception.message": message, "exception.stacktrace": redactor.sub(content.REDACTED, stack)}
+    span.record_exception(error, attributes=attributes)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:1024]))

@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, ledger, semconv
 from . import _base
@@ -259,8 +259,7 @@ class Patch:
                 attributes["error.type"] = _base.error_type(exception)
             span.set_attributes(attributes)
             if exception is not None:
-                span.record_exception(exception)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:1024]))
+                _base.record_failure(span, exception)
         finally:
             span.end()
 

@@ -346,8 +346,7 @@ def _describe_error(span: trace.Span, error: BaseException) -> None:
     status = getattr(error, "status_code", None)
     if isinstance(status, int):
         span.set_attribute("http.response.status_code", status)
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1024]))
+    _base.record_failure(span, error)
 
 
 # --- the handler --------------------------------------------------------------------------------------------------

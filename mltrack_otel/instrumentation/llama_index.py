@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, semconv
 from ..content import media_part, parse_arguments, text_part
@@ -603,8 +603,7 @@ class _Tracker:
                         span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_RESULT, self._bounded(output, settings))
             if error is not None:
                 span.set_attribute(ERROR_TYPE, _base.error_type(error))
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1024]))
+                _base.record_failure(span, error)
         finally:
             span.end()
 
