@@ -18,19 +18,16 @@ and the sqlite schema migrations); its output goes to ``<tmp_path>/mlflow-server
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import answers, free_port, stopper
 
 __all__ = ["mlflow_server", "start_mlflow_server"]
 
@@ -39,40 +36,6 @@ _QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _stopper(proc: subprocess.Popen, log_file) -> Callable[[], None]:
-    def stop() -> None:
-        if proc.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)  # the group: mlflow CLI + uvicorn worker
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        # The CLI may exit before its worker: make sure nothing of the group survives.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if not log_file.closed:
-            log_file.close()
-
-    return stop
 
 
 def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> tuple[str, Callable[[], None]]:
@@ -84,7 +47,7 @@ def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> tuple[str, 
         env.pop(var, None)
     last_error = "no attempt"
     for _attempt in range(3):  # another process may grab the free port before the server binds it
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = tmp_path / "mlflow-server.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed by stop()
@@ -112,11 +75,11 @@ def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> tuple[str, 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stop = _stopper(proc, log_file)
+        stop = stopper(proc, log_file)
         atexit.register(stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if _healthy(url):
+            if answers(f"{url}/health"):
                 return url, stop
             time.sleep(0.1)
         stop()

@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import answers, free_port, stopper
 
 __all__ = ["PHOENIX_PYTHON", "Phoenix", "phoenix", "start_phoenix"]
 
@@ -76,20 +77,6 @@ main()
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
 def _grpc_listening(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -105,25 +92,6 @@ def _require_venv() -> None:
         )
 
 
-def _stopper(proc: subprocess.Popen, log_file) -> Callable[[], None]:
-    def stop() -> None:
-        if proc.poll() is None:
-            for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group that outlived the server
-        if not log_file.closed:
-            log_file.close()
-
-    return stop
-
-
 def start_phoenix(tmp_path: Path, *, timeout: float = 120.0) -> tuple[str, str, Callable[[], None]]:
     """Start Phoenix on free loopback ports; return ``(http_url, grpc_endpoint, stop)`` once both answer.
 
@@ -137,7 +105,7 @@ def start_phoenix(tmp_path: Path, *, timeout: float = 120.0) -> tuple[str, str, 
     env.update(_QUIET_ENV, HOME=str(tmp_path))
     last_error = "no attempt"
     for _attempt in range(3):  # another process may grab a free port before the server binds it
-        http_port, grpc_port = _free_port(), _free_port()
+        http_port, grpc_port = free_port(), free_port()
         if http_port == grpc_port:
             continue
         work_dir = tmp_path / f"phoenix-{http_port}"
@@ -160,11 +128,11 @@ def start_phoenix(tmp_path: Path, *, timeout: float = 120.0) -> tuple[str, str, 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stop = _stopper(proc, log_file)
+        stop = stopper(proc, log_file)
         atexit.register(stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            if _healthy(url) and _grpc_listening(grpc_port):
+            if answers(f"{url}/healthz") and _grpc_listening(grpc_port):
                 return url, f"http://127.0.0.1:{grpc_port}", stop
             time.sleep(0.2)
         stop()
