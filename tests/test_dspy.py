@@ -12,21 +12,18 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network at import
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from mltrack_otel import config, semconv
 from mltrack_otel.errors import BudgetExceededError
-from mltrack_otel.ledger import LEDGER, Ledger, Limits
+from mltrack_otel.ledger import LEDGER, Limits
 from mltrack_otel.pricing import Pricer, Usage
-from mltrack_otel.processor import CostSpanProcessor
 
 dspy = pytest.importorskip("dspy")
 litellm = pytest.importorskip("litellm")
 from mltrack_otel.instrumentation.dspy import DSPyInstrumentor  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
+from tests.traced import Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
 
@@ -37,32 +34,6 @@ def _openai_instrumentor():
     except ImportError:
         return None
     return OpenAIInstrumentor()
-
-
-class Traced:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=Pricer())
-        )
-
-    def spans(self) -> list:
-        return list(self.exporter.get_finished_spans())
-
-    def tree(self) -> list[tuple[int, str]]:
-        """(depth, name) in start order."""
-        spans = sorted(self.spans(), key=lambda s: s.start_time)
-        by_id = {s.context.span_id: s for s in spans}
-
-        def depth(span) -> int:
-            d = 0
-            while span.parent is not None and span.parent.span_id in by_id:
-                span, d = by_id[span.parent.span_id], d + 1
-            return d
-
-        return [(depth(s), s.name) for s in spans]
 
 
 @pytest.fixture

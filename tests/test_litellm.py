@@ -9,44 +9,23 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network at import
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from mltrack_otel import config, semconv
 from mltrack_otel.errors import BudgetExceededError
-from mltrack_otel.ledger import LEDGER, Ledger, Limits
+from mltrack_otel.ledger import LEDGER, Limits
 from mltrack_otel.pricing import Pricer, Usage
-from mltrack_otel.processor import CostSpanProcessor
 
 litellm = pytest.importorskip("litellm")
 from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # noqa: E402
 from mltrack_otel.instrumentation._base import error_type  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
+from tests.traced import Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
 
 OPENAI_MODEL = "openai/gpt-4o-mini"
 ANTHROPIC_MODEL = "anthropic/claude-3-5-haiku-latest"
-
-
-class Traced:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=Pricer())
-        )
-
-    def spans(self) -> list:
-        return list(self.exporter.get_finished_spans())
-
-    def one(self):
-        spans = self.spans()
-        assert len(spans) == 1, [s.name for s in spans]
-        return spans[0]
 
 
 def _openai_instrumentor():
