@@ -10,8 +10,10 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,6 +125,13 @@ class CostSpanProcessor(SpanProcessor):
         self._track_costs = track_costs
         self._track_tokens = track_tokens
         self._live: dict[int, _Live] = {}
+        self._lock = threading.Lock()
+        # A pre-fork worker may fork while another thread holds the lock; the child would wait on it forever.
+        # Weakly, so the registration does not keep a replaced processor alive.
+        own = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (processor := own()) and processor._reinit_lock())
+
+    def _reinit_lock(self) -> None:
         self._lock = threading.Lock()
 
     @property
