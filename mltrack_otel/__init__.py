@@ -7,26 +7,76 @@
 Everything public is re-exported here; the modules behind it are implementation.
 """
 
-from .config import Settings, load_settings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import BudgetExceededError, ConfigError, LLMLimitWarning, MltrackError
-from .guard import health
-from .instrumentation import instrument, uninstrument
-from .ledger import Totals, check_budget, totals
-from .pricing import Cost, PriceOverride, Pricer, Usage
-from .processor import CostSpanProcessor
-from .provider import configure, shutdown
-from .tracking import (
-    LLMTracker,
-    anthropic_prompt_extractor,
-    anthropic_response_extractor,
-    anthropic_token_extractor,
-    openai_prompt_extractor,
-    openai_response_extractor,
-    openai_token_extractor,
-    track,
-    track_llm_context,
-)
 from .version import __version__
+
+# Loaded on first use, so `import mltrack_otel` stays cheap: pydantic, PyYAML, the OTel SDK and the price data
+# are only imported once something needs them (configure(), a tracked call, an instrumented import).
+_LAZY = {
+    "Settings": "config",
+    "load_settings": "config",
+    "health": "guard",
+    "instrument": "instrumentation",
+    "uninstrument": "instrumentation",
+    "Totals": "ledger",
+    "check_budget": "ledger",
+    "totals": "ledger",
+    "Cost": "pricing",
+    "PriceOverride": "pricing",
+    "Pricer": "pricing",
+    "Usage": "pricing",
+    "CostSpanProcessor": "processor",
+    "configure": "provider",
+    "shutdown": "provider",
+    "LLMTracker": "tracking",
+    "anthropic_prompt_extractor": "tracking",
+    "anthropic_response_extractor": "tracking",
+    "anthropic_token_extractor": "tracking",
+    "openai_prompt_extractor": "tracking",
+    "openai_response_extractor": "tracking",
+    "openai_token_extractor": "tracking",
+    "track": "tracking",
+    "track_llm_context": "tracking",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next access is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .config import Settings, load_settings
+    from .guard import health
+    from .instrumentation import instrument, uninstrument
+    from .ledger import Totals, check_budget, totals
+    from .pricing import Cost, PriceOverride, Pricer, Usage
+    from .processor import CostSpanProcessor
+    from .provider import configure, shutdown
+    from .tracking import (
+        LLMTracker,
+        anthropic_prompt_extractor,
+        anthropic_response_extractor,
+        anthropic_token_extractor,
+        openai_prompt_extractor,
+        openai_response_extractor,
+        openai_token_extractor,
+        track,
+        track_llm_context,
+    )
 
 __all__ = [
     "BudgetExceededError",
