@@ -34,13 +34,21 @@ class Totals(NamedTuple):
         return self.prompt_tokens + self.completion_tokens
 
     def plus(self, prompt: int, completion: int, cost: Decimal | None) -> Totals:
-        return Totals(
-            self.prompt_tokens + prompt,
-            self.completion_tokens + completion,
-            self.cost_usd + (cost or _ZERO),
-            self.calls + 1,
-            self.unpriced_calls + (cost is None),
+        # tuple.__new__ directly: the generated NamedTuple constructor costs twice as much, on every counted call.
+        return _new_tuple(
+            Totals,
+            (
+                self.prompt_tokens + prompt,
+                self.completion_tokens + completion,
+                self.cost_usd + cost if cost is not None else self.cost_usd,
+                self.calls + 1,
+                self.unpriced_calls + (cost is None),
+            ),
         )
+
+
+_new_tuple = tuple.__new__
+_NO_TOTALS = Totals()
 
 
 @dataclass(eq=False)
@@ -123,13 +131,13 @@ class Ledger:
             self._process = after = before.plus(prompt, completion, cost)
             self._check(before, after, "process", crossings)
 
-            trace = self._traces.pop(trace_id, None) or Totals()
+            trace = self._traces.pop(trace_id, None) or _NO_TOTALS
             self._traces[trace_id] = trace = trace.plus(prompt, completion, cost)
             if len(self._traces) > self.max_traces:
                 self._traces.popitem(last=False)
 
             if conversation_id is not None:
-                conv = self._conversations.pop(conversation_id, None) or Totals()
+                conv = self._conversations.pop(conversation_id, None) or _NO_TOTALS
                 self._conversations[conversation_id] = conv.plus(prompt, completion, cost)
                 if len(self._conversations) > self.max_conversations:
                     self._conversations.popitem(last=False)
@@ -153,7 +161,7 @@ class Ledger:
     def end_trace(self, trace_id: int) -> Totals:
         """The trace's final totals; forgets the trace (its local root span ended)."""
         with self._lock:
-            return self._traces.pop(trace_id, None) or Totals()
+            return self._traces.pop(trace_id, None) or _NO_TOTALS
 
     def reset(self) -> None:
         with self._lock:

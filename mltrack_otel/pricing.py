@@ -21,7 +21,7 @@ from datetime import date, datetime, timezone
 from datetime import time as dt_time
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,9 +86,11 @@ BUILTIN_PROVIDER_ALIASES: Mapping[str, str] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token usage of one call, normalised to the OTel GenAI convention (totals include their parts)."""
+class Usage(NamedTuple):
+    """Token usage of one call, normalised to the OTel GenAI convention (totals include their parts).
+
+    NamedTuples (like Cost): immutable, and built on every priced span at a third of a frozen dataclass's cost.
+    """
 
     input_tokens: int  # includes cache read + cache creation tokens
     output_tokens: int  # includes reasoning tokens
@@ -97,8 +99,7 @@ class Usage:
     reasoning_tokens: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """The price of one call in USD (exact Decimals) and where the price came from."""
 
     input: Decimal  # all input, including cache read/write

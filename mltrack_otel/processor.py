@@ -34,17 +34,13 @@ _USAGE_KEYS = (
     (gen_ai.GEN_AI_USAGE_PROMPT_TOKENS, gen_ai.GEN_AI_USAGE_COMPLETION_TOKENS),
     ("llm.token_count.prompt", "llm.token_count.completion"),  # OpenInference
 )
+# Optional parts of usage, (ours, OpenInference's): read only from the convention the totals came from.
 _CACHE_READ_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "llm.token_count.prompt_details.cache_read")
-_CACHE_WRITE_KEYS = (
-    gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
-    "llm.token_count.prompt_details.cache_write",
-)
-_REASONING_KEYS = (
-    gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
-    "llm.token_count.completion_details.reasoning",
-)
-_PROVIDER_KEYS = (gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider")
-_MODEL_KEYS = (gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name")
+_CACHE_WRITE_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "llm.token_count.prompt_details.cache_write")
+_REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count.completion_details.reasoning")
+# Model and provider, newest convention first.
+_RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
+_PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider"
 _MAX_LIVE_SPANS = 100_000
 
 
@@ -60,14 +56,6 @@ class _Live:
         self.counted_below = False
 
 
-def _first(attrs: Any, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        value = attrs.get(key)
-        if value is not None:
-            return value
-    return None
-
-
 def _count(value: Any) -> int | None:
     """A token count, or None when the value is not a plausible one (bool, negative, float, string...)."""
     if type(value) is int and value >= 0:
@@ -77,8 +65,9 @@ def _count(value: Any) -> int | None:
 
 def read_usage(attrs: Any) -> Usage | None:
     """Normalised usage from a span's attributes; None when the span carries no (valid) token usage."""
+    get = attrs.get
     for in_key, out_key in _USAGE_KEYS:
-        raw_in, raw_out = attrs.get(in_key), attrs.get(out_key)
+        raw_in, raw_out = get(in_key), get(out_key)
         if raw_in is None and raw_out is None:
             continue
         tokens_in = _count(raw_in if raw_in is not None else 0)
@@ -86,12 +75,14 @@ def read_usage(attrs: Any) -> Usage | None:
         if tokens_in is None or tokens_out is None:
             guard.count("usage.invalid")
             return None
+        # Runs on every span with usage: one lookup per optional part, not a loop over every convention.
+        theirs = in_key == "llm.token_count.prompt"
         return Usage(
             tokens_in,
             tokens_out,
-            _count(_first(attrs, _CACHE_READ_KEYS)) or 0,
-            _count(_first(attrs, _CACHE_WRITE_KEYS)) or 0,
-            _count(_first(attrs, _REASONING_KEYS)) or 0,
+            _count(get(_CACHE_READ_KEYS[theirs])) or 0,
+            _count(get(_CACHE_WRITE_KEYS[theirs])) or 0,
+            _count(get(_REASONING_KEYS[theirs])) or 0,
         )
     return None
 
@@ -146,13 +137,13 @@ class CostSpanProcessor(SpanProcessor):
             live = self._live
             parent_id = parent.span_id if parent is not None else None
             conversation = _attributes_of(span).get(gen_ai.GEN_AI_CONVERSATION_ID)
-            scope = current_scope()
-            with self._lock:
-                if conversation is None and parent_id is not None:
-                    parent_live = live.get(parent_id)
-                    conversation = parent_live.conversation if parent_live is not None else None
-                live[span.context.span_id] = _Live(parent_id, scope, conversation)
-                if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
+            if conversation is None and parent_id is not None:
+                parent_live = live.get(parent_id)
+                conversation = parent_live.conversation if parent_live is not None else None
+            # No lock: single dict operations are atomic, and the parent's entry only goes away when it ends.
+            live[span.context.span_id] = _Live(parent_id, current_scope(), conversation)
+            if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
+                with self._lock:
                     live.pop(next(iter(live)), None)
         except Exception as exc:
             guard.record_error("processor.on_start", exc)
@@ -197,6 +188,7 @@ class CostSpanProcessor(SpanProcessor):
         ctx = span.context
         attrs = _attributes_of(span)
         usage = read_usage(attrs) if self._track_tokens else None
+        cost = self._price(span, attrs, usage) if usage is not None and self._track_costs else None
         with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
             live = self._live.pop(ctx.span_id, None)
             counted = usage is not None and (live is None or not live.counted_below)
@@ -205,34 +197,43 @@ class CostSpanProcessor(SpanProcessor):
                 parent_live = self._live.get(live.parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
-        scope = live.scope if live is not None else None
         extra: dict[str, Any] = {}
         events: list[Event] = []
+        totals: Totals | None = None  # the running totals this span reports; the last one found wins
         if usage is not None:
-            self._price_and_count(span, attrs, usage, live, counted, extra, events)
+            totals = self._describe_usage(span, attrs, usage, cost, live, counted, extra, events)
 
         # Scope roots get their final totals; so does a trace's local root.
+        scope = live.scope if live is not None else None
         scope_root = scope is not None and scope.span_id == ctx.span_id
         if scope_root:
-            self._put_totals(extra, scope.totals)
+            totals = scope.totals
         parent = span.parent
         if parent is None or parent.is_remote:
             trace_totals = self._ledger.end_trace(ctx.trace_id)
             if trace_totals.calls and not scope_root:
-                self._put_totals(extra, trace_totals)
+                totals = trace_totals
+        if totals is not None:
+            extra[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
+            extra[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
+            extra[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.prompt_tokens + totals.completion_tokens
+            extra[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
 
         if not extra:
             return span
         merged = dict(attrs)
         merged.update(extra)
+        own_events = getattr(span, "_events", None)  # the public property copies them into a new tuple
+        if own_events is None:
+            own_events = span.events
         return ReadableSpan(
             name=span.name,
             context=ctx,
             parent=parent,
             resource=span.resource,
             attributes=merged,
-            events=(*span.events, *events) if events else getattr(span, "_events", span.events),
-            links=getattr(span, "_links", span.links),
+            events=(*own_events, *events) if events else own_events,
+            links=span._links if hasattr(span, "_links") else span.links,
             kind=span.kind,
             status=span.status,
             start_time=span.start_time,
@@ -240,37 +241,40 @@ class CostSpanProcessor(SpanProcessor):
             instrumentation_scope=span.instrumentation_scope,
         )
 
-    def _price_and_count(
+    def _price(self, span: ReadableSpan, attrs: Any, usage: Usage) -> Cost | None:
+        get = attrs.get
+        model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL)
+        if not isinstance(model, str):
+            return None
+        provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER)
+        return self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
+
+    def _describe_usage(
         self,
         span: ReadableSpan,
         attrs: Any,
         usage: Usage,
+        cost: Cost | None,
         live: _Live | None,
         counted: bool,
         extra: dict[str, Any],
         events: list[Event],
-    ) -> None:
-        provider = _first(attrs, _PROVIDER_KEYS)
-        model = _first(attrs, _MODEL_KEYS)
+    ) -> Totals | None:
+        """Tokens and cost attributes; for the counted span, the ledger's addition and its running totals."""
         extra[semconv.LLM_TOKENS_PROMPT] = usage.input_tokens
         extra[semconv.LLM_TOKENS_COMPLETION] = usage.output_tokens
         extra[semconv.LLM_TOKENS_TOTAL] = usage.input_tokens + usage.output_tokens
         extra[semconv.MLTRACK_USAGE_COUNTED] = counted
-
-        cost: Cost | None = None
-        if self._track_costs and isinstance(model, str):
-            cost = self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
         if cost is not None:
-            cost_in, cost_out, cost_total = float(cost.input), float(cost.output), float(cost.total)
-            extra[semconv.LLM_COST_PROMPT] = cost_in
-            extra[semconv.LLM_COST_COMPLETION] = cost_out
-            extra[semconv.LLM_COST_TOTAL] = cost_total
+            extra[semconv.LLM_COST_PROMPT] = float(cost.input)
+            extra[semconv.LLM_COST_COMPLETION] = float(cost.output)
+            extra[semconv.LLM_COST_TOTAL] = float(cost.total)
             extra[semconv.MLTRACK_PRICING_SOURCE] = cost.source
         elif self._track_costs:
             extra[semconv.MLTRACK_COST_UNPRICED] = True
 
         if not counted:
-            return
+            return None
         guard.count("spans.priced" if cost is not None else "spans.unpriced")
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
         scope = live.scope if live is not None else None
@@ -288,20 +292,9 @@ class CostSpanProcessor(SpanProcessor):
             usage.output_tokens,
             cost.total if cost is not None else None,
         )
-        self._put_totals(extra, running)
-        if cost is not None:
-            extra[semconv.MLFLOW_LLM_COST] = (
-                f'{{"input_cost": {cost_in!r}, "output_cost": {cost_out!r}, "total_cost": {cost_total!r}}}'
-            )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
-
-    @staticmethod
-    def _put_totals(extra: dict[str, Any], totals: Totals) -> None:
-        extra[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
-        extra[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
-        extra[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
-        extra[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
+        return running
 
     @staticmethod
     def _limit_event(crossing: LimitCrossing, span: ReadableSpan) -> Event:

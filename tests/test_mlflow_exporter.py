@@ -1,7 +1,7 @@
 """MlflowSpanExporter against real MLflow: an embedded sqlite store and a real `mlflow server`.
 
 Spans come from a real opentelemetry-sdk TracerProvider; the attributes our CostSpanProcessor would add
-(usage mirror, cost, mltrack.usage.counted, mlflow.llm.cost, running totals) are set by hand, so these
+(usage mirror, cost, mltrack.usage.counted, running totals) are set by hand, so these
 tests pin down the exporter alone. Everything is read back with MLflow's public client API.
 """
 
@@ -116,7 +116,6 @@ def emit_agent_trace(provider: TracerProvider) -> Emitted:
                 attributes={
                     **chat_priced,
                     semconv.MLTRACK_USAGE_COUNTED: True,
-                    semconv.MLFLOW_LLM_COST: json.dumps(CHAT_COST),
                     semconv.LLM_COST_CUMULATIVE: CHAT_COST["total_cost"],
                 },
             ) as chat:
@@ -141,9 +140,10 @@ def emit_agent_trace(provider: TracerProvider) -> Emitted:
                 semconv.LLM_TOKENS_PROMPT: 50,
                 semconv.LLM_TOKENS_COMPLETION: 0,
                 semconv.LLM_TOKENS_TOTAL: 50,
+                semconv.LLM_COST_PROMPT: EMBED_COST["input_cost"],
+                semconv.LLM_COST_COMPLETION: EMBED_COST["output_cost"],
                 semconv.LLM_COST_TOTAL: EMBED_COST["total_cost"],
                 semconv.MLTRACK_USAGE_COUNTED: True,
-                semconv.MLFLOW_LLM_COST: json.dumps(EMBED_COST),
             },
         ) as embedding:
             ids["embeddings text-embedding-3-small"] = _hex(embedding)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from decimal import Decimal
 
@@ -68,8 +67,6 @@ def test_prices_a_model_call_and_totals_the_trace(setup):
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(both, rel=1e-12)
     assert root.attributes[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] == 1010
     assert ledger.process_totals().calls == 2
-    mlflow_cost = json.loads(first.attributes[semconv.MLFLOW_LLM_COST])
-    assert mlflow_cost["total_cost"] == pytest.approx(gpt4o_cost(1000, 200), rel=1e-12)
 
 
 def test_wrapper_span_over_a_counted_call_is_not_counted_again(setup):
@@ -81,9 +78,8 @@ def test_wrapper_span_over_a_counted_call_is_not_counted_again(setup):
     inner, outer = got["provider call"], got["framework llm"]
     assert inner.attributes[semconv.MLTRACK_USAGE_COUNTED] is True
     assert outer.attributes[semconv.MLTRACK_USAGE_COUNTED] is False
-    # Both keep their usage and price for the reader, but only the inner one feeds totals and MLflow's cost.
+    # Both keep their usage and price for the reader, but only the inner one feeds totals.
     assert outer.attributes[semconv.LLM_COST_TOTAL] == pytest.approx(gpt4o_cost(100, 10))
-    assert semconv.MLFLOW_LLM_COST not in outer.attributes
     assert ledger.process_totals().calls == 1
     assert outer.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(gpt4o_cost(100, 10))
 
@@ -111,7 +107,7 @@ def test_unknown_model_is_marked_unpriced_never_zero(setup):
         pass
     attrs = spans()["x"].attributes
     assert attrs[semconv.MLTRACK_COST_UNPRICED] is True
-    assert semconv.LLM_COST_TOTAL not in attrs and semconv.MLFLOW_LLM_COST not in attrs
+    assert semconv.LLM_COST_TOTAL not in attrs
     assert attrs[semconv.LLM_TOKENS_TOTAL] == 20
     totals = ledger.process_totals()
     assert (totals.calls, totals.unpriced_calls, totals.total_tokens, totals.cost_usd) == (1, 1, 20, 0)

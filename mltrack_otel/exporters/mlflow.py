@@ -49,11 +49,12 @@ We do not repeat that work. We add only what MLflow cannot know or gets wrong fo
   MLflow priced would hide our price of the counted call below it, and would be counted twice in MLflow's
   per-span cost rollups. Therefore:
 
-  - counted spans carry our ``mlflow.llm.cost``; MLflow uses it verbatim (span and trace level);
+  - counted spans get ``mlflow.llm.cost`` from our ``llm.cost.*`` here, at export time (off the application's
+    thread); MLflow uses it verbatim (span and trace level);
   - uncounted spans (``mltrack.usage.counted=false``) have their usage attributes renamed to
     ``mltrack.uncounted.<name>`` on the MLflow copy, so MLflow neither prices them nor counts their
     tokens (the counted span below or above carries the same usage; ``llm.tokens.*`` stay as they are);
-  - a counted span we could not price (no ``mlflow.llm.cost``) gets ``mlflow.llm.cost = {}`` so MLflow
+  - a counted span we could not price (no ``llm.cost.*``) gets ``mlflow.llm.cost = {}`` so MLflow
     does not invent a price from another catalog: its span cost stays empty and the trace total stays the
     sum of our prices (``mlflow_fallback_pricing=True`` lets MLflow price such spans instead);
   - spans without ``mltrack.usage.counted`` (not seen by our processor) are passed through untouched.
@@ -157,6 +158,18 @@ def _token_usage(attrs: Any) -> dict[str, int] | None:
                 usage[key] = value
                 break
     return usage
+
+
+def _cost(attrs: Any) -> str | None:
+    """MLflow's cost JSON from our per-call cost attributes; None when the span was not priced."""
+    parts = (
+        attrs.get(semconv.LLM_COST_PROMPT),
+        attrs.get(semconv.LLM_COST_COMPLETION),
+        attrs.get(semconv.LLM_COST_TOTAL),
+    )
+    if not all(isinstance(part, float) for part in parts):
+        return None
+    return json.dumps(dict(zip(("input_cost", "output_cost", "total_cost"), parts, strict=True)))
 
 
 def _span_type(attrs: Any) -> str:
@@ -379,8 +392,10 @@ class MlflowSpanExporter(SpanExporter):
             if counted is True:
                 if _CHAT_USAGE not in attrs and (usage := _token_usage(attrs)):
                     added.append((_CHAT_USAGE, json.dumps(usage)))
-                if _LLM_COST not in attrs and not self._fallback_pricing:
-                    added.append((_LLM_COST, _NO_COST))
+                if _LLM_COST not in attrs:
+                    cost = _cost(attrs)
+                    if cost is not None or not self._fallback_pricing:
+                        added.append((_LLM_COST, cost or _NO_COST))
             plans[span.context.trace_id, span.context.span_id] = (added, counted is False)
 
         request = encode_spans(spans)
