@@ -308,7 +308,12 @@ def _finish_from_body(call: Call, endpoint: Endpoint, body: bytes) -> None:
 
 
 def _hook_method(
-    obj: Any, name: str, *, before: Callable[[], None] | None = None, after: Callable[[Any], Any] | None = None
+    obj: Any,
+    name: str,
+    *,
+    before: Callable[[], None] | None = None,
+    after: Callable[[Any], Any] | None = None,
+    is_async: bool | None = None,
 ) -> Callable[[], None]:
     """Shadow obj.name with a hook: `before()`, the original method, then `after(result)`; return an unhook.
 
@@ -317,8 +322,10 @@ def _hook_method(
     (Holding obj weakly instead breaks when obj's own finalizer, mid-collection, calls the method.)
     """
     original = getattr(obj, name)
+    if is_async is None:  # only when the caller cannot know: the inspection is dear on a per-stream path
+        is_async = inspect.iscoroutinefunction(original)
 
-    if inspect.iscoroutinefunction(original):
+    if is_async:
 
         async def hook(*args: Any, **kwargs: Any) -> Any:
             if before is not None:
@@ -353,7 +360,7 @@ def _attach_body_reader(response: Any, call: Call, endpoint: Endpoint, is_async:
         guard.guarded("instrumentation.response", _finish_from_body, call, endpoint, data)
         return data
 
-    unhook = _hook_method(response, "aread" if is_async else "read", after=finish)
+    unhook = _hook_method(response, "aread" if is_async else "read", after=finish, is_async=is_async)
     weakref.finalize(response, call.finish, {})
 
 
@@ -367,7 +374,9 @@ def _record_stream(stream: Any, recorder: StreamRecorder, is_async: bool) -> Non
         items = stream._iterator
     state["_iterator"] = _recorded_async(items, recorder) if is_async else _recorded_sync(items, recorder)
     state[_RECORDED] = True
-    recorder.release = _hook_method(stream.response, "aclose" if is_async else "close", before=recorder.on_close)
+    recorder.release = _hook_method(
+        stream.response, "aclose" if is_async else "close", before=recorder.on_close, is_async=is_async
+    )
     # No finalizer to register: the recorder's own __del__ ends an abandoned stream's span (see StreamRecorder).
 
 
