@@ -202,9 +202,7 @@ class MessageRecorder(StreamRecorder):
         if kind == "content_block_delta":
             if self.capture:
                 delta = event.delta
-                piece = getattr(delta, "text", None) or getattr(delta, "partial_json", None)
-                if piece is None:
-                    piece = getattr(delta, "thinking", None)
+                piece = get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
                 if piece:
                     entry = self.blocks.get(event.index)
                     if entry is not None:
@@ -225,10 +223,10 @@ class MessageRecorder(StreamRecorder):
         if usage is None:
             return
         for name in (*_USAGE_FIELDS, "output_tokens"):
-            value = getattr(usage, name, None)
+            value = get(usage, name)
             if value is not None:
                 self.usage[name] = value
-        details = getattr(usage, "output_tokens_details", None)
+        details = get(usage, "output_tokens_details")
         if details is not None:
             self.usage["output_tokens_details"] = details
 

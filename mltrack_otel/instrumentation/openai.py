@@ -452,7 +452,7 @@ class ChatRecorder(StreamRecorder):
             _add_tool_deltas(acc, delta.tool_calls)
         if delta.role:
             acc.role = delta.role
-        refusal = getattr(delta, "refusal", None)
+        refusal = get(delta, "refusal")
         if refusal:
             acc.refusal.append(refusal)
 
