@@ -206,6 +206,11 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
     if variant == "raw":
         tp.add_span_processor(SimpleSpanProcessor(exporter))
         return exporter, facts
+    if variant == "sdk-span":
+        tp.add_span_processor(SimpleSpanProcessor(exporter))
+        _bare_span_wrapper(family(op), tp.get_tracer("bench.floor"))
+        facts["instrumented"] = ["a bare SDK span around SyncAPIClient.request"]
+        return exporter, facts
     if variant in ("mltrack", "mltrack-nocontent"):
         import mltrack_otel
         from mltrack_otel import config
@@ -237,6 +242,48 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
         instrumentor.instrument(tracer_provider=tp, skip_dep_check=True)
     facts["dependency_conflicts"] = conflicts
     return exporter, facts
+
+
+# Sizes like ours on a chat call: 7 attributes at start (one of them the input messages JSON), 9 at the end.
+_FLOOR_START = {
+    "gen_ai.operation.name": "chat",
+    "gen_ai.provider.name": "openai",
+    "server.address": "bench.invalid",
+    "server.port": 80,
+    "gen_ai.request.model": OPENAI_MODEL,
+    "gen_ai.request.max_tokens": 200,
+    "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": QUESTION}]}]),
+}
+_FLOOR_END = {
+    "gen_ai.response.id": "chatcmpl-1",
+    "gen_ai.response.model": OPENAI_MODEL,
+    "gen_ai.openai.response.service_tier": "default",
+    "gen_ai.openai.response.system_fingerprint": "fp_1",
+    "gen_ai.response.finish_reasons": ("stop",),
+    "llm.latency": 0.001,
+    "gen_ai.usage.input_tokens": 24,
+    "gen_ai.usage.output_tokens": 30,
+    "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": SYSTEM}]}]),
+}
+
+
+def _bare_span_wrapper(sdk: str, tracer: Any) -> None:
+    """The floor variant: wrap the SDK's request choke point with nothing but an SDK span."""
+    import importlib
+
+    import wrapt
+    from opentelemetry.trace import SpanKind
+
+    def request(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        span = tracer.start_span("chat", kind=SpanKind.CLIENT, attributes=dict(_FLOOR_START))
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            span.set_attributes(dict(_FLOOR_END))
+            span.end()
+
+    base = importlib.import_module(f"{sdk}._base_client")
+    wrapt.wrap_function_wrapper(base.SyncAPIClient, "request", request)
 
 
 # --- the loop ------------------------------------------------------------------------------------------------

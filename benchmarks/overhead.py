@@ -44,6 +44,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 FW_PYTHON = ROOT / ".venv-fw" / "bin" / "python"
 
 OURS = ("mltrack", "mltrack-nocontent")
+# The floor under any instrumentation of these SDKs: one bare SDK span per call, as many attributes as ours, no
+# content normalisation, no pricing (streams: the span ends when the request returns, so no per-chunk work).
+FLOOR = "sdk-span"
 PEERS_BY_FAMILY = {
     "openai": ("otel-genai", "otel-openai-v2", "openinference", "openllmetry"),
     "anthropic": ("otel-genai", "openinference", "openllmetry"),
@@ -97,7 +100,9 @@ GOAL_RSS_DRIFT = 0.05
 
 
 def variants_for(op: str) -> list[str]:
-    return ["raw", *OURS, *PEERS_BY_FAMILY[op.split("_", 1)[0]]]
+    fam = op.split("_", 1)[0]
+    floor = [FLOOR] if fam in ("openai", "anthropic") else []
+    return ["raw", *OURS, *floor, *PEERS_BY_FAMILY[fam]]
 
 
 def absolute_goal(op: str) -> float | None:
@@ -245,7 +250,7 @@ def measure_op(
                 "span_keys": w.ready["spans"]["keys"],
                 "setup": {k: v for k, v in w.ready.items() if k not in ("spans", "ready", "cpu_per_call")},
             }
-        peers = {v: r["added_us"] for v, r in result["variants"].items() if v not in ("raw", *OURS)}
+        peers = {v: r["added_us"] for v, r in result["variants"].items() if v not in ("raw", FLOOR, *OURS)}
         if peers:
             best = min(peers, key=peers.__getitem__)
             result["best_peer"] = best
@@ -423,7 +428,7 @@ def fmt_added(r: dict[str, Any]) -> str:
 def print_overhead(transport: str, results: dict[str, Any]) -> list[str]:
     """Print one transport's table; return the goal lines it failed."""
     failures = []
-    columns = ["raw", *OURS, "otel-genai", "otel-openai-v2", "openinference", "openllmetry"]
+    columns = ["raw", *OURS, FLOOR, "otel-genai", "otel-openai-v2", "openinference", "openllmetry"]
     width = 26
     print(f"\n== {transport}: added CPU µs per call, median [min..max over rounds]; (x) = ratio to best peer")
     print(f"{'operation':18s}" + "".join(f"{c:>{width}s}" for c in columns[1:]) + f"{'raw µs/call':>13s}")
@@ -463,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice-seconds", type=float, help="CPU per slice of the slowest variant (default 0.15)")
     parser.add_argument("--min-calls", type=int, default=5)
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
-    parser.add_argument("--variants", nargs="+", default=["raw", *OURS, *PEER_PACKAGES])
+    parser.add_argument("--variants", nargs="+", default=["raw", *OURS, FLOOR, *PEER_PACKAGES])
     parser.add_argument("--transports", nargs="+", default=["inproc", "loopback"], choices=("inproc", "loopback"))
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=("overhead", "processor", "pricing", "memory", "import")
