@@ -24,6 +24,10 @@ from .pricing import PriceOverride
 
 CONFIG_FILENAME = ".mltrack.yml"
 _MAX_FILE_BYTES = 1 << 20
+_MAX_SHOWN = 200  # characters of a rejected value quoted in an error message
+# Upper bounds the SDK's threads and queues can take (larger values overflow time_t or ssize_t there, later).
+_MAX_SECONDS = 3600.0
+_MAX_QUEUE = 1 << 24
 
 ExporterName = Literal["mlflow", "otlp", "console", "memory", "none"]
 
@@ -59,17 +63,17 @@ class Settings(BaseModel):
     otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
     otlp_headers: dict[str, str] = Field(default_factory=dict)
     otlp_compression: Literal["none", "gzip", "deflate"] | None = None
-    otlp_timeout_seconds: float = Field(default=10.0, gt=0)
+    otlp_timeout_seconds: float = Field(default=10.0, gt=0, le=_MAX_SECONDS)
     otlp_insecure: bool | None = None  # gRPC plaintext; default: from the endpoint's scheme (loopback: plaintext)
     mlflow_tracking_uri: str | None = None
     mlflow_experiment_name: str | None = None
     mlflow_experiment_id: str | None = None
 
     # Batch export bounds (per exporter).
-    export_queue_size: int = Field(default=2048, ge=1)
-    export_batch_size: int = Field(default=256, ge=1)
-    export_delay_ms: int = Field(default=1000, ge=0)
-    shutdown_timeout_seconds: float = Field(default=5.0, gt=0)
+    export_queue_size: int = Field(default=2048, ge=1, le=_MAX_QUEUE)
+    export_batch_size: int = Field(default=256, ge=1, le=_MAX_QUEUE)
+    export_delay_ms: int = Field(default=1000, ge=0, le=int(_MAX_SECONDS * 1000))
+    shutdown_timeout_seconds: float = Field(default=5.0, gt=0, le=_MAX_SECONDS)
 
     # Pricing.
     price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)
@@ -96,6 +100,10 @@ class Settings(BaseModel):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        try:  # each may compile alone and still not combine, e.g. a global flag like (?i) not at the start
+            _combine(value)
+        except re.error as exc:
+            raise ValueError(f"the patterns cannot be combined into one ({exc}); use scoped flags: (?i:...)") from None
         return value
 
     # Derived views.
@@ -110,13 +118,23 @@ class Settings(BaseModel):
     @cached_property
     def redactor(self) -> re.Pattern[str] | None:
         """One compiled alternation of all redaction patterns (None when there are none)."""
-        if not self.redact_patterns:
-            return None
-        return re.compile("|".join(f"(?:{p})" for p in self.redact_patterns))
+        return _combine(self.redact_patterns) if self.redact_patterns else None
 
     def default_model(self, provider: str | None) -> str | None:
         entry = self.llm_providers.get(provider or "")
         return entry.default_model if entry else None
+
+
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def _combine(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One alternation of all patterns; a pattern's leading global flags, e.g. (?i), become flags of its group."""
+    groups = []
+    for pattern in patterns:
+        flags = _LEADING_FLAGS.match(pattern)
+        groups.append(f"(?{flags[1]}:{pattern[flags.end() :]})" if flags else f"(?:{pattern})")
+    return re.compile("|".join(groups))
 
 
 _FIELDS = Settings.model_fields
@@ -151,6 +169,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    except RecursionError:  # the YAML composer recurses once per nesting level
+        raise ConfigError(f"{path}: cannot read configuration: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -176,8 +196,14 @@ def _explain(exc: ValidationError, origin: str) -> str:
             hint = f" (did you mean {close[0]!r}?)" if close and len(err["loc"]) == 1 else ""
             lines.append(f"  key {key!r}: unknown key{hint}")
         else:
-            lines.append(f"  key {key!r}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  key {key!r}: {err['msg']} (got {_shown(err.get('input'))})")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """A rejected value for an error message: its repr, cut so a huge value cannot bury the message."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else f"{text[:_MAX_SHOWN]}... ({len(text)} characters)"
 
 
 _TRUE = {"1", "true", "yes", "on"}

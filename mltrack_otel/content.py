@@ -13,13 +13,18 @@ import json
 import re
 from typing import Any
 
+from . import guard
+
 TRUNCATION_MARK = "...[truncated]"
 REDACTED = "[REDACTED]"
 
 _MAX_REPR = 2048
 _MAX_DEPTH = 32
 _MAX_CUTS = 12
-# Keys whose values are structural (schema enums, ids): never redacted, so the JSON keeps its schema.
+_MAX_LABEL_BYTES = 64  # role and finish reason of a last-resort stub
+_MAX_INT_BITS = 2000  # ~600 digits: under the smallest int-to-str limit Python can be set to (640 digits)
+# Keys whose values are structural in messages and parts (schema enums, ids): not redacted there, so the JSON keeps
+# its schema.
 _STRUCTURAL_KEYS = frozenset({"type", "role", "modality", "mime_type", "finish_reason", "id", "name"})
 
 
@@ -36,6 +41,14 @@ def _fallback(obj: Any) -> Any:
         except Exception:  # a broken model must not break tracking
             pass
     return _capped_repr(obj)
+
+
+def _as_text(obj: Any) -> str:
+    """str(obj), or its type name when str() itself fails (broken __str__, ints past the digit limit)."""
+    try:
+        return str(obj)
+    except Exception:
+        return f"<{type(obj).__name__}>"
 
 
 def _capped_repr(obj: Any) -> str:
@@ -76,8 +89,10 @@ def _utf8_size(text: str) -> int:
 
 def _sanitize(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     """A JSON-safe copy of obj: bounded depth, no cycles, non-finite floats and odd objects as strings."""
-    if obj is None or isinstance(obj, (bool, int)):
+    if obj is None or isinstance(obj, bool):
         return obj
+    if isinstance(obj, int):  # json cannot print ints past sys.get_int_max_str_digits()
+        return obj if obj.bit_length() <= _MAX_INT_BITS else f"<int of {obj.bit_length()} bits>"
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else str(obj)
     if isinstance(obj, str):
@@ -89,7 +104,7 @@ def _sanitize(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
         return "[cycle]"
     if isinstance(obj, dict):
         seen.add(id(obj))
-        out = {str(k): _sanitize(v, depth + 1, seen) for k, v in obj.items()}
+        out = {_sanitize(_as_text(k)): _sanitize(v, depth + 1, seen) for k, v in obj.items()}
         seen.discard(id(obj))
         return out
     if isinstance(obj, (list, tuple, set, frozenset)):
@@ -106,29 +121,40 @@ def _sanitize(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
     return _sanitize(converted, depth + 1, seen)
 
 
-def redact(obj: Any, pattern: re.Pattern[str]) -> Any:
-    """A copy of obj with every match of pattern in its string values replaced by [REDACTED].
+def redact(obj: Any, pattern: re.Pattern[str], schema: bool = True) -> Any:
+    """A copy of obj with every match of pattern in its strings replaced by [REDACTED].
 
-    Done on values, not on the JSON text, so a match can never eat a quote or a brace; structural values (type,
-    role, ids) are left alone so the result still follows the schema.
+    Done on values, not on the JSON text, so a match can never eat a quote or a brace. In messages and parts
+    (`schema`) the structural values (type, role, ids, names) are left alone so the result still follows the
+    schema; payloads below them (tool arguments and results, schemas, objects) are redacted whole, keys included.
     """
     if isinstance(obj, str):
         return pattern.sub(REDACTED, obj)
     if isinstance(obj, dict):
-        return {k: v if k in _STRUCTURAL_KEYS else redact(v, pattern) for k, v in obj.items()}
+        if schema:
+            return {k: v if k in _STRUCTURAL_KEYS else redact(v, pattern, k == "parts") for k, v in obj.items()}
+        return {redact(k, pattern, False): redact(v, pattern, False) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [redact(v, pattern) for v in obj]
+        return [redact(v, pattern, schema) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj
-    return redact(_fallback(obj), pattern)  # models, bytes, arbitrary objects: redact what they serialise to
+    return redact(_fallback(obj), pattern, False)  # models, bytes, arbitrary objects: what they serialise to
 
 
 def encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None = None) -> tuple[str, bool]:
-    """JSON for a list of messages (or parts) in at most max_bytes UTF-8 bytes; (json, truncated)."""
+    """JSON for a list of messages (or parts) in at most max_bytes UTF-8 bytes; (json, truncated).
+
+    Never raises; budgets below 256 bytes may not fit a message cut to its minimum.
+    """
     try:
         return _encode(items, max_bytes, redactor)
     except Exception:  # unserialisable, too deep, cyclic, lone surrogates: retry on a sanitised copy
+        pass
+    try:
         return _encode(_sanitize(items), max_bytes, redactor)
+    except Exception as exc:  # a container that cannot even be walked: record nothing rather than fail the call
+        guard.record_error("content.encode", exc)
+        return "[]", True
 
 
 def _encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None) -> tuple[str, bool]:
@@ -177,18 +203,33 @@ def _cut_to_fit(item: Any, budget: int) -> str:
 
 
 def _stub(item: Any, budget: int) -> str:
-    """Last resort: a schema-valid item holding the (cut) JSON text of the original."""
-    role = item.get("role") if isinstance(item, dict) else None
-    raw = _dumps(item)
-    room = max(0, budget // 2 - 64)
-    part = {"type": "text", "content": raw[:room] + TRUNCATION_MARK}
-    stub: dict[str, Any] = {"role": role, "parts": [part]} if isinstance(role, str) else part
-    if isinstance(item, dict) and "finish_reason" in item:
-        stub["finish_reason"] = item["finish_reason"]
+    """Last resort: a schema-valid item holding the start of the original's JSON text, cut to fit in bytes."""
+    part = {"type": "text", "content": TRUNCATION_MARK}
+    stub: dict[str, Any] = part
+    if isinstance(item, dict) and isinstance(item.get("role"), str):
+        stub = {"role": _fit(item["role"], _MAX_LABEL_BYTES), "parts": [part]}
+        if isinstance(item.get("finish_reason"), str):
+            stub["finish_reason"] = _fit(item["finish_reason"], _MAX_LABEL_BYTES)
+    room = budget - _utf8_size(_dumps(stub))
+    part["content"] = _fit(_dumps(item), room) + TRUNCATION_MARK
     return _dumps(stub)
 
 
+def _fit(text: str, max_bytes: int) -> str:
+    """The longest prefix of text whose JSON string (quotes excluded) takes at most max_bytes UTF-8 bytes."""
+    text = text[: max(0, max_bytes)]  # each character takes at least one byte
+    low, high = 0, len(text)
+    while low < high:  # escapes and multi-byte characters vary in size: binary search the cut
+        middle = (low + high + 1) // 2
+        if _utf8_size(_dumps(text[:middle])) - 2 <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
 def _copy_containers(obj: Any, depth: int = 0) -> Any:
+    """Copies of the dicts and lists down to _MAX_DEPTH: the only ones _longest_string may hand out to cut."""
     if depth > _MAX_DEPTH:
         return obj
     if isinstance(obj, dict):
@@ -199,24 +240,25 @@ def _copy_containers(obj: Any, depth: int = 0) -> Any:
 
 
 def _longest_string(obj: Any) -> tuple[Any, Any, str]:
-    """(container, key, value) of the longest string value inside obj (skipping structural keys)."""
+    """(container, key, value) of the longest string value inside obj (skipping structural keys), looking no
+    deeper than _copy_containers copies: the caller's own containers are never cut."""
     best: tuple[Any, Any, str] = (None, None, "")
-    stack = [obj]
+    stack = [(obj, 0)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         entries = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in entries:
             if isinstance(value, str):
                 if len(value) > len(best[2]) and not (isinstance(node, dict) and key in _STRUCTURAL_KEYS):
                     best = (node, key, value)
-            elif isinstance(value, (dict, list)):
-                stack.append(value)
+            elif isinstance(value, (dict, list)) and depth < _MAX_DEPTH:
+                stack.append((value, depth + 1))
     return best
 
 
 def text_part(text: Any) -> dict[str, Any]:
     """A GenAI text part; non-string content is stringified."""
-    return {"type": "text", "content": text if isinstance(text, str) else str(text)}
+    return {"type": "text", "content": text if isinstance(text, str) else _as_text(text)}
 
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,", re.ASCII)
@@ -224,7 +266,7 @@ _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,", 
 
 def media_part(url: Any, modality: str, mime_type: str | None = None) -> dict[str, Any]:
     """A blob part for a base64 data URL, else a uri part."""
-    url = url if isinstance(url, str) else str(url)
+    url = url if isinstance(url, str) else _as_text(url)
     match = _DATA_URL.match(url)
     if match:
         part = {"type": "blob", "modality": modality, "content": url[match.end() :]}
@@ -242,6 +284,6 @@ def parse_arguments(raw: Any) -> Any:
     if isinstance(raw, str):
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return raw
     return raw

@@ -35,6 +35,7 @@ _US_PER_DAY = 86_400 * 10**6
 _EPOCH = date(1970, 1, 1)
 _CACHE_MAX = 4096  # resolved (provider, model) pairs kept; oldest evicted first
 _MAX_MODEL_LEN = 512  # longer "model names" are junk: not looked up, not cached
+_MAX_PRICE_PER_MTOK = 1_000_000  # $1 a token: beyond any real price, and costs stay finite as floats
 
 # gen_ai.provider.name values and LiteLLM provider names -> genai-prices provider ids. Names missing here fall
 # back to an exact genai-prices id, then to genai-prices' own provider matching. "ibm.watsonx.ai" has no
@@ -113,10 +114,10 @@ class PriceOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input_per_mtok: Decimal = Field(ge=0)
-    output_per_mtok: Decimal = Field(ge=0)
-    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: the input price
-    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0)  # None: the input price
+    input_per_mtok: Decimal = Field(ge=0, le=_MAX_PRICE_PER_MTOK)
+    output_per_mtok: Decimal = Field(ge=0, le=_MAX_PRICE_PER_MTOK)
+    cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, le=_MAX_PRICE_PER_MTOK)  # None: the input price
+    cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, le=_MAX_PRICE_PER_MTOK)  # None: the input price
     provider: str | None = None  # only apply when the call's provider is this one
 
 

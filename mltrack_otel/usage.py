@@ -3,8 +3,8 @@
 Accepts dicts and objects with OpenAI chat names (prompt_tokens, prompt_tokens_details.cached_tokens,
 completion_tokens_details.reasoning_tokens), OpenAI Responses names (input_tokens, input_tokens_details...) and
 Anthropic names (input_tokens excluding cache, cache_read_input_tokens, cache_creation_input_tokens).
-Anything implausible (negative, bool, float, string counts) yields no attributes, is counted and logged once:
-a wrong number is worse than a missing one.
+Anything implausible (negative, bool, float, string or absurdly large counts, objects that raise when read)
+yields no attributes, is counted and logged once: a wrong number is worse than a missing one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from typing import Any
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from . import guard
+
+# No model call comes near a trillion tokens; far larger counts would also overflow the int64 that OTLP carries.
+MAX_TOKENS = 1 << 40
 
 
 def _get(source: Any, name: str) -> Any:
@@ -28,8 +31,8 @@ def _get(source: Any, name: str) -> Any:
 def _tokens(value: Any) -> int | None:
     if value is None:
         return None
-    if type(value) is not int or value < 0:
-        raise ValueError(f"token count must be a non-negative int, got {value!r}")
+    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"token count must be an int from 0 to {MAX_TOKENS}, got {value!r:.100}")
     return value
 
 
@@ -37,7 +40,7 @@ def usage_attributes(usage: Any, provider: str | None = None) -> dict[str, int]:
     """GenAI usage attributes for `usage`; {} (and a counted skip) when it cannot be read safely."""
     try:
         return _usage_attributes(usage, provider)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # a usage object's own attributes may raise anything
         guard.record_error("usage.invalid", exc)
         return {}
 

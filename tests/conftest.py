@@ -15,6 +15,7 @@ _FRAMEWORK_TESTS = {
     "test_llama_index.py": "llama_index.core",
     "test_litellm.py": "litellm",
     "test_dspy.py": "dspy",
+    "test_secrets_frameworks.py": "litellm",
 }
 
 

@@ -288,6 +288,8 @@ def check_compose(compose: dict, collector: dict) -> list[str]:
         repo, tag = image_tag(svc.get("image", ""))
         if tag is None or tag == "latest" or not EXACT_TAG.match(tag):
             problems.append(f"{name}: image {svc.get('image')!r} is not pinned to an exact version")
+        if svc.get("network_mode") == "host":  # every port the service opens would be on every host interface
+            problems.append(f"{name}: network_mode host bypasses the loopback-only port bindings")
         for spec in svc.get("ports") or []:
             host_ip, _, target = split_port(spec)
             var = BIND_VARIABLE.match(host_ip or "")
@@ -477,8 +479,17 @@ def test_checkers_catch_broken_compose_files(compose, collector):
     bad["services"]["mlflow"]["ports"] = ["5000:5000"]
     bad["services"]["prometheus"]["ports"] = ["0.0.0.0:9090:9090"]
     bad["services"]["jaeger"]["ports"] = ["${COLLECTOR_BIND:-127.0.0.1}:16686:16686"]
+    bad["services"]["collector"]["network_mode"] = "host"
     problems = check_compose(bad, collector)
-    for needle in ("jaeger: image", "prometheus: image", "mlflow: port", "prometheus: port", "jaeger: only"):
+    needles = (
+        "jaeger: image",
+        "prometheus: image",
+        "mlflow: port",
+        "prometheus: port",
+        "jaeger: only",
+        "collector: network",
+    )
+    for needle in needles:
         assert any(p.startswith(needle) for p in problems), (needle, problems)
 
     bad = copy.deepcopy(compose)

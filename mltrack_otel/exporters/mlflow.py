@@ -78,8 +78,10 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -516,10 +518,21 @@ class MlflowSpanExporter(SpanExporter):
         with self._lock:
             first = kind not in self._logged
             self._logged.add(kind)
+        args = tuple(_masked(arg) for arg in args)
         if first:
-            _logger.log(level, msg, *args, exc_info=exc if _logger.isEnabledFor(logging.DEBUG) else None)
+            if exc is not None and _logger.isEnabledFor(logging.DEBUG):  # its traceback repeats the URL: mask it too
+                msg, args = msg + "\n%s", (*args, _masked("".join(traceback.format_exception(exc))))
+            _logger.log(level, msg, *args)
         else:
             _logger.debug(msg, *args)
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+
+
+def _masked(value: Any) -> Any:
+    """Text with the user:password@ of any URL in it masked: tracking URIs may carry credentials, logs must not."""
+    return _URL_CREDENTIALS.sub("***@", value) if isinstance(value, str) else value
 
 
 def _mlflow_trace_id(span: ReadableSpan) -> str:
