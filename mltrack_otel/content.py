@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from opentelemetry.trace import Status, StatusCode
+
 from . import guard
 
 TRUNCATION_MARK = "...[truncated]"
@@ -287,3 +289,24 @@ def parse_arguments(raw: Any) -> Any:
         except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return raw
     return raw
+
+
+def record_failure(span: Any, error: BaseException, redactor: re.Pattern[str] | None) -> None:
+    """Exception event and ERROR status on span; redaction patterns apply to the message and stack trace too,
+    since gateways may echo keys or headers back in error text."""
+    message = _as_text(error)
+    attributes = None
+    if redactor is not None:
+        import traceback
+
+        message = redactor.sub(REDACTED, message)
+        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        attributes = {"exception.message": message, "exception.stacktrace": redactor.sub(REDACTED, stack)}
+    span.record_exception(error, attributes=attributes)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:1024]))
+
+
+def utf8(text: str) -> str:
+    """text, with anything UTF-8 cannot carry (lone surrogates) replaced: span names and model names reach the
+    OTLP encoder, which fails the whole batch on one such string."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")

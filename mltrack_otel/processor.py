@@ -25,6 +25,7 @@ from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import Cost, Pricer, Usage
+from .usage import MAX_TOKENS
 
 _log = logging.getLogger("mltrack_otel.processor")
 
@@ -58,7 +59,7 @@ class _Live:
 
 def _count(value: Any) -> int | None:
     """A token count, or None when the value is not a plausible one (bool, negative, float, string...)."""
-    if type(value) is int and value >= 0:
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # larger would overflow OTLP's int64 in the totals
         return value
     return None
 

@@ -18,7 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from . import config, content, guard, semconv
 from .ledger import Scope, Totals, _current_scope, current_scope
@@ -72,8 +72,7 @@ class _Active:
             _current_scope.reset(scope_token)
 
     def fail(self, exc: BaseException) -> None:
-        self.span.record_exception(exc)
-        self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        content.record_failure(self.span, exc, config.current().redactor)
         self.span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
 
 
@@ -204,6 +203,8 @@ class LLMTracker:
         """Name and identifying attributes of a model-call span."""
         provider = provider or self.provider
         model = model or self.model or settings.default_model(provider)
+        if isinstance(model, str):
+            model = content.utf8(model)
         attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: "chat"}
         if provider:
             attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider

@@ -462,11 +462,6 @@ def test_redaction_reaches_every_content_attribute_event_and_status(fake_provide
     assert exported.where(content.REDACTED.encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracking.py _Active.fail records the exception (event and status) without the redaction patterns, "
-    "unlike _base.record_failure: errors raised in track_llm_context, track_llm_call and @track keep secrets",
-)
 def test_redaction_reaches_errors_of_the_manual_api(pipeline):
     config.set_current(config.Settings(redact_patterns=REDACT_PATTERNS))
     error = ValueError(f"gateway said: bad key {REDACT_MARK}")

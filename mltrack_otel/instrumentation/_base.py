@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, ledger, semconv
 from ..errors import BudgetExceededError
+from ..usage import MAX_TOKENS
 from ..version import __version__
 from . import when_imported
 
@@ -155,7 +156,8 @@ def _other_attribute(obj: Any, name: str) -> Any:
 
 
 def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None  # bools and garbage are not counts
+    # Bools, garbage and counts past what OTLP's int64 totals can carry are not counts.
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else None
 
 
 def usage_attributes(usage: Any, shape: str) -> dict[str, int]:
@@ -343,18 +345,23 @@ def _flatten_messages(prefix: str, messages_json: str, attributes: dict[str, Any
                 texts.append(part["content"])
             elif kind == "tool_call_response":
                 texts.append(
-                    part["response"] if isinstance(part.get("response"), str) else json.dumps(part.get("response"))
+                    part["response"] if isinstance(part.get("response"), str) else _compact_json(part.get("response"))
                 )
             elif kind == "tool_call":
                 call = f"{base}.tool_calls.{calls}.tool_call"
                 attributes[f"{call}.function.name"] = str(part.get("name", ""))
                 args = part.get("arguments")
-                attributes[f"{call}.function.arguments"] = args if isinstance(args, str) else json.dumps(args)
+                attributes[f"{call}.function.arguments"] = args if isinstance(args, str) else _compact_json(args)
                 if part.get("id"):
                     attributes[f"{call}.id"] = str(part["id"])
                 calls += 1
         if texts:
             attributes[f"{base}.content"] = "".join(texts)
+
+
+def _compact_json(value: Any) -> str:
+    # As compact as the bounded JSON it came from (ensure_ascii would grow non-ASCII text up to 6x).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _add_openinference_end(attributes: dict[str, Any]) -> None:
@@ -590,16 +597,5 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
 
 
 def record_failure(span: Any, error: BaseException) -> None:
-    """Exception event and ERROR status; redaction patterns apply to the message and stack trace too, since
-    gateways may echo keys or headers back in error text."""
-    message = str(error)
-    attributes = None
-    redactor = config.current().redactor
-    if redactor is not None:
-        import traceback
-
-        message = redactor.sub(content.REDACTED, message)
-        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        attributes = {"exception.message": message, "exception.stacktrace": redactor.sub(content.REDACTED, stack)}
-    span.record_exception(error, attributes=attributes)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {message}"[:1024]))
+    """Exception event and ERROR status, redacted as configured."""
+    content.record_failure(span, error, config.current().redactor)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import config, guard
+from .. import config, content, guard
 from . import _base
 from ._base import Call, Inputs, StreamRecorder
 
@@ -208,7 +208,7 @@ class Patch:
         address, port, provider = self._server(instance)
         attributes = _base.base_attributes(endpoint.operation, provider, address, port)
         model = body.get("model")
-        model = model if isinstance(model, str) and model else settings.default_model(provider)
+        model = content.utf8(model) if isinstance(model, str) and model else settings.default_model(provider)
         if model:
             attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
         endpoint.request(body, attributes)
