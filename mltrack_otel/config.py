@@ -7,7 +7,7 @@ what was expected; environment variables are strings, split into lists or mappin
 
 from __future__ import annotations
 
-import difflib
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -16,7 +16,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
@@ -151,23 +150,36 @@ def find_config_file(start: Path | None = None) -> Path | None:
     return home if home.is_file() else None
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses YAML aliases: a config file has no use for them, and they enable YAML bombs."""
+@functools.cache
+def _yaml() -> tuple[Any, type]:
+    """(the yaml module, a SafeLoader that refuses aliases), imported on first use: most processes configure
+    from the environment or keyword arguments, and PyYAML costs ~15 ms to import. Aliases are refused because
+    a config file has no use for them, and they enable YAML bombs."""
+    import yaml
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return yaml, NoAliasLoader
+
+
+def _load_yaml(text: str) -> Any:
+    yaml, loader = _yaml()
+    return yaml.load(text, Loader=loader)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """Parse and strictly validate one YAML file; return its raw mapping."""
+    yaml_error = _yaml()[0].YAMLError
     try:
         if path.stat().st_size > _MAX_FILE_BYTES:
             raise ConfigError(f"{path}: file is larger than {_MAX_FILE_BYTES} bytes")
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = _load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml_error) as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
     except RecursionError:  # the YAML composer recurses once per nesting level
         raise ConfigError(f"{path}: cannot read configuration: nested too deeply") from None
@@ -192,12 +204,18 @@ def _explain(exc: ValidationError, origin: str) -> str:
         key = ".".join(str(part) for part in err["loc"])
         if err["type"] == "extra_forbidden":
             top = str(err["loc"][0])
-            close = difflib.get_close_matches(top, _FIELDS, n=1)
+            close = _close_match(top)
             hint = f" (did you mean {close[0]!r}?)" if close and len(err["loc"]) == 1 else ""
             lines.append(f"  key {key!r}: unknown key{hint}")
         else:
             lines.append(f"  key {key!r}: {err['msg']} (got {_shown(err.get('input'))})")
     return "\n".join(lines)
+
+
+def _close_match(name: str) -> list[str]:
+    import difflib  # only for error messages
+
+    return difflib.get_close_matches(name, _FIELDS, n=1)
 
 
 def _shown(value: Any) -> str:
@@ -217,8 +235,8 @@ def _env_value(name: str, raw: str) -> Any:
         if name == "otlp_headers":
             return _parse_headers(raw)
         try:
-            return yaml.load(raw, Loader=_NoAliasLoader)
-        except yaml.YAMLError as exc:
+            return _load_yaml(raw)
+        except _yaml()[0].YAMLError as exc:
             raise ConfigError(f"MLTRACK_{name.upper()}: expected a YAML/JSON mapping: {exc}") from None
     if "tuple" in annotation:
         return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -281,7 +299,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         name = key[len("MLTRACK_") :].lower()
         if name not in _FIELDS:
-            close = difflib.get_close_matches(name, _FIELDS, n=1)
+            close = _close_match(name)
             hint = f" (did you mean MLTRACK_{close[0].upper()}?)" if close else ""
             raise ConfigError(f"environment variable {key}: unknown setting{hint}")
         values[name] = _env_value(name, raw)
