@@ -43,7 +43,7 @@ def main() -> None:
         ("Pricer.price  override my-ft-model", lambda: pricer.price(None, "my-ft-model", usage)),
         ("Pricer.price  unknown model (cached miss)", lambda: pricer.price("openai", "no-such-model", usage)),
         (
-            "Pricer.price  perplexity/sonar (genai-prices slow path)",
+            "Pricer.price  perplexity/sonar (per-request fee)",
             lambda: pricer.price("perplexity", "sonar", usage),
         ),
         (

@@ -154,6 +154,7 @@ class _Rates:
     tiered: bool
     genai_price: Any  # genai_prices.types.ModelPrice | None
     label: str
+    per_request: Decimal | None = None  # a fee on every call (Perplexity's requests_kcount / 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +182,11 @@ def _compile_rates(model_price: Any) -> _Rates:
     prices = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
     fast = {k: v for k, v in prices.items() if k in _FAST_KEYS}
     # Other price keys (audio, images, web searches...) price usage we never report, so they add nothing --
-    # except a per-request price, which genai-prices charges on every call: leave those to genai-prices.
-    simple = "requests_kcount" not in prices and all(
+    # except a per-request price, which genai-prices charges on every call (in the total, not input or output).
+    per_request = prices.get("requests_kcount")
+    simple = all(
         isinstance(v, TieredPrices) or (isinstance(v, Decimal) and v.is_finite() and v >= 0) for v in fast.values()
-    )
+    ) and (per_request is None or (isinstance(per_request, Decimal) and per_request.is_finite() and per_request >= 0))
     if not simple:
         return _Rates(None, None, None, None, None, False, model_price, str(model_price))
     rates = {k: _per_token(v) for k, v in fast.items()}
@@ -197,6 +199,7 @@ def _compile_rates(model_price: Any) -> _Rates:
         any(isinstance(v, _Tiered) for v in rates.values()),
         None,
         str(model_price),
+        per_request / 1000 if per_request is not None else None,
     )
 
 
@@ -304,7 +307,8 @@ def _cost(rates: _Rates, usage: Usage, source: str) -> Cost | None:
     cost_out = plain_out * r_out if r_out is not None and plain_out else Decimal(0)
     if rs:
         cost_out += rs * r_rs
-    return Cost(cost_in, cost_out, cost_in + cost_out, source)
+    total = cost_in + cost_out if rates.per_request is None else cost_in + cost_out + rates.per_request
+    return Cost(cost_in, cost_out, total, source)
 
 
 def _genai_cost(model_price: Any, usage: Usage, source: str) -> Cost:

@@ -241,7 +241,7 @@ SAMPLE = [
     ("together", "meta-llama/Llama-3-70b-chat-hf", None),
     ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 1, 0, tzinfo=timezone.utc)),  # time-of-day prices
     ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 17, 0, tzinfo=timezone.utc)),
-    ("perplexity", "sonar", None),  # per-request fee: priced by genai-prices itself
+    ("perplexity", "sonar", None),  # a per-request fee in the total
     ("aws", "us.anthropic.claude-3-5-sonnet-20241022-v2:0", None),
     ("azure", "gpt-4o", None),
 ]
