@@ -2,11 +2,15 @@
 
 Every hook that runs inside a user's call goes through :func:`guarded` or :func:`record_error`, so a bug in
 tracking is logged once per place, counted, and never changes the user's result.
+
+The counters describe this process: a forked child (a pre-fork server's worker) starts its own from zero.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -20,10 +24,47 @@ _logged: set[str] = set()
 T = TypeVar("T")
 
 
+class Tally:
+    """A counter cheap enough for a per-span path: no lock, because next() on an itertools.count is atomic in
+    CPython (one C call under the GIL), where `n += 1` is not."""
+
+    __slots__ = ("_count",)
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+
+    def add(self) -> None:
+        next(self._count)
+
+    @property
+    def value(self) -> int:
+        return int(repr(self._count)[6:-1])  # "count(N)": the only way to read it without advancing it
+
+    def reset(self) -> None:
+        self._count = itertools.count()
+
+
+_tallies: dict[str, Tally] = {}
+
+
+def tally(name: str) -> Tally:
+    """The Tally that health() reports under `name` (e.g. "spans.processed")."""
+    with _lock:
+        return _tallies.setdefault(name, Tally())
+
+
 def count(name: str, n: int = 1) -> None:
-    """Add n to a health counter (e.g. "spans.processed")."""
+    """Add n to a health counter (e.g. "spans.dropped")."""
     with _lock:
         _counters[name] += n
+
+
+def first_time(key: str) -> bool:
+    """True the first time `key` is seen in this process: for warnings logged once, then only counted."""
+    with _lock:
+        first = key not in _logged
+        _logged.add(key)
+    return first
 
 
 def record_error(where: str, exc: BaseException | None = None) -> None:
@@ -31,9 +72,7 @@ def record_error(where: str, exc: BaseException | None = None) -> None:
     with _lock:
         _counters["errors.caught"] += 1
         _counters[f"errors.{where}"] += 1
-        first = where not in _logged
-        _logged.add(where)
-    if first:
+    if first_time(where):
         _log.warning(
             "mltrack-otel: tracking failed in %s (further failures here are counted, not logged)",
             where,
@@ -51,9 +90,15 @@ def guarded(where: str, fn: Callable[..., T], *args: Any, default: T | None = No
 
 
 def health() -> dict[str, int]:
-    """A snapshot of the counters: spans processed, priced, unpriced, dropped, errors caught, ..."""
+    """A snapshot of the counters: spans processed, priced, unpriced, exported, dropped, export_failed, errors
+    caught, ... (`spans.<outcome>.<exporter>` per exporter)."""
     with _lock:
-        return dict(_counters)
+        snapshot = dict(_counters)
+        tallies = list(_tallies.items())
+    for name, counter in tallies:
+        if value := counter.value:
+            snapshot[name] = value
+    return snapshot
 
 
 def reset() -> None:
@@ -61,3 +106,15 @@ def reset() -> None:
     with _lock:
         _counters.clear()
         _logged.clear()
+        for counter in _tallies.values():
+            counter.reset()
+
+
+def _start_afresh_in_child() -> None:
+    # The parent may have forked while another of its threads held the lock: the child would wait on it forever.
+    global _lock
+    _lock = threading.Lock()
+    reset()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)

@@ -4,13 +4,17 @@ Recording a measurement costs the OpenTelemetry SDK ~15 µs, so metrics are not 
 SpanMetricsExporter sits behind its own BatchSpanProcessor under the CostSpanProcessor and records from the enriched
 spans in the export worker. Attributes are limited to low-cardinality ones (provider, model, operation, token type,
 error type) so a fleet's totals add up in any metrics backend.
+
+observe_delivery() adds mltrack.spans.exported / .export_failed / .dropped per exporter: observable counters read
+from the health counters (delivery.py) when the metrics are collected, so they cost the span path nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
@@ -95,3 +99,33 @@ class SpanMetricsExporter(SpanExporter):
             self.cost.add(cost, labels)
         elif attrs.get(semconv.MLTRACK_COST_UNPRICED):
             self.unpriced.add(1, labels)
+
+
+# metric -> the health counter it reports, per exporter ("spans.dropped.otlp" -> {mltrack.exporter: otlp})
+_DELIVERY_METRICS = (
+    (semconv.METRIC_MLTRACK_SPANS_EXPORTED, "spans.exported.", "Spans exporters delivered"),
+    (semconv.METRIC_MLTRACK_SPANS_EXPORT_FAILED, "spans.export_failed.", "Spans exporters gave up on"),
+    (semconv.METRIC_MLTRACK_SPANS_DROPPED, "spans.dropped.", "Spans dropped before they reached an exporter"),
+)
+_observed: weakref.WeakSet[MeterProvider] = weakref.WeakSet()
+
+
+def observe_delivery(meter_provider: MeterProvider) -> None:
+    """Register the delivery counters on `meter_provider` (once per provider: configure() may run again)."""
+    if meter_provider in _observed:
+        return
+    _observed.add(meter_provider)
+    meter = get_meter("mltrack_otel", __version__, meter_provider=meter_provider)
+    for name, prefix, description in _DELIVERY_METRICS:
+        meter.create_observable_counter(name, callbacks=[_per_exporter(prefix)], unit="{span}", description=description)
+
+
+def _per_exporter(prefix: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(value, {semconv.MLTRACK_EXPORTER: key[len(prefix) :]})
+            for key, value in guard.health().items()
+            if key.startswith(prefix)
+        ]
+
+    return observe

@@ -2,15 +2,25 @@
 
 Never hijacks an application's own SDK provider: when one is already global, our processor chain is added to it.
 Calling configure() again swaps the chain in place (the old one is flushed and shut down), so it is idempotent.
+
+Export stays off the application's path: every exporter sits behind its own bounded queue and worker, and keeps
+books of what it exported, failed and dropped (delivery.py). shutdown(), also run at interpreter exit, keeps to
+shutdown_timeout_seconds however the backends behave. A forked child (a pre-fork server's worker) builds an export
+chain of its own.
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import importlib.util
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -27,7 +37,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from . import config, guard, ledger
 from .config import Settings
-from .metrics import SpanMetricsExporter
+from .delivery import CountingBatchSpanProcessor, CountingSpanExporter, Delivery
+from .metrics import SpanMetricsExporter, observe_delivery
 from .pricing import Pricer
 from .processor import CostSpanProcessor
 
@@ -40,11 +51,13 @@ class _Slot(SpanProcessor):
 
     def __init__(self, target: CostSpanProcessor) -> None:
         self.target = target
+        self._processed = guard.tally("spans.processed").add
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self.target.on_start(span, parent_context)
 
     def on_end(self, span: ReadableSpan) -> None:
+        self._processed()
         self.target.on_end(span)
 
     def shutdown(self) -> None:
@@ -65,6 +78,9 @@ class Runtime:
     metric_reader: Any = None
     exporters: tuple[str, ...] = ()
     meter_provider: Any = None  # ours to shut down (None when the application's own is global, or none is needed)
+    deliveries: dict[str, Delivery] = field(default_factory=dict)  # the books of each exporter, by name
+    meters: Any = None  # the MeterProvider metrics are recorded to: ours or the application's
+    closed: bool = False  # shutdown() has run
 
 
 _runtime: Runtime | None = None
@@ -145,13 +161,14 @@ _MAX_PAYLOAD_BYTES = 4 * 1024 * 1024  # what OTLP receivers commonly accept per 
 _SPAN_OVERHEAD_BYTES = 4096  # ids, names, times and the non-content attributes of one span, generously
 
 
-def _batch(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
+def _batch(exporter: SpanExporter, delivery: Delivery, settings: Settings) -> BatchSpanProcessor:
     # A span carries at most two content attributes of content_max_bytes each; size batches so that even a batch
     # of the largest spans stays under the payload limit.
     largest_span = 2 * settings.content_max_bytes + _SPAN_OVERHEAD_BYTES
     batch_size = max(1, min(settings.export_batch_size, settings.export_queue_size, _MAX_PAYLOAD_BYTES // largest_span))
-    return BatchSpanProcessor(
+    return CountingBatchSpanProcessor(
         exporter,
+        delivery,
         max_queue_size=settings.export_queue_size,
         max_export_batch_size=batch_size,
         schedule_delay_millis=settings.export_delay_ms,
@@ -159,20 +176,40 @@ def _batch(exporter: SpanExporter, settings: Settings) -> BatchSpanProcessor:
     )
 
 
-def _downstream(settings: Settings, names: tuple[str, ...]) -> tuple[list[SpanProcessor], InMemorySpanExporter | None]:
-    processors: list[SpanProcessor] = []
+def _chain(
+    settings: Settings, names: tuple[str, ...], meters: Any
+) -> tuple[CostSpanProcessor, InMemorySpanExporter | None, dict[str, Delivery]]:
+    """The CostSpanProcessor over one processor per exporter (and one recording metrics when `meters` is set)."""
+    downstream: list[SpanProcessor] = []
+    deliveries: dict[str, Delivery] = {}
     memory = None
+
+    def add(name: str, exporter: SpanExporter, batched: bool) -> None:
+        delivery = deliveries[name] = Delivery(name)
+        if batched:
+            downstream.append(_batch(exporter, delivery, settings))
+        else:
+            downstream.append(SimpleSpanProcessor(CountingSpanExporter(exporter, delivery)))
+
     for name in names:
         if name == "memory":
             memory = InMemorySpanExporter()
-            processors.append(SimpleSpanProcessor(memory))
+            add(name, memory, batched=False)
         elif name == "console":
-            processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+            add(name, ConsoleSpanExporter(), batched=False)
         elif name == "otlp":
-            processors.append(_batch(_otlp_exporter(settings), settings))
+            add(name, _otlp_exporter(settings), batched=True)
         elif name == "mlflow":
-            processors.append(_batch(_mlflow_exporter(settings), settings))
-    return processors, memory
+            add(name, _mlflow_exporter(settings), batched=True)
+    if meters is not None:  # recorded in the export worker, off the caller's thread
+        add("metrics", SpanMetricsExporter(meters), batched=True)
+    processor = CostSpanProcessor(
+        *downstream,
+        pricer=Pricer(settings.price_overrides, settings.provider_aliases),
+        track_costs=settings.llm_track_costs,
+        track_tokens=settings.llm_track_token_usage,
+    )
+    return processor, memory, deliveries
 
 
 def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, Any]:
@@ -204,7 +241,8 @@ def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, An
     if not readers:
         return None, None
     resource = Resource.create({SERVICE_NAME: settings.service_name})
-    return MeterProvider(resource=resource, metric_readers=readers), memory_reader
+    # Not shut down by the SDK at exit: our own exit hook does it, within shutdown_timeout_seconds.
+    return MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False), memory_reader
 
 
 def configure(config_file: str | None = None, **overrides: Any) -> Any:
@@ -226,35 +264,36 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
             return _runtime.tracer_provider
 
         names = resolve_exporters(settings)
-        downstream, memory = _downstream(settings, names)
-        meter_provider, metric_reader = _meter_provider(settings, names)
-        if meter_provider is not None:  # recorded in the export worker, off the caller's thread
-            downstream.append(_batch(SpanMetricsExporter(meter_provider), settings))
-        owned_meters = meter_provider if meter_provider is not metrics.get_meter_provider() else None
-        processor = CostSpanProcessor(
-            *downstream,
-            pricer=Pricer(settings.price_overrides, settings.provider_aliases),
-            track_costs=settings.llm_track_costs,
-            track_tokens=settings.llm_track_token_usage,
-        )
-        provider = _install(processor, settings)
+        meters, metric_reader = _meter_provider(settings, names)
+        if meters is not None:
+            observe_delivery(meters)
+        owned_meters = meters if meters is not metrics.get_meter_provider() else None
+        processor, memory, deliveries = _chain(settings, names, meters)
+        provider, replaced = _install(processor, settings)
         previous = _runtime
-        _runtime = Runtime(settings, provider, processor, memory, metric_reader, names, owned_meters)
-    if previous is not None and previous.meter_provider is not None:
-        _shutdown_within([previous.meter_provider.shutdown], previous.settings.shutdown_timeout_seconds)
+        _runtime = Runtime(
+            settings, provider, processor, memory, metric_reader, names, owned_meters, deliveries, meters
+        )
+        _watch_process(_runtime)
+    if previous is not None and not previous.closed:  # outside the lock: a dead backend may hold it for a while
+        _shut_down(
+            replaced.downstream if replaced is not None else (),
+            previous.meter_provider,
+            previous.settings.shutdown_timeout_seconds,
+        )
     _log.info("mltrack-otel: exporting to %s", ", ".join(names) or "nothing (ledger and metrics only)")
     return provider
 
 
-def _install(processor: CostSpanProcessor, settings: Settings) -> TracerProvider:
+def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerProvider, CostSpanProcessor | None]:
+    """Put our chain on the global SDK provider (made if needed); return it and the chain this one replaced."""
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
         slot = _slots.get(id(provider))
         if slot is not None:
             old, slot.target = slot.target, processor
-            old.shutdown()
-            return provider
+            return provider, old
         _log.info("mltrack-otel: an SDK TracerProvider is already global; adding our processor chain to it")
     else:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
@@ -266,37 +305,103 @@ def _install(processor: CostSpanProcessor, settings: Settings) -> TracerProvider
     slot = _Slot(processor)
     _slots[id(provider)] = slot
     provider.add_span_processor(slot)
-    return provider
+    return provider, None
+
+
+_exit_hook_added = False
+
+
+def _watch_process(rt: Runtime) -> None:
+    """Shut down at interpreter exit (within the deadline, before the SDK's own unbounded exit hooks, which run
+    after ours because they were registered earlier), and renew the export chain in a forked child."""
+    global _exit_hook_added
+    if not _exit_hook_added:
+        atexit.register(shutdown)
+        _exit_hook_added = True
+    # Registered after the SDK's fork handlers of this chain's processors, so in a child it runs after them.
+    own = weakref.ref(rt)
+    os.register_at_fork(after_in_child=lambda: guard.guarded("provider.fork", _renew_in_child, own()))
+
+
+def _renew_in_child(rt: Runtime | None) -> None:
+    """A forked child exports through a chain of its own. The inherited exporters share the parent's pooled
+    connections (two processes reading one socket lose or repeat batches), and the inherited processor still
+    remembers the parent's open spans. The inherited chain is stopped without touching its exporters."""
+    global _runtime
+    if rt is None or rt is not _runtime or rt.processor is None or rt.closed:
+        return
+    slot = _slots.get(id(rt.tracer_provider))
+    if slot is None:
+        return
+    for delivery in rt.deliveries.values():
+        delivery.abandon()
+    processor, memory, deliveries = _chain(rt.settings, rt.exporters, rt.meters)
+    inherited, slot.target = slot.target, processor
+    _runtime = dataclasses.replace(rt, processor=processor, memory_exporter=memory, deliveries=deliveries)
+    _watch_process(_runtime)
+    inherited.shutdown()  # ends the workers the SDK restarted for it in this child
+
+
+def _renew_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock_in_child)
+
+
+# The health counters the shutdown log line reports, in its order.
+_REPORTED = (
+    "spans.processed",
+    "spans.priced",
+    "spans.unpriced",
+    "spans.dropped",
+    "spans.export_failed",
+    "errors.caught",
+)
+_METRICS_SHARE = 0.2  # of the shutdown deadline, kept for the metrics' last export
 
 
 def shutdown() -> None:
-    """Flush and shut down every exporter, in parallel, within shutdown_timeout_seconds in total.
+    """Flush and shut down every exporter, in parallel, within shutdown_timeout_seconds in total, and log what
+    happened to the spans. Runs at interpreter exit too; a second call does nothing.
 
     The SDK's BatchSpanProcessor does not bound its final flush (each queued batch may retry for the exporter's
     timeout), so a dead backend could otherwise hold the process at exit for minutes.
     """
-    if _runtime is None or _runtime.processor is None:
-        return
-    steps = [processor.shutdown for processor in _runtime.processor.downstream]
-    if _runtime.meter_provider is not None:
-        steps.append(_runtime.meter_provider.shutdown)
-    late = _shutdown_within(steps, _runtime.settings.shutdown_timeout_seconds)
-    for processor in late:
-        exporter = getattr(getattr(processor, "__self__", None), "span_exporter", None)
-        if exporter is not None:  # stop its retries; what it still holds is dropped
-            threading.Thread(target=guard.guarded, args=("provider.shutdown", exporter.shutdown), daemon=True).start()
+    with _lock:
+        rt = _runtime
+        if rt is None or rt.processor is None or rt.closed:
+            return
+        rt.closed = True
+    _shut_down(rt.processor.downstream, rt.meter_provider, rt.settings.shutdown_timeout_seconds)
     counts = guard.health()
     _log.info(
-        "mltrack-otel: shut down; spans priced %d, unpriced %d, tracking errors caught %d",
-        counts.get("spans.priced", 0),
-        counts.get("spans.unpriced", 0),
-        counts.get("errors.caught", 0),
+        "mltrack-otel: shut down; spans processed %d, priced %d, unpriced %d, dropped %d, export failures %d, "
+        "tracking errors caught %d",
+        *(counts.get(key, 0) for key in _REPORTED),
     )
 
 
-def _shutdown_within(steps: list[Any], seconds: float) -> list[Any]:
-    """Run each step in its own daemon thread; return the steps still running at the deadline."""
+def _shut_down(processors: Sequence[SpanProcessor], meter_provider: Any, seconds: float) -> None:
+    """Shut the export processors down in parallel and close their books, then the MeterProvider (so that its
+    last collection has the metrics of the last spans and the final drop counts), all within `seconds`. A hanging
+    trace backend may take the processors' share only: the metrics may well go elsewhere."""
     deadline = time.monotonic() + seconds
+    spans_deadline = deadline - (seconds * _METRICS_SHARE if meter_provider is not None else 0.0)
+    for step in _run_until([processor.shutdown for processor in processors], spans_deadline):
+        exporter = getattr(getattr(step, "__self__", None), "span_exporter", None)
+        if exporter is not None:  # stop its retries; what it still holds is dropped
+            threading.Thread(target=guard.guarded, args=("provider.shutdown", exporter.shutdown), daemon=True).start()
+    for processor in processors:
+        if isinstance(processor, CountingBatchSpanProcessor):
+            processor.delivery.settle()
+    if meter_provider is not None:
+        _run_until([meter_provider.shutdown], deadline)
+
+
+def _run_until(steps: list[Callable[[], Any]], deadline: float) -> list[Callable[[], Any]]:
+    """Run each step in its own daemon thread; return the steps still running at the deadline."""
     threads = [threading.Thread(target=guard.guarded, args=("provider.shutdown", step), daemon=True) for step in steps]
     for thread in threads:
         thread.start()

@@ -56,6 +56,9 @@ MLTRACK_COST_UNPRICED: Final = "mltrack.cost.unpriced"
 MLTRACK_EMBEDDINGS_INPUT_COUNT: Final = "mltrack.embeddings.input_count"
 """Number of inputs embedded in one embeddings call."""
 
+MLTRACK_EXPORTER: Final = "mltrack.exporter"
+"""The exporter a delivery count is about: otlp, mlflow, console, memory, or metrics."""
+
 MLTRACK_LIMIT_KIND: Final = "mltrack.limit.kind"
 """Which limit was crossed: tokens or cost."""
 
@@ -95,3 +98,12 @@ METRIC_MLTRACK_CLIENT_CALLS_UNPRICED: Final = "mltrack.client.calls.unpriced"
 
 METRIC_MLTRACK_CLIENT_COST: Final = "mltrack.client.cost"
 """Counter of USD spent on model calls."""
+
+METRIC_MLTRACK_SPANS_DROPPED: Final = "mltrack.spans.dropped"
+"""Counter of spans dropped before they reached an exporter."""
+
+METRIC_MLTRACK_SPANS_EXPORTED: Final = "mltrack.spans.exported"
+"""Counter of spans an exporter delivered."""
+
+METRIC_MLTRACK_SPANS_EXPORT_FAILED: Final = "mltrack.spans.export_failed"
+"""Counter of spans an exporter failed to deliver, after its own retries."""
