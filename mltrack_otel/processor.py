@@ -118,6 +118,10 @@ class CostSpanProcessor(SpanProcessor):
         self._track_tokens = track_tokens
         self._live: dict[int, _Live] = {}
         self._lock = threading.Lock()
+        # Lock-free health counters: these run for every span.
+        self._processed = guard.tally("spans.processed").add
+        self._priced = guard.tally("spans.priced").add
+        self._unpriced = guard.tally("spans.unpriced").add
         # A pre-fork worker may fork while another thread holds the lock; the child would wait on it forever.
         # Weakly, so the registration does not keep a replaced processor alive.
         own = weakref.ref(self)
@@ -155,6 +159,7 @@ class CostSpanProcessor(SpanProcessor):
                 guard.record_error("processor.downstream.on_start", exc)
 
     def on_end(self, span: ReadableSpan) -> None:
+        self._processed()
         try:
             enriched = self._enrich(span)
         except Exception as exc:
@@ -276,7 +281,7 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
-        guard.count("spans.priced" if cost is not None else "spans.unpriced")
+        (self._priced if cost is not None else self._unpriced)()
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
         scope = live.scope if live is not None else None
         if conversation is None:  # inherited from a framework span above, or the tracking scope
