@@ -75,6 +75,8 @@ class Delivery:
             return True
 
     def answer(self, count: int, ok: bool) -> None:
+        if self.settled:  # in flight when the books closed, and reported so: a late outcome changes nothing now
+            return
         self._add(count, "exported" if ok else "failed")
         if not ok and guard.first_time(f"delivery.failed.{self.name}"):
             _log.warning(
