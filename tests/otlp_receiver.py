@@ -54,6 +54,8 @@ class Request:
     connection: int  # the client's port: which connection it came over
     spans: list[ReceivedSpan] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # sum of each counter's points
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""  # decompressed
 
 
 def _value(any_value: Any) -> Any:
@@ -113,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         answer = receiver.next_answer() if traces else 200
         answer, retry_after = answer if isinstance(answer, tuple) else (answer, receiver.retry_after)
         request = Request(self.path, answer, time.monotonic(), self.client_address[1])
+        request.headers, request.body = dict(self.headers.items()), body
         if traces:
             request.spans = decode_spans(body)
         elif self.path.endswith("/v1/metrics"):

@@ -10,10 +10,7 @@ BatchSpanProcessor per exporter -> opentelemetry-exporter-otlp (http/protobuf an
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import socket
-import threading
 import time
 from concurrent import futures
 
@@ -25,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 import mltrack_otel
 from mltrack_otel import config, guard, ledger, provider
 from mltrack_otel.instrumentation import uninstrument
+from tests.otlp_receiver import OtlpReceiver
 from tests.phoenix_server import phoenix  # noqa: F401  (module-scoped fixture)
 
 PROTOCOLS = ["http/protobuf", "grpc"]
@@ -127,21 +125,6 @@ def test_spans_reach_phoenix_with_tokens_model_and_cost(phoenix, otlp_pipeline, 
 # --- headers and compression from OTEL_EXPORTER_OTLP_*, observed on the wire ---------------------------------------
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[str, dict[str, str], bytes]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format, *args) -> None:
-        pass
-
-
 class _GrpcRecorder(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.received: list[tuple[dict[str, str], trace_service_pb2.ExportTraceServiceRequest]] = []
@@ -157,13 +140,8 @@ def _span_names(request: trace_service_pb2.ExportTraceServiceRequest) -> list[st
 
 @pytest.fixture
 def http_receiver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with OtlpReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture
@@ -182,7 +160,7 @@ HEADERS_ENV = "x-tenant=acme%20corp,Authorization=Bearer%20sk-secret-123"
 
 
 def test_http_env_endpoint_headers_and_gzip(otlp_pipeline, http_receiver, monkeypatch):
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{http_receiver.server_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", http_receiver.url)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", HEADERS_ENV)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
@@ -190,17 +168,17 @@ def test_http_env_endpoint_headers_and_gzip(otlp_pipeline, http_receiver, monkey
     _log_one_call("headers-http")
     mltrack_otel.shutdown()
 
-    traces = [(headers, body) for path, headers, body in http_receiver.received if path == "/v1/traces"]
-    assert traces, f"nothing posted to /v1/traces: {[path for path, _, _ in http_receiver.received]}"
-    for headers, _body in traces:
+    traces = [request for request in http_receiver.requests if request.path == "/v1/traces"]
+    assert traces, f"nothing posted to /v1/traces: {[request.path for request in http_receiver.requests]}"
+    for request in traces:
+        headers = {key.lower(): value for key, value in request.headers.items()}
         assert headers["x-tenant"] == "acme corp"  # URL-decoded, as the OTLP spec says
         assert headers["authorization"] == "Bearer sk-secret-123"
         assert headers["content-type"] == "application/x-protobuf"
-        assert headers["content-encoding"] == "gzip"
-    request = trace_service_pb2.ExportTraceServiceRequest.FromString(gzip.decompress(traces[0][1]))
-    assert sorted(_span_names(request)) == ["chat gpt-4o", "headers-http"]
+        assert headers["content-encoding"] == "gzip"  # and the receiver un-gzipped the body it decoded
+    assert sorted(span.name for span in traces[0].spans) == ["chat gpt-4o", "headers-http"]
     # The auth header goes on the wire, never into a span (invariant 6).
-    assert b"sk-secret-123" not in gzip.decompress(traces[0][1])
+    assert b"sk-secret-123" not in traces[0].body
 
 
 def test_grpc_env_endpoint_and_headers(otlp_pipeline, grpc_receiver, monkeypatch):

@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
-import http.server
 import json
 import logging
 import re
 import socket
-import threading
-import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +34,7 @@ import mltrack_otel
 from mltrack_otel import config, content, guard, ledger, provider
 from mltrack_otel.exporters.mlflow import MlflowSpanExporter
 from mltrack_otel.instrumentation import uninstrument
+from tests.otlp_receiver import OtlpReceiver
 
 pytest.importorskip("mlflow")
 
@@ -62,35 +59,15 @@ RESPONSE_TEXT = "lorem ipsum dolor"  # the fake's filler: only ever in responses
 # --- the receiver and the scan -------------------------------------------------------------------------------------
 
 
-class _Keeper(http.server.BaseHTTPRequestHandler):
-    """Keeps every request (path, headers, decompressed body) and answers like an OTLP/HTTP receiver."""
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        encoding = (self.headers.get("Content-Encoding") or "").lower()
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        self.server.received.append((self.path, dict(self.headers.items()), body))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Keeper)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with OtlpReceiver() as server:
+        yield server
+
+
+def _received(receiver: OtlpReceiver) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every request the receiver got: (path, headers, decompressed body)."""
+    return [(request.path, request.headers, request.body) for request in receiver.requests]
 
 
 def encodings(secret: str) -> dict[str, bytes]:
@@ -166,7 +143,7 @@ def export_everywhere(isolated_env, receiver, monkeypatch):
     def configure(**settings: Any) -> Any:
         mltrack_otel.configure(
             exporters=["otlp", "mlflow", "memory"],
-            otlp_endpoint=f"http://127.0.0.1:{receiver.server_port}",
+            otlp_endpoint=receiver.url,
             otlp_headers={"authorization": f"Bearer {OTLP_TOKEN}"},
             mlflow_tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
             mlflow_experiment_name="secret-scan",
@@ -179,7 +156,7 @@ def export_everywhere(isolated_env, receiver, monkeypatch):
     def collect() -> Exported:
         memory = list(provider.runtime().memory_exporter.get_finished_spans())
         mltrack_otel.shutdown()
-        exported = Exported(receiver.received, store, memory)
+        exported = Exported(_received(receiver), store, memory)
         print(f"\nsecret scan: {exported.size} bytes in {len(exported.blobs)} blobs")
         return exported
 
@@ -377,7 +354,7 @@ def test_no_secret_is_exported_anywhere(fake_provider, export_everywhere, receiv
     assert "gen_ai.client.token.usage" in exported.metric_names()
     places = exported.where(CANARY.encode())
     assert "file mlflow.db" in places and any(p.startswith("otlp /v1/traces") for p in places)
-    assert any(headers.get("authorization") == f"Bearer {OTLP_TOKEN}" for _, headers, _ in receiver.received)
+    assert any(headers.get("authorization") == f"Bearer {OTLP_TOKEN}" for _, headers, _ in _received(receiver))
 
     assert exported.leaks(SECRETS | {"otlp token": OTLP_TOKEN}) == []
     assert guard.health().get("errors.caught", 0) == 0
