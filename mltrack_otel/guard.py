@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -110,10 +111,51 @@ def reset() -> None:
             counter.reset()
 
 
+# --- work from finalizers ---------------------------------------------------------------------------------------
+# An abandoned stream's span is ended when the stream is garbage collected. A collection can start inside almost any
+# allocation, including one in the middle of the interpreter's own bookkeeping (a ContextVar.set, say), so the
+# finalizer only queues the work (SimpleQueue.put is safe there, by design) and a worker thread does it.
+
+_deferred: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+_worker: threading.Thread | None = None
+
+
+def defer(fn: Callable[..., Any], *args: Any) -> None:
+    """Run fn(*args) soon on the finalizer worker (for __del__ methods and weakref.finalize callbacks)."""
+    _deferred.put((fn, args))
+
+
+def start_deferred_worker() -> None:
+    """Start the worker that runs deferred finalizer work; cheap when it runs already. Call from ordinary code."""
+    global _worker
+    if _worker is not None and _worker.is_alive():
+        return
+    with _lock:
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_run_deferred, name="mltrack-otel-finalizers", daemon=True)
+            _worker.start()
+
+
+def drain_deferred(timeout: float = 5.0) -> bool:
+    """Wait until the finalizer work queued so far has run (shutdown, tests); False on timeout."""
+    start_deferred_worker()
+    done = threading.Event()
+    _deferred.put((done.set, ()))
+    return done.wait(timeout)
+
+
+def _run_deferred() -> None:
+    while True:
+        fn, args = _deferred.get()
+        guarded("finalizer", fn, *args)
+
+
 def _start_afresh_in_child() -> None:
     # The parent may have forked while another of its threads held the lock: the child would wait on it forever.
-    global _lock
+    # Nor does the child have the parent's finalizer worker; the next ordinary call starts its own.
+    global _lock, _worker
     _lock = threading.Lock()
+    _worker = None
     reset()
 
 

@@ -372,6 +372,8 @@ def shutdown() -> None:
         if rt is None or rt.processor is None or rt.closed:
             return
         rt.closed = True
+    # Spans of streams abandoned just before exit are ended by the finalizer worker: let it finish them first.
+    guard.drain_deferred(min(1.0, rt.settings.shutdown_timeout_seconds / 4))
     _shut_down(rt.processor.downstream, rt.meter_provider, rt.settings.shutdown_timeout_seconds)
     counts = guard.health()
     _log.info(

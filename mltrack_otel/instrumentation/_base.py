@@ -404,6 +404,7 @@ class StreamRecorder:
         self.suspended = False  # the caller holds an item (we are parked at a yield)
         self.first_at: float | None = None
         self.release: Any = None  # undoes our hook on the HTTP response once the span has ended
+        guard.start_deferred_worker()  # ends the span if the stream is abandoned (see __del__)
 
     def feed(self, item: Any) -> bool:
         """Record one item; return False to keep it from the caller."""
@@ -446,11 +447,8 @@ class StreamRecorder:
         finalizer of the abandoned stream, without a weakref.finalize registration on every call.
         """
         if not self.done:
-            try:
-                self.end(complete=False)
-            except Exception as exc:  # at interpreter exit modules may already be gone
-                with contextlib.suppress(Exception):
-                    guard.record_error("instrumentation.stream", exc)
+            with contextlib.suppress(Exception):  # at interpreter exit modules may already be gone
+                guard.defer(self.end, False)  # not here: a collection can start inside the interpreter's own work
 
 
 def check_budget(where: str) -> None:

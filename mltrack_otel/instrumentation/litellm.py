@@ -237,7 +237,7 @@ def _stream_proxy_class() -> type:
         def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
             super().__init__(wrapped)
             self._self_recorder = recorder
-            weakref.finalize(self, _end, recorder, False)  # abandoned: ends (partial) when collected
+            weakref.finalize(self, guard.defer, _end, recorder, False)  # abandoned: ends (partial) when collected
 
         def __iter__(self) -> Any:
             return self
