@@ -10,6 +10,7 @@ Everything public is re-exported here; the modules behind it are implementation.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from .errors import BudgetExceededError, ConfigError, LLMLimitWarning, MltrackError
@@ -48,7 +49,9 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f".{name}", __name__)  # mltrack_otel.provider, .semconv, ... as before
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # the next access is a plain module attribute
     return value

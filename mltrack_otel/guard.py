@@ -132,13 +132,22 @@ def start_deferred_worker() -> None:
         return
     with _lock:
         if _worker is None or not _worker.is_alive():
-            _worker = threading.Thread(target=_run_deferred, name="mltrack-otel-finalizers", daemon=True)
-            _worker.start()
+            worker = threading.Thread(target=_run_deferred, name="mltrack-otel-finalizers", daemon=True)
+            try:
+                worker.start()
+            except RuntimeError:  # at interpreter exit (Python 3.12.0-3.12.2): drain_deferred() works inline
+                return
+            _worker = worker
 
 
 def drain_deferred(timeout: float = 5.0) -> bool:
     """Wait until the finalizer work queued so far has run (shutdown, tests); False on timeout."""
     start_deferred_worker()
+    if _worker is None or not _worker.is_alive():  # no thread can start (interpreter exit): do the work here
+        while not _deferred.empty():
+            fn, args = _deferred.get_nowait()
+            guarded("finalizer", fn, *args)
+        return True
     done = threading.Event()
     _deferred.put((done.set, ()))
     return done.wait(timeout)

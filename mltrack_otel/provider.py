@@ -49,8 +49,8 @@ _lock = threading.Lock()
 class _Slot(SpanProcessor):
     """The one processor we add to a TracerProvider; configure() swaps what it delegates to."""
 
-    def __init__(self, target: CostSpanProcessor) -> None:
-        self.target = target
+    def __init__(self, target: SpanProcessor) -> None:
+        self.target = target  # our chain, or a bare SpanProcessor (does nothing) while tracking is off
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         self.target.on_start(span, parent_context)
@@ -257,33 +257,50 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
             cost_budget=settings.llm_cost_limit,
         )
         ledger.LEDGER.max_conversations = settings.max_conversations
-        if not settings.llm_tracking_enabled:
+        if not settings.llm_tracking_enabled:  # a chain installed before stops recording
+            previous, replaced = _runtime, _swap_chain(SpanProcessor())
             _runtime = Runtime(settings, trace.get_tracer_provider())
-            return _runtime.tracer_provider
-
-        names = resolve_exporters(settings)
-        meters, metric_reader = _meter_provider(settings, names)
-        if meters is not None:
-            observe_delivery(meters)
-        owned_meters = meters if meters is not metrics.get_meter_provider() else None
-        processor, memory, deliveries = _chain(settings, names, meters)
-        provider, replaced = _install(processor, settings)
-        previous = _runtime
-        _runtime = Runtime(
-            settings, provider, processor, memory, metric_reader, names, owned_meters, deliveries, meters
-        )
-        _watch_process(_runtime)
-    if previous is not None and not previous.closed:  # outside the lock: a dead backend may hold it for a while
+        else:
+            previous, replaced = _enable(settings)
+    if previous is not None and previous.processor is not None and not previous.closed:
+        # Outside the lock: a dead backend may hold it for a while.
+        previous.closed = True
         _shut_down(
-            replaced.downstream if replaced is not None else (),
+            replaced.downstream if isinstance(replaced, CostSpanProcessor) else (),
             previous.meter_provider,
             previous.settings.shutdown_timeout_seconds,
         )
-    _log.info("mltrack-otel: exporting to %s", ", ".join(names) or "nothing (ledger and metrics only)")
-    return provider
+    if _runtime.processor is not None:
+        _log.info("mltrack-otel: exporting to %s", ", ".join(_runtime.exporters) or "nothing (ledger and metrics only)")
+    return _runtime.tracer_provider
 
 
-def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerProvider, CostSpanProcessor | None]:
+def _enable(settings: Settings) -> tuple[Runtime | None, SpanProcessor | None]:
+    """Build and install the chain for settings (under _lock); return the runtime and chain it replaces."""
+    global _runtime
+    names = resolve_exporters(settings)
+    meters, metric_reader = _meter_provider(settings, names)
+    if meters is not None:
+        observe_delivery(meters)
+    owned_meters = meters if meters is not metrics.get_meter_provider() else None
+    processor, memory, deliveries = _chain(settings, names, meters)
+    provider, replaced = _install(processor, settings)
+    previous = _runtime
+    _runtime = Runtime(settings, provider, processor, memory, metric_reader, names, owned_meters, deliveries, meters)
+    _watch_process(_runtime)
+    return previous, replaced
+
+
+def _swap_chain(target: SpanProcessor) -> SpanProcessor | None:
+    """Point our slot on the global SDK provider at target; return what it pointed at (None: no slot there)."""
+    slot = _slots.get(id(trace.get_tracer_provider()))
+    if slot is None:
+        return None
+    old, slot.target = slot.target, target
+    return old
+
+
+def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerProvider, SpanProcessor | None]:
     """Put our chain on the global SDK provider (made if needed); return it and the chain this one replaced."""
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
@@ -403,8 +420,12 @@ def _shut_down(processors: Sequence[SpanProcessor], meter_provider: Any, seconds
 def _run_until(steps: list[Callable[[], Any]], deadline: float) -> list[Callable[[], Any]]:
     """Run each step in its own daemon thread; return the steps still running at the deadline."""
     threads = [threading.Thread(target=guard.guarded, args=("provider.shutdown", step), daemon=True) for step in steps]
-    for thread in threads:
-        thread.start()
+    try:
+        for thread in threads:
+            thread.start()
+    except RuntimeError:  # Python 3.12.0-3.12.2 start no thread in an exit hook: the SDK's own flush runs instead
+        _log.warning("mltrack-otel: cannot start shutdown threads at interpreter exit; left to the SDK's own flush")
+        return list(steps)
     late = []
     for step, thread in zip(steps, threads, strict=True):
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -97,10 +97,27 @@ def test_import_is_light(tmp_path):
     out = run(
         """
         import sys, mltrack_otel
-        heavy = [m for m in ("openai", "anthropic", "mlflow", "genai_prices", "langchain_core", "litellm")
-                 if m in sys.modules]
+        heavy = [m for m in ("openai", "anthropic", "mlflow", "genai_prices", "langchain_core", "litellm", "pydantic",
+                             "yaml", "opentelemetry.sdk") if m in sys.modules]
         print(heavy)
+        # Names and submodules load on first use, as if they had been imported eagerly.
+        print(mltrack_otel.provider.runtime(), mltrack_otel.semconv.LLM_COST_TOTAL, mltrack_otel.configure.__name__)
+        print(hasattr(mltrack_otel, "no_such_name"))
         """,
         tmp_path,
     )
-    assert out == "[]"
+    assert out.splitlines() == ["[]", "None llm.cost.total configure", "False"]
+
+
+def test_turning_tracking_off_stops_the_chain_configured_before(pipeline):
+    tp = mltrack_otel.configure(exporters=["memory"])
+    before = provider.runtime()
+    tracer = tp.get_tracer("app")
+    tracer.start_span("while on").end()
+    mltrack_otel.configure(llm_tracking_enabled=False)
+    tracer.start_span("while off").end()
+    assert [span.name for span in before.memory_exporter.get_finished_spans()] == ["while on"]
+    assert before.closed  # shut down, so its exporters and meters are flushed and released
+    mltrack_otel.configure(exporters=["memory"])  # and on again
+    tracer.start_span("on again").end()
+    assert [span.name for span in provider.runtime().memory_exporter.get_finished_spans()] == ["on again"]
