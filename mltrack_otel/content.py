@@ -82,7 +82,8 @@ def _make_fast_dumps() -> Any:
     return lambda obj: "".join(encoder(obj, 0))
 
 
-_dumps = _make_fast_dumps()
+dumps = _make_fast_dumps()
+"""Compact JSON (no ASCII escapes), objects it cannot encode as their fallback; the one encoder content uses."""
 
 
 def _utf8_size(text: str) -> int:
@@ -162,7 +163,7 @@ def encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None = 
 def _encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None) -> tuple[str, bool]:
     if redactor is not None:
         items = redact(items, redactor)
-    text = _dumps(items)
+    text = dumps(items)
     if len(text) <= max_bytes and _utf8_size(text) <= max_bytes:  # encoding also rejects lone surrogates
         return text, False
     return _shrink(items, max_bytes), True
@@ -174,7 +175,7 @@ def _shrink(items: list[Any], max_bytes: int) -> str:
     kept: list[str] = []
     used = 0
     for item in reversed(items):
-        piece = _dumps(item)
+        piece = dumps(item)
         cost = _utf8_size(piece) + (1 if kept else 0)  # the separating comma
         if used + cost > budget:
             break
@@ -189,7 +190,7 @@ def _cut_to_fit(item: Any, budget: int) -> str:
     """The JSON of item with its longest strings shortened until it fits budget bytes."""
     item = _copy_containers(item)
     for _ in range(_MAX_CUTS):
-        text = _dumps(item)
+        text = dumps(item)
         size = _utf8_size(text)
         if size <= budget:
             return text
@@ -197,7 +198,7 @@ def _cut_to_fit(item: Any, budget: int) -> str:
         if holder is None or len(value) <= len(TRUNCATION_MARK):
             break
         # Bytes per character of this string once JSON-escaped, to turn the excess into characters to cut.
-        ratio = max(1.0, _utf8_size(_dumps(value)) / max(1, len(value)))
+        ratio = max(1.0, _utf8_size(dumps(value)) / max(1, len(value)))
         cut = int((size - budget + len(TRUNCATION_MARK)) / ratio) + 1
         keep = max(0, len(value) - cut)
         holder[key] = value[:keep] + TRUNCATION_MARK
@@ -212,9 +213,9 @@ def _stub(item: Any, budget: int) -> str:
         stub = {"role": _fit(item["role"], _MAX_LABEL_BYTES), "parts": [part]}
         if isinstance(item.get("finish_reason"), str):
             stub["finish_reason"] = _fit(item["finish_reason"], _MAX_LABEL_BYTES)
-    room = budget - _utf8_size(_dumps(stub))
-    part["content"] = _fit(_dumps(item), room) + TRUNCATION_MARK
-    return _dumps(stub)
+    room = budget - _utf8_size(dumps(stub))
+    part["content"] = _fit(dumps(item), room) + TRUNCATION_MARK
+    return dumps(stub)
 
 
 def _fit(text: str, max_bytes: int) -> str:
@@ -223,7 +224,7 @@ def _fit(text: str, max_bytes: int) -> str:
     low, high = 0, len(text)
     while low < high:  # escapes and multi-byte characters vary in size: binary search the cut
         middle = (low + high + 1) // 2
-        if _utf8_size(_dumps(text[:middle])) - 2 <= max_bytes:
+        if _utf8_size(dumps(text[:middle])) - 2 <= max_bytes:
             low = middle
         else:
             high = middle - 1

@@ -25,7 +25,7 @@ from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import Cost, Pricer, Usage
-from .usage import MAX_TOKENS
+from .usage import count as _count
 
 _log = logging.getLogger("mltrack_otel.processor")
 
@@ -55,13 +55,6 @@ class _Live:
         self.scope = scope
         self.conversation = conversation  # own gen_ai.conversation.id at start, else the nearest ancestor's
         self.counted_below = False
-
-
-def _count(value: Any) -> int | None:
-    """A token count, or None when the value is not a plausible one (bool, negative, float, string...)."""
-    if type(value) is int and 0 <= value <= MAX_TOKENS:  # larger would overflow OTLP's int64 in the totals
-        return value
-    return None
 
 
 def read_usage(attrs: Any) -> Usage | None:

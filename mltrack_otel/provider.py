@@ -305,10 +305,8 @@ def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerPr
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
-        slot = _slots.get(id(provider))
-        if slot is not None:
-            old, slot.target = slot.target, processor
-            return provider, old
+        if id(provider) in _slots:
+            return provider, _swap_chain(processor)
         _log.info("mltrack-otel: an SDK TracerProvider is already global; adding our processor chain to it")
     else:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))

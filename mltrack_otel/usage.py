@@ -28,10 +28,27 @@ def _get(source: Any, name: str) -> Any:
     return getattr(source, name, None)
 
 
+def count(value: Any) -> int | None:
+    """value if it is a plausible token count, else None (bools, floats, negatives, past MAX_TOKENS)."""
+    return value if type(value) is int and 0 <= value <= MAX_TOKENS else None
+
+
+def attributes(
+    input_tokens: int, output_tokens: int, cache_read: int | None, cache_write: int | None, reasoning: int | None
+) -> dict[str, int]:
+    """The gen_ai.usage.* attributes: input and output always, the parts only when non-zero."""
+    out = {gen_ai.GEN_AI_USAGE_INPUT_TOKENS: input_tokens, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens}
+    if cache_read:
+        out[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cache_read
+    if cache_write:
+        out[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = cache_write
+    if reasoning:
+        out[gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
+    return out
+
+
 def _tokens(value: Any) -> int | None:
-    if value is None:
-        return None
-    if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+    if value is not None and count(value) is None:
         raise ValueError(f"token count must be an int from 0 to {MAX_TOKENS}, got {value!r:.100}")
     return value
 
@@ -77,14 +94,4 @@ def _usage_attributes(usage: Any, provider: str | None) -> dict[str, int]:
             cache_read = _tokens(_get(_get(usage, "input_tokens_details"), "cached_tokens"))
             reasoning = _tokens(_get(_get(usage, "output_tokens_details"), "reasoning_tokens"))
 
-    attributes = {
-        gen_ai.GEN_AI_USAGE_INPUT_TOKENS: input_tokens,
-        gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens,
-    }
-    if cache_read:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cache_read
-    if cache_write:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = cache_write
-    if reasoning:
-        attributes[gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
-    return attributes
+    return attributes(input_tokens, output_tokens, cache_read, cache_write, reasoning)

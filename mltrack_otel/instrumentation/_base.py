@@ -22,7 +22,8 @@ from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, ledger, semconv
 from ..errors import BudgetExceededError
-from ..usage import MAX_TOKENS
+from ..usage import attributes as usage_attributes_of
+from ..usage import count as _count
 from ..version import __version__
 from . import when_imported
 
@@ -155,11 +156,6 @@ def _other_attribute(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _count(value: Any) -> int | None:
-    # Bools, garbage and counts past what OTLP's int64 totals can carry are not counts.
-    return value if type(value) is int and 0 <= value <= MAX_TOKENS else None
-
-
 def usage_attributes(usage: Any, shape: str) -> dict[str, int]:
     """gen_ai.usage.* from an SDK usage object (or its JSON): input tokens include cache reads and writes.
 
@@ -184,18 +180,9 @@ def usage_attributes(usage: Any, shape: str) -> dict[str, int]:
         details = get(usage, "input_tokens_details")
         read, write = _count(get(details, "cached_tokens")), _count(get(details, "cache_write_tokens"))
         reasoning = _count(get(get(usage, "output_tokens_details"), "reasoning_tokens"))
-    attributes: dict[str, int] = {}
     if total_in is None and raw_out is None:
-        return attributes
-    attributes[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] = total_in or 0
-    attributes[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] = raw_out or 0
-    if read:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = read
-    if write:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = write
-    if reasoning:
-        attributes[gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
-    return attributes
+        return {}
+    return usage_attributes_of(total_in or 0, raw_out or 0, read, write, reasoning)
 
 
 def seq(value: Any) -> list[Any] | tuple[Any, ...]:
@@ -345,23 +332,18 @@ def _flatten_messages(prefix: str, messages_json: str, attributes: dict[str, Any
                 texts.append(part["content"])
             elif kind == "tool_call_response":
                 texts.append(
-                    part["response"] if isinstance(part.get("response"), str) else _compact_json(part.get("response"))
+                    part["response"] if isinstance(part.get("response"), str) else content.dumps(part.get("response"))
                 )
             elif kind == "tool_call":
                 call = f"{base}.tool_calls.{calls}.tool_call"
                 attributes[f"{call}.function.name"] = str(part.get("name", ""))
                 args = part.get("arguments")
-                attributes[f"{call}.function.arguments"] = args if isinstance(args, str) else _compact_json(args)
+                attributes[f"{call}.function.arguments"] = args if isinstance(args, str) else content.dumps(args)
                 if part.get("id"):
                     attributes[f"{call}.id"] = str(part["id"])
                 calls += 1
         if texts:
             attributes[f"{base}.content"] = "".join(texts)
-
-
-def _compact_json(value: Any) -> str:
-    # As compact as the bounded JSON it came from (ensure_ascii would grow non-ASCII text up to 6x).
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _add_openinference_end(attributes: dict[str, Any]) -> None:

@@ -44,6 +44,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import config, content, guard, ledger, semconv
 from ..content import media_part, parse_arguments, text_part
+from ..usage import attributes as usage_attributes_of
+from ..usage import count as _count
 from ..usage import usage_attributes
 from . import _base
 
@@ -315,10 +317,6 @@ def _request_attributes(params: Mapping[str, Any], metadata: Mapping[str, Any], 
         attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
 
 
-def _count(value: Any) -> int | None:
-    return value if type(value) is int and value >= 0 else None
-
-
 def usage_from_metadata(usage: Any) -> dict[str, int]:
     """GenAI usage attributes from LangChain's UsageMetadata (input_tokens already include cache)."""
     if not isinstance(usage, Mapping):
@@ -328,17 +326,15 @@ def usage_from_metadata(usage: Any) -> dict[str, int]:
         if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
             guard.record_error("usage.invalid", ValueError(f"invalid LangChain usage_metadata {usage!r}"))
         return {}
-    attributes = {gen_ai.GEN_AI_USAGE_INPUT_TOKENS: tokens_in, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: tokens_out}
     details_in = usage.get("input_token_details") or {}
     details_out = usage.get("output_token_details") or {}
-    for value, key in (
-        (details_in.get("cache_read"), gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
-        (details_in.get("cache_creation"), gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
-        (details_out.get("reasoning"), gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
-    ):
-        if _count(value):
-            attributes[key] = value
-    return attributes
+    return usage_attributes_of(
+        tokens_in,
+        tokens_out,
+        _count(details_in.get("cache_read")),
+        _count(details_in.get("cache_creation")),
+        _count(details_out.get("reasoning")),
+    )
 
 
 def _describe_error(span: trace.Span, error: BaseException) -> None:
