@@ -480,6 +480,14 @@ def test_tracking_disabled(otel, chat):
     assert otel.ours() == []
 
 
+def test_suppressed_instrumentation(otel, chat):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        assert chat().invoke("hello").content
+    assert otel.ours() == []
+
+
 def test_parent_ends_before_child(otel):
     """A child whose end never comes (abandoned stream, lost callback) is ended when its parent ends."""
     import uuid

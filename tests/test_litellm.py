@@ -287,6 +287,14 @@ def test_tracking_disabled_passes_through(traced, fake_provider, monkeypatch):
     assert traced.spans() == []
 
 
+def test_suppressed_instrumentation_passes_through(traced, fake_provider):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        assert litellm.completion(**openai_kwargs(fake_provider)).choices[0].message.content
+    assert traced.spans() == []
+
+
 # --- Router -------------------------------------------------------------------------------------------------
 
 

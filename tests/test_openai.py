@@ -547,6 +547,28 @@ def test_tracking_disabled_records_nothing(instrumented, oai):
     assert spans(instrumented) == []
 
 
+def test_suppressed_instrumentation_records_nothing(instrumented, oai):
+    """OTel's suppress_instrumentation() (exporters use it around their own requests) silences us like any
+    instrumentation; outside it, recording resumes."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        response = oai.chat.completions.create(model=MODEL, messages=MESSAGES)
+        chunks = list(oai.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+    assert response.choices[0].message.content and chunks
+    assert spans(instrumented) == []
+    oai.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert len(spans(instrumented)) == 1
+
+
+async def test_suppressed_instrumentation_async(instrumented, aoai):
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        await aoai.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert spans(instrumented) == []
+
+
 def test_content_truncated_to_budget(instrumented, oai):
     use_settings(content_max_bytes=400)
     history = [{"role": "user" if i % 2 else "assistant", "content": f"turn {i} " + "blah " * 30} for i in range(20)]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
@@ -431,6 +432,20 @@ class StreamRecorder:
         if not self.done:
             with contextlib.suppress(Exception):  # at interpreter exit modules may already be gone
                 guard.defer(self.end, False)  # not here: a collection can start inside the interpreter's own work
+
+
+# Set by opentelemetry.instrumentation.utils.suppress_instrumentation() (and by exporters around their own
+# requests): every OTel instrumentation stays silent inside it, and so do we.
+_SUPPRESS_KEY = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
+_get_value = otel_context.get_value
+
+
+def tracking_settings() -> config.Settings | None:
+    """The Settings to record a call with, or None when tracking is off or instrumentation is suppressed."""
+    if _get_value(_SUPPRESS_KEY):
+        return None
+    settings = config.current()
+    return settings if settings.llm_tracking_enabled else None
 
 
 def check_budget(where: str) -> None:

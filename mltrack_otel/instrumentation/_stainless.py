@@ -174,8 +174,8 @@ class Patch:
             endpoint = self.sdk.routes.get(url) or self.sdk.routes.get(url.partition("?")[0])
             if endpoint is None or options.method.lower() != "post":
                 return None
-            settings = config.current()
-            if not settings.llm_tracking_enabled:
+            settings = _base.tracking_settings()
+            if settings is None:
                 return None
         except Exception as exc:
             guard.record_error("instrumentation.begin", exc)

@@ -196,8 +196,7 @@ class Patch:
     def _enabled(self) -> config.Settings | None:
         if not self.active:
             return None
-        settings = config.current()
-        return settings if settings.llm_tracking_enabled else None
+        return _base.tracking_settings()
 
     def _push(self, call_id: str, span: Any, call: Call | None = None) -> None:
         token = otel_context.attach(trace.set_span_in_context(span))

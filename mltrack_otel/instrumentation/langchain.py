@@ -438,8 +438,7 @@ class Tracer:
     def _enabled(self) -> config.Settings | None:
         if not self.active:
             return None
-        settings = config.current()
-        return settings if settings.llm_tracking_enabled else None
+        return _base.tracking_settings()
 
     # -- chat models and LLMs --------------------------------------------------------------------------------------
 

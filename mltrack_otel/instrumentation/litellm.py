@@ -403,8 +403,8 @@ class Patch:
         if not self.active:
             return None
         try:
-            settings = config.current()
-            if not settings.llm_tracking_enabled:
+            settings = _base.tracking_settings()
+            if settings is None:
                 return None
         except Exception as exc:
             guard.record_error("instrumentation.litellm.begin", exc)

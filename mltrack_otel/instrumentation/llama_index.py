@@ -343,8 +343,8 @@ class _Tracker:
                 _patch_streams(type(instance))
         if kind is None:
             return
-        settings = config.current()
-        if not settings.llm_tracking_enabled:
+        settings = _base.tracking_settings()
+        if settings is None:
             return
         if kind == "execute_tool":
             current = self.by_span.get(id(trace.get_current_span()))
