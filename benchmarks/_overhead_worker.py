@@ -28,6 +28,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+FLOOR = "sdk-span"
+FLOOR_ON = True
+PROVIDER: Any = None  # the variant's TracerProvider, set by setup_variant
+
 OPS = ("openai_chat", "openai_stream", "anthropic_chat", "anthropic_stream", "openai_embeddings", "langchain_chat")
 
 SYSTEM = "You are a concise assistant."
@@ -186,8 +190,9 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    global PROVIDER
     exporter = InMemorySpanExporter()
-    tp = TracerProvider()
+    tp = PROVIDER = TracerProvider()
     facts: dict[str, Any] = {}
     # The SDK (and LangChain) first, so an instrumentor that patches on import and one that patches now see the same.
     if family(op) == "openai":
@@ -206,7 +211,7 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
     if variant == "raw":
         tp.add_span_processor(SimpleSpanProcessor(exporter))
         return exporter, facts
-    if variant == "sdk-span":
+    if variant == FLOOR:
         tp.add_span_processor(SimpleSpanProcessor(exporter))
         _bare_span_wrapper(family(op), tp.get_tracer("bench.floor"))
         facts["instrumented"] = ["a bare SDK span around SyncAPIClient.request"]
@@ -214,20 +219,12 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
     if variant in ("mltrack", "mltrack-nocontent"):
         import mltrack_otel
         from mltrack_otel import config
-        from mltrack_otel.instrumentation import LIBRARIES
 
         content = variant == "mltrack"
         config.set_current(config.Settings(llm_log_prompts=content, llm_log_responses=content))
         tp.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter)))
         libraries = ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
-        public = [name for name in libraries if name in LIBRARIES]
-        facts["instrumented"] = mltrack_otel.instrument(public, tracer_provider=tp)
-        for name in libraries:
-            if name not in LIBRARIES and name == "langchain":  # not yet in instrument(): use the instrumentor itself
-                from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-
-                LangChainInstrumentor().instrument(tracer_provider=tp, skip_dep_check=True)
-                facts["instrumented"].append("langchain (LangChainInstrumentor directly)")
+        facts["instrumented"] = mltrack_otel.instrument(libraries, tracer_provider=tp)
         facts["version"] = mltrack_otel.__version__
         return exporter, facts
     tp.add_span_processor(SimpleSpanProcessor(exporter))
@@ -267,9 +264,6 @@ _FLOOR_END = {
 }
 
 
-FLOOR_ON = True
-
-
 def _bare_span_wrapper(sdk: str, tracer: Any) -> None:
     """The floor variant: wrap the SDK's request choke point with nothing but an SDK span."""
     import importlib
@@ -289,6 +283,54 @@ def _bare_span_wrapper(sdk: str, tracer: Any) -> None:
 
     base = importlib.import_module(f"{sdk}._base_client")
     wrapt.wrap_function_wrapper(base.SyncAPIClient, "request", request)
+
+
+def switch_for(variant: str, op: str) -> Callable[[bool], None]:
+    """Turn the variant's instrumentation off and on again in place (benchmarks.bench_toggle).
+
+    Ours and OTel GenAI: uninstrument() restores the SDK's own methods, instrument() wraps them again. OpenInference
+    and OpenLLMetry: OTel's suppress_instrumentation() context, because OpenLLMetry's OpenAI instrumentor stacks a
+    second wrapper when instrumented again; their off-slices keep a pass-through wrapper (a microsecond or two),
+    which counts in their favour. The floor: its flag.
+    """
+    if variant == FLOOR:
+
+        def floor(on: bool) -> None:
+            global FLOOR_ON
+            FLOOR_ON = on
+
+        return floor
+    if variant in ("mltrack", "mltrack-nocontent"):
+        import mltrack_otel
+
+        libraries = ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
+        return lambda on: (
+            mltrack_otel.instrument(libraries, tracer_provider=PROVIDER) if on else mltrack_otel.uninstrument(libraries)
+        )
+    instrumentors = _peer_instrumentors(variant, op)
+    if variant in ("otel-genai", "otel-openai-v2"):
+
+        def reinstrument(on: bool) -> None:
+            for instrumentor in instrumentors:
+                if on:
+                    instrumentor.instrument(tracer_provider=PROVIDER, skip_dep_check=True)
+                else:
+                    instrumentor.uninstrument()
+
+        return reinstrument
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    suppressed: list[Any] = []
+
+    def suppress(on: bool) -> None:
+        if on and suppressed:
+            suppressed.pop().__exit__(None, None, None)
+        elif not on and not suppressed:
+            manager = suppress_instrumentation()
+            manager.__enter__()
+            suppressed.append(manager)
+
+    return suppress
 
 
 # --- the loop ------------------------------------------------------------------------------------------------

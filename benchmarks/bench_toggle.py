@@ -1,20 +1,22 @@
-"""Our added CPU per call, measured by switching our instrumentation on and off inside one process.
+"""Added CPU per call, each variant switched off and on inside its own process: ours, the floor and the peers.
 
-    python -m benchmarks.bench_toggle                       # every operation, 60 slice pairs each
-    python -m benchmarks.bench_toggle --ops openai_chat --pairs 100
+    python -m benchmarks.bench_toggle                       # every operation and variant, 60 slice pairs each
+    python -m benchmarks.bench_toggle --ops openai_chat --variants mltrack otel-genai --pairs 100
 
-benchmarks.overhead compares variants that each run in their own process; on a shared VM the differences between
-processes (and the machine's drift) are often larger than the figure itself. Here one process runs the call with
-mltrack-otel on, then off (the wrappers stay installed and pass straight through), in short alternating slices,
-and reports the median and interquartile range of the paired differences: noise hits both halves of a pair alike.
-The bare-SDK-span floor (see benchmarks.overhead's sdk-span variant) is toggled the same way in its own process.
-Only what can be switched off in place is measured: the peers cannot, so they stay in benchmarks.overhead.
+Comparing separate processes on a shared VM (benchmarks.overhead's per-process table) mixes in the differences
+between the processes and the machine's drift, which are often larger than the figure itself. Here each variant's
+process runs the call with its instrumentation on, then off, in short alternating slices, and reports the median
+and interquartile range of the paired differences: noise hits both halves of a pair alike. How each variant is
+switched (benchmarks._overhead_worker.switch_for): ours and OTel GenAI are uninstrumented and instrumented again;
+OpenInference and OpenLLMetry are silenced with OTel's suppress_instrumentation(), their pass-through wrapper
+staying in the off half (in their favour); the floor by its flag. benchmarks.overhead runs this as its paired table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._overhead_worker import OPS
+from benchmarks._overhead_worker import FLOOR, OPS
 
-OPERATIONS = tuple(op for op in OPS if op != "langchain_chat")  # LangChain needs the frameworks venv
+ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = r"""
 import json, statistics, sys, time
@@ -34,14 +36,10 @@ op, variant, pairs, calls = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.
 bodies = json.load(open(sys.argv[5]))
 exporter, _ = w.setup_variant(variant, op)
 call = w.make_call(op, "inproc", None, bodies)
-if variant == "sdk-span":
-    switch = lambda on: setattr(w, "FLOOR_ON", on)
-else:
-    from mltrack_otel.instrumentation import _stainless
-    patches = [c._patch for c in _stainless.StainlessInstrumentor.__subclasses__() if c.__dict__.get("_patch")]
-    switch = lambda on: [setattr(p, "active", on) for p in patches]
+switch = w.switch_for(variant, op)
 for _ in range(300):
     call()
+per_call = len(exporter.get_finished_spans()) // 300
 exporter.clear()
 diffs, on_cpu, off_cpu = [], [], []
 for i in range(pairs):
@@ -54,28 +52,68 @@ for i in range(pairs):
         cpu[on] = (time.process_time() - t) / calls * 1e6
         spans = len(exporter.get_finished_spans())
         exporter.clear()
-        if (spans > 0) != on:
-            raise SystemExit(f"{variant}/{op}: {spans} spans with instrumentation {'on' if on else 'off'}")
+        if spans != (per_call * calls if on else 0):
+            state = "on" if on else "off"
+            raise SystemExit(f"{variant}/{op}: {spans} spans for {calls} calls with instrumentation {state}")
+    switch(True)
     diffs.append(cpu[True] - cpu[False])
     on_cpu.append(cpu[True])
     off_cpu.append(cpu[False])
 q = statistics.quantiles(diffs, n=4)
-print(json.dumps({"added_us": statistics.median(diffs), "q1": q[0], "q3": q[2],
+print(json.dumps({"added_us": statistics.median(diffs), "q1": q[0], "q3": q[2], "spans_per_call": per_call,
                   "raw_us": statistics.median(off_cpu), "on_us": statistics.median(on_cpu)}))
 """
 
 
 def run(op: str, variant: str, pairs: int, calls: int, bodies: Path) -> dict[str, Any]:
+    from benchmarks.overhead import PEER_ENV
+
     cmd = [sys.executable, "-c", WORKER, op, variant, str(pairs), str(calls), str(bodies)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parent.parent)
+    env = {**os.environ, **PEER_ENV.get(variant, {}), "PYTHONHASHSEED": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     if done.returncode != 0:
-        return {"error": (done.stderr or done.stdout).strip().splitlines()[-1]}
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    ops: list[str], variants: list[str] | None, pairs: int, calls: int, bodies: Path, show: bool = True
+) -> dict[str, dict[str, Any]]:
+    """{op: {variant: paired figures}}, with each op's ratio to its best peer; prints a table as it goes."""
+    from benchmarks.overhead import OURS, PEERS_BY_FAMILY, variants_for
+
+    results: dict[str, dict[str, Any]] = {}
+    if show:
+        print(f"{'operation':18s} {'variant':18s} {'added µs/call':>13s} {'IQR':>12s} {'ratio':>6s} {'raw µs':>7s}")
+    for op in ops:
+        peers = set(PEERS_BY_FAMILY[op.split("_", 1)[0]])
+        chosen = [v for v in variants_for(op) if v != "raw" and (variants is None or v in variants)]
+        n = calls or (10 if "stream" in op or "langchain" in op else 40)
+        rows = results.setdefault(op, {})
+        for variant in chosen:
+            rows[variant] = run(op, variant, pairs, n, bodies)
+        covered = [rows[v]["added_us"] for v in chosen if v in peers and "error" not in rows[v]]
+        best = min(covered) if covered else None
+        for variant in chosen:
+            r = rows[variant]
+            if "error" in r:
+                if show:
+                    print(f"{op:18s} {variant:18s} ERROR {r['error'][:80]}")
+                continue
+            if variant in OURS and best:
+                r["ratio_to_best_peer"] = r["added_us"] / best
+            if show:
+                ratio = f"{r['ratio_to_best_peer']:.2f}" if "ratio_to_best_peer" in r else ""
+                iqr = f"{r['q1']:.0f}..{r['q3']:.0f}"
+                print(f"{op:18s} {variant:18s} {r['added_us']:13.0f} {iqr:>12s} {ratio:>6s} {r['raw_us']:7.0f}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ops", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--variants", nargs="+", help="default: ours, the floor and every peer")
     parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--calls", type=int, default=0, help="calls per slice (default: ~30 ms of CPU)")
     args = parser.parse_args(argv)
@@ -83,22 +121,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.overhead import canned_bodies
     from mltrack_otel.testing.fake_provider import FakeProvider
 
-    results: dict[str, Any] = {}
     started = time.perf_counter()
     with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory() as tmp:
         bodies = Path(tmp) / "bodies.json"
         bodies.write_text(json.dumps(canned_bodies(fake)))
-        print(f"{'operation':20s} {'variant':20s} {'added µs/call':>14s} {'IQR':>16s} {'raw µs/call':>12s}")
-        for op in args.ops:
-            calls = args.calls or (10 if "stream" in op else 40)
-            for variant in ("mltrack", "mltrack-nocontent", "sdk-span"):
-                r = results.setdefault(op, {})[variant] = run(op, variant, args.pairs, calls, bodies)
-                if "error" in r:
-                    print(f"{op:20s} {variant:20s} ERROR {r['error']}")
-                    continue
-                iqr = f"{r['q1']:.0f}..{r['q3']:.0f}"
-                print(f"{op:20s} {variant:20s} {r['added_us']:14.1f} {iqr:>16s} {r['raw_us']:12.0f}")
-    print(f"({time.perf_counter() - started:.0f} s)")
+        results = measure(args.ops, args.variants, args.pairs, args.calls, bodies)
+    print(f"({time.perf_counter() - started:.0f} s; the floor, {FLOOR}, is not a peer and has no ratio)")
     return results
 
 

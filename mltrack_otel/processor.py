@@ -196,32 +196,34 @@ class CostSpanProcessor(SpanProcessor):
                 parent_live = self._live.get(live.parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
-        extra: dict[str, Any] = {}
+        parent = span.parent
+        local_root = parent is None or parent.is_remote
+        scope = live.scope if live is not None else None
+        scope_root = scope is not None and scope.span_id == ctx.span_id
+        merged: dict[str, Any] | None = None  # the copy's attributes, made only when there is something to add
         events: list[Event] = []
         totals: Totals | None = None  # the running totals this span reports; the last one found wins
         if usage is not None:
-            totals = self._describe_usage(span, attrs, usage, cost, live, counted, extra, events)
+            merged = dict(attrs)
+            totals = self._describe_usage(span, attrs, usage, cost, live, counted, merged, events)
 
         # Scope roots get their final totals; so does a trace's local root.
-        scope = live.scope if live is not None else None
-        scope_root = scope is not None and scope.span_id == ctx.span_id
         if scope_root:
             totals = scope.totals
-        parent = span.parent
-        if parent is None or parent.is_remote:
+        if local_root:
             trace_totals = self._ledger.end_trace(ctx.trace_id)
             if trace_totals.calls and not scope_root:
                 totals = trace_totals
         if totals is not None:
-            extra[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
-            extra[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
-            extra[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.prompt_tokens + totals.completion_tokens
-            extra[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
+            if merged is None:
+                merged = dict(attrs)
+            merged[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
+            merged[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
+            merged[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.prompt_tokens + totals.completion_tokens
+            merged[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
 
-        if not extra:
+        if merged is None:
             return span
-        merged = dict(attrs)
-        merged.update(extra)
         own_events = getattr(span, "_events", None)  # the public property copies them into a new tuple
         if own_events is None:
             own_events = span.events
@@ -256,21 +258,23 @@ class CostSpanProcessor(SpanProcessor):
         cost: Cost | None,
         live: _Live | None,
         counted: bool,
-        extra: dict[str, Any],
+        out: dict[str, Any],
         events: list[Event],
     ) -> Totals | None:
-        """Tokens and cost attributes; for the counted span, the ledger's addition and its running totals."""
-        extra[semconv.LLM_TOKENS_PROMPT] = usage.input_tokens
-        extra[semconv.LLM_TOKENS_COMPLETION] = usage.output_tokens
-        extra[semconv.LLM_TOKENS_TOTAL] = usage.input_tokens + usage.output_tokens
-        extra[semconv.MLTRACK_USAGE_COUNTED] = counted
+        """Tokens and cost attributes into `out`; for the counted span, the ledger's addition and its running
+        totals."""
+        tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
+        out[semconv.LLM_TOKENS_PROMPT] = tokens_in
+        out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
+        out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
+        out[semconv.MLTRACK_USAGE_COUNTED] = counted
         if cost is not None:
-            extra[semconv.LLM_COST_PROMPT] = float(cost.input)
-            extra[semconv.LLM_COST_COMPLETION] = float(cost.output)
-            extra[semconv.LLM_COST_TOTAL] = float(cost.total)
-            extra[semconv.MLTRACK_PRICING_SOURCE] = cost.source
+            out[semconv.LLM_COST_PROMPT] = float(cost.input)
+            out[semconv.LLM_COST_COMPLETION] = float(cost.output)
+            out[semconv.LLM_COST_TOTAL] = float(cost.total)
+            out[semconv.MLTRACK_PRICING_SOURCE] = cost.source
         elif self._track_costs:
-            extra[semconv.MLTRACK_COST_UNPRICED] = True
+            out[semconv.MLTRACK_COST_UNPRICED] = True
 
         if not counted:
             return None
@@ -282,13 +286,13 @@ class CostSpanProcessor(SpanProcessor):
             if conversation is None and scope is not None:
                 conversation = scope.conversation_id
             if isinstance(conversation, str):
-                extra[gen_ai.GEN_AI_CONVERSATION_ID] = conversation
+                out[gen_ai.GEN_AI_CONVERSATION_ID] = conversation
         running, crossings = self._ledger.add(
             span.context.trace_id,
             scope,
             conversation if isinstance(conversation, str) else None,
-            usage.input_tokens,
-            usage.output_tokens,
+            tokens_in,
+            tokens_out,
             cost.total if cost is not None else None,
         )
         for crossing in crossings:
