@@ -333,6 +333,35 @@ def switch_for(variant: str, op: str) -> Callable[[bool], None]:
     return suppress
 
 
+def paired_slices(
+    call: Callable[[], Any], switch: Callable[[bool], None], exporter: Any, pairs: int, calls: int, label: str
+) -> tuple[list[tuple[float, float]], int]:
+    """([(on, off) CPU µs per call] for each pair of slices, spans per call): the variant switched on and off
+    between slices of `calls` calls, alternating which half comes first, after a warm-up of 300 calls. Every
+    "on" slice must export the warm-up's spans per call, every "off" slice none."""
+    for _ in range(300):
+        call()
+    per_call = len(exporter.get_finished_spans()) // 300
+    exporter.clear()
+    out = []
+    for i in range(pairs):
+        cpu = {}
+        for on in (True, False) if i % 2 else (False, True):
+            switch(on)
+            t = time.process_time()
+            for _ in range(calls):
+                call()
+            cpu[on] = (time.process_time() - t) / calls * 1e6
+            spans = len(exporter.get_finished_spans())
+            exporter.clear()
+            if spans != (per_call * calls if on else 0):
+                state = "on" if on else "off"
+                raise SystemExit(f"{label}: {spans} spans for {calls} calls with instrumentation {state}")
+        switch(True)
+        out.append((cpu[True], cpu[False]))
+    return out, per_call
+
+
 # --- the loop ------------------------------------------------------------------------------------------------
 
 

@@ -58,23 +58,13 @@ timed(CostSpanProcessor, "on_start", "ours_on_start")
 timed(CostSpanProcessor, "on_end", "ours_on_end")
 timed(SimpleSpanProcessor, "on_end", "export")
 
-for _ in range(200):
+for _ in range(300):  # first calls are dear (price lookups, lazy imports): keep them off the clocks
     call()
 exporter.clear()
 spent.clear()
-diffs, on_calls = [], 0
-for i in range(pairs):  # alternating on/off slices, as in benchmarks.bench_toggle; clocks tick only when on
-    cpu = {}
-    for on in ((True, False) if i % 2 else (False, True)):
-        switch(on)
-        t = time.process_time()
-        for _ in range(calls):
-            call()
-        cpu[on] = (time.process_time() - t) / calls * 1e6
-        exporter.clear()
-    switch(True)
-    diffs.append(cpu[True] - cpu[False])
-    on_calls += calls
+pairs_cpu, _ = w.paired_slices(call, switch, exporter, pairs, calls, f"mltrack/{op}")
+diffs = [on - off for on, off in pairs_cpu]
+on_calls = 300 + pairs * calls  # the clocks tick on every call made switched on: the warm-up's and the on-halves'
 shares = {k: v / on_calls / 1e3 for k, v in spent.items()}
 print(json.dumps({"added_us": statistics.median(diffs), **shares}))
 """

@@ -37,28 +37,9 @@ bodies = json.load(open(sys.argv[5]))
 exporter, _ = w.setup_variant(variant, op)
 call = w.make_call(op, "inproc", None, bodies)
 switch = w.switch_for(variant, op)
-for _ in range(300):
-    call()
-per_call = len(exporter.get_finished_spans()) // 300
-exporter.clear()
-diffs, on_cpu, off_cpu = [], [], []
-for i in range(pairs):
-    cpu = {}
-    for on in ((True, False) if i % 2 else (False, True)):
-        switch(on)
-        t = time.process_time()
-        for _ in range(calls):
-            call()
-        cpu[on] = (time.process_time() - t) / calls * 1e6
-        spans = len(exporter.get_finished_spans())
-        exporter.clear()
-        if spans != (per_call * calls if on else 0):
-            state = "on" if on else "off"
-            raise SystemExit(f"{variant}/{op}: {spans} spans for {calls} calls with instrumentation {state}")
-    switch(True)
-    diffs.append(cpu[True] - cpu[False])
-    on_cpu.append(cpu[True])
-    off_cpu.append(cpu[False])
+pairs_cpu, per_call = w.paired_slices(call, switch, exporter, pairs, calls, f"{variant}/{op}")
+diffs = [on - off for on, off in pairs_cpu]
+on_cpu, off_cpu = [on for on, _ in pairs_cpu], [off for _, off in pairs_cpu]
 q = statistics.quantiles(diffs, n=4)
 print(json.dumps({"added_us": statistics.median(diffs), "q1": q[0], "q3": q[2], "spans_per_call": per_call,
                   "raw_us": statistics.median(off_cpu), "on_us": statistics.median(on_cpu)}))
