@@ -69,6 +69,44 @@ def test_instrument_imports_nothing_and_hooks_the_import():
     assert not result["anthropic_loaded"]
 
 
+@pytest.mark.frameworks
+@pytest.mark.parametrize(
+    ("library", "module", "owner", "method"),
+    [
+        ("langchain", "langchain_core.retrievers", "BaseRetriever", "invoke"),
+        ("dspy", "dspy.clients.execution", None, "execute"),
+    ],
+)
+def test_framework_modules_are_patched_when_the_app_imports_them(library, module, owner, method):
+    """instrument() does not import framework modules the app has not loaded; it patches them on import, and
+    uninstrument() restores them (or, before the import, leaves them untouched)."""
+    result = run_python(
+        f"""
+        import importlib, json, os, sys
+        os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        import {LIBRARIES[library].module}
+        from mltrack_otel.instrumentation import instrument, uninstrument
+
+        def target():
+            found = importlib.import_module("{module}")
+            return getattr(found, "{owner}").__dict__["{method}"] if {owner!r} else getattr(found, "{method}")
+
+        loaded_before = "{module}" in sys.modules
+        instrument(["{library}"])
+        loaded_after_instrument = "{module}" in sys.modules
+        wrapped = target()
+        uninstrument(["{library}"])
+        restored = target()
+        print(json.dumps({{
+            "loaded_before": loaded_before,
+            "loaded_after_instrument": loaded_after_instrument,
+            "wrapped": getattr(wrapped, "__wrapped__", None) is restored,
+        }}))
+        """
+    )
+    assert result == {"loaded_before": False, "loaded_after_instrument": False, "wrapped": True}
+
+
 def test_uninstrument_before_import_disarms():
     result = run_python(
         """

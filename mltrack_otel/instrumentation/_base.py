@@ -436,7 +436,7 @@ class StreamRecorder:
 
 # Set by opentelemetry.instrumentation.utils.suppress_instrumentation() (and by exporters around their own
 # requests): every OTel instrumentation stays silent inside it, and so do we.
-_SUPPRESS_KEY = getattr(otel_context, "_SUPPRESS_INSTRUMENTATION_KEY", "suppress_instrumentation")
+_SUPPRESS_KEY = otel_context._SUPPRESS_INSTRUMENTATION_KEY
 _get_value = otel_context.get_value
 
 

@@ -23,11 +23,12 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, ledger, semconv
-from . import _base
+from . import _base, when_imported
 from ._base import Call, Inputs, get, seq
 from .litellm import litellm_usage_attributes, otel_provider, split_model
 from .openai import chat_messages, chat_request
 
+_EXECUTION = "dspy.clients.execution"
 _LM_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n")
 
 
@@ -121,6 +122,7 @@ class Patch:
         self.callback: Any = None
         self.open: dict[str, _Open] = {}
         self.originals: list[tuple[Any, str, Any]] = []
+        self.waiting = False  # for the app to import dspy.clients.execution
         self._lock = threading.Lock()
 
     # -- install / remove ------------------------------------------------------------------------------------
@@ -129,31 +131,47 @@ class Patch:
         self.tracer = _base.get_tracer(__name__, tracer_provider)
         self.active = True
         with self._lock:
-            if self.originals:
+            if self.originals or self.waiting:
                 return
             import dspy
-            import wrapt
-            from dspy.clients import execution
 
             self.callback = _callback_class()(self)
-            for owner, name, wrapper in (
-                (type(dspy.settings), "get", self._settings_get),
-                (execution, "finalize", self._finalize),
-                (execution, "execute", self._execute),
-                (execution, "aexecute", self._aexecute),
-            ):
-                original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-                wrapt.wrap_function_wrapper(owner, name, wrapper)
-                self.originals.append((owner, name, original))
+            self._wrap([(type(dspy.settings), "get", self._settings_get)])
+            self.waiting = True
+        # DSPy imports its execution module on the first LM call: patched then, not imported now (or now, if it is).
+        when_imported(_EXECUTION, self._patch_execution, owner="dspy:execution")
+
+    def _patch_execution(self, execution: Any) -> None:
+        with self._lock:
+            if self.waiting:  # not removed in the meantime
+                self.waiting = False
+                self._wrap(
+                    [
+                        (execution, "finalize", self._finalize),
+                        (execution, "execute", self._execute),
+                        (execution, "aexecute", self._aexecute),
+                    ]
+                )
+
+    def _wrap(self, targets: list[tuple[Any, str, Any]]) -> None:
+        import wrapt
+
+        for owner, name, wrapper in targets:
+            original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+            wrapt.wrap_function_wrapper(owner, name, wrapper)
+            self.originals.append((owner, name, original))
 
     def remove(self) -> None:
         self.active = False
         with self._lock:
+            waiting, self.waiting = self.waiting, False
             for owner, name, original in self.originals:
                 current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
                 if getattr(current, "__wrapped__", None) is original:
                     setattr(owner, name, original)
             self.originals.clear()
+        if waiting:  # outside our lock: when_imported takes the registry's
+            when_imported(_EXECUTION, None, owner="dspy:execution")
 
     def _settings_get(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         value = wrapped(*args, **kwargs)

@@ -28,7 +28,9 @@ ends (abandoned stream) is ended, marked incomplete, when its parent ends or whe
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -47,11 +49,13 @@ from ..content import media_part, parse_arguments, text_part
 from ..usage import attributes as usage_attributes_of
 from ..usage import count as _count
 from ..usage import usage_attributes
-from . import _base
+from . import _base, when_imported
 
 __all__ = ["LangChainInstrumentor"]
 
 _MODULE = "langchain_core"
+# Patched when the app imports them, not imported by instrument(): an app without retrievers never loads them.
+_PATCHED_WHEN_IMPORTED = frozenset({"langchain_core.retrievers"})
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
@@ -857,6 +861,7 @@ class _Patch:
         self.tracer: trace.Tracer = trace.get_tracer(__name__)
         self.active = False
         self.originals: list[tuple[type, str, Any]] = []
+        self.pending: list[str] = []  # modules to patch once the app imports them
 
     # -- install / remove --------------------------------------------------------------------------------------
 
@@ -866,12 +871,8 @@ class _Patch:
             self.handler = _handler_class()()
         self.handler.tracer = self.tracer
         self.handler.active = True
-        if self.originals:
+        if self.originals or self.pending:
             return
-        import importlib
-
-        import wrapt
-
         targets = (
             ("langchain_core.callbacks.base", "BaseCallbackManager", "__init__", self._manager_init),
             ("langchain_core.language_models.chat_models", "BaseChatModel", "_generate_with_cache", self._generate),
@@ -887,9 +888,25 @@ class _Patch:
             ("langchain_core.retrievers", "BaseRetriever", "invoke", self._call_retriever),
             ("langchain_core.retrievers", "BaseRetriever", "ainvoke", self._acall_retriever),
         )
-        for module_name, class_name, method, wrapper in targets:
+        for module_name in dict.fromkeys(target[0] for target in targets):
+            wanted = [target[1:] for target in targets if target[0] == module_name]
+            if module_name in _PATCHED_WHEN_IMPORTED and module_name not in sys.modules:
+                # Not imported by the app (yet): patch it when it is, rather than import it for nothing.
+                hook = functools.partial(self._patch_module, wanted=wanted)
+                when_imported(module_name, hook, owner=f"langchain:{module_name}")
+                self.pending.append(module_name)
+            else:
+                self._patch_module(module_name, wanted)
+
+    def _patch_module(self, module: Any, wanted: list[tuple[str, str, Any]]) -> None:
+        import importlib
+
+        import wrapt
+
+        for class_name, method, wrapper in wanted:
             try:
-                cls = getattr(importlib.import_module(module_name), class_name)
+                found = importlib.import_module(module) if isinstance(module, str) else module
+                cls = getattr(found, class_name)
                 original = cls.__dict__[method]
             except (ImportError, AttributeError, KeyError) as exc:  # another langchain-core layout: skip that hook
                 guard.record_error(f"langchain.install.{class_name}.{method}", exc)
@@ -899,6 +916,9 @@ class _Patch:
 
     def remove(self) -> None:
         self.active = False
+        for module_name in self.pending:
+            when_imported(module_name, None, owner=f"langchain:{module_name}")
+        self.pending.clear()
         if self.handler is not None:
             self.handler.active = False
             self.handler.end_all()
