@@ -1,7 +1,7 @@
 """Added CPU per LLM call: mltrack-otel against the raw SDKs and the peer instrumentations, plus the hub's own costs.
 
-    python -m benchmarks.overhead            # full run (about 5 minutes on 2 cores)
-    python -m benchmarks.overhead --quick    # smoke run (about a minute)
+    python -m benchmarks.overhead            # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.overhead --quick    # smoke run (about 3 minutes)
 
 Run it in the benchmark venv (.venv-bench: the SDKs, our package and every peer); see benchmarks/README.md.
 
