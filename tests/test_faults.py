@@ -8,6 +8,7 @@ MLflow exporters and the real openai SDK against the fake provider.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import subprocess
@@ -35,6 +36,9 @@ QUEUE = 64
 BATCH = 16
 SHUTDOWN_TIMEOUT = 1.0
 SLACK = 3.0  # a loaded 2-core machine
+# An app call that waited on a failing backend would take at least the exporter's timeout (1 s here, 10 s for
+# MLflow); what stays below is the machine's own noise.
+APP_WAIT_BOUND = 0.8
 
 
 @pytest.fixture
@@ -42,7 +46,12 @@ def clean(isolated_env, monkeypatch):
     ledger.LEDGER.reset()
     guard.reset()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1")
+    # A full collection of this process's heap (every library the suite has loaded) can pause any thread for
+    # half a second on a shared VM: not the app waiting on a backend, which is what the call timings here judge.
+    gc.collect()
+    gc.freeze()
     yield
+    gc.unfreeze()
     mltrack_otel.shutdown()
     ledger.LEDGER.reset()
     ledger.LEDGER.limits = ledger.Limits()
@@ -143,7 +152,7 @@ def test_a_failing_backend_costs_the_app_nothing_and_every_span_is_accounted_for
     sdk_calls = CALLS // 20
     produced = 2 * CALLS + sdk_calls
     # The app: no wait on the backend, every span seen by the other exporter, totals exact.
-    assert slowest < 0.5, f"one call took {slowest:.3f}s: the app waited on the backend"
+    assert slowest < APP_WAIT_BOUND, f"one call took {slowest:.3f}s: the app waited on the backend"
     assert len(rt.memory_exporter.get_finished_spans()) == produced
     assert mltrack_otel.totals().calls == CALLS + sdk_calls
     sdk_cost = _price(baseline.model, baseline.usage.prompt_tokens, baseline.usage.completion_tokens)
