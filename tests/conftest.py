@@ -6,7 +6,7 @@ import pytest
 
 from mltrack_otel.testing.fake_provider import FakeProvider
 
-pytest_plugins = ["tests.pipeline_fixtures"]
+pytest_plugins = ["tests.pipeline_fixtures", "tests.instr_fixtures"]
 
 # Framework tests run in the frameworks environment (make test-frameworks); the core environment, which has the
 # newest SDKs instead, does not collect them at all rather than reporting them as skipped.

@@ -1,6 +1,6 @@
 """Fixtures for the instrumentation tests: the fake provider, SDK clients, an in-memory TracerProvider.
 
-Import the fixtures a module uses (or register this module in conftest's pytest_plugins).
+Registered in conftest's pytest_plugins, so every test module can ask for them by name.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel import config, guard, ledger
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FakeProvider
+
+# An OpenAI chat tool definition, for the tests that send tools.
+OPENAI_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 SCHEMAS = Path(__file__).parent / "schemas"
 _SCHEMA_FILES = {

@@ -16,17 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mltrack_otel import guard, semconv
 from mltrack_otel.instrumentation import anthropic as ai
 from mltrack_otel.instrumentation import uninstrument
-from tests import instr_fixtures as fx
 from tests.instr_fixtures import attrs, one_span, spans, use_settings, validate_content
-
-fake, settings, exporter, tracer_provider, instrumented = (
-    fx.fake,
-    fx.settings,
-    fx.exporter,
-    fx.tracer_provider,
-    fx.instrumented,
-)
-ant, aant = fx.ant, fx.aant
 
 MODEL = "claude-haiku-4-5"
 SYSTEM = "You answer briefly."

@@ -41,15 +41,6 @@ from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import read_usage
 from tests import instr_fixtures as fx
 
-# The instrumentation fixtures (a session fake provider, SDK clients, an in-memory TracerProvider).
-fake, settings, exporter, tracer_provider, instrumented = (
-    fx.fake,
-    fx.settings,
-    fx.exporter,
-    fx.tracer_provider,
-    fx.instrumented,
-)
-oai, ant = fx.oai, fx.ant
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
 INT64_MAX = 2**63 - 1
 CONTENT_KEYS = {
@@ -545,16 +536,6 @@ openai_messages = st.builds(
     st.one_of(texts, st.lists(st.builds(lambda t: {"type": "text", "text": t}, texts), max_size=2), json_payloads),
     st.booleans(),
 )
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "description": "Look something up",
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
-        },
-    }
-]
 
 
 def normalised(result: Any) -> Any:
@@ -614,7 +595,7 @@ def test_openai_calls_with_any_content(fake, instrumented, tracer_provider, oai,
 
     def call() -> Any:
         if operation == "chat":
-            return oai.chat.completions.create(model="gpt-4o-mini", messages=messages_, tools=TOOLS)
+            return oai.chat.completions.create(model="gpt-4o-mini", messages=messages_, tools=[fx.OPENAI_WEATHER_TOOL])
         if operation == "chat stream":
             return oai.chat.completions.create(model="gpt-4o-mini", messages=messages_, stream=True)
         if operation == "responses":

@@ -16,9 +16,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel.instrumentation import LIBRARIES, _base, instrument, uninstrument
 from mltrack_otel.instrumentation.anthropic import AnthropicInstrumentor
 from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
-from tests import instr_fixtures as fx
-
-fake, settings = fx.fake, fx.settings
 
 
 def run_python(code: str) -> dict:

@@ -20,6 +20,7 @@ litellm = pytest.importorskip("litellm")
 from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # noqa: E402
 from mltrack_otel.instrumentation._base import error_type  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL  # noqa: E402
 from tests.traced import Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
@@ -130,16 +131,7 @@ def test_acompletion(traced, fake_provider):
 
 
 def test_tool_call(traced, fake_provider):
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Weather in a city",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-            },
-        }
-    ]
+    tools = [OPENAI_WEATHER_TOOL]
     response = litellm.completion(**openai_kwargs(fake_provider, "weather? [[scenario:tool]]", tools=tools))
     assert response.choices[0].message.tool_calls[0].function.name == "get_weather"
     a = traced.one().attributes

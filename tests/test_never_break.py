@@ -18,10 +18,7 @@ from mltrack_otel import config, content, guard, ledger
 from mltrack_otel.instrumentation import _base, instrument, uninstrument
 from mltrack_otel.instrumentation import anthropic as ai
 from mltrack_otel.instrumentation import openai as oi
-from tests import instr_fixtures as fx
 from tests.instr_fixtures import without_ids
-
-fake, settings, ant, oai = fx.fake, fx.settings, fx.ant, fx.oai
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about spans please"}]
 A_MESSAGES = [{"role": "user", "content": "Tell me about spans please"}]

@@ -16,32 +16,16 @@ from mltrack_otel import guard, semconv
 from mltrack_otel.instrumentation import _base, uninstrument
 from mltrack_otel.instrumentation import openai as oi
 from mltrack_otel.tracking import track_llm_context
-from tests import instr_fixtures as fx
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 from tests.instr_fixtures import attrs, one_span, spans, use_settings, validate_content
 
 # The fixtures this module uses (assigned, not imported, so ruff does not see test arguments as redefinitions).
-fake, settings, exporter, tracer_provider, instrumented = (
-    fx.fake,
-    fx.settings,
-    fx.exporter,
-    fx.tracer_provider,
-    fx.instrumented,
-)
-oai, aoai = fx.oai, fx.aoai
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "Tell me about spans please"},
 ]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def scenario(name: str) -> dict:
