@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# The floor under any instrumentation of these SDKs: one bare SDK span per call, as many attributes as ours, no
+# content normalisation, no pricing (streams: the span ends when the request returns, so no per-chunk work).
 FLOOR = "sdk-span"
 FLOOR_ON = True
 PROVIDER: Any = None  # the variant's TracerProvider, set by setup_variant
@@ -58,6 +60,11 @@ USAGE_KEYS = ("usage", "token_count", "llm.tokens")
 
 def family(op: str) -> str:
     return op.split("_", 1)[0]
+
+
+def our_libraries(op: str) -> list[str]:
+    """What mltrack_otel.instrument() is given for the operation."""
+    return ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
 
 
 # --- clients --------------------------------------------------------------------------------------------
@@ -223,7 +230,7 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
         content = variant == "mltrack"
         config.set_current(config.Settings(llm_log_prompts=content, llm_log_responses=content))
         tp.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter)))
-        libraries = ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
+        libraries = our_libraries(op)
         facts["instrumented"] = mltrack_otel.instrument(libraries, tracer_provider=tp)
         facts["version"] = mltrack_otel.__version__
         return exporter, facts
@@ -303,7 +310,7 @@ def switch_for(variant: str, op: str) -> Callable[[bool], None]:
     if variant in ("mltrack", "mltrack-nocontent"):
         import mltrack_otel
 
-        libraries = ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
+        libraries = our_libraries(op)
         return lambda on: (
             mltrack_otel.instrument(libraries, tracer_provider=PROVIDER) if on else mltrack_otel.uninstrument(libraries)
         )

@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=0, help="calls per slice (default: ~30 ms of CPU)")
     args = parser.parse_args(argv)
 
-    from benchmarks.overhead import canned_bodies
-    from mltrack_otel.testing.fake_provider import FakeProvider
+    from benchmarks.overhead import canned_provider
 
     results: dict[str, Any] = {}
-    with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory() as tmp:
-        bodies = Path(tmp) / "bodies.json"
-        bodies.write_text(json.dumps(canned_bodies(fake)))
+    with canned_provider() as (_, _, bodies):
         print(
             f"{'operation':18s} {'added':>7s} {'SDK span':>9s} {'of it: start':>12s} {'attrs':>6s} {'end':>5s}"
             f" {'export':>7s} {'processor':>10s} {'instrumentation':>16s}   (µs per call, clocks on)"

@@ -19,12 +19,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._overhead_worker import FLOOR, OPS
+from benchmarks._overhead_worker import FLOOR, OPS, family
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +67,7 @@ def measure(
     if show:
         print(f"{'operation':18s} {'variant':18s} {'added µs/call':>13s} {'IQR':>12s} {'ratio':>6s} {'raw µs':>7s}")
     for op in ops:
-        peers = set(PEERS_BY_FAMILY[op.split("_", 1)[0]])
+        peers = set(PEERS_BY_FAMILY[family(op)])
         chosen = [v for v in variants_for(op) if v != "raw" and (variants is None or v in variants)]
         n = calls or (10 if "stream" in op or "langchain" in op else 40)
         rows = results.setdefault(op, {})
@@ -99,13 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--calls", type=int, default=0, help="calls per slice (default: ~30 ms of CPU)")
     args = parser.parse_args(argv)
 
-    from benchmarks.overhead import canned_bodies
-    from mltrack_otel.testing.fake_provider import FakeProvider
+    from benchmarks.overhead import canned_provider
 
     started = time.perf_counter()
-    with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory() as tmp:
-        bodies = Path(tmp) / "bodies.json"
-        bodies.write_text(json.dumps(canned_bodies(fake)))
+    with canned_provider() as (_, _, bodies):
         results = measure(args.ops, args.variants, args.pairs, args.calls, bodies)
     print(f"({time.perf_counter() - started:.0f} s; the floor, {FLOOR}, is not a peer and has no ratio)")
     return results

@@ -36,21 +36,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks._overhead_worker import OPS, make_call
+from benchmarks._overhead_worker import FLOOR, OPS, family, make_call
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 FW_PYTHON = ROOT / ".venv-fw" / "bin" / "python"
 
 OURS = ("mltrack", "mltrack-nocontent")
-# The floor under any instrumentation of these SDKs: one bare SDK span per call, as many attributes as ours, no
-# content normalisation, no pricing (streams: the span ends when the request returns, so no per-chunk work).
-FLOOR = "sdk-span"
 PEERS_BY_FAMILY = {
     "openai": ("otel-genai", "otel-openai-v2", "openinference", "openllmetry"),
     "anthropic": ("otel-genai", "openinference", "openllmetry"),
@@ -104,7 +102,7 @@ GOAL_RSS_DRIFT = 0.05
 
 
 def variants_for(op: str) -> list[str]:
-    fam = op.split("_", 1)[0]
+    fam = family(op)
     floor = [FLOOR] if fam in ("openai", "anthropic") else []
     return ["raw", *OURS, *floor, *PEERS_BY_FAMILY[fam]]
 
@@ -118,6 +116,18 @@ def absolute_goal(op: str) -> float | None:
 
 
 # --- canned responses ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def canned_provider() -> Iterator[tuple[Any, dict[str, Any], Path]]:
+    """(the running fake provider with 30-chunk streams, its canned responses, a bodies.json file holding them)."""
+    from mltrack_otel.testing.fake_provider import FakeProvider
+
+    with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory(prefix="mltrack-bench-") as tmp:
+        canned = canned_bodies(fake)
+        bodies = Path(tmp) / "bodies.json"
+        bodies.write_text(json.dumps(canned))
+        yield fake, canned, bodies
 
 
 def canned_bodies(fake: Any) -> dict[str, Any]:
@@ -504,8 +514,6 @@ def main(argv: list[str] | None = None) -> int:
     if "raw" not in args.variants:
         args.variants.insert(0, "raw")
 
-    from mltrack_otel.testing.fake_provider import FakeProvider
-
     started = time.time()
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -519,18 +527,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, version in report["versions"].items():
         print(f"{name:48s} {version}")
 
-    if "overhead" not in args.skip:
-        with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory(prefix="mltrack-bench-") as tmp:
-            bodies = Path(tmp) / "bodies.json"
-            canned = canned_bodies(fake)
-            bodies.write_text(json.dumps(canned))
+    with canned_provider() as (fake, canned, bodies):
+        if "overhead" not in args.skip:
             report["canned"] = {op: {k: v for k, v in c.items() if k != "body"} for op, c in canned.items()}
             for transport in args.transports:
                 report["overhead"][transport] = {}
                 for op in args.ops:
                     t0 = time.perf_counter()
                     base_url = fake.url if transport == "loopback" else None
-                    res = measure_op(op, transport, base_url, bodies, Path(tmp), args, fake)
+                    res = measure_op(op, transport, base_url, bodies, bodies.parent, args, fake)
                     res["seconds"] = time.perf_counter() - t0
                     report["overhead"][transport][op] = res
                     print(
@@ -543,16 +548,13 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"\n-- cProfile of mltrack, {transport}/{op}:")
                         print(res["profile_mltrack"])
 
-    if "paired" not in args.skip:
-        from benchmarks import bench_toggle
+        if "paired" not in args.skip:
+            from benchmarks import bench_toggle
 
-        pairs = 15 if args.quick else 40
-        print(f"\n== in-process on/off pairs (benchmarks.bench_toggle, inproc, {pairs} pairs): median, IQR, ratio")
-        with FakeProvider(stream_chunks=30) as fake, tempfile.TemporaryDirectory(prefix="mltrack-bench-") as tmp:
-            bodies = Path(tmp) / "bodies.json"
-            bodies.write_text(json.dumps(canned_bodies(fake)))
+            pairs = 15 if args.quick else 40
+            print(f"\n== in-process on/off pairs (benchmarks.bench_toggle, inproc, {pairs} pairs): median, IQR, ratio")
             paired = report["paired"] = bench_toggle.measure(args.ops, args.variants, pairs, 0, bodies)
-        failures += paired_failures(paired)
+            failures += paired_failures(paired)
 
     if "processor" not in args.skip:
         proc = report["processor"] = processor_bench(args.quick)

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -123,6 +124,25 @@ _worker: threading.Thread | None = None
 def defer(fn: Callable[..., Any], *args: Any) -> None:
     """Run fn(*args) soon on the finalizer worker (for __del__ methods and weakref.finalize callbacks)."""
     _deferred.put((fn, args))
+
+
+def renew_lock_after_fork(owner: Any) -> None:
+    """Give owner a fresh `_lock` in a forked child: a pre-fork worker may fork while another thread holds the
+    lock, and the child would wait on it forever. Weakly held, so a replaced owner is not kept alive."""
+    own = weakref.ref(owner)
+
+    def renew() -> None:
+        alive = own()
+        if alive is not None:
+            alive._lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=renew)
+
+
+def finalize_deferred(obj: Any, fn: Callable[..., Any], *args: Any) -> None:
+    """When obj is collected, run fn(*args) on the finalizer worker, never inside the garbage collector."""
+    start_deferred_worker()
+    weakref.finalize(obj, defer, fn, *args)
 
 
 def start_deferred_worker() -> None:

@@ -6,15 +6,14 @@ told, under one lock, and reports the warning limits each addition crosses. Mone
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
 
+from . import guard
 from .errors import BudgetExceededError
 
 _ZERO = Decimal(0)
@@ -105,12 +104,7 @@ class Ledger:
         self._conversations: OrderedDict[str, Totals] = OrderedDict()
         self.max_conversations = max_conversations
         self.max_traces = max_traces
-        # A pre-fork worker may fork while another thread holds the lock; the child would wait on it forever.
-        own = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (ledger := own()) and ledger._reinit_lock())
-
-    def _reinit_lock(self) -> None:
-        self._lock = threading.Lock()
+        guard.renew_lock_after_fork(self)
 
     # -- writing ---------------------------------------------------------------------------------------------
 

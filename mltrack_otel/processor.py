@@ -10,10 +10,8 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import warnings
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,13 +113,7 @@ class CostSpanProcessor(SpanProcessor):
         self._processed = guard.tally("spans.processed").add
         self._priced = guard.tally("spans.priced").add
         self._unpriced = guard.tally("spans.unpriced").add
-        # A pre-fork worker may fork while another thread holds the lock; the child would wait on it forever.
-        # Weakly, so the registration does not keep a replaced processor alive.
-        own = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (processor := own()) and processor._reinit_lock())
-
-    def _reinit_lock(self) -> None:
-        self._lock = threading.Lock()
+        guard.renew_lock_after_fork(self)
 
     @property
     def downstream(self) -> tuple[SpanProcessor, ...]:
@@ -219,7 +211,7 @@ class CostSpanProcessor(SpanProcessor):
                 merged = dict(attrs)
             merged[semconv.LLM_TOKENS_CUMULATIVE_PROMPT] = totals.prompt_tokens
             merged[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
-            merged[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.prompt_tokens + totals.completion_tokens
+            merged[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
             merged[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
 
         if merged is None:

@@ -258,7 +258,7 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
         )
         ledger.LEDGER.max_conversations = settings.max_conversations
         if not settings.llm_tracking_enabled:  # a chain installed before stops recording
-            previous, replaced = _runtime, _swap_chain(SpanProcessor())
+            previous, replaced = _runtime, _swap_chain(trace.get_tracer_provider(), SpanProcessor())
             _runtime = Runtime(settings, trace.get_tracer_provider())
         else:
             previous, replaced = _enable(settings)
@@ -291,9 +291,9 @@ def _enable(settings: Settings) -> tuple[Runtime | None, SpanProcessor | None]:
     return previous, replaced
 
 
-def _swap_chain(target: SpanProcessor) -> SpanProcessor | None:
-    """Point our slot on the global SDK provider at target; return what it pointed at (None: no slot there)."""
-    slot = _slots.get(id(trace.get_tracer_provider()))
+def _swap_chain(provider: object, target: SpanProcessor) -> SpanProcessor | None:
+    """Point our slot on provider at target; return what it pointed at (None: no slot there)."""
+    slot = _slots.get(id(provider))
     if slot is None:
         return None
     old, slot.target = slot.target, target
@@ -306,7 +306,7 @@ def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerPr
     if isinstance(current, TracerProvider):
         provider = current
         if id(provider) in _slots:
-            return provider, _swap_chain(processor)
+            return provider, _swap_chain(provider, processor)
         _log.info("mltrack-otel: an SDK TracerProvider is already global; adding our processor chain to it")
     else:
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: settings.service_name}))
@@ -341,15 +341,12 @@ def _renew_in_child(rt: Runtime | None) -> None:
     connections (two processes reading one socket lose or repeat batches), and the inherited processor still
     remembers the parent's open spans. The inherited chain is stopped without touching its exporters."""
     global _runtime
-    if rt is None or rt is not _runtime or rt.processor is None or rt.closed:
-        return
-    slot = _slots.get(id(rt.tracer_provider))
-    if slot is None:
+    if rt is None or rt is not _runtime or rt.processor is None or rt.closed or id(rt.tracer_provider) not in _slots:
         return
     for delivery in rt.deliveries.values():
         delivery.abandon()
     processor, memory, deliveries = _chain(rt.settings, rt.exporters, rt.meters)
-    inherited, slot.target = slot.target, processor
+    inherited = _swap_chain(rt.tracer_provider, processor)
     _runtime = dataclasses.replace(rt, processor=processor, memory_exporter=memory, deliveries=deliveries)
     _watch_process(_runtime)
     inherited.shutdown()  # ends the workers the SDK restarted for it in this child

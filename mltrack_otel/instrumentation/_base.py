@@ -297,7 +297,7 @@ class Call:
                 _describe_error(error, attributes)
             span.set_attributes(attributes)
             if error is not None:
-                record_failure(span, error)
+                content.record_failure(span, error, self.redactor)
         except Exception as exc:  # the span still ends, with what it has
             guard.record_error("instrumentation.finish", exc)
         finally:

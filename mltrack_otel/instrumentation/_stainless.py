@@ -361,8 +361,7 @@ def _attach_body_reader(response: Any, call: Call, endpoint: Endpoint, is_async:
         return data
 
     unhook = _hook_method(response, "aread" if is_async else "read", after=finish, is_async=is_async)
-    guard.start_deferred_worker()
-    weakref.finalize(response, guard.defer, call.finish, {})  # never read: the span ends, off the collector
+    guard.finalize_deferred(response, call.finish, {})  # never read: the span ends, off the collector
 
 
 def _record_stream(stream: Any, recorder: StreamRecorder, is_async: bool) -> None:

@@ -28,9 +28,7 @@ ends (abandoned stream) is ended, marked incomplete, when its parent ends or whe
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -54,8 +52,8 @@ from . import _base, when_imported
 __all__ = ["LangChainInstrumentor"]
 
 _MODULE = "langchain_core"
-# Patched when the app imports them, not imported by instrument(): an app without retrievers never loads them.
-_PATCHED_WHEN_IMPORTED = frozenset({"langchain_core.retrievers"})
+_RETRIEVERS = "langchain_core.retrievers"  # patched when the app imports it: an app without retrievers never loads it
+_RETRIEVERS_HOOK = "langchain:retrievers"
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
@@ -861,7 +859,7 @@ class _Patch:
         self.tracer: trace.Tracer = trace.get_tracer(__name__)
         self.active = False
         self.originals: list[tuple[type, str, Any]] = []
-        self.pending: list[str] = []  # modules to patch once the app imports them
+        self.hooked = False  # the retriever hook is registered (and may have run)
 
     # -- install / remove --------------------------------------------------------------------------------------
 
@@ -871,9 +869,9 @@ class _Patch:
             self.handler = _handler_class()()
         self.handler.tracer = self.tracer
         self.handler.active = True
-        if self.originals or self.pending:
+        if self.originals or self.hooked:
             return
-        targets = (
+        self._patch(
             ("langchain_core.callbacks.base", "BaseCallbackManager", "__init__", self._manager_init),
             ("langchain_core.language_models.chat_models", "BaseChatModel", "_generate_with_cache", self._generate),
             ("langchain_core.language_models.chat_models", "BaseChatModel", "_agenerate_with_cache", self._agenerate),
@@ -885,25 +883,25 @@ class _Patch:
             ("langchain_core.language_models.llms", "BaseLLM", "astream", self._astream),
             ("langchain_core.tools.base", "BaseTool", "run", self._call_tool),
             ("langchain_core.tools.base", "BaseTool", "arun", self._acall_tool),
-            ("langchain_core.retrievers", "BaseRetriever", "invoke", self._call_retriever),
-            ("langchain_core.retrievers", "BaseRetriever", "ainvoke", self._acall_retriever),
         )
-        for module_name in dict.fromkeys(target[0] for target in targets):
-            wanted = [target[1:] for target in targets if target[0] == module_name]
-            if module_name in _PATCHED_WHEN_IMPORTED and module_name not in sys.modules:
-                # Not imported by the app (yet): patch it when it is, rather than import it for nothing.
-                hook = functools.partial(self._patch_module, wanted=wanted)
-                when_imported(module_name, hook, owner=f"langchain:{module_name}")
-                self.pending.append(module_name)
-            else:
-                self._patch_module(module_name, wanted)
+        # Retrievers are patched when the app imports them (at once if it has): instrument() need not load them.
+        when_imported(_RETRIEVERS, self._patch_retrievers, owner=_RETRIEVERS_HOOK)
+        self.hooked = True
 
-    def _patch_module(self, module: Any, wanted: list[tuple[str, str, Any]]) -> None:
+    def _patch_retrievers(self, module: Any) -> None:
+        self._patch(
+            (module, "BaseRetriever", "invoke", self._call_retriever),
+            (module, "BaseRetriever", "ainvoke", self._acall_retriever),
+        )
+
+    def _patch(self, *targets: tuple[Any, str, str, Any]) -> None:
+        """Wrap each (module or module name, class, method, wrapper); a target missing from this version of
+        langchain-core is recorded and skipped."""
         import importlib
 
         import wrapt
 
-        for class_name, method, wrapper in wanted:
+        for module, class_name, method, wrapper in targets:
             try:
                 found = importlib.import_module(module) if isinstance(module, str) else module
                 cls = getattr(found, class_name)
@@ -916,9 +914,9 @@ class _Patch:
 
     def remove(self) -> None:
         self.active = False
-        for module_name in self.pending:
-            when_imported(module_name, None, owner=f"langchain:{module_name}")
-        self.pending.clear()
+        if self.hooked:
+            when_imported(_RETRIEVERS, None, owner=_RETRIEVERS_HOOK)
+            self.hooked = False
         if self.handler is not None:
             self.handler.active = False
             self.handler.end_all()

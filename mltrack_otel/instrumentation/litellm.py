@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -237,7 +236,7 @@ def _stream_proxy_class() -> type:
         def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
             super().__init__(wrapped)
             self._self_recorder = recorder
-            weakref.finalize(self, guard.defer, _end, recorder, False)  # abandoned: ends (partial) when collected
+            guard.finalize_deferred(self, _end, recorder, False)  # abandoned: ends (partial) when collected
 
         def __iter__(self) -> Any:
             return self

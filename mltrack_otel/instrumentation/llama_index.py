@@ -23,7 +23,6 @@ import inspect
 import sys
 import threading
 import time
-import weakref
 from collections.abc import AsyncGenerator, Generator
 from typing import Any
 from urllib.parse import urlsplit
@@ -373,8 +372,7 @@ class _Tracker:
             state.stream = True  # ends on the end event, an error, early close or garbage collection
             self.streams[id_] = state
             self.pending[id(result)] = state
-            guard.start_deferred_worker()
-            weakref.finalize(result, guard.defer, self._collected, state)
+            guard.finalize_deferred(result, self._collected, state)
             return
         if state.kind in ("query", "synthesize"):
             # A streaming response: the answer is produced while the caller reads response_gen, after the query
@@ -679,8 +677,7 @@ async def _async_steps(gen: AsyncGenerator[Any, Any], state: _Open) -> AsyncGene
 def _steps(gen: Any, state: _Open) -> Any:
     """gen wrapped so that each step runs with state's span current; the span ends with the stream."""
     wrapped = _sync_steps(gen, state) if isinstance(gen, Generator) else _async_steps(gen, state)
-    guard.start_deferred_worker()
-    weakref.finalize(wrapped, guard.defer, _end_steps, state, False, None)  # never iterated at all
+    guard.finalize_deferred(wrapped, _end_steps, state, False, None)  # never iterated at all
     return wrapped
 
 
