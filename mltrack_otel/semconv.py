@@ -17,6 +17,13 @@ LLM_COST_COMPLETION: Final = "llm.cost.completion"
 LLM_COST_CUMULATIVE: Final = "llm.cost.cumulative"
 """USD cost counted so far in this span's scope, this call included."""
 
+LLM_COST_CUMULATIVE_ESTIMATED: Final = "llm.cost.cumulative.estimated"
+"""The part of `llm.cost.cumulative`, in USD, priced from estimated usage (`mltrack.usage.source=estimated`).
+"""
+
+LLM_COST_CUMULATIVE_UNPRICED_CALLS: Final = "llm.cost.cumulative.unpriced_calls"
+"""Counted calls in this span's scope that have no known price, so `llm.cost.cumulative` is incomplete."""
+
 LLM_COST_PROMPT: Final = "llm.cost.prompt"
 """USD cost of the input tokens (cache included) of this model call."""
 
@@ -49,6 +56,9 @@ MLFLOW_LLM_COST: Final = "mlflow.llm.cost"
 
 MLTRACK_CONTENT_TRUNCATED: Final = "mltrack.content.truncated"
 """True when captured message content was cut to fit the byte budget."""
+
+MLTRACK_COST_LOCAL: Final = "mltrack.cost.local"
+"""True when the model was served from localhost or a private address, so no cloud price applies."""
 
 MLTRACK_COST_UNPRICED: Final = "mltrack.cost.unpriced"
 """True when the model or provider has no known price; no cost attributes are set."""
@@ -85,6 +95,9 @@ MLTRACK_TAGS: Final = "mltrack.tags"
 
 MLTRACK_USAGE_COUNTED: Final = "mltrack.usage.counted"
 """True on the span whose usage the ledger counted; false on wrappers of an already counted call."""
+
+MLTRACK_USAGE_SOURCE: Final = "mltrack.usage.source"
+"""Where the usage of a counted call came from: provider, estimated or absent."""
 
 # Events
 
