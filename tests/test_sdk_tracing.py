@@ -168,6 +168,22 @@ def test_one_span_per_openai_call_under_configure(global_pipeline, fake):
     assert LEDGER.process_totals().calls == 2
 
 
+def test_one_model_span_under_langchain_anthropic(global_pipeline, fake):
+    """LangChain's ChatAnthropic drives the anthropic client: still no SDK span, the call counted once."""
+    langchain_anthropic = pytest.importorskip("langchain_anthropic")  # the frameworks environment
+    instrument(["langchain"])
+    try:
+        model = langchain_anthropic.ChatAnthropic(
+            model=MODEL, base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0
+        )
+        model.invoke([("user", "hello claude")])
+    finally:
+        uninstrument(["langchain"])
+    scopes = _scopes(global_pipeline.memory_exporter.get_finished_spans())
+    assert scopes == [OUR_SCOPE, "mltrack_otel.instrumentation.langchain"]
+    assert LEDGER.process_totals().calls == 1
+
+
 # --- usage names of the standalone GenAI conventions ---------------------------------------------------------
 
 
