@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from mltrack_otel import config, semconv
-from mltrack_otel.instrumentation import instrument, uninstrument
+from mltrack_otel.instrumentation import _base, instrument, uninstrument
 from mltrack_otel.ledger import LEDGER, Ledger
 from mltrack_otel.ledger import totals as ledger_totals
 from mltrack_otel.processor import CostSpanProcessor
@@ -103,6 +103,16 @@ async def test_one_span_per_async_anthropic_call_under_configure(global_pipeline
         pass
     assert _scopes(global_pipeline.memory_exporter.get_finished_spans()) == [OUR_SCOPE] * 2
     assert LEDGER.process_totals().calls == 2
+
+
+def test_when_our_span_cannot_start_the_sdks_own_stands_in(global_pipeline, fake, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_base.Call, "__init__", boom)
+    _client(fake).messages.create(model=MODEL, max_tokens=50, messages=MESSAGES)
+    assert _scopes(global_pipeline.memory_exporter.get_finished_spans()) == [SDK_SCOPE]
+    assert LEDGER.process_totals().calls == 1
 
 
 def test_uninstrument_gives_the_sdk_its_spans_back(global_pipeline, fake):

@@ -216,12 +216,18 @@ class Patch:
         endpoint.request(body, attributes)
         inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
         own_spans = self.sdk.own_spans
-        nest = own_spans is not None and guard.guarded(
-            "instrumentation.own_spans", own_spans, instance, options, attributes, default=False
-        )
+        nest = False
+        if own_spans is not None:
+            span_name = getattr(options, "span_name", None)
+            nest = guard.guarded("instrumentation.own_spans", own_spans, instance, options, attributes, default=False)
 
         stream = bool(kwargs.get("stream"))
-        call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        try:
+            call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        except Exception:
+            if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
+                options.span_name = span_name
+            raise
         call.nest = bool(nest)
         if not stream or endpoint.recorder is None:
             return call, endpoint, None, stream
