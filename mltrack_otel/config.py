@@ -82,6 +82,10 @@ class Settings(BaseModel):
     content_max_bytes: int = Field(default=64 * 1024, ge=256)
     redact_patterns: tuple[str, ...] = ()
     openinference_attributes: bool = False
+    # GenAI attribute names: False = semantic conventions v1.41 (gen_ai.usage.cache_creation.input_tokens), True =
+    # the standalone GenAI conventions (gen_ai.usage.cache_write.input_tokens). OTEL_SEMCONV_STABILITY_OPT_IN
+    # containing gen_ai_latest_experimental sets it, as it does for the OpenTelemetry GenAI instrumentations.
+    genai_latest_conventions: bool = False
 
     # Streams: ask OpenAI-compatible hosts for usage on streams the caller did not ask it for (and hide the
     # extra usage-only chunk from the caller). Host patterns are fnmatch-style.
@@ -291,6 +295,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         # Boolean in older conventions; NO_CONTENT / SPAN_ONLY / EVENT_ONLY / SPAN_AND_EVENT in newer ones.
         on = capture.strip().lower() in _TRUE | {"span_only", "span_and_event", "event_only"}
         values["llm_log_prompts"] = values["llm_log_responses"] = on
+    opt_in = env.get("OTEL_SEMCONV_STABILITY_OPT_IN")
+    if opt_in is not None:  # a comma-separated list of opt-ins, as opentelemetry-instrumentation reads it
+        values["genai_latest_conventions"] = "gen_ai_latest_experimental" in {s.strip() for s in opt_in.split(",")}
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         values["llm_tracking_enabled"] = False
 

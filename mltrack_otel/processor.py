@@ -23,6 +23,7 @@ from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import Cost, Pricer, Usage
+from .usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from .usage import count as _count
 
 _log = logging.getLogger("mltrack_otel.processor")
@@ -36,6 +37,10 @@ _USAGE_KEYS = (
 # Optional parts of usage, (ours, OpenInference's): read only from the convention the totals came from.
 _CACHE_READ_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "llm.token_count.prompt_details.cache_read")
 _CACHE_WRITE_KEYS = (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, "llm.token_count.prompt_details.cache_write")
+# The same part under the standalone GenAI conventions (semantic-conventions-genai v0.1.0), which anthropic's own
+# spans and instrumentations on OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental use; the other parts'
+# names did not change.
+_CACHE_WRITE_LATEST = GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 _REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count.completion_details.reasoning")
 # Model and provider, newest convention first.
 _RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
@@ -69,11 +74,14 @@ def read_usage(attrs: Any) -> Usage | None:
             return None
         # Runs on every span with usage: one lookup per optional part, not a loop over every convention.
         theirs = in_key == "llm.token_count.prompt"
+        cache_write = get(_CACHE_WRITE_KEYS[theirs])
+        if cache_write is None and not theirs:
+            cache_write = get(_CACHE_WRITE_LATEST)
         return Usage(
             tokens_in,
             tokens_out,
             _count(get(_CACHE_READ_KEYS[theirs])) or 0,
-            _count(get(_CACHE_WRITE_KEYS[theirs])) or 0,
+            _count(cache_write) or 0,
             _count(get(_REASONING_KEYS[theirs])) or 0,
         )
     return None

@@ -14,10 +14,15 @@ from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from . import guard
+from . import config, guard
 
 # No model call comes near a trillion tokens; far larger counts would also overflow the int64 that OTLP carries.
 MAX_TOKENS = 1 << 40
+
+# The standalone GenAI conventions (semantic-conventions-genai v0.1.0) renamed one usage attribute of v1.41:
+# gen_ai.usage.cache_creation.input_tokens is gen_ai.usage.cache_write.input_tokens there. The other usage names
+# (input, output, cache_read, reasoning) are the same in both.
+GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS = "gen_ai.usage.cache_write.input_tokens"
 
 
 def _get(source: Any, name: str) -> Any:
@@ -36,15 +41,25 @@ def count(value: Any) -> int | None:
 def attributes(
     input_tokens: int, output_tokens: int, cache_read: int | None, cache_write: int | None, reasoning: int | None
 ) -> dict[str, int]:
-    """The gen_ai.usage.* attributes: input and output always, the parts only when non-zero."""
+    """The gen_ai.usage.* attributes: input and output always, the parts only when non-zero.
+
+    Cache writes go under the name OTEL_SEMCONV_STABILITY_OPT_IN selects (Settings.genai_latest_conventions).
+    """
     out = {gen_ai.GEN_AI_USAGE_INPUT_TOKENS: input_tokens, gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: output_tokens}
     if cache_read:
         out[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = cache_read
-    if cache_write:
-        out[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = cache_write
+    if cache_write:  # rare, so the settings are looked up only here
+        out[cache_write_key()] = cache_write
     if reasoning:
         out[gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = reasoning
     return out
+
+
+def cache_write_key() -> str:
+    """The cache-write usage attribute name the active Settings emit."""
+    if config.current().genai_latest_conventions:
+        return GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
+    return gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
 
 
 def _tokens(value: Any) -> int | None:

@@ -312,9 +312,9 @@ def test_provider_names(client_class, expected):
     assert ai.provider_name(fake_client, "example.com") == expected
 
 
-def test_the_sdks_own_span_nests_under_ours(fake):
-    """anthropic 2.x records its own span when a global TracerProvider is set: ours is made current around the
-    call so that span is our child (one call, one counted span), not a sibling with the same usage."""
+def test_one_span_per_call_when_the_sdk_traces_itself(fake):
+    """anthropic 2.x records its own span when a global TracerProvider is set (here before anthropic is even
+    imported): an instrumented call still makes one span, ours. More cases in test_sdk_tracing.py."""
     code = f"""
 import json
 from opentelemetry import trace
@@ -330,13 +330,8 @@ instrument(["anthropic"])
 import anthropic
 client = anthropic.Anthropic(base_url="{fake.anthropic_base_url}", api_key="x", max_retries=0)
 client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{{"role": "user", "content": "hi"}}])
-spans = {{s.instrumentation_scope.name: s for s in exporter.get_finished_spans()}}
-ours = spans.pop("mltrack_otel.instrumentation.anthropic")
-print(json.dumps({{"others": [(n, s.parent.span_id if s.parent else None) for n, s in spans.items()],
-                   "ours": ours.context.span_id}}))
+print(json.dumps([s.instrumentation_scope.name for s in exporter.get_finished_spans()]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    for _name, parent in result["others"]:  # none when the SDK has no tracing of its own (anthropic < 2)
-        assert parent == result["ours"]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["mltrack_otel.instrumentation.anthropic"]

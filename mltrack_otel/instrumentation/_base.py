@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from .. import config, content, guard, ledger, semconv
 from ..errors import BudgetExceededError
+from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
 from ..usage import count as _count
 from ..version import __version__
@@ -364,6 +365,7 @@ def _add_openinference_end(attributes: dict[str, Any]) -> None:
     for ours, theirs in (
         (gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, OI_TOKEN_CACHE_READ),
         (gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, OI_TOKEN_CACHE_WRITE),
+        (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, OI_TOKEN_CACHE_WRITE),  # its name under the latest conventions
         (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, OI_TOKEN_REASONING),
     ):
         if ours in attributes:

@@ -61,16 +61,18 @@ class Sdk:
         provider_name: Callable[[Any, str | None], str],
         usage_shape: str,
         instruments: tuple[str, ...],
-        records_own_spans: Callable[[Any], bool] | None = None,
+        own_spans: Callable[[Any, Any, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.module = module
         self.routes = routes
         self.provider_name = provider_name  # (client, host) -> gen_ai.provider.name
         self.usage_shape = usage_shape
         self.instruments = instruments
-        # (client) -> whether the SDK itself records a span for the call: then ours is made current around the
-        # call so that span nests under ours and the cost pipeline counts the call once, not twice.
-        self.records_own_spans = records_own_spans
+        # (client, request options, our start attributes) -> whether the SDK itself records a span for the call.
+        # For an SDK that traces itself: it switches that span off for the call unless the user asked for it
+        # (one span per call); a span it keeps nests under ours, made current around the call, so the cost
+        # pipeline counts the call once, not twice.
+        self.own_spans = own_spans
 
 
 class Patch:
@@ -213,11 +215,20 @@ class Patch:
             attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
         endpoint.request(body, attributes)
         inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+        own_spans = self.sdk.own_spans
+        nest = False
+        if own_spans is not None:
+            span_name = getattr(options, "span_name", None)
+            nest = guard.guarded("instrumentation.own_spans", own_spans, instance, options, attributes, default=False)
 
         stream = bool(kwargs.get("stream"))
-        call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
-        if self.sdk.records_own_spans is not None:
-            call.nest = guard.guarded("instrumentation.nest", self.sdk.records_own_spans, instance, default=False)
+        try:
+            call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        except Exception:
+            if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
+                options.span_name = span_name
+            raise
+        call.nest = bool(nest)
         if not stream or endpoint.recorder is None:
             return call, endpoint, None, stream
         try:

@@ -7,6 +7,8 @@ message_start and output tokens from the final message_delta, whose usage is cum
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
@@ -48,9 +50,51 @@ def provider_name(client: Any, host: str | None) -> str:
     return (provider_for_host(host) if host else None) or "anthropic"
 
 
-def records_own_spans(client: Any) -> bool:
-    """Whether this client's SDK (anthropic >= 2.x) records its own span for each call, into a real provider."""
-    tracer = client._tracer if hasattr(type(client), "_tracer") else None
+# --- the SDK's own spans (anthropic >= 2) ------------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_OWN_SPANS = "_mltrack_own_spans"  # per client: (its resolved open_telemetry option, whether asked, conversation)
+
+
+def asked_for_own_spans(option: Mapping[str, Any]) -> bool:
+    """Whether the user asked for the SDK's own spans: ANTHROPIC_OPEN_TELEMETRY set to a true value (the SDK itself
+    reads only "false"), or a client option that only those spans use: a `tracer_provider` of their own, or
+    `content_mode: "content"` (set in the option or by ANTHROPIC_OPEN_TELEMETRY_TRACES_CONTENT_MODE)."""
+    traces = option.get("traces")
+    if not isinstance(traces, Mapping) or not traces.get("enabled"):
+        return False
+    if os.environ.get("ANTHROPIC_OPEN_TELEMETRY", "").strip().lower() in _TRUE:
+        return True
+    return option.get("tracer_provider") is not None or traces.get("content_mode") == "content"
+
+
+def own_spans(client: Any, options: Any, attributes: dict[str, Any]) -> bool:
+    """Keep one span per call: switch the SDK's own span off for this call unless the user asked for it.
+
+    Returns True when the SDK's span is kept and records: ours is then made current so it nests under ours and
+    the cost pipeline counts the call once. Nothing on the client changes: the request's options lose their
+    span name (the SDK starts no span for a request without one), so uninstrument() restores the SDK's spans
+    by removing this hook. A conversation id given in the client's option goes on our span too.
+    """
+    option = client.__dict__.get("_open_telemetry")
+    if option is None:  # anthropic < 2: no spans of its own
+        return False
+    memo = client.__dict__.get(_OWN_SPANS)
+    if memo is None or memo[0] is not option:  # the SDK replaces the option object when it changes
+        conversation = option.get("conversation_id")
+        memo = (option, asked_for_own_spans(option), conversation if isinstance(conversation, str) else None)
+        client.__dict__[_OWN_SPANS] = memo
+    if memo[2] is not None:
+        attributes.setdefault(gen_ai.GEN_AI_CONVERSATION_ID, memo[2])
+    if not memo[1]:
+        options.span_name = None
+        return False
+    return _records_spans(client)
+
+
+def _records_spans(client: Any) -> bool:
+    """Whether this client's own span for a call records, into a real provider."""
+    tracer = client._tracer
     if tracer is None or isinstance(tracer, trace.NoOpTracer):
         return False
     if isinstance(tracer, trace.ProxyTracer):  # follows the global provider, which may be set by now
@@ -268,7 +312,7 @@ SDK = Sdk(
     provider_name=provider_name,
     usage_shape="anthropic",
     instruments=("anthropic >= 0.40",),
-    records_own_spans=records_own_spans,
+    own_spans=own_spans,
 )
 
 
