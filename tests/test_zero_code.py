@@ -32,6 +32,9 @@ client = openai.OpenAI(base_url=os.environ["FAKE_OPENAI_URL"], api_key="sk-test"
 if sys.argv[1:] == ["configure"]:
     import mltrack_otel
     mltrack_otel.configure(exporters=["otlp"])  # what the application's own setup asks for
+elif sys.argv[1:] == ["disable"]:
+    import mltrack_otel
+    mltrack_otel.configure(llm_tracking_enabled=False)
 messages = [{"role": "user", "content": "Tell me about spans please"}]
 client.chat.completions.create(model="gpt-4o-mini", messages=messages)
 for _ in client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True):
@@ -116,3 +119,14 @@ def test_every_call_is_priced_and_every_span_exported_once(tmp_path, fake, app_a
         assert span.resource["service.name"] == "zero-code-app"
     assert totals["calls"] == 3 and totals["unpriced"] == 0
     assert float(totals["cost"]) == pytest.approx(sum(span.attributes[semconv.LLM_COST_TOTAL] for span in ours))
+
+
+def test_tracking_turned_off_inside_the_app_leaves_its_export_path_alone(tmp_path, fake):
+    fake.clear()
+    with OtlpReceiver() as receiver:
+        totals = run_instrumented(tmp_path, fake, receiver, "disable")
+        received = receiver.accepted_spans()
+    copies = Counter(span.span_id for span in received)
+    assert received and max(copies.values()) == 1, copies  # still exported, once
+    assert not any(semconv.LLM_COST_TOTAL in span.attributes for span in received)
+    assert totals["calls"] == 0
