@@ -45,6 +45,9 @@ _REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count
 # Model and provider, newest convention first.
 _RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
 _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider"
+# OpenInference puts an embedding's model under its own key, and its llm.system ("openai") where it could not tell the
+# provider from the host. Their token counts are the llm.token_count.* ones read above (prompt and total only).
+_OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _MAX_LIVE_SPANS = 100_000
 
 
@@ -244,10 +247,10 @@ class CostSpanProcessor(SpanProcessor):
 
     def _price(self, span: ReadableSpan, attrs: Any, usage: Usage) -> Cost | None:
         get = attrs.get
-        model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL)
+        model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL) or get(_OI_EMBEDDING_MODEL)
         if not isinstance(model, str):
             return None
-        provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER)
+        provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER) or get(_OI_SYSTEM)
         return self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
 
     def _describe_usage(

@@ -1,6 +1,8 @@
 """configure(): Settings -> TracerProvider (+ MeterProvider) with the CostSpanProcessor over the exporters.
 
 Never hijacks an application's own SDK provider: when one is already global, our processor chain is added to it.
+The provider that `opentelemetry-instrument` auto-configures is the exception (zero_code.py): its export processors
+are put behind our pricing, so each span is exported once and priced, and a later configure() keeps that path.
 Calling configure() again swaps the chain in place (the old one is flushed and shut down), so it is idempotent.
 
 Export stays off the application's path: every exporter sits behind its own bounded queue and worker, and keeps
@@ -26,7 +28,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, SynchronousMultiSpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -79,6 +81,8 @@ class Runtime:
     deliveries: dict[str, Delivery] = field(default_factory=dict)  # the books of each exporter, by name
     meters: Any = None  # the MeterProvider metrics are recorded to: ours or the application's
     closed: bool = False  # shutdown() has run
+    # The auto-configured provider's own export processors, behind our pricing: kept by every chain, never replaced.
+    adopted: tuple[SpanProcessor, ...] = ()
 
 
 _runtime: Runtime | None = None
@@ -175,10 +179,11 @@ def _batch(exporter: SpanExporter, delivery: Delivery, settings: Settings) -> Ba
 
 
 def _chain(
-    settings: Settings, names: tuple[str, ...], meters: Any
+    settings: Settings, names: tuple[str, ...], meters: Any, adopted: tuple[SpanProcessor, ...] = ()
 ) -> tuple[CostSpanProcessor, InMemorySpanExporter | None, dict[str, Delivery]]:
-    """The CostSpanProcessor over one processor per exporter (and one recording metrics when `meters` is set)."""
-    downstream: list[SpanProcessor] = []
+    """The CostSpanProcessor over the adopted processors and one processor per exporter (and one recording
+    metrics when `meters` is set)."""
+    downstream: list[SpanProcessor] = [*adopted]
     deliveries: dict[str, Delivery] = {}
     memory = None
 
@@ -246,8 +251,25 @@ def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, An
 def configure(config_file: str | None = None, **overrides: Any) -> Any:
     """Read settings (`.mltrack.yml`, env, keyword overrides such as ``exporters=["otlp", "mlflow"]``), build the
     pipeline and return the TracerProvider spans go to. Disabled tracking returns the global provider untouched."""
+    return _configure(config.load_settings(config_file, **overrides), adopt=False)
+
+
+def configure_auto_instrumented() -> Any:
+    """Price the spans of the global SDK TracerProvider that `opentelemetry-instrument` configured: its export
+    processors (OTEL_TRACES_EXPORTER's, behind BatchSpanProcessors) move behind our CostSpanProcessor, so each
+    span is exported once, with its cost. Our own exporters are added only when configured explicitly
+    (MLTRACK_EXPORTERS, .mltrack.yml), and never a second OTLP or console one. When no configurator made a
+    provider (opentelemetry-distro not installed), this is configure()."""
+    settings = config.load_settings()
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        return _configure(settings, adopt=False)
+    if settings.exporters is None:  # the provider's own processors are the export path
+        settings = settings.model_copy(update={"exporters": ()})
+    return _configure(settings, adopt=True)
+
+
+def _configure(settings: Settings, adopt: bool) -> Any:
     global _runtime
-    settings = config.load_settings(config_file, **overrides)
     with _lock:
         config.set_current(settings)
         ledger.LEDGER.limits = ledger.Limits(
@@ -258,15 +280,22 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
         )
         ledger.LEDGER.max_conversations = settings.max_conversations
         if not settings.llm_tracking_enabled:  # a chain installed before stops recording
-            previous, replaced = _runtime, _swap_chain(trace.get_tracer_provider(), SpanProcessor())
-            _runtime = Runtime(settings, trace.get_tracer_provider())
+            current = trace.get_tracer_provider()
+            adopted = _adopted(current)  # an adopted export path goes on exporting, unpriced
+            stopped = SynchronousMultiSpanProcessor() if adopted else SpanProcessor()
+            for kept in adopted:
+                stopped.add_span_processor(kept)
+            previous, replaced = _runtime, _swap_chain(current, stopped)
+            _runtime = Runtime(settings, current, adopted=adopted)
         else:
-            previous, replaced = _enable(settings)
+            previous, replaced = _enable(settings, adopt)
     if previous is not None and previous.processor is not None and not previous.closed:
         # Outside the lock: a dead backend may hold it for a while.
         previous.closed = True
         _shut_down(
-            replaced.downstream if isinstance(replaced, CostSpanProcessor) else (),
+            [p for p in replaced.downstream if p not in _runtime.adopted]
+            if isinstance(replaced, CostSpanProcessor)
+            else (),
             previous.meter_provider,
             previous.settings.shutdown_timeout_seconds,
         )
@@ -275,20 +304,54 @@ def configure(config_file: str | None = None, **overrides: Any) -> Any:
     return _runtime.tracer_provider
 
 
-def _enable(settings: Settings) -> tuple[Runtime | None, SpanProcessor | None]:
-    """Build and install the chain for settings (under _lock); return the runtime and chain it replaces."""
+def _enable(settings: Settings, adopt: bool = False) -> tuple[Runtime | None, SpanProcessor | None]:
+    """Build and install the chain for settings (under _lock); return the runtime and chain it replaces.
+    `adopt`: put the global SDK provider's own processors behind ours (the auto-configured provider)."""
     global _runtime
-    names = resolve_exporters(settings)
+    current = trace.get_tracer_provider()
+    adopted = _adopted(current)
+    taken: tuple[SpanProcessor, ...] = ()
+    if adopt and not adopted and isinstance(current, TracerProvider) and id(current) not in _slots:
+        adopted = taken = _processors_of(current)
+    names = _uncovered(resolve_exporters(settings), adopted)
     meters, metric_reader = _meter_provider(settings, names)
     if meters is not None:
         observe_delivery(meters)
     owned_meters = meters if meters is not metrics.get_meter_provider() else None
-    processor, memory, deliveries = _chain(settings, names, meters)
-    provider, replaced = _install(processor, settings)
+    processor, memory, deliveries = _chain(settings, names, meters, adopted)
+    provider, replaced = _install(processor, settings, taken)
     previous = _runtime
-    _runtime = Runtime(settings, provider, processor, memory, metric_reader, names, owned_meters, deliveries, meters)
+    _runtime = Runtime(
+        settings, provider, processor, memory, metric_reader, names, owned_meters, deliveries, meters, adopted=adopted
+    )
     _watch_process(_runtime)
     return previous, replaced
+
+
+def _adopted(provider: object) -> tuple[SpanProcessor, ...]:
+    """The processors of provider already behind our pricing."""
+    rt = _runtime
+    return rt.adopted if rt is not None and rt.tracer_provider is provider and id(provider) in _slots else ()
+
+
+def _processors_of(provider: TracerProvider) -> tuple[SpanProcessor, ...]:
+    """The span processors the SDK provider holds (none we could not read: then our chain is only added)."""
+    held = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", None)
+    return tuple(p for p in held if not isinstance(p, _Slot)) if isinstance(held, tuple) else ()
+
+
+def _uncovered(names: tuple[str, ...], adopted: tuple[SpanProcessor, ...]) -> tuple[str, ...]:
+    """The exporters to add besides the adopted processors: not a second OTLP or console export of each span."""
+    kinds = set()
+    for processor in adopted:
+        exporter = getattr(processor, "span_exporter", None) or getattr(
+            getattr(processor, "_batch_processor", None), "_exporter", None
+        )
+        if type(exporter).__name__ == "OTLPSpanExporter":  # the http and the grpc one
+            kinds.add("otlp")
+        elif isinstance(exporter, ConsoleSpanExporter):
+            kinds.add("console")
+    return tuple(name for name in names if name not in kinds)
 
 
 def _swap_chain(provider: object, target: SpanProcessor) -> SpanProcessor | None:
@@ -300,8 +363,11 @@ def _swap_chain(provider: object, target: SpanProcessor) -> SpanProcessor | None
     return old
 
 
-def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerProvider, SpanProcessor | None]:
-    """Put our chain on the global SDK provider (made if needed); return it and the chain this one replaced."""
+def _install(
+    processor: CostSpanProcessor, settings: Settings, taken: tuple[SpanProcessor, ...] = ()
+) -> tuple[TracerProvider, SpanProcessor | None]:
+    """Put our chain on the global SDK provider (made if needed), in place of the processors `taken` behind it;
+    return the provider and the chain this one replaced."""
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
@@ -317,7 +383,13 @@ def _install(processor: CostSpanProcessor, settings: Settings) -> tuple[TracerPr
             _log.info("mltrack-otel: installed a new global TracerProvider")
     slot = _Slot(processor)
     _slots[id(provider)] = slot
-    provider.add_span_processor(slot)
+    if taken:
+        multi = provider._active_span_processor
+        with multi._lock:  # (add_span_processor takes it too: none added meanwhile is lost)
+            multi._span_processors = (*(p for p in multi._span_processors if p not in taken), slot)
+        _log.info("mltrack-otel: pricing the spans of the auto-configured TracerProvider before it exports them")
+    else:
+        provider.add_span_processor(slot)
     return provider, None
 
 
@@ -345,11 +417,13 @@ def _renew_in_child(rt: Runtime | None) -> None:
         return
     for delivery in rt.deliveries.values():
         delivery.abandon()
-    processor, memory, deliveries = _chain(rt.settings, rt.exporters, rt.meters)
+    processor, memory, deliveries = _chain(rt.settings, rt.exporters, rt.meters, rt.adopted)
     inherited = _swap_chain(rt.tracer_provider, processor)
     _runtime = dataclasses.replace(rt, processor=processor, memory_exporter=memory, deliveries=deliveries)
     _watch_process(_runtime)
-    inherited.shutdown()  # ends the workers the SDK restarted for it in this child
+    for own in inherited.downstream:  # ends the workers the SDK restarted for them in this child
+        if own not in rt.adopted:  # (the adopted ones are the SDK's, renewed by it, and kept in the new chain)
+            own.shutdown()
 
 
 def _renew_lock_in_child() -> None:

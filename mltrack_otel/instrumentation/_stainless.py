@@ -85,6 +85,9 @@ class Patch:
         self.originals: dict[type, Any] = {}
         self.raw_types: tuple[type, ...] = ()
         self.sentinels: tuple[type, ...] = ()  # NotGiven / Omit: parameters the caller left out
+        # Client classes whose own `request` we reached into: (class, the wrapper whose __wrapped__ we set, or
+        # None for a bare copy we took away, the original function, our wrapper)
+        self.shadows: list[tuple[type, Any, Any, Any]] = []
 
     # -- install / remove ------------------------------------------------------------------------------------
 
@@ -92,6 +95,8 @@ class Patch:
         self.tracer = _base.get_tracer(f"mltrack_otel.instrumentation.{self.sdk.module}", tracer_provider)
         self.active = True
         if self.originals:  # already wrapped (or still under someone else's wrapper)
+            for cls, original in self.originals.items():
+                self._reach_client_classes(cls, original)  # a wrapper someone put on a client class since
             return
         import wrapt
 
@@ -104,13 +109,62 @@ class Patch:
             original = cls.__dict__["request"]
             wrapt.wrap_function_wrapper(cls, "request", wrapper)
             self.originals[cls] = original
+            self._reach_client_classes(cls, original)
+
+    def _reach_client_classes(self, base: type, original: Any) -> None:
+        """Make the calls of every client class reach our wrapper on `base`.
+
+        Other instrumentations wrap ``OpenAI.request`` rather than the base class's (OpenInference does). Done
+        before us, their wrapper holds the base's original function and calls it directly, so calls of that class
+        would never reach ours. We go in beneath theirs (its ``__wrapped__`` becomes our wrapper): any order then
+        nests the same way, their span outside and ours inside, counted once. A bare copy of the original that
+        their uninstrument left on a class is taken away (the class inherits the same function, wrapped).
+        """
+        ours = base.__dict__["request"]
+        for cls in _subclasses(base):
+            own = cls.__dict__.get("request")
+            if own is None or own is ours:
+                continue
+            if own is original:
+                delattr(cls, "request")
+                self.shadows.append((cls, None, original, ours))
+            elif self._is_ours(own):  # a copy of our old wrapper, put back by their uninstrument: ours is on base
+                delattr(cls, "request")
+            elif _link_above(own, self._is_ours) is None:  # (a chain that already goes through ours is left)
+                link = _link_above(own, lambda function: function is original)
+                if link is not None:
+                    link.__wrapped__ = ours
+                    self.shadows.append((cls, link, original, ours))
 
     def remove(self) -> None:
         self.active = False  # if someone stacked a wrapper on ours, ours stays under it and passes through
+        for cls, link, original, ours in reversed(self.shadows):
+            if link is None:
+                if "request" not in cls.__dict__:
+                    cls.request = original  # the copy we took away
+            elif link.__wrapped__ is ours:
+                link.__wrapped__ = original
+        self.shadows.clear()
         for cls, original in list(self.originals.items()):
             if getattr(cls.__dict__.get("request"), "__wrapped__", None) is original:
                 cls.request = original  # the very function object that was there before
                 del self.originals[cls]
+            # Wrapped after us, another instrumentation holds ours under its own (or put a copy of ours back
+            # when it was removed): take ours out of the path, so the calls go straight to the original.
+            for sub in _subclasses(cls):
+                own = sub.__dict__.get("request")
+                if own is None:
+                    continue
+                if self._is_ours(own) and own.__wrapped__ is original:
+                    delattr(sub, "request")
+                    continue
+                link = _link_above(own, self._is_ours)
+                if link is not None:
+                    link.__wrapped__ = original
+
+    def _is_ours(self, function: Any) -> bool:
+        wrapper = getattr(function, "_self_wrapper", None)  # a wrapt wrapper (bound or not) of our function
+        return wrapper is not None and (wrapper == self._sync_request or wrapper == self._async_request)
 
     # -- the wrappers ----------------------------------------------------------------------------------------
 
@@ -283,6 +337,31 @@ class Patch:
             return
         attributes, output, usage = endpoint.response(result, call.capture_out)
         call.finish(attributes, output, usage)
+
+
+def _subclasses(cls: type) -> list[type]:
+    """Every class below cls, once each."""
+    found: dict[type, None] = {}
+    pending = list(cls.__subclasses__())
+    while pending:
+        sub = pending.pop()
+        if sub not in found:
+            found[sub] = None
+            pending.extend(sub.__subclasses__())
+    return list(found)
+
+
+def _link_above(function: Any, is_target: Callable[[Any], bool]) -> Any:
+    """The wrapt wrapper in function's chain of ``__wrapped__`` whose wrapped function is_target; None if none."""
+    link = function
+    for _ in range(32):  # chains of wrappers are short; a cycle must not hang the program
+        if not hasattr(link, "_self_wrapper"):  # only a wrapt wrapper can be given another __wrapped__
+            return None
+        inner = link.__wrapped__
+        if is_target(inner):
+            return link
+        link = inner
+    return None
 
 
 def _raw_response_types(module: str) -> tuple[type, ...]:
