@@ -257,17 +257,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 def check_store(uri: str) -> None:
     """Refuse a local store that does not exist: MLflow would create an empty one and the report would read 0."""
-    scheme = uri.partition(":")[0].lower() if "://" in uri else ""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
     if scheme.startswith("sqlite"):
         from sqlalchemy.engine import make_url
 
         database = make_url(uri).database
         if database and database != ":memory:" and not Path(database).is_file():
             raise ReportError(f"no MLflow store at {uri}: {Path(database).resolve()} does not exist")
-    elif scheme in ("", "file"):
-        from urllib.parse import unquote, urlparse
-
-        folder = Path(unquote(urlparse(uri).path) if scheme else uri)
+    elif scheme == "file" or (not scheme and not uri.lower().startswith("databricks")):  # a folder store
+        folder = Path(unquote(parsed.path) if scheme else uri)
         if not folder.exists():
             raise ReportError(f"no MLflow store at {uri}: {folder.resolve()} does not exist")
 

@@ -205,3 +205,14 @@ def test_a_server_that_never_answers_times_out_with_one_clear_line():
     assert result.stderr.strip() == (
         f"mltrack-otel report: cannot read traces from http://127.0.0.1:{port}: no answer within 2 s (see --timeout)"
     )
+
+
+@pytest.mark.parametrize("uri", ["file:///no/such/mlruns", "no-such-mlruns", "sqlite:///no-such.db"])
+def test_a_missing_local_store_of_any_kind_is_refused(isolated_env, uri):
+    with pytest.raises(reporting.ReportError, match="does not exist"):
+        reporting.check_store(uri)
+
+
+@pytest.mark.parametrize("uri", ["databricks", "databricks://profile", "postgresql://u@db/mlflow", "http://h:5000"])
+def test_remote_stores_are_left_to_mlflow(isolated_env, uri):
+    reporting.check_store(uri)  # no local file to look for: MLflow reports what it finds
