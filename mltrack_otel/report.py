@@ -50,6 +50,11 @@ class Row:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def known_cost(self) -> Decimal | None:
+        """cost_usd, or None when no call of the row has a cost: unknown is never shown as $0."""
+        return self.cost_usd if self.calls > self.unpriced_calls + self.local_calls else None
+
 
 @dataclass(frozen=True)
 class CountedCall:
@@ -148,7 +153,7 @@ def render(rows: list[Row], by: str, fmt: str) -> str:
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.total_tokens,
-            "cost_usd": _usd(r.cost_usd),
+            "cost_usd": None if r.known_cost is None else _usd(r.cost_usd),
             "estimated_cost_usd": _usd(r.estimated_cost_usd),
             "estimated_calls": r.estimated_calls,
             "unpriced_calls": r.unpriced_calls,
@@ -178,24 +183,31 @@ def cost_table(rows: list[Row], by: str) -> str:
         f"{'cumulative':>12}"
     )
     lines = [header, "-" * len(header)]
-    running = Decimal(0)
+    priced = False  # until a row has a known cost, the cumulative cost is unknown, not 0
     total = Row("total")
     for r in rows:
-        running += r.cost_usd
+        priced = priced or r.known_cost is not None
+        total.cost_usd += r.cost_usd
         total.estimated_cost_usd += r.estimated_cost_usd
         for field in _SUMMED:
             setattr(total, field, getattr(total, field) + getattr(r, field))
         lines.append(
             f"{r.key[:32]:<32} {r.calls:>5} {r.prompt_tokens:>9} {r.completion_tokens:>10} {r.total_tokens:>9} "
-            f"{r.cost_usd:>12.6f} {r.estimated_cost_usd:>12.6f} {running:>12.6f}{_marks(r)}"
+            f"{_cell(r.known_cost)} {_cell(r.estimated_cost_usd if r.estimated_calls else None)} "
+            f"{_cell(total.cost_usd if priced else None)}{_marks(r)}"
         )
     lines.append("-" * len(header))
     lines.append(
         f"{'total':<32} {total.calls:>5} {total.prompt_tokens:>9} {total.completion_tokens:>10} "
-        f"{total.total_tokens:>9} {running:>12.6f} {total.estimated_cost_usd:>12.6f} {running:>12.6f}{_marks(total)}"
+        f"{total.total_tokens:>9} {_cell(total.known_cost)} "
+        f"{_cell(total.estimated_cost_usd if total.estimated_calls else None)} {_cell(total.known_cost)}{_marks(total)}"
     )
     lines.extend(_footnotes(total))
     return "\n".join(lines)
+
+
+def _cell(usd: Decimal | None) -> str:
+    return f"{usd:>12.6f}" if usd is not None else f"{'-':>12}"
 
 
 def _marks(row: Row) -> str:

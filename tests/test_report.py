@@ -96,11 +96,14 @@ def test_totals_keep_the_estimated_part_apart_and_count_what_they_miss(store, ca
 
     unknown = rows["acme-9000"]
     assert (unknown["calls"], unknown["unpriced_calls"], unknown["local_calls"]) == (1, 1, 0)
+    assert unknown["cost_usd"] is None  # unknown, never $0
     local = rows["my-local-llama"]
     assert (local["calls"], local["unpriced_calls"], local["local_calls"]) == (1, 0, 1)
+    assert local["cost_usd"] is None
     # A call whose usage never arrived is counted, and its cost is missing from the total, not $0.
     mini = rows["gpt-4o-mini"]
     assert (mini["calls"], mini["unpriced_calls"], mini["estimated_calls"]) == (2, 1, 0)
+    assert Decimal(mini["cost_usd"]) == price("gpt-4o-mini", 3, 1)
 
 
 def test_the_table_says_what_the_total_contains_and_lacks(store, capsys):
@@ -112,6 +115,8 @@ def test_the_table_says_what_the_total_contains_and_lacks(store, capsys):
     assert "* 1 call served locally" in out
     total_line = next(line for line in out.splitlines() if line.startswith("total "))
     assert "(+2 unpriced, 1 local)" in total_line
+    unknown = next(line for line in out.splitlines() if line.startswith("acme-9000 ")).split()
+    assert unknown[5:7] == ["-", "-"]  # no cost and no estimated part: shown as unknown, not 0.000000
 
 
 def test_machine_formats_keep_every_digit_of_the_cost(store, capsys):
