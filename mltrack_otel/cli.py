@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pricing import Pricer
+
+# What each command needs beyond the core install, module -> the extra that brings it.
+_NEEDS = {"report": ("mlflow",), "demo": ("mlflow", "openai", "anthropic")}
 
 
 def _price(args: argparse.Namespace) -> int:
     from .config import load_settings
     from .pricing import Pricer, Usage
 
+    if args.cached + args.cache_write > args.input:
+        print(
+            f"--cached ({args.cached}) + --cache-write ({args.cache_write}) exceed --input ({args.input}): "
+            "--input counts every input token, cached ones included",
+            file=sys.stderr,
+        )
+        return 2
     settings = load_settings()
     pricer = Pricer(settings.price_overrides, settings.provider_aliases)
     usage = Usage(
@@ -21,6 +37,11 @@ def _price(args: argparse.Namespace) -> int:
         cache_write_tokens=args.cache_write,
     )
     cost = pricer.price(args.provider, args.model, usage)
+    if args.provider and (cost is None or not cost.source.startswith("override:")):
+        wrong = _provider_mismatch(pricer, args.provider, args.model, cost.source if cost else None)
+        if wrong:
+            print(wrong, file=sys.stderr)
+            return 2
     if cost is None:
         print(f"{args.model}: no known price (provider {args.provider or 'inferred'}); add a price_overrides entry")
         return 1
@@ -32,6 +53,30 @@ def _price(args: argparse.Namespace) -> int:
     print(f"output USD {_usd(cost.output)}")
     print(f"total USD  {_usd(cost.total)}")
     return 0
+
+
+def _provider_mismatch(pricer: Pricer, provider: str, model: str, source: str | None) -> str | None:
+    """Why --provider cannot be right, or None: a name genai-prices and the aliases do not know, or a provider
+    whose price list lacks the model that another provider's list priced."""
+    known = pricer._provider(provider, fuzzy=True)  # aliases first, then genai-prices' own provider matching
+    if known is None:
+        import difflib
+
+        from genai_prices.data import providers
+
+        from .pricing import BUILTIN_PROVIDER_ALIASES
+
+        names = sorted({p.id for p in providers} | set(BUILTIN_PROVIDER_ALIASES))
+        close = difflib.get_close_matches(provider.strip().lower(), names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else " (add a provider_aliases entry for it)"
+        return f"--provider {provider!r}: unknown provider{hint}"
+    priced_by = source.removeprefix("genai-prices:").split("/", 1)[0] if source else None
+    if priced_by is not None and priced_by != known.id:
+        return (
+            f"--provider {provider!r}: {known.id} has no price for {model!r} "
+            f"(genai-prices prices it as {priced_by}: use --provider {priced_by}, or leave --provider out)"
+        )
+    return None
 
 
 def _usd(value: Decimal) -> str:
@@ -53,7 +98,32 @@ def _report(args: argparse.Namespace) -> int:
         since=args.since,
         by=args.by,
         fmt=args.format,
+        timeout_seconds=args.timeout,
     )
+
+
+def _since(text: str) -> datetime:
+    from .report import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_seconds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of seconds, at least 1")
+    return int(text)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing, or the module is blocked (None in sys.modules)
+        return False
+    except ValueError:  # imported already, without a spec: it is there
+        return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="totals read back from MLflow traces")
     report.add_argument("--tracking-uri", default=None)
     report.add_argument("--experiment", default=None)
-    report.add_argument("--since", default=None, help="ISO date or datetime; only traces started after it")
+    report.add_argument(
+        "--since",
+        type=_since,
+        default=None,
+        help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
+    )
     report.add_argument("--by", choices=["model", "provider", "day", "conversation"], default="model")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    report.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        help="seconds to wait for an MLflow server's answer (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10)",
+    )
     report.set_defaults(run=_report)
     return parser
 
@@ -90,7 +171,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, value, 0) is not None and getattr(args, value, 0) < 0:
             print(f"--{value.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
-    return args.run(args)
+    missing = [module for module in _NEEDS.get(args.command, ()) if not _installed(module)]
+    if missing:
+        print(
+            f"mltrack-otel {args.command} needs {', '.join(missing)}, not installed here: "
+            f"pip install 'mltrack-otel[{','.join(missing)}]'",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return args.run(args)
+    except ModuleNotFoundError as exc:  # a broken install: one of the extras' own dependencies is missing
+        print(f"mltrack-otel {args.command}: cannot import {exc.name or 'a module'}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

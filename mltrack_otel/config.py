@@ -156,19 +156,37 @@ def find_config_file(start: Path | None = None) -> Path | None:
 
 @functools.cache
 def _yaml() -> tuple[Any, type]:
-    """(the yaml module, a SafeLoader that refuses aliases), imported on first use: most processes configure
-    from the environment or keyword arguments, and PyYAML costs ~15 ms to import. Aliases are refused because
-    a config file has no use for them, and they enable YAML bombs."""
+    """(the yaml module, a SafeLoader that refuses aliases and duplicate keys), imported on first use: most
+    processes configure from the environment or keyword arguments, and PyYAML costs ~15 ms to import. Aliases
+    are refused because a config file has no use for them, and they enable YAML bombs."""
     import yaml
 
-    class NoAliasLoader(yaml.SafeLoader):
+    class StrictLoader(yaml.SafeLoader):
         def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 raise yaml.composer.ComposerError(None, None, "aliases are not allowed", event.start_mark)
             return super().compose_node(parent, index)
 
-    return yaml, NoAliasLoader
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            # PyYAML lets the last of two equal keys win without a word; in a config file that hides a mistake.
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = first_line.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+                if seen is not None:
+                    raise DuplicateKeyError(key, seen + 1, key_node.start_mark.line + 1)
+                first_line[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+    class DuplicateKeyError(yaml.YAMLError):
+        def __init__(self, key: Any, first: int, again: int) -> None:
+            super().__init__(f"line {again}: duplicate key {_shown(key)} (first set on line {first})")
+
+    return yaml, StrictLoader
 
 
 def _load_yaml(text: str) -> Any:
@@ -191,8 +209,16 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got {type(data).__name__}")
+    _split_exporters(data)
     _validate(data, origin=str(path))
     return data
+
+
+def _split_exporters(data: dict[str, Any]) -> None:
+    """`exporters: mlflow` or `otlp, mlflow`: one string means the same in the file, the environment and
+    configure() as the list of its comma-separated names."""
+    if isinstance(data.get("exporters"), str):
+        data["exporters"] = tuple(p.strip() for p in data["exporters"].split(",") if p.strip())
 
 
 def _validate(data: Mapping[str, Any], origin: str) -> Settings:
@@ -271,8 +297,8 @@ def _parse_headers(raw: str) -> dict[str, str]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     # Standard OpenTelemetry variables first, so MLTRACK_* can override them.
-    if "OTEL_SERVICE_NAME" in env:
-        values["service_name"] = env["OTEL_SERVICE_NAME"]
+    if env.get("OTEL_SERVICE_NAME", "").strip():  # the OTel spec: an empty variable counts as unset
+        values["service_name"] = env["OTEL_SERVICE_NAME"].strip()
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         values["otlp_endpoint"] = endpoint
@@ -330,8 +356,7 @@ def load_settings(
     if unknown:
         raise ConfigError(f"configure(): unknown setting(s) {', '.join(unknown)}")
     merged.update(overrides)
-    if isinstance(merged.get("exporters"), str):
-        merged["exporters"] = tuple(p.strip() for p in merged["exporters"].split(",") if p.strip())
+    _split_exporters(merged)
     origin = f"{file_path} + environment" if file_path else "environment"
     return _validate(merged, origin=origin)
 

@@ -95,5 +95,12 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     match = "matches" if same else "DIFFERS FROM"
     print(f"\nMLflow total ${stored_cost:.6f} {match} the live ledger total ${live.cost_usd:.6f}")
     print(f"finished in {time.perf_counter() - started:.1f} s")
-    print(f"\nBrowse the traces:  mlflow ui --backend-store-uri {uri}")
+    print(f"\nBrowse the traces:  {browse_hint(uri)}")
     return 0 if match == "matches" else 1
+
+
+def browse_hint(tracking_uri: str) -> str:
+    """A command that opens the traces: a server already serves its UI (`mlflow ui` takes a store, not a server)."""
+    if tracking_uri.lower().startswith(("http://", "https://")):
+        return f"open {tracking_uri.rstrip('/')} in a browser (the MLflow server's own UI)"
+    return f"mlflow ui --backend-store-uri {tracking_uri}"

@@ -300,6 +300,12 @@ def _configure(settings: Settings, adopt: bool) -> Any:
             previous.settings.shutdown_timeout_seconds,
         )
     if _runtime.processor is not None:
+        if not _runtime.exporters and settings.exporters is None:  # nothing asked for, and the defaults found nothing
+            _log.warning(
+                "mltrack-otel: spans are exported nowhere (totals stay in memory): mlflow is not installed and no "
+                "OTLP endpoint is set. Run pip install 'mltrack-otel[mlflow]', or set OTEL_EXPORTER_OTLP_ENDPOINT "
+                "(or exporters: none to keep it so)"
+            )
         _log.info("mltrack-otel: exporting to %s", ", ".join(_runtime.exporters) or "nothing (ledger and metrics only)")
     return _runtime.tracer_provider
 

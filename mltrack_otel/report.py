@@ -1,18 +1,25 @@
 """`mltrack-otel report`: totals read back from MLflow traces, grouped by model, provider, day or conversation.
 
 Only spans the ledger counted (mltrack.usage.counted = true) are summed, so a call that several layers describe is
-counted once, exactly as in the live totals.
+counted once, exactly as in the live totals. A total never hides what it lacks: cost priced from estimated usage
+(mltrack.usage.source = estimated) is shown apart, and calls with no cost (no known price, usage absent, or served
+locally) are counted and named, never read as $0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
@@ -20,6 +27,11 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from . import semconv
 
 GROUPINGS = ("model", "provider", "day", "conversation")
+DEFAULT_TIMEOUT_SECONDS = 10
+
+
+class ReportError(Exception):
+    """A report that cannot be made, said in one line (no traceback)."""
 
 
 @dataclass
@@ -28,12 +40,20 @@ class Row:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    unpriced_calls: int = 0
+    cost_usd: Decimal = Decimal(0)  # every known cost, the estimated part included
+    estimated_cost_usd: Decimal = Decimal(0)  # the part of cost_usd priced from estimated usage
+    estimated_calls: int = 0
+    unpriced_calls: int = 0  # reached the provider, cost unknown: cost_usd misses them
+    local_calls: int = 0  # served locally with no price set: no cost to miss
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def known_cost(self) -> Decimal | None:
+        """cost_usd, or None when no call of the row has a cost: unknown is never shown as $0."""
+        return self.cost_usd if self.calls > self.unpriced_calls + self.local_calls else None
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,8 @@ class CountedCall:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal | None
+    usage_source: str = "provider"  # provider | estimated | absent (spans older than the attribute: provider)
+    local: bool = False
 
 
 def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
@@ -65,6 +87,8 @@ def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
             prompt_tokens=int(attrs.get(semconv.LLM_TOKENS_PROMPT) or 0),
             completion_tokens=int(attrs.get(semconv.LLM_TOKENS_COMPLETION) or 0),
             cost_usd=Decimal(str(cost)) if cost is not None else None,
+            usage_source=str(attrs.get(semconv.MLTRACK_USAGE_SOURCE) or "provider"),
+            local=attrs.get(semconv.MLTRACK_COST_LOCAL) is True,
         )
 
 
@@ -76,10 +100,18 @@ def aggregate(calls: Iterable[CountedCall], by: str) -> list[Row]:
         row.calls += 1
         row.prompt_tokens += call.prompt_tokens
         row.completion_tokens += call.completion_tokens
-        if call.cost_usd is None:
-            row.unpriced_calls += 1
-        else:
+        estimated = call.usage_source == "estimated"
+        row.estimated_calls += estimated
+        if call.cost_usd is not None:
             row.cost_usd += call.cost_usd
+            if estimated:
+                row.estimated_cost_usd += call.cost_usd
+        # A call whose usage never arrived cost something no one knows, whatever figure it carries.
+        if call.cost_usd is None or call.usage_source == "absent":
+            if call.local:
+                row.local_calls += 1
+            else:
+                row.unpriced_calls += 1
     return sorted(rows.values(), key=lambda r: (-r.cost_usd, r.key))
 
 
@@ -93,7 +125,7 @@ def read_spans(tracking_uri: str | None, experiment: str | None, since: datetime
     else:
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            raise SystemExit(f"no experiment named {experiment!r} at {client.tracking_uri}")
+            raise ReportError(f"no experiment named {experiment!r} at {client.tracking_uri}")
         experiment_ids = [found.experiment_id]
     filter_string = f"trace.timestamp_ms > {int(since.timestamp() * 1000)}" if since else None
     token = None
@@ -108,6 +140,11 @@ def read_spans(tracking_uri: str | None, experiment: str | None, since: datetime
             return
 
 
+def _usd(value: Decimal) -> str:
+    """Exact decimal text, never rounded and never in exponent form (machine formats keep every digit)."""
+    return f"{value:f}"
+
+
 def render(rows: list[Row], by: str, fmt: str) -> str:
     records = [
         {
@@ -116,8 +153,11 @@ def render(rows: list[Row], by: str, fmt: str) -> str:
             "prompt_tokens": r.prompt_tokens,
             "completion_tokens": r.completion_tokens,
             "total_tokens": r.total_tokens,
-            "cost_usd": f"{r.cost_usd:.6f}",
+            "cost_usd": None if r.known_cost is None else _usd(r.cost_usd),
+            "estimated_cost_usd": _usd(r.estimated_cost_usd),
+            "estimated_calls": r.estimated_calls,
             "unpriced_calls": r.unpriced_calls,
+            "local_calls": r.local_calls,
         }
         for r in rows
     ]
@@ -132,37 +172,179 @@ def render(rows: list[Row], by: str, fmt: str) -> str:
     return cost_table(rows, by)
 
 
+_SUMMED = ("calls", "prompt_tokens", "completion_tokens", "estimated_calls", "unpriced_calls", "local_calls")
+
+
 def cost_table(rows: list[Row], by: str) -> str:
-    """A fixed-width table with a cumulative USD column and a total line."""
-    header = f"{by:<32} {'calls':>5} {'prompt':>9} {'completion':>10} {'tokens':>9} {'USD':>12} {'cumulative':>12}"
+    """A fixed-width table with a cumulative USD column, a total line and a footnote for each thing the total
+    does not plainly say: an estimated part, calls it misses, calls served locally."""
+    header = (
+        f"{by:<32} {'calls':>5} {'prompt':>9} {'completion':>10} {'tokens':>9} {'USD':>12} {'estimated':>12} "
+        f"{'cumulative':>12}"
+    )
     lines = [header, "-" * len(header)]
-    running = Decimal(0)
+    priced = False  # until a row has a known cost, the cumulative cost is unknown, not 0
     total = Row("total")
     for r in rows:
-        running += r.cost_usd
-        for field in ("calls", "prompt_tokens", "completion_tokens", "unpriced_calls"):
+        priced = priced or r.known_cost is not None
+        total.cost_usd += r.cost_usd
+        total.estimated_cost_usd += r.estimated_cost_usd
+        for field in _SUMMED:
             setattr(total, field, getattr(total, field) + getattr(r, field))
-        unpriced = " (+unpriced)" if r.unpriced_calls else ""
         lines.append(
             f"{r.key[:32]:<32} {r.calls:>5} {r.prompt_tokens:>9} {r.completion_tokens:>10} {r.total_tokens:>9} "
-            f"{r.cost_usd:>12.6f} {running:>12.6f}{unpriced}"
+            f"{_cell(r.known_cost)} {_cell(r.estimated_cost_usd if r.estimated_calls else None)} "
+            f"{_cell(total.cost_usd if priced else None)}{_marks(r)}"
         )
     lines.append("-" * len(header))
     lines.append(
         f"{'total':<32} {total.calls:>5} {total.prompt_tokens:>9} {total.completion_tokens:>10} "
-        f"{total.total_tokens:>9} {running:>12.6f} {running:>12.6f}"
+        f"{total.total_tokens:>9} {_cell(total.known_cost)} "
+        f"{_cell(total.estimated_cost_usd if total.estimated_calls else None)} {_cell(total.known_cost)}{_marks(total)}"
     )
+    lines.extend(_footnotes(total))
     return "\n".join(lines)
 
 
+def _cell(usd: Decimal | None) -> str:
+    return f"{usd:>12.6f}" if usd is not None else f"{'-':>12}"
+
+
+def _marks(row: Row) -> str:
+    marks = []
+    if row.unpriced_calls:
+        marks.append(f"+{row.unpriced_calls} unpriced")
+    if row.local_calls:
+        marks.append(f"{row.local_calls} local")
+    return f" ({', '.join(marks)})" if marks else ""
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
+def _footnotes(total: Row) -> list[str]:
+    notes = []
+    if total.estimated_calls:
+        notes.append(
+            f"* ${total.estimated_cost_usd:.6f} of the total is priced from estimated usage: "
+            f"{_calls(total.estimated_calls)} ended before the provider reported it"
+        )
+    if total.unpriced_calls:
+        notes.append(
+            f"* the total is incomplete: it misses the cost of {_calls(total.unpriced_calls)} with no known price "
+            "or no usage (add a price_overrides entry to price them)"
+        )
+    if total.local_calls:
+        notes.append(f"* {_calls(total.local_calls)} served locally, with no cloud price and no price_overrides entry")
+    return notes
+
+
+_AGE = re.compile(r"(\d+)\s*([mhdw])(?:\s+ago)?", re.IGNORECASE)
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`today`, `yesterday` (UTC midnights, like the report's days), an age such as `30m`, `24h`, `7d`, `2w`,
+    or an ISO date or datetime (UTC unless it names a zone)."""
+    now = now or datetime.now(timezone.utc)
+    word = text.strip().lower()
+    midnight = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    if word == "today":
+        return midnight
+    if word == "yesterday":
+        return midnight - timedelta(days=1)
+    age = _AGE.fullmatch(word)
+    if age:
+        return now - timedelta(**{_UNITS[age[2]]: int(age[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use today, yesterday, an age such as 30m, 24h, 7d or 2w, "
+            "or an ISO date or datetime such as 2026-01-31 or 2026-01-31T09:00"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def check_store(uri: str) -> None:
+    """Refuse a local store that does not exist: MLflow would create an empty one and the report would read 0."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
+    if scheme.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(uri).database
+        if database and database != ":memory:" and not Path(database).is_file():
+            raise ReportError(f"no MLflow store at {uri}: {Path(database).resolve()} does not exist")
+    elif scheme == "file" or (not scheme and not uri.lower().startswith("databricks")):  # a folder store
+        folder = Path(unquote(parsed.path) if scheme else uri)
+        if not folder.exists():
+            raise ReportError(f"no MLflow store at {uri}: {folder.resolve()} does not exist")
+
+
+@contextlib.contextmanager
+def bounded_http(timeout_seconds: int | None) -> Iterator[None]:
+    """MLflow's client waits 120 s per request and retries 7 times with growing back-off: minutes on a dead
+    server. A report is one look: bound it, unless the user set MLflow's variables (an explicit --timeout wins)."""
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_seconds or DEFAULT_TIMEOUT_SECONDS),
+    }
+    saved = {name: os.environ.get(name) for name in wanted}
+    for name, value in wanted.items():
+        if saved[name] is None or (timeout_seconds and name == "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _reason(exc: BaseException, timeout: str) -> str:
+    """What went wrong, in a few words: MLflow's messages nest urllib3's, which repeat the whole request."""
+    text = str(exc).strip()
+    if "ReadTimeoutError" in text or "timed out" in text:
+        return f"no answer within {timeout} s (see --timeout)"
+    if "NewConnectionError" in text or "Connection refused" in text:
+        return "connection refused (is the server running, and is the port right?)"
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
 def run_report(
-    tracking_uri: str | None, experiment: str | None, since: str | None, by: str = "model", fmt: str = "table"
+    tracking_uri: str | None,
+    experiment: str | None,
+    since: str | datetime | None,
+    by: str = "model",
+    fmt: str = "table",
+    timeout_seconds: int | None = None,
 ) -> int:
-    since_dt = None
-    if since:
-        since_dt = datetime.fromisoformat(since)
-        if since_dt.tzinfo is None:
-            since_dt = since_dt.replace(tzinfo=timezone.utc)
-    rows = aggregate(counted_calls(read_spans(tracking_uri, experiment, since_dt)), by)
+    import mlflow
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    since_dt = parse_since(since) if isinstance(since, str) else since
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    timeout = str(timeout_seconds or DEFAULT_TIMEOUT_SECONDS)
+    try:
+        check_store(uri)
+        with bounded_http(timeout_seconds):
+            timeout = os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+            rows = aggregate(counted_calls(read_spans(uri, experiment, since_dt)), by)
+    except ReportError as exc:
+        print(f"mltrack-otel report: {exc}", file=sys.stderr)
+        return 1
+    except (MlflowException, requests.RequestException, OSError) as exc:
+        print(f"mltrack-otel report: cannot read traces from {uri}: {_reason(exc, timeout)}", file=sys.stderr)
+        return 1
     print(render(rows, by, fmt))
     return 0

@@ -186,3 +186,38 @@ def test_a_broken_file_without_configure_turns_tracking_off_once(isolated_env):
         assert guard.health()["errors.config.load"] == 1
     finally:
         config.set_current(None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("mlflow", ("mlflow",)), ("'otlp, mlflow'", ("otlp", "mlflow"))])
+def test_exporters_may_be_one_string_in_the_file_as_in_the_environment(isolated_env, text, expected):
+    write(isolated_env, f"exporters: {text}\n")
+    assert load_settings().exporters == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("exporters: [otlp]\nllm_cost_limit: 5\nexporters: [mlflow]\n", "'exporters'", "line 3:"),
+        (
+            "price_overrides:\n  my-ft: {input_per_mtok: 1, output_per_mtok: 2}\n"
+            "  my-ft: {input_per_mtok: 9, output_per_mtok: 9}\n",
+            "'my-ft'",
+            "line 3:",
+        ),
+    ],
+    ids=["top-level", "nested"],
+)
+def test_duplicate_keys_are_refused_naming_file_key_and_line(isolated_env, text, key, lines):
+    path = write(isolated_env, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert str(path) in message and f"duplicate key {key}" in message and lines in message
+    assert "first set on line" in message
+
+
+def test_an_empty_otel_service_name_counts_as_unset(isolated_env, monkeypatch):
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "")
+    assert load_settings().service_name == "mltrack-otel-app"
+    write(isolated_env, "service_name: from-file\n")
+    assert load_settings().service_name == "from-file"
