@@ -30,8 +30,8 @@ from .version import __version__
 
 # Bucket boundaries advised by the GenAI semantic conventions.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
-_OI_PROVIDER, _OI_MODEL = "llm.provider", "llm.model_name"  # OpenInference
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+_OI_PROVIDER, _OI_MODEL = "llm.provider", "llm.model_name"  # OpenInference
 
 
 class SpanMetricsExporter(SpanExporter):
