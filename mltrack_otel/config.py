@@ -64,6 +64,9 @@ class Settings(BaseModel):
     otlp_compression: Literal["none", "gzip", "deflate"] | None = None
     otlp_timeout_seconds: float = Field(default=10.0, gt=0, le=_MAX_SECONDS)
     otlp_insecure: bool | None = None  # gRPC plaintext; default: from the endpoint's scheme (loopback: plaintext)
+    # OTLP spans carry what MLflow needs to show our prices (exporters/mlflow_attributes.py). None: on when the
+    # OTLP headers name an MLflow experiment (x-mlflow-experiment-id); set true when a collector forwards to MLflow.
+    otlp_for_mlflow: bool | None = None
     mlflow_tracking_uri: str | None = None
     mlflow_experiment_name: str | None = None
     mlflow_experiment_id: str | None = None

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -93,13 +94,22 @@ def guarded(where: str, fn: Callable[..., T], *args: Any, default: T | None = No
 
 def health() -> dict[str, int]:
     """A snapshot of the counters: spans processed, priced, unpriced, exported, dropped, export_failed, errors
-    caught, ... (`spans.<outcome>.<exporter>` per exporter)."""
+    caught, ... (`spans.<outcome>.<exporter>` per exporter).
+
+    When the process's cost total (`mltrack_otel.totals().cost_usd`) misses calls that have no known price, it is
+    a lower bound and says so: `totals.cost_incomplete` is 1 and `totals.unpriced_calls` is how many calls it misses.
+    """
     with _lock:
         snapshot = dict(_counters)
         tallies = list(_tallies.items())
     for name, counter in tallies:
         if value := counter.value:
             snapshot[name] = value
+    ledger = sys.modules.get("mltrack_otel.ledger")  # not loaded: nothing was counted (and it imports us)
+    unpriced = ledger.LEDGER.process_totals().unpriced_calls if ledger is not None else 0
+    if unpriced:
+        snapshot["totals.cost_incomplete"] = 1
+        snapshot["totals.unpriced_calls"] = unpriced
     return snapshot
 
 

@@ -31,6 +31,7 @@ from .version import __version__
 # Bucket boundaries advised by the GenAI semantic conventions.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+_OI_PROVIDER, _OI_MODEL = "llm.provider", "llm.model_name"  # OpenInference
 
 
 class SpanMetricsExporter(SpanExporter):
@@ -73,12 +74,17 @@ class SpanMetricsExporter(SpanExporter):
         attrs = span.attributes or {}
         operation = attrs.get(gen_ai.GEN_AI_OPERATION_NAME)
         counted = attrs.get(semconv.MLTRACK_USAGE_COUNTED)
-        if operation is None or counted is False:
+        if counted is False or (operation is None and counted is not True):
             return  # not a model call, or a wrapper of one that a deeper span already describes
+        # A counted span from other instrumentation (OpenInference, older OpenLLMetry) may lack the operation and
+        # name provider and model the way the processor read them: its cost must not go missing from the sums.
         labels = {
-            gen_ai.GEN_AI_OPERATION_NAME: operation,
-            gen_ai.GEN_AI_PROVIDER_NAME: attrs.get(gen_ai.GEN_AI_PROVIDER_NAME, "_OTHER"),
-            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL, ""),
+            gen_ai.GEN_AI_OPERATION_NAME: operation if operation is not None else "_OTHER",
+            gen_ai.GEN_AI_PROVIDER_NAME: attrs.get(gen_ai.GEN_AI_PROVIDER_NAME)
+            or attrs.get(gen_ai.GEN_AI_SYSTEM)
+            or attrs.get(_OI_PROVIDER)
+            or "_OTHER",
+            gen_ai.GEN_AI_REQUEST_MODEL: attrs.get(gen_ai.GEN_AI_REQUEST_MODEL) or attrs.get(_OI_MODEL) or "",
         }
         response_model = attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL)
         if response_model is not None:

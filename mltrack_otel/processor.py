@@ -224,6 +224,8 @@ class CostSpanProcessor(SpanProcessor):
             merged[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
             merged[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
             merged[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
+            if totals.unpriced_calls and self._track_costs:  # the cost is a lower bound: it misses these calls
+                merged[semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS] = totals.unpriced_calls
 
         if merged is None:
             return span

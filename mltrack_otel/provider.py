@@ -106,7 +106,26 @@ def resolve_exporters(settings: Settings) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+def _is_mlflow_endpoint(settings: Settings) -> bool:
+    """The OTLP endpoint is an MLflow server's (it takes traces only): the headers name an MLflow experiment."""
+    from .exporters.mlflow_attributes import targets_mlflow
+
+    return targets_mlflow(settings.otlp_headers)
+
+
 def _otlp_exporter(settings: Settings) -> SpanExporter:
+    exporter = _otlp_transport(settings)
+    for_mlflow = settings.otlp_for_mlflow
+    if for_mlflow is None:
+        for_mlflow = _is_mlflow_endpoint(settings)
+    if for_mlflow:
+        from .exporters.mlflow_attributes import MlflowOtlpExporter
+
+        return MlflowOtlpExporter(exporter)
+    return exporter
+
+
+def _otlp_transport(settings: Settings) -> SpanExporter:
     compression: Any = None
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -230,7 +249,7 @@ def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, An
 
         memory_reader = InMemoryMetricReader()
         readers.append(memory_reader)
-    if "otlp" in names and settings.otlp_protocol == "http/protobuf":
+    if "otlp" in names and settings.otlp_protocol == "http/protobuf" and not _is_mlflow_endpoint(settings):
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 

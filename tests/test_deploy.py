@@ -197,6 +197,27 @@ def check_span_metrics(cfg: dict) -> list[str]:
     return problems
 
 
+# Processors that pass span attributes through unchanged: the only ones allowed before MLflow, so that the attributes
+# apps send for it (otlp_for_mlflow: mlflow.llm.cost, hidden wrapper usage) arrive as our exporter wrote them.
+ATTRIBUTE_PRESERVING = {"memory_limiter", "batch"}
+FOR_MLFLOW_ENV = "MLTRACK_OTLP_FOR_MLFLOW"
+
+
+def check_mlflow_path(cfg: dict) -> list[str]:
+    """Every traces pipeline exporting to MLflow forwards span attributes untouched."""
+    problems = []
+    mlflow_exporters = {n for n in cfg.get("exporters") or {} if n.startswith("otlphttp/mlflow")}
+    if not mlflow_exporters:
+        return ["no otlphttp/mlflow exporter"]
+    for pid, pipeline in cfg["service"]["pipelines"].items():
+        if not mlflow_exporters & set(pipeline.get("exporters") or []):
+            continue
+        for name in pipeline.get("processors") or []:
+            if component_type(name) not in ATTRIBUTE_PRESERVING:
+                problems.append(f"pipeline {pid}: processor {name!r} may rewrite the span attributes MLflow reads")
+    return problems
+
+
 def test_files_parse(collector, compose):
     assert set(collector) >= {"receivers", "processors", "exporters", "connectors", "service"}
     assert set(compose["services"]) == {"collector", "mlflow", "jaeger", "prometheus"}
@@ -237,6 +258,19 @@ def test_expected_pipeline_shape(collector):
     assert re.fullmatch(r"\d+", str(mlflow["headers"]["x-mlflow-experiment-id"]))
     assert collector["exporters"]["otlp/jaeger"]["tls"]["insecure"] is True
     assert collector["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
+
+
+def test_mlflow_receives_our_attributes_unchanged(collector):
+    assert check_mlflow_path(collector) == []
+
+
+def test_the_documented_app_setting_exists(isolated_env, monkeypatch):
+    """collector-config.yaml tells apps which variable makes MLflow show our prices; it must be a real setting."""
+    from mltrack_otel import config
+
+    assert FOR_MLFLOW_ENV in COLLECTOR_CONFIG.read_text()
+    monkeypatch.setenv(FOR_MLFLOW_ENV, "true")
+    assert config.load_settings().otlp_for_mlflow is True
 
 
 # --- compose checks --------------------------------------------------------------------------------------------------
@@ -470,6 +504,12 @@ def test_checkers_catch_broken_collector_configs(collector):
     cfg = copy.deepcopy(collector)
     cfg["connectors"]["signaltometrics"]["spans"][0]["sum"]["value"] = 'Double(attributes["llm.cost"])'
     assert check_span_metrics(cfg)
+
+    cfg = copy.deepcopy(collector)
+    cfg["service"]["pipelines"]["traces"]["processors"].insert(1, "transform/rename")
+    assert any("transform/rename" in p for p in check_mlflow_path(cfg))
+    del cfg["exporters"]["otlphttp/mlflow"]
+    assert check_mlflow_path(cfg) == ["no otlphttp/mlflow exporter"]
 
 
 def test_checkers_catch_broken_compose_files(compose, collector):

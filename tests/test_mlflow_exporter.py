@@ -321,8 +321,9 @@ def test_unpriced_counted_call_gets_no_invented_price(sqlite_uri):
     trace = MlflowClient(sqlite_uri).get_trace(trace_id)
     span = trace.data.spans[0]
     assert span.get_attribute("mlflow.chat.tokenUsage")["total_tokens"] == 120  # tokens still shown
-    assert not span.llm_cost  # no price from MLflow's catalog
-    assert not (trace.info.cost or {}).get("total_cost")
+    assert span.llm_cost is None  # no price from MLflow's catalog, and no $0 either
+    assert trace.info.cost is None  # not {"total_cost": 0.0}: the trace has no known cost
+    assert span.get_attribute("gen_ai.response.model") == "gpt-4o-2024-08-06"  # the model is still shown
 
 
 def test_mlflow_prices_only_what_we_leave_to_it(sqlite_uri):

@@ -35,38 +35,19 @@ On storage MLflow runs its OTel translators (``mlflow/tracing/otel/translation``
 GenAI semantic conventions: ``gen_ai.input.messages``/``gen_ai.output.messages`` become
 ``mlflow.spanInputs``/``mlflow.spanOutputs``, ``gen_ai.usage.*`` becomes ``mlflow.chat.tokenUsage``
 (total added), ``gen_ai.response.model``/``gen_ai.provider.name`` become ``mlflow.llm.model``/``provider``.
-We do not repeat that work. We add only what MLflow cannot know or gets wrong for us:
-
-* ``mlflow.spanType``: MLflow's translator writes the type into the span JSON only, while the ``spans``
-  table column that ``search_traces`` filters on (``span.type = 'TOOL'``) stays empty; and our ``@track``
-  spans are ``CHAIN``. An explicit ``mlflow.spanType`` on a span is kept.
-* ``mlflow.chat.tokenUsage`` on counted spans, from our usage mirror ``llm.tokens.*``: exact, and with a
-  total even for embeddings, which report input tokens only (MLflow then stores no total and the trace
-  total misses them).
-* Cost. When a span has token usage and a model but no ``mlflow.llm.cost``, MLflow prices it itself
-  (LiteLLM, else its bundled table). The trace total is a tree-aware sum: a span's cost counts only when
-  no ancestor has one (topmost wins). So a framework wrapper span (``mltrack.usage.counted=false``) that
-  MLflow priced would hide our price of the counted call below it, and would be counted twice in MLflow's
-  per-span cost rollups. Therefore:
-
-  - counted spans get ``mlflow.llm.cost`` from our ``llm.cost.*`` here, at export time (off the application's
-    thread); MLflow uses it verbatim (span and trace level);
-  - uncounted spans (``mltrack.usage.counted=false``) have their usage attributes renamed to
-    ``mltrack.uncounted.<name>`` on the MLflow copy, so MLflow neither prices them nor counts their
-    tokens (the counted span below or above carries the same usage; ``llm.tokens.*`` stay as they are);
-  - a counted span we could not price (no ``llm.cost.*``) gets ``mlflow.llm.cost = {}`` so MLflow
-    does not invent a price from another catalog: its span cost stays empty and the trace total stays the
-    sum of our prices (``mlflow_fallback_pricing=True`` lets MLflow price such spans instead);
-  - spans without ``mltrack.usage.counted`` (not seen by our processor) are passed through untouched.
-
-  (MLflow's first own price lookup in a process loads its catalog, about 7 s; our spans never trigger it.)
+We do not repeat that work. What we add or change so that MLflow shows our numbers (span type, token usage, our
+cost on counted spans, no cost rather than $0 on unpriced ones, hidden usage on uncounted wrappers, a trace tag
+when a trace's cost misses unpriced calls) is decided in ``mlflow_attributes.py``, shared with the OTLP path
+(``MlflowOtlpExporter``). ``mlflow_fallback_pricing=True`` lets MLflow price counted spans we could not price.
+(MLflow's first own price lookup in a process loads its catalog, about 7 s; our spans never trigger it.)
 
 Runs. If an MLflow run is active in this process (``mlflow.active_run()``, else the most recent active
 run of any thread, as MLflow's own tracing does, since a ``BatchSpanProcessor`` exports from its worker
 thread) and it lives at the same tracking URI, traces whose root span is in the batch are linked to it, and
 the run gets running-total metrics ``llm.tokens.cumulative.prompt/.completion/.total`` and
-``llm.cost.cumulative`` (one ``log_batch`` per exported batch with counted spans; step = counted calls so
-far). They are summed over counted spans, which is exactly-once whatever the scopes of root spans are.
+``llm.cost.cumulative``, with ``llm.cost.cumulative.unpriced_calls`` once a call had no known price (one
+``log_batch`` per exported batch with counted spans; step = counted calls so far). They are summed over
+counted spans, which is exactly-once whatever the scopes of root spans are.
 Flush the provider before ``mlflow.end_run()`` or the last batch finds no active run.
 
 ``mlflow`` is imported on first export, never at ``import mltrack_otel``; ``export`` never raises.
@@ -75,7 +56,6 @@ Flush the provider before ``mlflow.end_run()`` or the last batch finds no active
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -89,43 +69,15 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import semconv
+from .mlflow_attributes import EXPERIMENT_HEADER, for_mlflow
 
 __all__ = ["MlflowSpanExporter"]
 
 _logger = logging.getLogger("mltrack_otel.exporters.mlflow")
 
-# MLflow attribute and header names (mlflow.tracing.constant / mlflow.tracing.utils.otlp), kept here
-# so that choosing what to send does not need mlflow imported.
-_SPAN_TYPE = "mlflow.spanType"
-_CHAT_USAGE = "mlflow.chat.tokenUsage"
-_LLM_COST = semconv.MLFLOW_LLM_COST
-_EXPERIMENT_HEADER = "x-mlflow-experiment-id"
+_EXPERIMENT_HEADER = EXPERIMENT_HEADER
 _RUN_HEADER = "x-mlflow-run-id"
 _OTLP_TRACES_PATH = "/v1/traces"
-
-_OPERATION = "gen_ai.operation.name"
-_OPERATION_TO_SPAN_TYPE = {
-    "chat": "CHAT_MODEL",
-    "text_completion": "LLM",
-    "generate_content": "LLM",
-    "embeddings": "EMBEDDING",
-    "execute_tool": "TOOL",
-    "invoke_agent": "AGENT",
-    "create_agent": "AGENT",
-    "retrieval": "RETRIEVER",
-}
-_TRACK_KEYS = (semconv.EXECUTION_TIME_SECONDS, semconv.MLTRACK_SCOPE_NAME)
-# Attribute prefixes MLflow's translators read token usage from (GenAI semconv, OpenLLMetry, OpenInference).
-_USAGE_PREFIXES = ("gen_ai.usage.", "llm.token_count.", "llm.usage.")
-_UNCOUNTED_PREFIX = "mltrack.uncounted."
-_CACHE_USAGE = (  # MLflow usage key, GenAI attributes (current name first)
-    ("cache_read_input_tokens", ("gen_ai.usage.cache_read.input_tokens",)),
-    (
-        "cache_creation_input_tokens",
-        ("gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_write.input_tokens"),
-    ),
-)
-_NO_COST = "{}"
 
 _RUN_METRICS = (
     (semconv.LLM_TOKENS_CUMULATIVE_PROMPT, semconv.LLM_TOKENS_PROMPT),
@@ -136,58 +88,12 @@ _RUN_METRICS = (
 _MAX_TRACE_LINKS_PER_REQUEST = 100  # MLflow's limit for link_traces_to_run
 
 
-def _is_usage_key(key: str) -> bool:
-    return key.startswith(_USAGE_PREFIXES) or key == _CHAT_USAGE
-
-
-def _token_usage(attrs: Any) -> dict[str, int] | None:
-    """MLflow's token usage dict from our usage mirror: exact, and with a total even when the
-    instrumentation reported input tokens only (embeddings), which MLflow's translator leaves without."""
-    prompt = attrs.get(semconv.LLM_TOKENS_PROMPT)
-    completion = attrs.get(semconv.LLM_TOKENS_COMPLETION)
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    total = attrs.get(semconv.LLM_TOKENS_TOTAL)
-    usage = {
-        "input_tokens": prompt,
-        "output_tokens": completion,
-        "total_tokens": total if isinstance(total, int) else prompt + completion,
-    }
-    for key, sources in _CACHE_USAGE:
-        for source in sources:
-            value = attrs.get(source)
-            if isinstance(value, int):
-                usage[key] = value
-                break
-    return usage
-
-
-def _cost(attrs: Any) -> str | None:
-    """MLflow's cost JSON from our per-call cost attributes; None when the span was not priced."""
-    parts = (
-        attrs.get(semconv.LLM_COST_PROMPT),
-        attrs.get(semconv.LLM_COST_COMPLETION),
-        attrs.get(semconv.LLM_COST_TOTAL),
-    )
-    if not all(isinstance(part, float) for part in parts):
-        return None
-    return json.dumps(dict(zip(("input_cost", "output_cost", "total_cost"), parts, strict=True)))
-
-
-def _span_type(attrs: Any) -> str:
-    operation = attrs.get(_OPERATION)
-    if operation is not None:
-        return _OPERATION_TO_SPAN_TYPE.get(str(operation), "UNKNOWN")
-    if any(key in attrs for key in _TRACK_KEYS):
-        return "CHAIN"
-    return "UNKNOWN"
-
-
 class _RunTotals:
-    __slots__ = ("calls", "values")
+    __slots__ = ("calls", "unpriced", "values")
 
     def __init__(self) -> None:
         self.calls = 0
+        self.unpriced = 0  # counted calls without our cost: the run's llm.cost.cumulative misses them
         self.values = [0.0] * len(_RUN_METRICS)
 
 
@@ -381,42 +287,10 @@ class MlflowSpanExporter(SpanExporter):
     # ------------------------------------------------------------------ encoding
 
     def _encode(self, spans: Sequence[ReadableSpan]) -> Any:
-        """One OTLP ExportTraceServiceRequest for the batch, adjusted for MLflow (see module docstring)."""
+        """One OTLP ExportTraceServiceRequest for the batch, adjusted for MLflow (mlflow_attributes.py)."""
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-        plans: dict[tuple[int, int], tuple[list[tuple[str, str]], bool]] = {}
-        for span in spans:
-            attrs = span.attributes or {}
-            added: list[tuple[str, str]] = []
-            if _SPAN_TYPE not in attrs:
-                added.append((_SPAN_TYPE, _span_type(attrs)))
-            counted = attrs.get(semconv.MLTRACK_USAGE_COUNTED)
-            if counted is True:
-                if _CHAT_USAGE not in attrs and (usage := _token_usage(attrs)):
-                    added.append((_CHAT_USAGE, json.dumps(usage)))
-                if _LLM_COST not in attrs:
-                    cost = _cost(attrs)
-                    if cost is not None or not self._fallback_pricing:
-                        added.append((_LLM_COST, cost or _NO_COST))
-            plans[span.context.trace_id, span.context.span_id] = (added, counted is False)
-
-        request = encode_spans(spans)
-        for resource_spans in request.resource_spans:
-            for scope_spans in resource_spans.scope_spans:
-                for proto in scope_spans.spans:
-                    plan = plans.get((int.from_bytes(proto.trace_id, "big"), int.from_bytes(proto.span_id, "big")))
-                    if plan is None:
-                        continue
-                    added, hide_usage = plan
-                    if hide_usage:
-                        for kv in proto.attributes:
-                            if _is_usage_key(kv.key):
-                                kv.key = _UNCOUNTED_PREFIX + kv.key
-                    for key, value in added:
-                        kv = proto.attributes.add()
-                        kv.key = key
-                        kv.value.string_value = value
-        return request
+        return encode_spans(for_mlflow(spans, self._fallback_pricing))
 
     # ------------------------------------------------------------------ transports
 
@@ -476,12 +350,13 @@ class MlflowSpanExporter(SpanExporter):
 
     def _log_run_metrics(self, spans: Sequence[ReadableSpan], run_id: str) -> None:
         increments = [0.0] * len(_RUN_METRICS)
-        calls = 0
+        calls = unpriced = 0
         for span in spans:
             attrs = span.attributes or {}
             if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True:
                 continue
             calls += 1
+            unpriced += attrs.get(semconv.MLTRACK_COST_UNPRICED) is True
             for i, (_, source) in enumerate(_RUN_METRICS):
                 value = attrs.get(source)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -491,11 +366,15 @@ class MlflowSpanExporter(SpanExporter):
         with self._lock:
             totals = self._run_totals.setdefault(run_id, _RunTotals())
             totals.calls += calls
+            totals.unpriced += unpriced
             for i, inc in enumerate(increments):
                 totals.values[i] += inc
             step, values = totals.calls, list(totals.values)
+            keys = [key for key, _ in _RUN_METRICS]
+            if totals.unpriced:
+                keys.append(semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS)
+                values.append(float(totals.unpriced))
         now = int(time.time() * 1000)
-        keys = [key for key, _ in _RUN_METRICS]
         if self._is_http:
             metrics = [
                 {"key": key, "value": value, "timestamp": now, "step": step}
