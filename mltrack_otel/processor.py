@@ -18,11 +18,12 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import server_attributes
 
 from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
-from .pricing import Cost, Pricer, Usage
+from .pricing import LOCAL, Cost, Pricer, Usage
 from .usage import count as _count
 
 _log = logging.getLogger("mltrack_otel.processor")
@@ -40,6 +41,7 @@ _REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count
 # Model and provider, newest convention first.
 _RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
 _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider"
+_SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _MAX_LIVE_SPANS = 100_000
 
 
@@ -240,7 +242,9 @@ class CostSpanProcessor(SpanProcessor):
         if not isinstance(model, str):
             return None
         provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER)
-        return self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
+        provider = provider if isinstance(provider, str) else None
+        # Where it was served: host overrides apply, and a local server gets no cloud price (pricing.LOCAL).
+        return self._pricer.price(provider, model, usage, span.start_time, get(_SERVER_ADDRESS), get(_SERVER_PORT))
 
     def _describe_usage(
         self,
@@ -260,7 +264,9 @@ class CostSpanProcessor(SpanProcessor):
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
         out[semconv.MLTRACK_USAGE_COUNTED] = counted
-        if cost is not None:
+        if cost is LOCAL:  # no cloud price and no override: known to cost nothing per call, not unpriced
+            out[semconv.MLTRACK_COST_LOCAL] = True
+        elif cost is not None:
             out[semconv.LLM_COST_PROMPT] = float(cost.input)
             out[semconv.LLM_COST_COMPLETION] = float(cost.output)
             out[semconv.LLM_COST_TOTAL] = float(cost.total)
