@@ -352,3 +352,21 @@ def test_override_keys_parse():
     assert override_key("host:[::1]:8000") == ("host", ("::1", 8000))
     assert override_key("HOST:GPU-Box.local") == ("host", ("gpu-box.local", None))
     assert override_key("provider:Ollama") == ("provider", "ollama")
+
+
+@pytest.mark.parametrize(
+    ("base_url", "name"),
+    [
+        ("https://api.deepseek.com/anthropic", "deepseek"),
+        ("https://api.moonshot.ai/anthropic", "moonshotai"),
+        ("http://localhost:11434", "ollama"),
+        ("http://192.168.1.20:8080", "anthropic"),  # what the SDK speaks, when nothing names the server
+    ],
+)
+def test_anthropic_compatible_hosts_are_named_too(base_url, name):
+    import anthropic
+
+    from mltrack_otel.instrumentation.anthropic import provider_name
+
+    client = anthropic.Anthropic(base_url=base_url, api_key="sk-ant-test")
+    assert provider_name(client, client.base_url.host) == name
