@@ -133,10 +133,6 @@ class PriceOverride(BaseModel):
     provider: str | None = None  # model keys only: apply only when the call's provider is this one
 
 
-_HOST_PREFIX = "host:"
-_PROVIDER_PREFIX = "provider:"
-
-
 def override_key(key: str, override: PriceOverride | None = None) -> tuple[str, Any]:
     """Parse a ``price_overrides`` key: ("model", name), ("host", (host, port)) or ("provider", name).
 
@@ -410,7 +406,7 @@ class Pricer:
             else:
                 self._overrides[key] = override
         self._cloud_hosts = frozenset(parse_host(h) for h in cloud_hosts)
-        self._cache: dict[tuple[Any, Any], Any] = {}
+        self._cache: dict[tuple[Any, ...], Any] = {}  # (provider, model[, address, port]) -> entry
         self._lock = threading.Lock()
         self._warned: set[Any] = set()
 
