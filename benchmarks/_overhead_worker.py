@@ -229,7 +229,9 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
 
         content = variant == "mltrack"
         config.set_current(config.Settings(llm_log_prompts=content, llm_log_responses=content))
-        tp.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter)))
+        # The fake provider on loopback stands for the cloud APIs: measure the cloud pricing path, not the local one.
+        pricer = mltrack_otel.Pricer(cloud_hosts=["127.0.0.1"])
+        tp.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=pricer))
         libraries = our_libraries(op)
         facts["instrumented"] = mltrack_otel.instrument(libraries, tracer_provider=tp)
         facts["version"] = mltrack_otel.__version__

@@ -44,7 +44,10 @@ def _memory_provider() -> Any:
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger()))
+    pricer = mltrack_otel.Pricer(cloud_hosts=["127.0.0.1"])  # the loopback fake stands for the cloud APIs
+    provider.add_span_processor(
+        mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=pricer)
+    )
     return provider, exporter
 
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
-from .pricing import PriceOverride
+from .hosts import parse_host
+from .pricing import PriceOverride, override_key
 
 CONFIG_FILENAME = ".mltrack.yml"
 _MAX_FILE_BYTES = 1 << 20
@@ -78,8 +79,11 @@ class Settings(BaseModel):
     shutdown_timeout_seconds: float = Field(default=5.0, gt=0, le=_MAX_SECONDS)
 
     # Pricing.
-    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+    price_overrides: dict[str, PriceOverride] = Field(default_factory=dict)  # keys: model, host:..., provider:...
     provider_aliases: dict[str, str] = Field(default_factory=dict)
+    # Local or private hosts (host[:port]) that forward to a cloud provider, e.g. an LLM gateway on localhost:
+    # their calls get the cloud price. Calls to other local hosts are marked local and priced only by overrides.
+    cloud_hosts: tuple[str, ...] = ()
 
     # Content capture.
     content_max_bytes: int = Field(default=64 * 1024, ge=256)
@@ -110,6 +114,20 @@ class Settings(BaseModel):
             _combine(value)
         except re.error as exc:
             raise ValueError(f"the patterns cannot be combined into one ({exc}); use scoped flags: (?i:...)") from None
+        return value
+
+    @field_validator("price_overrides")
+    @classmethod
+    def _override_keys_parse(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
+        for key, override in value.items():
+            override_key(key, override)  # ValueError naming the key and the syntax expected
+        return value
+
+    @field_validator("cloud_hosts")
+    @classmethod
+    def _cloud_hosts_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            parse_host(host)
         return value
 
     # Derived views.

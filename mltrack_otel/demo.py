@@ -75,7 +75,12 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     started = time.perf_counter()
     session_start = time.time()
     with FakeProvider() as fake:
-        mltrack_otel.configure(exporters=["mlflow"], mlflow_tracking_uri=uri, mlflow_experiment_name=experiment)
+        mltrack_otel.configure(
+            exporters=["mlflow"],
+            mlflow_tracking_uri=uri,
+            mlflow_experiment_name=experiment,
+            cloud_hosts=[fake.host],  # the fake on loopback stands for the cloud APIs it imitates: price it so
+        )
         mltrack_otel.instrument(["openai", "anthropic"])
         openai_client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-demo-placeholder")
         anthropic_client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-demo-placeholder")

@@ -15,7 +15,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from datetime import time as dt_time
@@ -25,7 +25,9 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BUILTIN_PROVIDER_ALIASES", "Cost", "PriceOverride", "Pricer", "Usage"]
+from .hosts import HostKey, is_local, parse_host
+
+__all__ = ["BUILTIN_PROVIDER_ALIASES", "LOCAL", "Cost", "PriceOverride", "Pricer", "Usage", "override_key"]
 
 _log = logging.getLogger("mltrack_otel.pricing")
 
@@ -106,11 +108,21 @@ class Cost(NamedTuple):
     input: Decimal  # all input, including cache read/write
     output: Decimal
     total: Decimal  # input + output, plus any per-request fee (e.g. Perplexity's search fee)
-    source: str  # "genai-prices:<provider id>/<model id>" or "override:<model name>"
+    source: str  # "genai-prices:<provider id>/<model id>", "override:<key>" or "local"
+
+
+# A call served from this machine or a private network, with no override pricing it: it adds nothing to spend and
+# carries no cost attributes (mltrack.cost.local instead). Compare by identity.
+LOCAL = Cost(Decimal(0), Decimal(0), Decimal(0), "local")
 
 
 class PriceOverride(BaseModel):
-    """A user-supplied price (USD per 1M tokens) for one model name; wins over genai-prices."""
+    """A user-supplied price (USD per 1M tokens); wins over genai-prices.
+
+    Keyed in ``price_overrides`` by a model name, by ``host:<host>[:<port>]`` (every model served there, e.g. a
+    GPU-hour or shadow price for ``host:localhost:11434``) or by ``provider:<gen_ai.provider.name>``
+    (``provider:ollama``). A model key wins over a host key, a host key over a provider key.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -118,7 +130,31 @@ class PriceOverride(BaseModel):
     output_per_mtok: Decimal = Field(ge=0, le=_MAX_PRICE_PER_MTOK)
     cache_read_per_mtok: Decimal | None = Field(default=None, ge=0, le=_MAX_PRICE_PER_MTOK)  # None: the input price
     cache_write_per_mtok: Decimal | None = Field(default=None, ge=0, le=_MAX_PRICE_PER_MTOK)  # None: the input price
-    provider: str | None = None  # only apply when the call's provider is this one
+    provider: str | None = None  # model keys only: apply only when the call's provider is this one
+
+
+def override_key(key: str, override: PriceOverride | None = None) -> tuple[str, Any]:
+    """Parse a ``price_overrides`` key: ("model", name), ("host", (host, port)) or ("provider", name).
+
+    ValueError, saying what is expected, for a malformed host or provider key.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"price_overrides key {key!r}: expected a string")
+    kind, sep, rest = key.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in ("host", "provider"):
+        return "model", key  # model names may contain ':' (llama3.1:8b), only these two prefixes are special
+    if override is not None and override.provider is not None:
+        raise ValueError(f"price_overrides key {key!r}: 'provider' only restricts a model key")
+    if kind == "host":
+        try:
+            return "host", parse_host(rest)
+        except ValueError as exc:
+            raise ValueError(f"price_overrides key {key!r}: {exc} (write host:<host> or host:<host>:<port>)") from None
+    name = rest.strip().lower()
+    if not name or any(c.isspace() for c in name):
+        raise ValueError(f"price_overrides key {key!r}: expected provider:<gen_ai.provider.name>, e.g. provider:ollama")
+    return "provider", name
 
 
 # --- compiled prices ---------------------------------------------------------------------------------------
@@ -337,6 +373,7 @@ def _genai_data() -> tuple[list[Any], dict[str, Any]]:
 
 
 _UNKNOWN: Any = object()  # cache marker for a pair we could not price
+_LOCAL_ENTRY: Any = object()  # cache marker for a call served locally, with no override
 
 
 class Pricer:
@@ -347,28 +384,60 @@ class Pricer:
     """
 
     def __init__(
-        self, overrides: Mapping[str, PriceOverride] | None = None, aliases: Mapping[str, str] | None = None
+        self,
+        overrides: Mapping[str, PriceOverride] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        cloud_hosts: Iterable[str] = (),
     ) -> None:
-        self._overrides = {k: PriceOverride.model_validate(v) for k, v in (overrides or {}).items()}
+        """`cloud_hosts`: local or private hosts (``host[:port]``) that forward to a cloud provider, such as an LLM
+        gateway or proxy on localhost: their calls get the cloud price. Bad keys or hosts raise ValueError."""
         self._aliases = dict(BUILTIN_PROVIDER_ALIASES)
         self._aliases.update({k.strip().lower(): v.strip().lower() for k, v in (aliases or {}).items()})
-        self._cache: dict[tuple[Any, Any], Any] = {}
+        self._overrides: dict[str, PriceOverride] = {}  # by model name
+        self._host_overrides: dict[HostKey, tuple[str, PriceOverride]] = {}
+        self._provider_overrides: dict[str, tuple[str, PriceOverride]] = {}
+        for key, value in (overrides or {}).items():
+            override = PriceOverride.model_validate(value)
+            kind, parsed = override_key(key, override)
+            if kind == "host":
+                self._host_overrides[parsed] = (key, override)
+            elif kind == "provider":
+                self._provider_overrides[self._provider_id(parsed)] = (key, override)
+            else:
+                self._overrides[key] = override
+        self._cloud_hosts = frozenset(parse_host(h) for h in cloud_hosts)
+        self._cache: dict[tuple[Any, ...], Any] = {}  # (provider, model[, address, port]) -> entry
         self._lock = threading.Lock()
         self._warned: set[Any] = set()
 
-    def price(self, provider: str | None, model: str, usage: Usage, at_ns: int | None = None) -> Cost | None:
+    def price(
+        self,
+        provider: str | None,
+        model: str,
+        usage: Usage,
+        at_ns: int | None = None,
+        address: str | None = None,
+        port: int | None = None,
+    ) -> Cost | None:
         """The cost of one call at time `at_ns` (ns since the epoch; None = now); None if it cannot be priced.
+
+        `address` and `port` are the call's server (``server.address`` / ``server.port``): a host or provider
+        override may price it, and a local or private address never gets a cloud price (:data:`LOCAL` unless an
+        override prices it).
 
         None means an unknown model or provider, a model without token prices, or invalid usage (not ints,
         negative, or parts larger than their totals, e.g. cache tokens not counted in input_tokens); each is
         logged once per (provider, model). Never raises.
         """
         try:
-            entry = self._cache.get((provider, model))
+            key = (provider, model) if address is None else (provider, model, address, port)
+            entry = self._cache.get(key)
             if entry is None:
-                entry = self._lookup(provider, model)
+                entry = self._lookup(provider, model, address, port)
             if entry is _UNKNOWN:
                 return None
+            if entry is _LOCAL_ENTRY:
+                return LOCAL
             if not _usage_ok(usage):
                 self._warn_once(
                     ("usage", provider, model),
@@ -394,8 +463,8 @@ class Pricer:
     def describe(self, provider: str | None, model: str) -> str | None:
         """Where the price of `model` comes from and what it is now, for humans; None if unknown."""
         try:
-            entry = self._cache.get((provider, model)) or self._lookup(provider, model)
-            if entry is _UNKNOWN:
+            entry = self._cache.get((provider, model)) or self._lookup(provider, model, None, None)
+            if entry is _UNKNOWN or entry is _LOCAL_ENTRY:
                 return None
             rates = _rates_at(entry, time.time_ns()) if entry.periods else entry.default
             return f"{entry.source}: {rates.label} ({entry.detail})"
@@ -404,7 +473,7 @@ class Pricer:
 
     # --- resolution (cache misses only) --------------------------------------------------------------------
 
-    def _lookup(self, provider: str | None, model: str) -> Any:
+    def _lookup(self, provider: str | None, model: str, address: str | None, port: int | None) -> Any:
         if not isinstance(model, str) or len(model) > _MAX_MODEL_LEN:
             # Not cached (could be large and endless); logged once per Pricer.
             self._warn_once(
@@ -413,7 +482,11 @@ class Pricer:
                 _MAX_MODEL_LEN,
             )
             return _UNKNOWN
-        entry = self._resolve(provider if isinstance(provider, str) else None, model)
+        provider = provider if isinstance(provider, str) else None
+        entry = self._resolve(provider, model)
+        if entry is None or not entry.source.startswith("override:"):  # a model key is the most specific price
+            host = address if isinstance(address, str) else None
+            entry = self._server_entry(provider, host, port if isinstance(port, int) else None) or entry
         if entry is None:
             entry = _UNKNOWN
             self._warn_once(
@@ -425,8 +498,25 @@ class Pricer:
         with self._lock:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.pop(next(iter(self._cache)), None)
-            self._cache[(provider, model)] = entry
+            self._cache[(provider, model) if address is None else (provider, model, address, port)] = entry
         return entry
+
+    def _server_entry(self, provider: str | None, address: str | None, port: int | None) -> _Entry | None:
+        """A host or provider override for this call; _LOCAL_ENTRY for a local server without one."""
+        host = address.strip().lower().rstrip(".") if address else None
+        found = None
+        if host is not None and self._host_overrides:
+            found = self._host_overrides.get((host, port)) or self._host_overrides.get((host, None))
+        if found is None and provider and self._provider_overrides:
+            found = self._provider_overrides.get(self._provider_id(provider) or "")
+        if found is not None:
+            key, override = found
+            return self._override_entry(key, override)
+        if host is None or not is_local(host):
+            return None
+        if (host, port) not in self._cloud_hosts and (host, None) not in self._cloud_hosts:
+            return _LOCAL_ENTRY
+        return None
 
     def _resolve(self, provider: str | None, model: str) -> _Entry | None:
         name = model.strip()
@@ -515,7 +605,10 @@ class Pricer:
             None,
             label,
         )
-        scope = f"provider {o.provider} only" if o.provider else "any provider"
+        if override_key(key)[0] != "model":
+            scope = "every call it names"
+        else:
+            scope = f"provider {o.provider} only" if o.provider else "any provider"
         return _Entry(f"override:{key}", rates, (), f"user price override, {scope}")
 
     def _warn_once(self, key: Any, msg: str, *args: Any, exc_info: bool = False) -> None:

@@ -18,11 +18,12 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import server_attributes
 
 from . import guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
-from .pricing import Cost, Pricer, Usage
+from .pricing import LOCAL, Cost, Pricer, Usage
 from .usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from .usage import count as _count
 
@@ -48,6 +49,7 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 # OpenInference puts an embedding's model under its own key, and its llm.system ("openai") where it could not tell the
 # provider from the host. Their token counts are the llm.token_count.* ones read above (prompt and total only).
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
+_SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _MAX_LIVE_SPANS = 100_000
 
 
@@ -253,7 +255,9 @@ class CostSpanProcessor(SpanProcessor):
         if not isinstance(model, str):
             return None
         provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER) or get(_OI_SYSTEM)
-        return self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
+        provider = provider if isinstance(provider, str) else None
+        # Where it was served: host overrides apply, and a local server gets no cloud price (pricing.LOCAL).
+        return self._pricer.price(provider, model, usage, span.start_time, get(_SERVER_ADDRESS), get(_SERVER_PORT))
 
     def _describe_usage(
         self,
@@ -273,7 +277,9 @@ class CostSpanProcessor(SpanProcessor):
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
         out[semconv.MLTRACK_USAGE_COUNTED] = counted
-        if cost is not None:
+        if cost is LOCAL:  # no cloud price and no override: known to cost nothing per call, not unpriced
+            out[semconv.MLTRACK_COST_LOCAL] = True
+        elif cost is not None:
             out[semconv.LLM_COST_PROMPT] = float(cost.input)
             out[semconv.LLM_COST_COMPLETION] = float(cost.output)
             out[semconv.LLM_COST_TOTAL] = float(cost.total)

@@ -227,7 +227,7 @@ def _chain(
         add("metrics", SpanMetricsExporter(meters), batched=True)
     processor = CostSpanProcessor(
         *downstream,
-        pricer=Pricer(settings.price_overrides, settings.provider_aliases),
+        pricer=Pricer(settings.price_overrides, settings.provider_aliases, settings.cloud_hosts),
         track_costs=settings.llm_track_costs,
         track_tokens=settings.llm_track_token_usage,
     )

@@ -125,6 +125,7 @@ def test_a_failing_backend_costs_the_app_nothing_and_every_span_is_accounted_for
         export_batch_size=BATCH,
         export_delay_ms=10,
         shutdown_timeout_seconds=SHUTDOWN_TIMEOUT,
+        cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud API it imitates
     )
     rt = provider.runtime()
     books = rt.deliveries[exporter]

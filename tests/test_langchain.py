@@ -73,7 +73,11 @@ class Otel:
         self.exporter = InMemorySpanExporter()
         self.ledger = Ledger()
         self.provider = TracerProvider()
-        self.provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger))
+        # The fake provider on loopback stands for the cloud APIs it imitates: its calls keep their cloud price.
+        pricer = Pricer(cloud_hosts=["127.0.0.1"])
+        self.provider.add_span_processor(
+            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=pricer)
+        )
 
     @property
     def spans(self):

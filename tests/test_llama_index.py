@@ -69,7 +69,10 @@ def traced(isolated_env, sdk):
     guard.reset()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger()))
+    pricer = Pricer(cloud_hosts=["127.0.0.1"])  # the fake provider on loopback stands for the cloud APIs it imitates
+    provider.add_span_processor(
+        mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=pricer)
+    )
     if sdk:
         OpenAIInstrumentor().instrument(tracer_provider=provider)
     LlamaIndexInstrumentor().instrument(tracer_provider=provider)

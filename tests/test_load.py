@@ -136,7 +136,11 @@ def _anthropic_loop(base_url: str, deadline: float, books: list[_Book]) -> None:
 def test_sustained_load_totals_exact_no_span_lost_memory_bounded(clean, fake_provider):
     with OtlpReceiver() as receiver:
         mltrack_otel.configure(
-            exporters=["otlp"], otlp_endpoint=receiver.url, export_queue_size=50_000, export_delay_ms=50
+            exporters=["otlp"],
+            otlp_endpoint=receiver.url,
+            export_queue_size=50_000,
+            export_delay_ms=50,
+            cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud APIs it imitates
         )
         mltrack_otel.instrument(["openai", "anthropic"])
         rt = provider.runtime()

@@ -68,7 +68,12 @@ def _log_one_call(name: str) -> None:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_spans_reach_phoenix_with_tokens_model_and_cost(phoenix, otlp_pipeline, fake_provider, protocol):  # noqa: F811
     endpoint = phoenix.url if protocol == "http/protobuf" else phoenix.grpc_endpoint
-    mltrack_otel.configure(exporters=["otlp", "memory"], otlp_endpoint=endpoint, otlp_protocol=protocol)
+    mltrack_otel.configure(
+        exporters=["otlp", "memory"],
+        otlp_endpoint=endpoint,
+        otlp_protocol=protocol,
+        cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud API it imitates
+    )
     memory = provider.runtime().memory_exporter
     mltrack_otel.instrument(["openai"])
     try:

@@ -23,7 +23,7 @@ from ._base import (
     copy_params,
     finish_reason,
     get,
-    provider_for_host,
+    provider_for_client,
     seq,
     stop_sequences,
 )
@@ -47,7 +47,7 @@ def provider_name(client: Any, host: str | None) -> str:
         return "gcp.vertex_ai"
     if "Foundry" in kind:
         return "azure.ai.inference"
-    return (provider_for_host(host) if host else None) or "anthropic"
+    return (provider_for_client(client, host) if host else None) or "anthropic"
 
 
 # --- the SDK's own spans (anthropic >= 2) ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ._base import (
     copy_params,
     finish_reason,
     get,
-    provider_for_host,
+    provider_for_client,
     seq,
     stop_sequences,
 )
@@ -38,10 +38,10 @@ _OUTPUT_TYPES = {"json_schema": "json", "json_object": "json", "text": "text"}
 
 
 def provider_name(client: Any, host: str | None) -> str:
-    """azure.ai.openai for Azure clients, a known OpenAI-compatible host's provider, else openai."""
+    """azure.ai.openai for Azure clients, the provider of an OpenAI-compatible host, else openai."""
     if "Azure" in type(client).__name__:
         return "azure.ai.openai"
-    return (provider_for_host(host) if host else None) or "openai"
+    return (provider_for_client(client, host) if host else None) or "openai"
 
 
 # --- content: OpenAI message shapes -> GenAI messages -------------------------------------------------------
