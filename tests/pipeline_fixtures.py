@@ -7,6 +7,7 @@ import pytest
 from mltrack_otel import config, guard, ledger, provider
 
 _ENV_PREFIXES = ("MLTRACK_", "OTEL_", "MLFLOW_TRACKING_URI")
+FAKE_PROVIDER_HOST = "127.0.0.1"
 
 
 @pytest.fixture
@@ -19,6 +20,8 @@ def isolated_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
+    # The fake provider on loopback stands for the cloud APIs it imitates (tests/test_hosts.py checks the local rule).
+    monkeypatch.setenv("MLTRACK_CLOUD_HOSTS", FAKE_PROVIDER_HOST)
     return tmp_path
 
 

@@ -14,7 +14,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel import semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.ledger import Ledger
+from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
+from tests.traced import FAKE
 
 openinference = pytest.importorskip("openinference.instrumentation.openai")
 
@@ -30,7 +32,9 @@ class Pipeline:
         self.exporter = InMemorySpanExporter()
         self.ledger = Ledger()
         self.provider = TracerProvider()
-        self.provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger))
+        self.provider.add_span_processor(
+            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=Pricer(cloud_hosts=FAKE))
+        )
 
     def spans(self, scope: str) -> list:
         return [s for s in self.exporter.get_finished_spans() if s.instrumentation_scope.name.startswith(scope)]

@@ -39,6 +39,12 @@ USAGE = Usage(1000, 100)
 SHADOW = PriceOverride(input_per_mtok=Decimal("0.05"), output_per_mtok=Decimal("0.10"))  # a GPU-hour shadow price
 
 
+@pytest.fixture(autouse=True)
+def _no_cloud_hosts_from_the_test_session(monkeypatch):
+    """The suite declares the loopback fake provider a cloud host; here the configuration's own value is tested."""
+    monkeypatch.delenv("MLTRACK_CLOUD_HOSTS", raising=False)
+
+
 class ToFake(httpx2.HTTPTransport):
     """Sends each request, unchanged but for where it connects, to the fake provider (plain HTTP on loopback)."""
 

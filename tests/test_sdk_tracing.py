@@ -24,9 +24,11 @@ from mltrack_otel import config, semconv
 from mltrack_otel.instrumentation import _base, instrument, uninstrument
 from mltrack_otel.ledger import LEDGER, Ledger
 from mltrack_otel.ledger import totals as ledger_totals
+from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from tests.instr_fixtures import attrs, use_settings
+from tests.traced import FAKE
 
 MODEL = "claude-haiku-4-5"
 MESSAGES = [{"role": "user", "content": "Tell me about spans please"}]
@@ -155,7 +157,9 @@ def test_own_tracer_provider_counts_as_asking(fake, settings):
     """A client given its own tracer_provider keeps its spans; with ours in the same pipeline, counted once."""
     exporter, ledger = InMemorySpanExporter(), Ledger()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer(cloud_hosts=FAKE))
+    )
     instrument(["anthropic"], tracer_provider=provider)
     try:
         client = _client(fake, open_telemetry={"tracer_provider": provider})
@@ -182,6 +186,7 @@ def test_one_span_per_openai_call_under_configure(global_pipeline, fake):
 def test_one_model_span_under_langchain_anthropic(global_pipeline, fake):
     """LangChain's ChatAnthropic drives the anthropic client: still no SDK span, the call counted once."""
     import langchain_anthropic
+
     instrument(["langchain"])
     try:
         model = langchain_anthropic.ChatAnthropic(
@@ -202,7 +207,9 @@ def test_the_sdks_own_span_prices_cache_writes_at_the_cache_write_price(fake, se
     """anthropic's own span names cache writes gen_ai.usage.cache_write.input_tokens: priced as such, not as input."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger()))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
+    )
     client = _client(fake, open_telemetry={"tracer_provider": provider})  # the SDK alone, not instrumented
     headers = {"x-fake-scenario": "cache-write"}
     message = client.messages.create(
@@ -216,7 +223,9 @@ def test_the_sdks_own_span_prices_cache_writes_at_the_cache_write_price(fake, se
 def test_a_plain_span_with_the_new_usage_names_is_priced(settings):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger()))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
+    )
     usage = {
         gen_ai.GEN_AI_USAGE_INPUT_TOKENS: 3000,
         GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: 2000,
@@ -248,7 +257,9 @@ def test_our_cache_write_name_follows_the_opt_in_and_is_priced(fake, settings, l
     use_settings(genai_latest_conventions=latest, openinference_attributes=True)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger()))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
+    )
     instrument(["anthropic"], tracer_provider=provider)
     try:
         client = _client(fake, open_telemetry=False)
