@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import config, content, guard
+from .. import budget, config, content, guard
+from ..errors import BudgetExceededError
 from . import _base
 from ._base import Call, Inputs, StreamRecorder
 
@@ -120,12 +121,15 @@ class Patch:
         # Our span is made current only when the SDK records its own span (to nest it): a context switch per
         # call is not free, and HTTP-level spans can stay siblings.
         token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        held = budget.hold(call.reservation) if call.reservation is not None else None
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             guard.guarded("instrumentation.error", call.fail, exc)
             raise
         finally:
+            if held is not None:
+                budget.unhold(held)
             if token is not None:
                 otel_context.detach(token)
         try:
@@ -143,12 +147,15 @@ class Patch:
         # Our span is made current only when the SDK records its own span (to nest it): a context switch per
         # call is not free, and HTTP-level spans can stay siblings.
         token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        held = budget.hold(call.reservation) if call.reservation is not None else None
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             guard.guarded("instrumentation.error", call.fail, exc)
             raise
         finally:
+            if held is not None:
+                budget.unhold(held)
             if token is not None:
                 otel_context.detach(token)
         try:
@@ -180,9 +187,10 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.begin", exc)
             return None
-        _base.check_budget("instrumentation.budget")
         try:
             return self._start(instance, options, kwargs, endpoint, settings, is_async)
+        except BudgetExceededError:
+            raise
         except Exception as exc:
             guard.record_error("instrumentation.start", exc)
             return None
@@ -211,11 +219,19 @@ class Patch:
         model = content.utf8(model) if isinstance(model, str) and model else settings.default_model(provider)
         if model:
             attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
-        endpoint.request(body, attributes)
-        inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
-
+        # The budget's hold, as soon as the model and provider are known; until the call holds it, a failure of
+        # ours gives it back (the request then goes out untracked).
+        reservation = _base.reserve_budget("instrumentation.budget", body, model, provider, endpoint.operation)
+        try:
+            endpoint.request(body, attributes)
+            inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+            call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+        call.reservation = reservation
         stream = bool(kwargs.get("stream"))
-        call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
         if self.sdk.records_own_spans is not None:
             call.nest = guard.guarded("instrumentation.nest", self.sdk.records_own_spans, instance, default=False)
         if not stream or endpoint.recorder is None:
