@@ -101,11 +101,29 @@ def worst_case(
     tokens_out = 0 if operation in _NO_OUTPUT else max_output(body, model, provider, tokens_in)
     cost = None
     if pricer is not None and model:
-        plain = pricer.price(provider, model, Usage(tokens_in, tokens_out))
-        if plain is not None:  # Anthropic's cache writes cost more than plain input: the worst of the two
-            written = pricer.price(provider, model, Usage(tokens_in, tokens_out, 0, tokens_in))
-            cost = max(plain.total, written.total) if written is not None else plain.total
+        # Input written to a prompt cache can cost more than plain input (Anthropic: 1.25x): price it so then.
+        written = tokens_in if _writes_cost_more(pricer, provider, model) else 0
+        priced = pricer.price(provider, model, Usage(tokens_in, tokens_out, 0, written))
+        cost = priced.total if priced is not None else None
     return tokens_in + tokens_out, cost
+
+
+_dear_writes: dict[tuple[Any, str | None, str], bool] = {}  # (pricer, provider, model); bounded
+
+
+def _writes_cost_more(pricer: Any, provider: str | None, model: str) -> bool:
+    """Whether the model's cache-write price is above its input price (asked once per pricer and model)."""
+    key = (pricer, provider, model)
+    try:
+        return _dear_writes[key]
+    except KeyError:
+        pass
+    plain = pricer.price(provider, model, Usage(1_000_000, 0))
+    written = pricer.price(provider, model, Usage(1_000_000, 0, 0, 1_000_000))
+    dearer = plain is not None and written is not None and written.total > plain.total
+    if len(_dear_writes) < 4096:
+        _dear_writes[key] = dearer
+    return dearer
 
 
 def max_output(body: Mapping[str, Any], model: str | None, provider: str | None, tokens_in: int) -> int:
