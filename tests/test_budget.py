@@ -48,11 +48,11 @@ def budgeted(fake, settings) -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter)))
-    instrument(["openai"], tracer_provider=provider)
+    instrument(["openai", "anthropic"], tracer_provider=provider)
     try:
         yield exporter
     finally:
-        uninstrument(["openai"])
+        uninstrument(["openai", "anthropic"])
         LEDGER.limits = Limits()
         LEDGER.reset()
         LEDGER.pricer = None
@@ -311,6 +311,17 @@ def test_async_stream_settles(budgeted, fake, aoai):
     assert_nothing_held()
 
 
+def test_an_anthropic_stream_helper_holds_its_worst_case_until_it_ends(budgeted, fake, ant):
+    LEDGER.limits = Limits(cost_budget=Decimal(1))
+    body = {"model": "claude-3-5-haiku-20241022", "max_tokens": 64, "messages": body_of(0)["messages"]}
+    with ant.messages.stream(**body) as stream:
+        tokens, cost = LEDGER.held()
+        assert tokens == estimate.input_tokens(body, body["model"]) + 64
+        assert cost == Pricer().price("anthropic", body["model"], Usage(tokens - 64, 64, 0, tokens - 64)).total
+        stream.get_final_message()
+    assert_nothing_held()
+
+
 def test_an_unpriced_model_reserves_tokens_but_no_cost(budgeted, fake, oai):
     LEDGER.limits = Limits(cost_budget=Decimal(1), token_budget=10_000)
     body = {**body_of(0), "model": "my-local-model"}
@@ -348,10 +359,10 @@ def test_the_manual_api_reserves_and_an_sdk_call_inside_takes_the_hold_over(budg
         held_inside.append(LEDGER.held())
         return oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens)
 
-    ask(messages=body["messages"], max_tokens=MAX_TOKENS)
+    ask(messages=body["messages"], max_tokens=MAX_TOKENS)  # the SDK call inside was not refused: held once
     assert held_inside[0][0] > 0  # the decorated call held its worst case before it ran
     assert_nothing_held()
-    assert LEDGER.process_totals().calls == 1
+    assert len(sent_bodies(fake)) == 1
 
     LEDGER.limits = Limits(token_budget=5)
     ran = []
