@@ -6,7 +6,9 @@ told, under one lock, and reports the warning limits each addition crosses. Mone
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -127,7 +129,9 @@ class Ledger:
         # The Pricer of the CostSpanProcessor that writes into this ledger: reservations price a call's worst case
         # as its real cost will be priced. None (no processor, or costs not tracked): reservations hold tokens only.
         self.pricer: Any = None
+        self._epoch = 0  # a forked child starts a new one: the parent's calls in flight never end there
         guard.renew_lock_after_fork(self)
+        os.register_at_fork(after_in_child=_forget_holds_of(weakref.ref(self)))
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -294,6 +298,8 @@ class Ledger:
         if reservation.released:
             return
         reservation.released = True
+        if reservation.epoch != self._epoch:  # made before a fork: forgotten already
+            return
         tokens, cost = reservation.tokens, reservation.cost
         self._held_tokens -= tokens
         self._held_cost -= cost
@@ -306,8 +312,24 @@ class Ledger:
             if calls > 1:
                 self._conversation_held[conversation_id] = (calls - 1, held_tokens - tokens, held_cost - cost)
 
+    def _forget_holds(self) -> None:
+        """In a forked child: the holds of the parent's calls in flight (their threads did not come along).
+        Scopes shared with such a thread keep its hold; only the forking thread's own scopes are usually alive."""
+        self._held_tokens, self._held_cost = 0, _ZERO
+        self._conversation_held = {}
+        self._epoch += 1
+
 
 _NO_HOLD = (0, 0, _ZERO)
+
+
+def _forget_holds_of(own: weakref.ref[Ledger]) -> Any:
+    def forget() -> None:
+        ledger = own()
+        if ledger is not None:
+            ledger._forget_holds()
+
+    return forget
 
 
 def _refuse(
@@ -339,7 +361,7 @@ class Reservation:
     The call's span ends first (the processor adds the real cost to the totals inside span.end()), then the
     reservation is released, so for a moment the call is counted twice: never zero times."""
 
-    __slots__ = ("_ledger", "conversation_id", "cost", "released", "scopes", "tokens")
+    __slots__ = ("_ledger", "conversation_id", "cost", "epoch", "released", "scopes", "tokens")
 
     def __init__(
         self, ledger: Ledger, scopes: list[Scope], conversation_id: str | None, tokens: int, cost: Decimal
@@ -349,6 +371,7 @@ class Reservation:
         self.conversation_id = conversation_id
         self.tokens = tokens
         self.cost = cost
+        self.epoch = ledger._epoch
         self.released = False
 
     def release(self) -> None:

@@ -421,3 +421,32 @@ def test_worst_case_prices_with_the_dearer_of_plain_and_cache_write_input():
     written = pricer.price("anthropic", body["model"], Usage(tokens_in, 100, 0, tokens_in)).total
     assert cost == written > pricer.price("anthropic", body["model"], Usage(tokens_in, 100)).total
     assert budget.worst_case({"input": "hi"}, "text-embedding-3-small", "openai", "embeddings", None) == (1, None)
+
+
+def test_a_forked_child_does_not_inherit_the_parents_holds():
+    """The parent's calls in flight never end in the child: their holds must not shrink its budget forever."""
+    import subprocess
+    import sys
+
+    script = """
+import os
+from decimal import Decimal
+from mltrack_otel.ledger import LEDGER, Limits
+
+LEDGER.limits = Limits(token_budget=1000)
+in_flight = LEDGER.reserve(None, "conv", 900, Decimal("0.5"))
+pid = os.fork()
+if pid == 0:
+    ok = LEDGER.held() == (0, Decimal(0))
+    in_flight.release()  # a parent's reservation released in the child takes nothing off
+    ok = ok and LEDGER.held() == (0, Decimal(0))
+    LEDGER.reserve(None, "conv", 900, None).release()  # the whole budget is the child's
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "child"
+assert LEDGER.held() == (900, Decimal("0.5"))  # the parent's own holds are untouched
+in_flight.release()
+assert LEDGER.held() == (0, Decimal(0))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
