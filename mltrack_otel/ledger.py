@@ -264,11 +264,7 @@ class Ledger:
     ) -> None:
         """Set (or, with neither limit, clear) hard budgets for one conversation (gen_ai.conversation.id). Kept for
         the `max_conversations` most recently limited conversations."""
-        if token_limit is not None and (type(token_limit) is not int or token_limit < 0):
-            raise ValueError(f"token_limit must be a non-negative int, not {token_limit!r}")
-        cost = Decimal(str(cost_limit)) if cost_limit is not None else None
-        if cost is not None and not (cost.is_finite() and cost >= 0):
-            raise ValueError(f"cost_limit must be a non-negative amount in USD, not {cost_limit!r}")
+        token_limit, cost = budget_limits(token_limit, cost_limit)
         with self._lock:
             self._conversation_limits.pop(conversation_id, None)
             if token_limit is None and cost is None:
@@ -321,6 +317,21 @@ class Ledger:
 
 
 _NO_HOLD = (0, 0, _ZERO)
+
+
+def budget_limits(token_limit: Any, cost_limit: Any) -> tuple[int | None, Decimal | None]:
+    """A scope's or conversation's own limits, validated: a token count, and USD as an exact Decimal."""
+    if token_limit is not None and (type(token_limit) is not int or token_limit < 0):
+        raise ValueError(f"token_limit must be a non-negative int, not {token_limit!r}")
+    if cost_limit is None:
+        return token_limit, None
+    try:
+        cost = Decimal(str(cost_limit))
+    except ArithmeticError:  # decimal.InvalidOperation
+        cost = None
+    if cost is None or not cost.is_finite() or cost < 0:
+        raise ValueError(f"cost_limit must be a non-negative amount in USD, not {cost_limit!r}")
+    return token_limit, cost
 
 
 def _forget_holds_of(own: weakref.ref[Ledger]) -> Any:

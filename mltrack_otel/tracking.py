@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from . import budget, config, content, guard, semconv
 from .errors import BudgetExceededError
-from .ledger import LEDGER, Reservation, Scope, Totals, _current_scope, current_scope
+from .ledger import LEDGER, Reservation, Scope, Totals, _current_scope, budget_limits, current_scope
 from .usage import usage_attributes
 from .version import __version__
 
@@ -131,12 +131,7 @@ def track_llm_context(
 
     ``token_limit`` / ``cost_limit`` (USD): hard budgets of this scope alone, on top of the configured ones. A call
     in it whose worst case would not fit raises BudgetExceededError before it is sent."""
-    if token_limit is not None and (type(token_limit) is not int or token_limit < 0):
-        raise ValueError(f"token_limit must be a non-negative int, not {token_limit!r}")
-    cost = Decimal(str(cost_limit)) if cost_limit is not None else None
-    if cost is not None and not (cost.is_finite() and cost >= 0):
-        raise ValueError(f"cost_limit must be a non-negative amount in USD, not {cost_limit!r}")
-    active = _start_scope(name, tags, conversation_id, token_limit, cost)
+    active = _start_scope(name, tags, conversation_id, *budget_limits(token_limit, cost_limit))
     try:
         with active.current():
             yield LLMTracker(model=model, provider=provider, _scope=active.scope)

@@ -450,3 +450,13 @@ assert LEDGER.held() == (0, Decimal(0))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("token_limit", "cost_limit"), [(-1, None), (1.5, None), (None, "abc"), (None, -0.01)])
+def test_scope_and_conversation_limits_are_validated(token_limit, cost_limit):
+    from mltrack_otel import limit_conversation, track_llm_context
+
+    with pytest.raises(ValueError), track_llm_context("x", token_limit=token_limit, cost_limit=cost_limit):
+        pass
+    with pytest.raises(ValueError):
+        limit_conversation("c", token_limit=token_limit, cost_limit=cost_limit)
