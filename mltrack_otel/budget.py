@@ -13,8 +13,11 @@ Maximum output, when the request names none (max_tokens, max_completion_tokens, 
   1. the vendor's documented output limit of the model family (MAX_OUTPUT_TOKENS, longest name prefix wins);
   2. else the model's context window in genai-prices, less the input: the output can never be longer;
   3. else UNKNOWN_MAX_OUTPUT_TOKENS, a deliberately large figure (name max_tokens to reserve less).
-The remaining error is the input estimate's (a tokenizer's count versus 4 bytes a token): that is how far the
-spend can exceed a budget, at most, summed over the calls in flight.
+The remaining error is the input estimate's (a tokenizer's count versus 4 bytes a token; images and audio are not
+estimated): that is how far the spend can exceed a budget, at most, summed over the calls in flight.
+
+One model call is held once: a call made while another holds (the OpenAI SDK under LiteLLM under DSPy, or inside
+a track_llm_call function) takes that hold over, in the same step. The conversation is the tracking scope's.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from .pricing import Usage
 __all__ = ["MAX_OUTPUT_TOKENS", "UNKNOWN_MAX_OUTPUT_TOKENS", "hold", "max_output", "reserve", "unhold", "worst_case"]
 
 # Documented maximum output tokens per model family (vendor model pages). Prefixes of the bare model name; a
-# longer prefix wins ("gpt-4o-mini" over "gpt-4o"). Families missing here fall back to the context window.
+# longer prefix wins ("o1-mini" over "o1"). Only families whose every member stays within the figure are listed
+# (not gpt-3.5-turbo: its 16k variant writes up to its window); the rest fall back to the context window.
 MAX_OUTPUT_TOKENS: dict[str, int] = {
-    "gpt-3.5-turbo": 4_096,
     "gpt-4-turbo": 4_096,
     "gpt-4-1106": 4_096,
     "gpt-4-0125": 4_096,
