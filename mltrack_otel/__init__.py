@@ -26,6 +26,7 @@ _LAZY = {
     "uninstrument": "instrumentation",
     "Totals": "ledger",
     "check_budget": "ledger",
+    "limit_conversation": "ledger",
     "totals": "ledger",
     "Cost": "pricing",
     "PriceOverride": "pricing",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from .config import Settings, load_settings
     from .guard import health
     from .instrumentation import instrument, uninstrument
-    from .ledger import Totals, check_budget, totals
+    from .ledger import Totals, check_budget, limit_conversation, totals
     from .pricing import Cost, PriceOverride, Pricer, Usage
     from .processor import CostSpanProcessor
     from .provider import configure, shutdown
@@ -102,6 +103,7 @@ __all__ = [
     "configure",
     "health",
     "instrument",
+    "limit_conversation",
     "load_settings",
     "openai_prompt_extractor",
     "openai_response_extractor",

@@ -10,12 +10,25 @@ class ConfigError(MltrackError, ValueError):
 
 
 class BudgetExceededError(MltrackError):
-    """A hard token or cost budget is spent; raised before the next model call is sent."""
+    """A hard token or cost budget would be exceeded; raised before the model call is sent.
 
-    def __init__(self, kind: str, scope: str, limit: float, spent: float) -> None:
+    `scope` is "process", "context" or "conversation"; `spent` is counted, `reserved` is held by calls in flight,
+    `requested` is this call's worst case (its input estimate plus max_tokens, or the model's maximum output)."""
+
+    def __init__(
+        self, kind: str, scope: str, limit: float, spent: float, reserved: float = 0, requested: float = 0
+    ) -> None:
         self.kind, self.scope, self.limit, self.spent = kind, scope, limit, spent
+        self.reserved, self.requested = reserved, requested
         unit = "USD" if kind == "cost" else "tokens"
-        super().__init__(f"{scope} {kind} budget of {limit:g} {unit} is spent ({spent:g} {unit} used)")
+        if spent >= limit:
+            message = f"{scope} {kind} budget of {limit:g} {unit} is spent ({spent:g} {unit} used)"
+        else:
+            message = (
+                f"{scope} {kind} budget of {limit:g} {unit} would be exceeded: {spent:g} spent, {reserved:g} held by "
+                f"calls in flight, and this call may use up to {requested:g} (name max_tokens to reserve less)"
+            )
+        super().__init__(message)
 
 
 class LLMLimitWarning(UserWarning):

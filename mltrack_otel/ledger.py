@@ -6,12 +6,14 @@ told, under one lock, and reports the warning limits each addition crosses. Mone
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import guard
 from .errors import BudgetExceededError
@@ -59,6 +61,20 @@ class Scope:
     conversation_id: str | None = None
     span_id: int | None = None
     totals: Totals = field(default_factory=Totals)
+    # The scope's own hard budgets (track_llm_context(token_limit=, cost_limit=)), on top of the configured ones.
+    token_limit: int | None = None
+    cost_limit: Decimal | None = None
+    # Worst cases reserved by this scope's calls in flight (see Ledger.reserve).
+    held_tokens: int = 0
+    held_cost: Decimal = _ZERO
+    limited: bool = field(init=False, default=False)  # this scope or an enclosing one has its own budget
+
+    def __post_init__(self) -> None:
+        self.limited = (
+            self.token_limit is not None
+            or self.cost_limit is not None
+            or (self.parent is not None and self.parent.limited)
+        )
 
     def chain(self) -> list[Scope]:
         scope: Scope | None = self
@@ -104,7 +120,18 @@ class Ledger:
         self._conversations: OrderedDict[str, Totals] = OrderedDict()
         self.max_conversations = max_conversations
         self.max_traces = max_traces
+        # Hard budgets: worst cases held by calls in flight (process level; scopes hold their own), conversations'
+        # holds as (calls, tokens, cost), and the budgets set per conversation (limit_conversation).
+        self._held_tokens = 0
+        self._held_cost = _ZERO
+        self._conversation_held: dict[str, tuple[int, int, Decimal]] = {}
+        self._conversation_limits: OrderedDict[str, Limits] = OrderedDict()
+        # The Pricer of the CostSpanProcessor that writes into this ledger: reservations price a call's worst case
+        # as its real cost will be priced. None (no processor, or costs not tracked): reservations hold tokens only.
+        self.pricer: Any = None
+        self._epoch = 0  # a forked child starts a new one: the parent's calls in flight never end there
         guard.renew_lock_after_fork(self)
+        os.register_at_fork(after_in_child=_forget_holds_of(weakref.ref(self)))
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -174,18 +201,194 @@ class Ledger:
     def conversation_totals(self, conversation_id: str) -> Totals:
         return self._conversations.get(conversation_id) or Totals()
 
-    def check_budget(self, scope: Scope | None) -> None:
-        """Raise BudgetExceededError if a hard budget is spent in the process or in any enclosing scope."""
+    def check_budget(self, scope: Scope | None, conversation_id: str | None = None) -> None:
+        """Raise BudgetExceededError if a hard budget is spent, or held in full by calls in flight, in the process,
+        any enclosing scope or the conversation."""
+        if self.budgets_apply(scope, conversation_id):
+            with self._lock:
+                self._refuse(scope.chain() if scope is not None else (), conversation_id, 0, _ZERO)
+
+    # -- hard budgets: a call's worst case is reserved before it is sent -------------------------------------
+
+    def budgets_apply(self, scope: Scope | None, conversation_id: str | None) -> bool:
+        """Whether any hard budget covers a call in this scope and conversation (runs before every call: cheap)."""
         limits = self.limits
-        if limits.token_budget is None and limits.cost_budget is None:
+        return (
+            limits.token_budget is not None
+            or limits.cost_budget is not None
+            or (scope is not None and scope.limited)
+            or (conversation_id is not None and conversation_id in self._conversation_limits)
+        )
+
+    def reserve(
+        self,
+        scope: Scope | None,
+        conversation_id: str | None,
+        tokens: int,
+        cost: Decimal | None,
+        replacing: Reservation | None = None,
+    ) -> Reservation:
+        """Hold a call's worst case (tokens, and cost; None: unpriced) against the process, every enclosing scope and
+        the conversation; raise BudgetExceededError instead if what is spent, plus what calls in flight hold, plus
+        this worst case would exceed any of their budgets.
+
+        `replacing`: the reservation of an enclosing call this one carries out (LiteLLM around the OpenAI SDK), given
+        up in the same step, so one model call is held once and by its most exact request."""
+        chain = scope.chain() if scope is not None else []
+        cost = cost if cost is not None else _ZERO
+        with self._lock:
+            if replacing is not None and replacing._ledger is self:
+                self._release(replacing)
+            self._refuse(chain, conversation_id, tokens, cost)
+            self._held_tokens += tokens
+            self._held_cost += cost
+            for s in chain:
+                s.held_tokens += tokens
+                s.held_cost += cost
+            if conversation_id is not None:
+                calls, held_tokens, held_cost = self._conversation_held.get(conversation_id, _NO_HOLD)
+                self._conversation_held[conversation_id] = (calls + 1, held_tokens + tokens, held_cost + cost)
+        return Reservation(self, chain, conversation_id, tokens, cost)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give a reservation back (the call ended: its real cost is in the totals, or it failed). Idempotent."""
+        with self._lock:
+            self._release(reservation)
+
+    def held(self) -> tuple[int, Decimal]:
+        """(tokens, USD) the process's calls in flight hold right now."""
+        return self._held_tokens, self._held_cost
+
+    def limit_conversation(
+        self, conversation_id: str, token_limit: int | None = None, cost_limit: Decimal | float | str | None = None
+    ) -> None:
+        """Set (or, with neither limit, clear) hard budgets for one conversation (gen_ai.conversation.id). Kept for
+        the `max_conversations` most recently limited conversations."""
+        token_limit, cost = budget_limits(token_limit, cost_limit)
+        with self._lock:
+            self._conversation_limits.pop(conversation_id, None)
+            if token_limit is None and cost is None:
+                return
+            self._conversation_limits[conversation_id] = Limits(token_budget=token_limit, cost_budget=cost)
+            if len(self._conversation_limits) > self.max_conversations:
+                self._conversation_limits.popitem(last=False)
+
+    def _refuse(self, chain: Any, conversation_id: str | None, tokens: int, cost: Decimal) -> None:
+        """Raise BudgetExceededError if a worst case of (tokens, cost) does not fit every budget (under the lock)."""
+        limits = self.limits
+        token_budget, cost_budget = limits.token_budget, limits.cost_budget
+        _refuse("process", self._process, self._held_tokens, self._held_cost, tokens, cost, token_budget, cost_budget)
+        for s in chain:
+            _refuse("context", s.totals, s.held_tokens, s.held_cost, tokens, cost, token_budget, cost_budget)
+            if s.token_limit is not None or s.cost_limit is not None:
+                _refuse("context", s.totals, s.held_tokens, s.held_cost, tokens, cost, s.token_limit, s.cost_limit)
+        if conversation_id is not None:
+            spent = self._conversations.get(conversation_id) or _NO_TOTALS
+            _, held_tokens, held_cost = self._conversation_held.get(conversation_id, _NO_HOLD)
+            _refuse("conversation", spent, held_tokens, held_cost, tokens, cost, token_budget, cost_budget)
+            own = self._conversation_limits.get(conversation_id)
+            if own is not None:
+                _refuse("conversation", spent, held_tokens, held_cost, tokens, cost, own.token_budget, own.cost_budget)
+
+    def _release(self, reservation: Reservation) -> None:
+        if reservation.released:
             return
-        for where, totals in [("process", self._process)] + [
-            ("context", s.totals) for s in (scope.chain() if scope else ())
-        ]:
-            if limits.token_budget is not None and totals.total_tokens >= limits.token_budget:
-                raise BudgetExceededError("token", where, limits.token_budget, totals.total_tokens)
-            if limits.cost_budget is not None and totals.cost_usd >= limits.cost_budget:
-                raise BudgetExceededError("cost", where, float(limits.cost_budget), float(totals.cost_usd))
+        reservation.released = True
+        if reservation.epoch != self._epoch:  # made before a fork: forgotten already
+            return
+        tokens, cost = reservation.tokens, reservation.cost
+        self._held_tokens -= tokens
+        self._held_cost -= cost
+        for s in reservation.scopes:
+            s.held_tokens -= tokens
+            s.held_cost -= cost
+        conversation_id = reservation.conversation_id
+        if conversation_id is not None:
+            calls, held_tokens, held_cost = self._conversation_held.pop(conversation_id, _NO_HOLD)
+            if calls > 1:
+                self._conversation_held[conversation_id] = (calls - 1, held_tokens - tokens, held_cost - cost)
+
+    def _forget_holds(self) -> None:
+        """In a forked child: the holds of the parent's calls in flight (their threads did not come along).
+        Scopes shared with such a thread keep its hold; only the forking thread's own scopes are usually alive."""
+        self._held_tokens, self._held_cost = 0, _ZERO
+        self._conversation_held = {}
+        self._epoch += 1
+
+
+_NO_HOLD = (0, 0, _ZERO)
+
+
+def budget_limits(token_limit: Any, cost_limit: Any) -> tuple[int | None, Decimal | None]:
+    """A scope's or conversation's own limits, validated: a token count, and USD as an exact Decimal."""
+    if token_limit is not None and (type(token_limit) is not int or token_limit < 0):
+        raise ValueError(f"token_limit must be a non-negative int, not {token_limit!r}")
+    if cost_limit is None:
+        return token_limit, None
+    try:
+        cost = Decimal(str(cost_limit))
+    except ArithmeticError:  # decimal.InvalidOperation
+        cost = None
+    if cost is None or not cost.is_finite() or cost < 0:
+        raise ValueError(f"cost_limit must be a non-negative amount in USD, not {cost_limit!r}")
+    return token_limit, cost
+
+
+def _forget_holds_of(own: weakref.ref[Ledger]) -> Any:
+    def forget() -> None:
+        ledger = own()
+        if ledger is not None:
+            ledger._forget_holds()
+
+    return forget
+
+
+def _refuse(
+    where: str,
+    spent: Totals,
+    held_tokens: int,
+    held_cost: Decimal,
+    tokens: int,
+    cost: Decimal,
+    token_limit: int | None,
+    cost_limit: Decimal | None,
+) -> None:
+    # Nothing left (spent or held in full) refuses even a call whose worst case is 0, e.g. an unpriced model.
+    if token_limit is not None:
+        used = spent.total_tokens + held_tokens
+        if used >= token_limit or used + tokens > token_limit:
+            raise BudgetExceededError("token", where, token_limit, spent.total_tokens, held_tokens, tokens)
+    if cost_limit is not None:
+        used_cost = spent.cost_usd + held_cost
+        if used_cost >= cost_limit or used_cost + cost > cost_limit:
+            raise BudgetExceededError(
+                "cost", where, float(cost_limit), float(spent.cost_usd), float(held_cost), float(cost)
+            )
+
+
+class Reservation:
+    """A call's worst-case tokens and cost, held from before its request is sent until it ends (Ledger.reserve).
+
+    The call's span ends first (the processor adds the real cost to the totals inside span.end()), then the
+    reservation is released, so for a moment the call is counted twice: never zero times."""
+
+    __slots__ = ("_ledger", "conversation_id", "cost", "epoch", "released", "scopes", "tokens")
+
+    def __init__(
+        self, ledger: Ledger, scopes: list[Scope], conversation_id: str | None, tokens: int, cost: Decimal
+    ) -> None:
+        self._ledger = ledger
+        self.scopes = scopes
+        self.conversation_id = conversation_id
+        self.tokens = tokens
+        self.cost = cost
+        self.epoch = ledger._epoch
+        self.released = False
+
+    def release(self) -> None:
+        """Idempotent; safe from any thread."""
+        if not self.released:
+            self._ledger.release(self)
 
 
 LEDGER = Ledger()
@@ -193,8 +396,19 @@ LEDGER = Ledger()
 
 
 def check_budget() -> None:
-    """Called by instrumentors before sending a request: raises BudgetExceededError if a hard budget is spent."""
-    LEDGER.check_budget(_current_scope.get())
+    """Raises BudgetExceededError if a hard budget of the current scope (its process, enclosing scopes or
+    conversation) is spent or held in full by calls in flight. Instrumented calls reserve their worst case
+    instead (mltrack_otel.budget)."""
+    scope = _current_scope.get()
+    LEDGER.check_budget(scope, scope.conversation_id if scope is not None else None)
+
+
+def limit_conversation(
+    conversation_id: str, *, token_limit: int | None = None, cost_limit: Decimal | float | str | None = None
+) -> None:
+    """Hard budgets for one conversation (gen_ai.conversation.id), on top of llm_token_limit / llm_cost_limit: a
+    call in it raises BudgetExceededError before it is sent if its worst case would not fit."""
+    LEDGER.limit_conversation(conversation_id, token_limit, cost_limit)
 
 
 def totals(conversation_id: str | None = None) -> Totals:

@@ -120,6 +120,7 @@ class CostSpanProcessor(SpanProcessor):
         self._ledger = ledger if ledger is not None else LEDGER
         self._track_costs = track_costs
         self._track_tokens = track_tokens
+        self._ledger.pricer = self._pricer if track_costs else None  # budget reservations price as we do
         self._live: dict[int, _Live] = {}
         self._lock = threading.Lock()
         # Lock-free health counters: these run for every span.

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -20,8 +21,9 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind
 
-from . import config, content, guard, semconv
-from .ledger import Scope, Totals, _current_scope, current_scope
+from . import budget, config, content, guard, semconv
+from .errors import BudgetExceededError
+from .ledger import LEDGER, Reservation, Scope, Totals, _current_scope, budget_limits, current_scope
 from .usage import usage_attributes
 from .version import __version__
 
@@ -43,6 +45,7 @@ class _Within(Scope):
     def __init__(self, own: Scope, context: Scope) -> None:
         super().__init__(own.name, context, context.conversation_id or own.conversation_id)
         self.own = own
+        self.limited = self.limited or own.limited
 
     def chain(self) -> list[Scope]:
         return [self.own, *self.parent.chain()] if self.parent is not None else [self.own]
@@ -86,10 +89,22 @@ def _start(name: str, scope: Scope, kind: SpanKind = SpanKind.INTERNAL, attribut
     return _Active(span, scope)
 
 
-def _start_scope(name: str, tags: Mapping[str, Any] | None, conversation_id: str | None) -> _Active:
+def _start_scope(
+    name: str,
+    tags: Mapping[str, Any] | None,
+    conversation_id: str | None,
+    token_limit: int | None = None,
+    cost_limit: Decimal | None = None,
+) -> _Active:
     """A span that is the root of a new tracking scope nested in the current one."""
     parent = current_scope()
-    scope = Scope(name, parent, conversation_id or (parent.conversation_id if parent else None))
+    scope = Scope(
+        name,
+        parent,
+        conversation_id or (parent.conversation_id if parent else None),
+        token_limit=token_limit,
+        cost_limit=cost_limit,
+    )
     attributes: dict[str, Any] = {semconv.MLTRACK_SCOPE_NAME: name}
     if tags:
         attributes[semconv.MLTRACK_TAGS] = _tag_list(tags)
@@ -107,10 +122,16 @@ def track_llm_context(
     provider: str | None = None,
     tags: Mapping[str, Any] | None = None,
     conversation_id: str | None = None,
+    *,
+    token_limit: int | None = None,
+    cost_limit: Decimal | float | str | None = None,
 ) -> Iterator[LLMTracker]:
     """A named scope: every model call inside it (instrumented or logged) is a child span, and the scope keeps its
-    own running totals (``tracker.totals``). Contexts nest; totals roll up to every enclosing context."""
-    active = _start_scope(name, tags, conversation_id)
+    own running totals (``tracker.totals``). Contexts nest; totals roll up to every enclosing context.
+
+    ``token_limit`` / ``cost_limit`` (USD): hard budgets of this scope alone, on top of the configured ones. A call
+    in it whose worst case would not fit raises BudgetExceededError before it is sent."""
+    active = _start_scope(name, tags, conversation_id, *budget_limits(token_limit, cost_limit))
     try:
         with active.current():
             yield LLMTracker(model=model, provider=provider, _scope=active.scope)
@@ -264,49 +285,92 @@ class LLMTracker:
             details[semconv.LLM_LATENCY] = time.perf_counter() - started
             active.span.set_attributes(details)
 
-        def fail(active: _Active | None, exc: BaseException) -> None:
+        def reserve(args: tuple, kwargs: dict) -> Reservation | None:
+            """The call's worst case, reserved before the function runs (raises only BudgetExceededError)."""
+            try:
+                settings = config.current()
+                if not settings.llm_tracking_enabled:
+                    return None
+                scope = self._call_scope()
+                if not LEDGER.budgets_apply(scope, scope.conversation_id):
+                    return None
+                prompt = extract_prompt(args, kwargs) if extract_prompt else _default_prompt(args, kwargs)
+                body: dict[str, Any] = {k: kwargs[k] for k in _OUTPUT_CAPS if k in kwargs}
+                body["messages"] = _as_messages(prompt) if prompt is not None else []
+                name = provider or self.provider
+                return budget.reserve(body, model or self.model or settings.default_model(name), name, "chat", scope)
+            except BudgetExceededError:
+                raise
+            except Exception as exc:
+                guard.record_error("tracking.budget", exc)
+                return None
+
+        def fail(active: _Active | None, exc: BaseException, reservation: Reservation | None) -> None:
             if active is not None:
                 guard.guarded("tracking.track_llm_call", active.fail, exc)
                 active.span.end()
+            if reservation is not None:
+                reservation.release()
 
-        def finish(active: _Active | None, args: tuple, kwargs: dict, result: Any, started: float) -> None:
+        def finish(
+            active: _Active | None,
+            args: tuple,
+            kwargs: dict,
+            result: Any,
+            started: float,
+            reservation: Reservation | None,
+        ) -> None:
             if active is not None:
                 guard.guarded("tracking.track_llm_call", end, active, args, kwargs, result, started)
-                active.span.end()
+                active.span.end()  # the processor counts the call in here: the hold goes after it
+            if reservation is not None:
+                reservation.release()
 
         def decorate(fn: F) -> F:
             if inspect.iscoroutinefunction(fn):
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                    reservation = reserve(args, kwargs)
                     active = guard.guarded("tracking.track_llm_call", begin)
                     started = time.perf_counter()
+                    held = budget.hold(reservation) if reservation is not None else None
                     try:
                         if active is None:
-                            return await fn(*args, **kwargs)
-                        with active.current():
                             result = await fn(*args, **kwargs)
+                        else:
+                            with active.current():
+                                result = await fn(*args, **kwargs)
                     except BaseException as exc:
-                        fail(active, exc)
+                        fail(active, exc, reservation)
                         raise
-                    finish(active, args, kwargs, result, started)
+                    finally:
+                        if held is not None:
+                            budget.unhold(held)
+                    finish(active, args, kwargs, result, started, reservation)
                     return result
 
                 return async_wrapper  # type: ignore[return-value]
 
             @functools.wraps(fn)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
+                reservation = reserve(args, kwargs)
                 active = guard.guarded("tracking.track_llm_call", begin)
                 started = time.perf_counter()
+                held = budget.hold(reservation) if reservation is not None else None
                 try:
                     if active is None:
-                        return fn(*args, **kwargs)
-                    with active.current():
                         result = fn(*args, **kwargs)
+                    else:
+                        with active.current():
+                            result = fn(*args, **kwargs)
                 except BaseException as exc:
-                    fail(active, exc)
+                    fail(active, exc, reservation)
                     raise
-                finish(active, args, kwargs, result, started)
+                finally:
+                    if held is not None:
+                        budget.unhold(held)
+                finish(active, args, kwargs, result, started, reservation)
                 return result
 
             return wrapper  # type: ignore[return-value]
@@ -469,6 +533,10 @@ def _attribute_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return list(value)
     return str(value)[:1024]
+
+
+# Keyword arguments of a decorated call that bound its output (see estimate.max_output_tokens), and its choices.
+_OUTPUT_CAPS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "max_tokens_to_sample", "n")
 
 
 def _default_prompt(args: tuple, kwargs: dict) -> Any:

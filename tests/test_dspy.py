@@ -267,3 +267,31 @@ def test_dspy_over_litellm_over_openai_counts_the_innermost(traced, fake_provide
     root = spans[0]
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted_cost(spans))
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(independent_price(lm.history[-1]))
+
+
+@pytest.mark.parametrize("engine", ["litellm", "auto"])
+def test_budget_reserves_where_the_lm_sends_and_releases_after_the_call(traced, fake_provider, monkeypatch, engine):
+    from decimal import Decimal
+
+    from mltrack_otel import budget
+
+    monkeypatch.setattr(LEDGER, "limits", Limits(token_budget=1_000_000))
+    LEDGER.reset()
+    seen = []  # (tokens this reservation holds, tokens the process holds right after it)
+    original = budget.reserve
+
+    def spy(*args, **kwargs):
+        reservation = original(*args, **kwargs)
+        seen.append((reservation.tokens, LEDGER.held()[0]))
+        return reservation
+
+    monkeypatch.setattr(budget, "reserve", spy)
+    try:
+        with dspy.context(lm=make_lm(fake_provider, engine=engine, max_tokens=50)):
+            dspy.Predict("question -> answer")(question="what is the weather like")
+        assert seen and seen[0][0] > 50  # the input estimate plus max_tokens
+        assert all(own == held for own, held in seen)  # an inner layer's hold replaced the outer one's
+        assert LEDGER.held() == (0, Decimal(0))
+        assert len(fake_provider.requests) == 1
+    finally:
+        LEDGER.reset()

@@ -359,3 +359,103 @@ def test_provider_mapping():
     assert litellm_instrumentation.otel_provider("openrouter", None) == "openrouter"
     assert litellm_instrumentation.split_model("anthropic/claude-3") == ("anthropic", "claude-3")
     assert litellm_instrumentation.split_model("my-model") == (None, "my-model")
+
+
+# --- hard budgets: reserved before the request, held once however many layers carry the call -------------------
+
+
+@pytest.fixture
+def budgeted(isolated_env, fake_provider):
+    """LiteLLM and the OpenAI SDK under it instrumented, the processor writing into the process ledger."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+    from mltrack_otel.processor import CostSpanProcessor
+
+    config.set_current(None)
+    fake_provider.clear()
+    LEDGER.reset()
+    provider = TracerProvider()
+    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter())))
+    instrumentors = [LiteLLMInstrumentor(), OpenAIInstrumentor()]
+    for instrumentor in instrumentors:
+        instrumentor.instrument(tracer_provider=provider)
+        instrumentor.set_tracer_provider(provider)
+    yield
+    for instrumentor in instrumentors:
+        instrumentor.uninstrument()
+    LEDGER.limits = Limits()
+    LEDGER.reset()
+    LEDGER.pricer = None
+    config.set_current(None)
+
+
+def _worst_cost(text: str, max_tokens: int) -> float:
+    from mltrack_otel import estimate
+
+    body = {"messages": [{"role": "user", "content": text}]}
+    return price("openai", "gpt-4o-mini", Usage(estimate.input_tokens(body, "gpt-4o-mini"), max_tokens))
+
+
+def test_budget_holds_a_litellm_call_once_though_the_sdk_under_it_is_instrumented(budgeted, fake_provider):
+    from decimal import Decimal
+
+    from mltrack_otel import budget
+
+    text = "what is the weather like in Paris today"
+    # Room for one worst case, not two: the SDK call inside LiteLLM takes LiteLLM's hold over.
+    LEDGER.limits = Limits(cost_budget=Decimal(str(_worst_cost(text, 10) * 1.5)))
+    held_by_sdk = []
+    original = budget.reserve
+
+    def spy(*args, **kwargs):
+        reservation = original(*args, **kwargs)
+        held_by_sdk.append(LEDGER.held())
+        return reservation
+
+    budget.reserve = spy
+    try:
+        litellm.completion(**openai_kwargs(fake_provider, text, max_tokens=10))
+    finally:
+        budget.reserve = original
+    assert len(held_by_sdk) == 2  # LiteLLM's reservation, then the SDK's in its place
+    assert held_by_sdk[1][1] <= held_by_sdk[0][1] * Decimal("1.01")
+    assert LEDGER.held() == (0, Decimal(0))
+    assert LEDGER.process_totals().calls == 1
+    assert len(fake_provider.requests) == 1
+
+
+def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_provider):
+    import threading
+    from decimal import Decimal
+
+    from mltrack_otel import estimate
+    from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
+
+    limit = Decimal(str(_worst_cost("question number 10 about the weather", 10) * 3.5))
+    LEDGER.limits = Limits(cost_budget=limit)
+    barrier = threading.Barrier(20)
+    refused = []
+
+    def work(i: int) -> None:
+        barrier.wait()
+        text = f"question number {i + 10} about the weather [[scenario:slow]]"
+        try:
+            litellm.completion(**openai_kwargs(fake_provider, text, max_tokens=10))
+        except BudgetExceededError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Estimation error: none when each input estimate is at least the fake's count (the output is capped alike).
+    for request in fake_provider.requests:
+        texts = [m["content"] for m in request.json["messages"]]
+        assert estimate.input_tokens(request.json, "gpt-4o-mini") >= prompt_tokens_for_texts(texts)
+    assert LEDGER.process_totals().cost_usd <= limit
+    assert refused and len(fake_provider.requests) == 20 - len(refused)
+    assert LEDGER.held() == (0, Decimal(0))

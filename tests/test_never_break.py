@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
 
-from mltrack_otel import config, content, guard, ledger
+from mltrack_otel import budget, config, content, guard
 from mltrack_otel.instrumentation import _base, instrument, uninstrument
 from mltrack_otel.instrumentation import anthropic as ai
 from mltrack_otel.instrumentation import openai as oi
@@ -122,7 +122,7 @@ INJECTIONS = {
     "usage reading": lambda mp: mp.setattr(_base, "usage_attributes", boom),
     "provider name": lambda mp: mp.setattr(oi.SDK, "provider_name", boom),
     "configuration": lambda mp: mp.setattr(config, "current", boom),
-    "budget check": lambda mp: mp.setattr(ledger, "check_budget", boom),
+    "budget reservation": lambda mp: mp.setattr(budget, "reserve", boom),
     "span start": lambda mp: mp.setattr(_base.Call, "__init__", boom),
 }
 

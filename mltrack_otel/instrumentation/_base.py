@@ -22,7 +22,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import config, content, guard, hosts, ledger, semconv
+from .. import budget, config, content, guard, hosts, ledger, semconv
 from ..errors import BudgetExceededError
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
@@ -258,7 +258,18 @@ class Inputs:
 class Call:
     """One model call: its span, when it started, and how to finish it exactly once."""
 
-    __slots__ = ("capture_out", "ended", "max_bytes", "nest", "oi", "redactor", "span", "t0", "usage_shape")
+    __slots__ = (
+        "capture_out",
+        "ended",
+        "max_bytes",
+        "nest",
+        "oi",
+        "redactor",
+        "reservation",
+        "span",
+        "t0",
+        "usage_shape",
+    )
 
     def __init__(
         self,
@@ -277,6 +288,7 @@ class Call:
         self.usage_shape = usage_shape
         self.ended = False
         self.nest = False  # make the span current during the request (set by instrumentors that need it)
+        self.reservation: ledger.Reservation | None = None  # the budget's hold, released once the span has ended
         if inputs is not None and settings.capture_prompts:
             self._add_inputs(inputs, attributes)
         if self.oi:
@@ -338,7 +350,9 @@ class Call:
         except Exception as exc:  # the span still ends, with what it has
             guard.record_error("instrumentation.finish", exc)
         finally:
-            span.end()
+            span.end()  # the processor adds the real cost to the ledger in here, so the hold goes only after it
+            if self.reservation is not None:
+                guard.guarded("instrumentation.budget", self.reservation.release)
 
     def fail(self, error: BaseException) -> None:
         """The request itself failed (nothing came back)."""
@@ -486,15 +500,24 @@ def tracking_settings() -> config.Settings | None:
     return settings if settings.llm_tracking_enabled else None
 
 
-def check_budget(where: str) -> None:
-    """The ledger's budget check before a call is sent: raises only BudgetExceededError; any other failure is
-    recorded under `where` and the call goes out."""
+def reserve_budget(
+    where: str,
+    body: Mapping[str, Any],
+    model: str | None,
+    provider: str | None,
+    operation: str,
+    address: str | None = None,
+    port: int | None = None,
+) -> ledger.Reservation | None:
+    """Reserve the call's worst case against the hard budgets before it is sent (None: no budget applies). Raises
+    only BudgetExceededError; any other failure is recorded under `where` and the call goes out unreserved."""
     try:
-        ledger.check_budget()
+        return budget.reserve(body, model, provider, operation, address=address, port=port)
     except BudgetExceededError:
         raise
     except Exception as exc:
         guard.record_error(where, exc)
+        return None
 
 
 def finish_reason(raw: Any, default: str = UNFINISHED) -> str:

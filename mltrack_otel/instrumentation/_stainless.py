@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import config, content, guard
+from .. import budget, config, content, guard
+from ..errors import BudgetExceededError
 from . import _base
 from ._base import Call, Inputs, StreamRecorder
 
@@ -176,12 +177,15 @@ class Patch:
         # Our span is made current only when the SDK records its own span (to nest it): a context switch per
         # call is not free, and HTTP-level spans can stay siblings.
         token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        held = budget.hold(call.reservation) if call.reservation is not None else None
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             guard.guarded("instrumentation.error", call.fail, exc)
             raise
         finally:
+            if held is not None:
+                budget.unhold(held)
             if token is not None:
                 otel_context.detach(token)
         try:
@@ -199,12 +203,15 @@ class Patch:
         # Our span is made current only when the SDK records its own span (to nest it): a context switch per
         # call is not free, and HTTP-level spans can stay siblings.
         token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
+        held = budget.hold(call.reservation) if call.reservation is not None else None
         try:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             guard.guarded("instrumentation.error", call.fail, exc)
             raise
         finally:
+            if held is not None:
+                budget.unhold(held)
             if token is not None:
                 otel_context.detach(token)
         try:
@@ -236,9 +243,10 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.begin", exc)
             return None
-        _base.check_budget("instrumentation.budget")
         try:
             return self._start(instance, options, kwargs, endpoint, settings, is_async)
+        except BudgetExceededError:
+            raise
         except Exception as exc:
             guard.record_error("instrumentation.start", exc)
             return None
@@ -267,22 +275,34 @@ class Patch:
         model = content.utf8(model) if isinstance(model, str) and model else settings.default_model(provider)
         if model:
             attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
-        endpoint.request(body, attributes)
-        inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+        # The budget's hold, as soon as the model and provider are known; until the call holds it, a failure of
+        # ours gives it back (the request then goes out untracked).
+        reservation = _base.reserve_budget(
+            "instrumentation.budget", body, model, provider, endpoint.operation, address, port
+        )
         own_spans = self.sdk.own_spans
         nest = False
-        if own_spans is not None:
-            span_name = getattr(options, "span_name", None)
-            nest = guard.guarded("instrumentation.own_spans", own_spans, instance, options, attributes, default=False)
-
-        stream = bool(kwargs.get("stream"))
         try:
-            call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
-        except Exception:
-            if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
-                options.span_name = span_name
+            endpoint.request(body, attributes)
+            inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+            if own_spans is not None:
+                span_name = getattr(options, "span_name", None)
+                nest = guard.guarded(
+                    "instrumentation.own_spans", own_spans, instance, options, attributes, default=False
+                )
+            try:
+                call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+            except Exception:
+                if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
+                    options.span_name = span_name
+                raise
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
             raise
+        call.reservation = reservation
         call.nest = bool(nest)
+        stream = bool(kwargs.get("stream"))
         if not stream or endpoint.recorder is None:
             return call, endpoint, None, stream
         try:

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind
 
-from .. import config, content, guard, ledger, semconv
+from .. import budget, config, content, guard, ledger, semconv
 from . import _base, when_imported
 from ._base import Call, Inputs, get, seq
 from .litellm import litellm_usage_attributes, otel_provider, split_model
@@ -183,19 +183,62 @@ class Patch:
             return value
         return [*callbacks, self.callback]
 
-    # DSPy swallows (and logs) what a callback raises, so the budget is checked where the LM sends: execute.
+    # DSPy swallows (and logs) what a callback raises, so the budget is reserved where the LM sends: execute.
     def _execute(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        self._check_budget()
-        return wrapped(*args, **kwargs)
+        reservation = self._reserve(args, kwargs)
+        if reservation is None:
+            return wrapped(*args, **kwargs)
+        held = budget.hold(reservation)  # a LiteLLM / SDK call inside takes the hold over
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            budget.unhold(held)
+            self._settle(reservation)
 
     async def _aexecute(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        self._check_budget()
-        return await wrapped(*args, **kwargs)
+        reservation = self._reserve(args, kwargs)
+        if reservation is None:
+            return await wrapped(*args, **kwargs)
+        held = budget.hold(reservation)
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            budget.unhold(held)
+            self._settle(reservation)
 
-    def _check_budget(self) -> None:
+    def _reserve(self, args: tuple, kwargs: dict) -> ledger.Reservation | None:
+        """The worst case of the request execute(lm, call) is about to send (raises only BudgetExceededError)."""
         if not self.active:
-            return
-        _base.check_budget("instrumentation.dspy.budget")
+            return None
+        try:
+            lm = args[0] if args else kwargs.get("lm")
+            prepared = args[1] if len(args) > 1 else kwargs.get("call")
+            provider, model, _, _ = _lm_route(lm)
+            body = dict(get(lm, "kwargs", {}) or {})
+            body.update(get(prepared, "kwargs", {}) or {})
+            messages, prompt = get(prepared, "messages"), get(prepared, "prompt")
+            body["messages"] = [{"role": "user", "content": prompt}] if messages is None and prompt else messages
+            choices = get(prepared, "n")
+            if type(choices) is int and choices > 1:
+                body["n"] = choices
+        except Exception as exc:
+            guard.record_error("instrumentation.dspy.budget", exc)
+            return None
+        return _base.reserve_budget("instrumentation.dspy.budget", body, model, provider, "chat")
+
+    def _settle(self, reservation: ledger.Reservation) -> None:
+        """Hand the hold to the LM span, which releases it once its cost is counted; without one, release now."""
+        try:
+            from dspy.utils.callback import ACTIVE_CALL_ID
+
+            entry = self.open.get(ACTIVE_CALL_ID.get() or "")
+            call = entry.call if entry is not None else None
+            if call is not None and not call.ended and call.reservation is None:
+                call.reservation = reservation
+                return
+        except Exception as exc:
+            guard.record_error("instrumentation.dspy.budget", exc)
+        reservation.release()
 
     def _finalize(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if self.open:

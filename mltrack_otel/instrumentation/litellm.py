@@ -20,7 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import config, guard
+from .. import budget, config, guard
+from ..errors import BudgetExceededError
 from ..usage import usage_attributes
 from . import _base
 from ._base import Call, get, provider_for_host
@@ -369,12 +370,15 @@ class Patch:
             if call is None:
                 return wrapped(*args, **kwargs)
             token = otel_context.attach(trace.set_span_in_context(call.span))
+            held = budget.hold(call.reservation) if call.reservation is not None else None
             try:
                 result = wrapped(*args, **kwargs)
             except BaseException as exc:
                 guard.guarded("instrumentation.litellm.error", call.fail, exc)
                 raise
             finally:
+                if held is not None:
+                    budget.unhold(held)
                 otel_context.detach(token)
             return self._on_result(call, operation, result)
 
@@ -386,12 +390,15 @@ class Patch:
             if call is None:
                 return await wrapped(*args, **kwargs)
             token = otel_context.attach(trace.set_span_in_context(call.span))
+            held = budget.hold(call.reservation) if call.reservation is not None else None
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException as exc:
                 guard.guarded("instrumentation.litellm.error", call.fail, exc)
                 raise
             finally:
+                if held is not None:
+                    budget.unhold(held)
                 otel_context.detach(token)
             return self._on_result(call, operation, result)
 
@@ -408,9 +415,10 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.litellm.begin", exc)
             return None
-        _base.check_budget("instrumentation.litellm.budget")
         try:
             return self._start(operation, args, kwargs, settings)
+        except BudgetExceededError:
+            raise
         except Exception as exc:
             guard.record_error("instrumentation.litellm.start", exc)
             return None
@@ -425,18 +433,31 @@ class Patch:
         if request_model:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = request_model
         inputs = None
+        body = dict(kwargs)
         if operation == "chat":
-            body = dict(kwargs)
-            messages = _argument(args, kwargs, 1, "messages")
-            body["messages"] = messages
-            chat_request(body, attributes)
-            if settings.capture_prompts:
-                inputs = chat_inputs(body)
-            if kwargs.get("stream") is True:
-                self._ask_stream_usage(kwargs, route, settings)
+            body["messages"] = _argument(args, kwargs, 1, "messages")
         else:
-            embeddings_request(kwargs, attributes)
-        return Call(self.tracer, operation, request_model, attributes, settings, inputs, "openai")
+            body["input"] = _argument(args, kwargs, 1, "input")
+        # The budget's hold, as soon as the request is known; until the call holds it, a failure gives it back.
+        reservation = _base.reserve_budget(
+            "instrumentation.litellm.budget", body, request_model, route.provider, operation
+        )
+        try:
+            if operation == "chat":
+                chat_request(body, attributes)
+                if settings.capture_prompts:
+                    inputs = chat_inputs(body)
+                if kwargs.get("stream") is True:
+                    self._ask_stream_usage(kwargs, route, settings)
+            else:
+                embeddings_request(kwargs, attributes)
+            call = Call(self.tracer, operation, request_model, attributes, settings, inputs, "openai")
+        except BaseException:
+            if reservation is not None:
+                reservation.release()
+            raise
+        call.reservation = reservation
+        return call
 
     @staticmethod
     def _ask_stream_usage(kwargs: dict, route: _Route, settings: config.Settings) -> None:
