@@ -6,14 +6,14 @@ import os
 import pytest
 
 from mltrack_otel.testing.fake_provider import FakeProvider
-from tests.pipeline_fixtures import FAKE_PROVIDER_HOST
+from tests.traced import FAKE
 
 pytest_plugins = ["tests.pipeline_fixtures", "tests.instr_fixtures"]
 
 # The fake provider on loopback stands for the cloud APIs it imitates: every configure() in the tests (and in the
 # subprocesses they start) prices its calls as cloud calls. tests/test_hosts.py checks the local rule on other
 # addresses; tests that build a Pricer themselves pass cloud_hosts explicitly.
-os.environ.setdefault("MLTRACK_CLOUD_HOSTS", FAKE_PROVIDER_HOST)
+os.environ.setdefault("MLTRACK_CLOUD_HOSTS", ",".join(FAKE))
 
 # Framework tests run in the frameworks environment (make test-frameworks); the core environment, which has the
 # newest SDKs instead, does not collect them at all rather than reporting them as skipped.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mltrack_otel import config, guard, ledger, provider
+from tests.traced import FAKE
 
 _ENV_PREFIXES = ("MLTRACK_", "OTEL_", "MLFLOW_TRACKING_URI")
-FAKE_PROVIDER_HOST = "127.0.0.1"
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def isolated_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
     # The fake provider on loopback stands for the cloud APIs it imitates (tests/test_hosts.py checks the local rule).
-    monkeypatch.setenv("MLTRACK_CLOUD_HOSTS", FAKE_PROVIDER_HOST)
+    monkeypatch.setenv("MLTRACK_CLOUD_HOSTS", ",".join(FAKE))
     return tmp_path
 
 

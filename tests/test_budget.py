@@ -30,6 +30,7 @@ from mltrack_otel.ledger import LEDGER, Limits
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.testing.fake_provider import MODEL_ALIASES, prompt_tokens_for_texts
+from tests.traced import FAKE
 
 MODEL = "gpt-4o-mini"
 PROVIDER = "openai"
@@ -47,7 +48,7 @@ def budgeted(fake, settings) -> Iterator[InMemorySpanExporter]:
     LEDGER.reset()
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter)))
+    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
     instrument(["openai", "anthropic"], tracer_provider=provider)
     try:
         yield exporter

@@ -39,10 +39,11 @@ USAGE = Usage(1000, 100)
 SHADOW = PriceOverride(input_per_mtok=Decimal("0.05"), output_per_mtok=Decimal("0.10"))  # a GPU-hour shadow price
 
 
-@pytest.fixture(autouse=True)
-def _no_cloud_hosts_from_the_test_session(monkeypatch):
-    """The suite declares the loopback fake provider a cloud host; here the configuration's own value is tested."""
+@pytest.fixture
+def own_config(isolated_env, monkeypatch):
+    """isolated_env without the suite's cloud host for the fake provider: the configuration file's own value."""
     monkeypatch.delenv("MLTRACK_CLOUD_HOSTS", raising=False)
+    return isolated_env
 
 
 class ToFake(httpx2.HTTPTransport):
@@ -316,8 +317,8 @@ def test_a_cloud_host_on_a_local_address_keeps_its_cloud_price(hosts_pipeline):
     assert other.attributes[semconv.MLTRACK_COST_LOCAL] is True
 
 
-def test_host_overrides_and_cloud_hosts_from_the_configuration(fake, isolated_env):
-    (isolated_env / ".mltrack.yml").write_text(
+def test_host_overrides_and_cloud_hosts_from_the_configuration(fake, own_config):
+    (own_config / ".mltrack.yml").write_text(
         "price_overrides:\n"
         "  host:localhost:11434: {input_per_mtok: 0.05, output_per_mtok: 0.10}\n"
         "cloud_hosts: ['localhost:4000']\n"
@@ -345,8 +346,8 @@ def test_host_overrides_and_cloud_hosts_from_the_configuration(fake, isolated_en
         ("cloud_hosts: ['localhost:http']\n", "port must be"),
     ],
 )
-def test_a_bad_host_or_provider_key_is_a_clear_configuration_error(isolated_env, yaml, message):
-    (isolated_env / ".mltrack.yml").write_text(yaml)
+def test_a_bad_host_or_provider_key_is_a_clear_configuration_error(own_config, yaml, message):
+    (own_config / ".mltrack.yml").write_text(yaml)
     with pytest.raises(ConfigError, match="invalid configuration") as info:
         config.load_settings()
     assert message in str(info.value)
