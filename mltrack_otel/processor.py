@@ -19,7 +19,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from . import guard, semconv
+from . import estimate, guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import Cost, Pricer, Usage
@@ -41,6 +41,8 @@ _REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count
 _RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
 _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider"
 _MAX_LIVE_SPANS = 100_000
+_USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
+_PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
 
 
 class _Live:
@@ -213,6 +215,8 @@ class CostSpanProcessor(SpanProcessor):
             merged[semconv.LLM_TOKENS_CUMULATIVE_COMPLETION] = totals.completion_tokens
             merged[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] = totals.total_tokens
             merged[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
+            if totals.estimated_cost_usd:
+                merged[semconv.LLM_COST_CUMULATIVE_ESTIMATED] = float(totals.estimated_cost_usd)
 
         if merged is None:
             return span
@@ -256,6 +260,9 @@ class CostSpanProcessor(SpanProcessor):
         """Tokens and cost attributes into `out`; for the counted span, the ledger's addition and its running
         totals."""
         tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
+        source = attrs.get(_USAGE_SOURCE)
+        if source == _ABSENT:  # no tokens to price: the call is counted, its cost unknown (never a $0 price)
+            cost = None
         out[semconv.LLM_TOKENS_PROMPT] = tokens_in
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
@@ -270,6 +277,8 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
+        if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
+            out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._priced if cost is not None else self._unpriced)()
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
         scope = live.scope if live is not None else None
@@ -286,6 +295,7 @@ class CostSpanProcessor(SpanProcessor):
             tokens_in,
             tokens_out,
             cost.total if cost is not None else None,
+            source == _ESTIMATED,
         )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
