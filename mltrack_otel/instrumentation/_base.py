@@ -389,6 +389,11 @@ def estimated_usage(
     return out
 
 
+def _has_usage(attributes: dict[str, Any]) -> bool:
+    """Whether a recorder already wrote the provider's usage as attributes (LiteLLM reads its own shape)."""
+    return gen_ai.GEN_AI_USAGE_INPUT_TOKENS in attributes or gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS in attributes
+
+
 class StreamRecorder:
     """Fed every item of one streamed response; finishes its call exactly once however the stream ends.
 
@@ -461,7 +466,7 @@ class StreamRecorder:
         except Exception as exc:
             guard.record_error("instrumentation.stream", exc)
             attributes, output, usage = {}, None, None
-        if usage is None and not self.call.ended:  # the request was sent: the call counts, with estimated usage
+        if usage is None and not self.call.ended and not _has_usage(attributes):  # sent, so counted: estimated
             attributes.update(guard.guarded("instrumentation.estimate", self.estimate, default=_ABSENT) or _ABSENT)
         attributes[semconv.MLTRACK_STREAM_COMPLETE] = complete
         if self.first_at is not None:

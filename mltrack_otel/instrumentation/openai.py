@@ -403,6 +403,16 @@ def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
                 slot[2].append(function.arguments)
 
 
+def keep_for_estimate(delta: Any, seen: list[str]) -> None:
+    """Keep what an output estimate needs from a chunk's delta (text, tool-call arguments), content capture off."""
+    if delta is None:
+        return
+    if delta.content:
+        seen.append(delta.content)
+    if delta.tool_calls:
+        seen.extend(get(t.function, "arguments", "") for t in delta.tool_calls)
+
+
 class ChatRecorder(StreamRecorder):
     """Chat completion chunks: text, refusal and tool-call deltas per choice, appended to lists."""
 
@@ -439,12 +449,8 @@ class ChatRecorder(StreamRecorder):
                 acc.finish = reason
             if self.capture:
                 self._capture(choice, acc)
-            else:  # only what an output estimate needs, should the usage never arrive
-                delta = choice.delta
-                if delta.content:
-                    self.seen.append(delta.content)
-                if delta.tool_calls:
-                    self.seen.extend(t.function.arguments or "" for t in delta.tool_calls if t.function is not None)
+            else:
+                keep_for_estimate(choice.delta, self.seen)
         return True
 
     def output_pieces(self) -> list[str]:
