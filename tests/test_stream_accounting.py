@@ -168,6 +168,20 @@ def test_a_stream_closed_before_reading_is_counted_with_its_input(priced, oai):
     assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == 0
 
 
+@pytest.mark.parametrize("content_capture", [True, False])
+def test_a_stopped_responses_stream_is_counted_with_estimated_usage(priced, oai, content_capture):
+    use_settings(llm_log_prompts=content_capture, llm_log_responses=content_capture)
+    deltas = []
+    with oai.responses.create(model=OPENAI_MODEL, instructions=SYSTEM, input=QUESTION, stream=True) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+                if len(deltas) == 6:
+                    break
+    a = assert_counted_as_estimated(priced)
+    assert len(deltas) / 2 <= a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] <= len(deltas) * 2
+
+
 # -- async -------------------------------------------------------------------------------------------------------
 
 
