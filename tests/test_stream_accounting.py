@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -403,9 +405,18 @@ def test_without_a_tokenizer_text_is_one_token_per_four_bytes():
     assert estimate.text_tokens("", "gpt-4o") == 0
 
 
+# An OpenAI model whose encoding (p50k_base) no test loads into tiktoken: one already loaded is used as it is.
+OLD_MODEL, OLD_ENCODING = "text-davinci-003", "p50k_base"
+
+
 @pytest.fixture
 def tiktoken_cache(tmp_path, monkeypatch) -> Iterator[Any]:
+    """tiktoken installed (else skip), its cache directory an empty temporary one, nothing memoised."""
     tiktoken = pytest.importorskip("tiktoken")
+    from tiktoken import registry
+
+    if OLD_ENCODING in registry.ENCODINGS:
+        pytest.skip(f"{OLD_ENCODING} is already loaded in this process")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     estimate._encoders.clear()
     yield tiktoken
@@ -413,20 +424,39 @@ def tiktoken_cache(tmp_path, monkeypatch) -> Iterator[Any]:
 
 
 def test_a_missing_tiktoken_encoding_is_not_downloaded(tiktoken_cache, tmp_path):
-    assert estimate.text_tokens("abcdefgh", "gpt-4o") == 2  # the approximation, not tiktoken
+    assert estimate.text_tokens("abcdefgh", OLD_MODEL) == 2  # the approximation, not tiktoken
     assert list(tmp_path.iterdir()) == []  # tiktoken would have written its download here
 
 
 def test_a_corrupt_tiktoken_cache_file_is_left_alone(tiktoken_cache, tmp_path):
-    url, _sha256 = estimate.ENCODING_FILES["o200k_base"]
+    url, _sha256 = estimate.ENCODING_FILES[OLD_ENCODING]
     path = estimate.cache_path(url)
     assert path is not None and path.startswith(str(tmp_path))
     with open(path, "wb") as f:
         f.write(b"not an encoding")
-    assert estimate.text_tokens("abcdefgh", "gpt-4o") == 2
+    assert estimate.text_tokens("abcdefgh", OLD_MODEL) == 2
     # tiktoken deletes a file that fails its hash and downloads again: it was never asked to load this one
     with open(path, "rb") as f:
         assert f.read() == b"not an encoding"
+
+
+def test_a_cached_tiktoken_encoding_is_used(monkeypatch):
+    """LiteLLM ships tiktoken's o200k_base and cl100k_base files in tiktoken's cache layout: a real cache."""
+    tiktoken = pytest.importorskip("tiktoken")
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("litellm (and its bundled tiktoken cache) is not installed")
+    bundled = os.path.join(spec.submodule_search_locations[0], "litellm_core_utils", "tokenizers")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", bundled)
+    url, sha256 = estimate.ENCODING_FILES["o200k_base"]
+    assert estimate.cached_intact(url, sha256)
+    estimate._encoders.clear()
+    try:
+        text = "Estimates use the model's own tokenizer when its encoding is on disk."
+        assert estimate.text_tokens(text, "gpt-4o") == len(tiktoken.get_encoding("o200k_base").encode(text))
+        assert estimate.text_tokens("hello world", "gpt-4o") == 2  # the approximation would say 3
+    finally:
+        estimate._encoders.clear()
 
 
 def test_an_empty_tiktoken_cache_setting_means_no_cache(monkeypatch):

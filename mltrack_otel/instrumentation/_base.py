@@ -427,7 +427,7 @@ class StreamRecorder:
         self.release: Any = None  # undoes our hook on the HTTP response once the span has ended
         # (request body, model): read only if usage never arrives, so the input is estimated only then.
         self.request: tuple[Mapping[str, Any], str | None] | None = None
-        self.seen: list[str] = []  # output deltas kept for an estimate when content capture is off
+        self.seen: list[Any] = []  # output deltas kept for an estimate when content capture is off
         guard.start_deferred_worker()  # ends the span if the stream is abandoned (see __del__)
 
     def feed(self, item: Any) -> bool:
@@ -444,7 +444,7 @@ class StreamRecorder:
         return True
 
     def output_pieces(self) -> list[str]:
-        """The output deltas seen (text, tool-call arguments, reasoning): by default those kept in `seen`."""
+        """The output text seen (text, tool-call arguments, reasoning): by default the strings kept in `seen`."""
         return self.seen
 
     def estimate(self) -> dict[str, Any]:

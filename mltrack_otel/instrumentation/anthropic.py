@@ -188,6 +188,11 @@ def response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | No
 # --- stream --------------------------------------------------------------------------------------------------
 
 
+def _piece(delta: Any) -> str | None:
+    """The output a content block delta adds: text, tool input JSON or thinking."""
+    return get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
+
+
 class MessageRecorder(StreamRecorder):
     """Raw message stream events; content blocks are accumulated as lists of deltas, joined once at the end."""
 
@@ -204,15 +209,15 @@ class MessageRecorder(StreamRecorder):
     def feed(self, event: Any) -> bool:
         kind = event.type
         if kind == "content_block_delta":
-            delta = event.delta
-            piece = get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
-            if piece:
-                if not self.capture:
-                    self.seen.append(piece)  # only for an estimate, should the final usage never arrive
-                else:
+            if self.capture:
+                delta = event.delta  # _piece(), inlined: this runs for every delta
+                piece = get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
+                if piece:
                     entry = self.blocks.get(event.index)
                     if entry is not None:
                         entry[1].append(piece)
+            else:  # kept whole, read only for an estimate should the final usage never arrive: one append per chunk
+                self.seen.append(event.delta)
         elif kind == "content_block_start":
             if self.capture:
                 self.blocks[event.index] = [event.content_block, []]
@@ -252,7 +257,7 @@ class MessageRecorder(StreamRecorder):
 
     def output_pieces(self) -> list[str]:
         if not self.capture:
-            return self.seen
+            return [piece for piece in map(_piece, self.seen) if piece]
         return [piece for _, pieces in self.blocks.values() for piece in pieces]
 
     def estimate(self) -> dict[str, Any]:

@@ -32,7 +32,6 @@ from .openai import (
     chat_response,
     embeddings_request,
     embeddings_response,
-    keep_for_estimate,
 )
 
 # LiteLLM provider names -> gen_ai.provider.name (anything else keeps LiteLLM's name).
@@ -195,7 +194,7 @@ class StreamRecorder(ChatRecorder):
             if self.capture:
                 self._capture(choice, acc)
             else:
-                keep_for_estimate(getattr(choice, "delta", None), self.seen)
+                self.seen.append(getattr(choice, "delta", None))
         return True
 
     def finished(self) -> bool:

@@ -403,14 +403,17 @@ def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
                 slot[2].append(function.arguments)
 
 
-def keep_for_estimate(delta: Any, seen: list[str]) -> None:
-    """Keep what an output estimate needs from a chunk's delta (text, tool-call arguments), content capture off."""
-    if delta is None:
-        return
-    if delta.content:
-        seen.append(delta.content)
-    if delta.tool_calls:
-        seen.extend(get(t.function, "arguments", "") for t in delta.tool_calls)
+def delta_texts(deltas: list[Any]) -> list[str]:
+    """The output text of chat deltas kept uncaptured (content, refusal, tool-call names and arguments)."""
+    pieces: list[str] = []
+    for delta in deltas:
+        for text in (get(delta, "content"), get(delta, "refusal"), get(delta, "reasoning_content")):
+            if isinstance(text, str):
+                pieces.append(text)
+        for tool in seq(get(delta, "tool_calls")):
+            function = get(tool, "function")
+            pieces.extend(t for t in (get(function, "name"), get(function, "arguments")) if isinstance(t, str))
+    return pieces
 
 
 class ChatRecorder(StreamRecorder):
@@ -449,13 +452,13 @@ class ChatRecorder(StreamRecorder):
                 acc.finish = reason
             if self.capture:
                 self._capture(choice, acc)
-            else:
-                keep_for_estimate(choice.delta, self.seen)
+            else:  # kept whole, read only for an estimate should the usage never arrive: one append per chunk
+                self.seen.append(choice.delta)
         return True
 
     def output_pieces(self) -> list[str]:
         if not self.capture:
-            return self.seen
+            return delta_texts(self.seen)
         pieces: list[str] = []
         for acc in self.choices.values():
             pieces += acc.text
