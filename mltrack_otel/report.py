@@ -30,6 +30,8 @@ class Row:
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unpriced_calls: int = 0
+    estimated_cost_usd: Decimal = Decimal(0)  # the part of cost_usd priced from estimated usage
+    estimated_calls: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -47,6 +49,7 @@ class CountedCall:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal | None
+    estimated: bool = False  # usage estimated (mltrack.usage.source), not reported by the provider
 
 
 def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
@@ -65,6 +68,7 @@ def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
             prompt_tokens=int(attrs.get(semconv.LLM_TOKENS_PROMPT) or 0),
             completion_tokens=int(attrs.get(semconv.LLM_TOKENS_COMPLETION) or 0),
             cost_usd=Decimal(str(cost)) if cost is not None else None,
+            estimated=attrs.get(semconv.MLTRACK_USAGE_SOURCE) == "estimated",
         )
 
 
@@ -80,6 +84,9 @@ def aggregate(calls: Iterable[CountedCall], by: str) -> list[Row]:
             row.unpriced_calls += 1
         else:
             row.cost_usd += call.cost_usd
+        if call.estimated:
+            row.estimated_calls += 1
+            row.estimated_cost_usd += call.cost_usd or 0
     return sorted(rows.values(), key=lambda r: (-r.cost_usd, r.key))
 
 
@@ -118,6 +125,8 @@ def render(rows: list[Row], by: str, fmt: str) -> str:
             "total_tokens": r.total_tokens,
             "cost_usd": f"{r.cost_usd:.6f}",
             "unpriced_calls": r.unpriced_calls,
+            "estimated_cost_usd": f"{r.estimated_cost_usd:.6f}",
+            "estimated_calls": r.estimated_calls,
         }
         for r in rows
     ]
@@ -143,9 +152,10 @@ def cost_table(rows: list[Row], by: str) -> str:
         for field in ("calls", "prompt_tokens", "completion_tokens", "unpriced_calls"):
             setattr(total, field, getattr(total, field) + getattr(r, field))
         unpriced = " (+unpriced)" if r.unpriced_calls else ""
+        estimated = f" (incl. {r.estimated_cost_usd:.6f} estimated)" if r.estimated_calls else ""
         lines.append(
             f"{r.key[:32]:<32} {r.calls:>5} {r.prompt_tokens:>9} {r.completion_tokens:>10} {r.total_tokens:>9} "
-            f"{r.cost_usd:>12.6f} {running:>12.6f}{unpriced}"
+            f"{r.cost_usd:>12.6f} {running:>12.6f}{unpriced}{estimated}"
         )
     lines.append("-" * len(header))
     lines.append(

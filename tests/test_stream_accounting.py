@@ -462,3 +462,42 @@ def test_a_cached_tiktoken_encoding_is_used(monkeypatch):
 def test_an_empty_tiktoken_cache_setting_means_no_cache(monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")
     assert estimate.cache_path("https://example.invalid/x") is None
+
+
+# -- the report reads the estimated part back ---------------------------------------------------------------------
+
+
+def test_the_report_keeps_estimated_cost_apart(pipeline, fake, tmp_path, capsys):
+    import json
+
+    import openai
+
+    import mltrack_otel
+    from mltrack_otel import cli, provider
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mltrack_otel.configure(
+        exporters=["mlflow"],
+        mlflow_tracking_uri=uri,
+        mlflow_experiment_name="estimates",
+        shutdown_timeout_seconds=120,  # a first MLflow store is created on shutdown's flush: slow on a busy machine
+    )
+    instrument(["openai"], tracer_provider=provider.runtime().tracer_provider)
+    try:
+        client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+        for _chunk in open_stream("openai", client):
+            pass
+        stop_by_close("openai", client, [])
+    finally:
+        uninstrument(["openai"])
+    mltrack_otel.shutdown()
+    live = mltrack_otel.totals()
+    assert (live.calls, live.estimated_calls) == (2, 1)
+
+    assert cli.main(["report", "--tracking-uri", uri, "--experiment", "estimates", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["calls"], row["estimated_calls"]) == (2, 1)
+    assert Decimal(row["estimated_cost_usd"]) == pytest.approx(live.estimated_cost_usd, abs=Decimal("1e-6"))
+    assert Decimal(row["cost_usd"]) == pytest.approx(live.cost_usd, abs=Decimal("1e-6"))
+    assert cli.main(["report", "--tracking-uri", uri, "--experiment", "estimates"]) == 0
+    assert "estimated)" in capsys.readouterr().out
