@@ -184,6 +184,19 @@ def test_a_stopped_responses_stream_is_counted_with_estimated_usage(priced, oai,
     assert len(deltas) / 2 <= a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] <= len(deltas) * 2
 
 
+@pytest.mark.parametrize("content_capture", [True, False])
+def test_a_stopped_legacy_completion_stream_is_counted_with_estimated_usage(priced, oai, content_capture):
+    use_settings(llm_log_prompts=content_capture, llm_log_responses=content_capture)
+    texts = []
+    with oai.completions.create(model="gpt-3.5-turbo-instruct", prompt=QUESTION, stream=True) as stream:
+        for chunk in stream:
+            texts.append(chunk.choices[0].text)
+            if len(texts) == 6:
+                break
+    a = assert_counted_as_estimated(priced)
+    assert len(texts) / 2 <= a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] <= len(texts) * 2
+
+
 # -- async -------------------------------------------------------------------------------------------------------
 
 

@@ -404,9 +404,13 @@ def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
 
 
 def delta_texts(deltas: list[Any]) -> list[str]:
-    """The output text of chat deltas kept uncaptured (content, refusal, tool-call names and arguments)."""
+    """The output text of chat deltas kept uncaptured (content, refusal, tool-call names and arguments; a legacy
+    completion keeps its text as is)."""
     pieces: list[str] = []
     for delta in deltas:
+        if isinstance(delta, str):
+            pieces.append(delta)
+            continue
         for text in (get(delta, "content"), get(delta, "refusal"), get(delta, "reasoning_content")):
             if isinstance(text, str):
                 pieces.append(text)
