@@ -10,11 +10,28 @@ under-estimated. Images and audio are not estimated (their token cost depends on
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["input_tokens", "max_output_tokens", "text_tokens"]
+__all__ = [
+    "SOURCE_ABSENT",
+    "SOURCE_ESTIMATED",
+    "SOURCE_PROVIDER",
+    "input_tokens",
+    "max_output_tokens",
+    "text_tokens",
+]
+
+# The values of mltrack.usage.source (semconv/model/mltrack/registry.yaml).
+SOURCE_PROVIDER = "provider"
+SOURCE_ESTIMATED = "estimated"
+SOURCE_ABSENT = "absent"
 
 BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4  # role and separators per chat message
@@ -86,8 +103,6 @@ def _strings(value: Any, depth: int) -> Iterator[str]:
 
 
 def _compact(schema: Mapping[str, Any]) -> str:
-    import json
-
     try:
         return json.dumps(schema, separators=(",", ":"), default=str)
     except (TypeError, ValueError):
@@ -96,67 +111,85 @@ def _compact(schema: Mapping[str, Any]) -> str:
 
 # -- the optional real tokenizer ----------------------------------------------------------------------------------
 
-_encoders: dict[str, Any] = {}
+# tiktoken's OpenAI encodings: the file each loads and its SHA-256, as tiktoken_ext.openai_public names them. tiktoken
+# caches a download under sha1(url) and downloads again when that file is missing or does not match the hash, so an
+# encoding is used only when its cached file is there and intact: never a download at run time.
+_BLOB = "https://openaipublic.blob.core.windows.net/encodings/"
+_R50K = (_BLOB + "r50k_base.tiktoken", "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930")
+_P50K = (_BLOB + "p50k_base.tiktoken", "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069")
+_CL100K = (_BLOB + "cl100k_base.tiktoken", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7")
+_O200K = (_BLOB + "o200k_base.tiktoken", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d")
+ENCODING_FILES: dict[str, tuple[str, str]] = {
+    "r50k_base": _R50K,
+    "p50k_base": _P50K,
+    "p50k_edit": _P50K,
+    "cl100k_base": _CL100K,
+    "o200k_base": _O200K,
+    "o200k_harmony": _O200K,
+}
+_MAX_MODELS = 256
+
+_encoders: dict[str, Any] = {}  # model -> tiktoken Encoding, or None: read without the lock
+_load_lock = threading.Lock()  # one thread loads an encoding (tens of ms) while the others wait for it
 
 
 def _encoder(model: str | None) -> Any:
-    """tiktoken's encoding for an OpenAI-family model, only if tiktoken is installed and the encoding is cached."""
+    """tiktoken's encoding for an OpenAI-family model, only if tiktoken is installed and the encoding is on disk."""
     if not model:
         return None
     try:
         return _encoders[model]
     except KeyError:
         pass
-    encoder = None
+    with _load_lock:
+        if model in _encoders:
+            return _encoders[model]
+        try:
+            encoder = _offline_encoding(model)
+        except Exception:  # not installed, not an OpenAI model, or an unreadable cache
+            encoder = None
+        if len(_encoders) < _MAX_MODELS:
+            _encoders[model] = encoder
+        return encoder
+
+
+def _offline_encoding(model: str) -> Any:
     try:
         import tiktoken
-
-        name = tiktoken.encoding_name_for_model(model)
-        if _cached_offline(name):
-            encoder = tiktoken.get_encoding(name)
-    except Exception:  # not installed, not an OpenAI model, or no cached encoding
-        encoder = None
-    if len(_encoders) < 256:
-        _encoders[model] = encoder
-    return encoder
-
-
-def _cached_offline(encoding_name: str) -> bool:
-    """Whether tiktoken can load the encoding without the network (its file is in tiktoken's cache)."""
-    import hashlib
-    import os
-    import tempfile
-
-    try:
-        from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
+        from tiktoken import registry
     except ImportError:
-        return False
-    constructor = ENCODING_CONSTRUCTORS.get(encoding_name)
-    if constructor is None:
-        return False
-    try:
-        import tiktoken.load as load
+        return None
+    name = tiktoken.encoding_name_for_model(model)  # KeyError for models tiktoken does not know
+    loaded = registry.ENCODINGS.get(name)  # the application already loaded it
+    if loaded is not None:
+        return loaded
+    source = ENCODING_FILES.get(name)
+    if source is None or not cached_intact(*source):
+        return None
+    return tiktoken.get_encoding(name)
 
-        urls: list[str] = []
-        original = load.read_file_cached
 
-        def record(blobpath: str, *args: Any, **kwargs: Any) -> bytes:
-            urls.append(blobpath)
-            raise LookupError
-
-        load.read_file_cached = record
-        try:
-            constructor()
-        except LookupError:
-            pass
-        finally:
-            load.read_file_cached = original
-    except Exception:
-        return False
-    if not urls:
-        return False
-    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+def cache_path(url: str) -> str | None:
+    """Where tiktoken caches `url` (its own rule: TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, else the temp dir), or
+    None when caching is disabled (an empty directory setting makes tiktoken download every time)."""
+    cache_dir = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if cache_dir is None:
+        cache_dir = os.environ.get("DATA_GYM_CACHE_DIR")
     if cache_dir is None:
         cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    key = hashlib.sha1(urls[0].encode()).hexdigest()
-    return os.path.exists(os.path.join(cache_dir, key))
+    if not cache_dir:
+        return None
+    return os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
+
+
+def cached_intact(url: str, sha256: str) -> bool:
+    """Whether tiktoken would load `url` from its cache: the file exists and has the expected hash."""
+    path = cache_path(url)
+    if path is None:
+        return False
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return False
+    return digest == sha256

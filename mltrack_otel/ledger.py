@@ -22,19 +22,32 @@ _ZERO = Decimal(0)
 
 
 class Totals(NamedTuple):
-    """A snapshot of running totals. `cost_usd` is exact (Decimal); unpriced calls add tokens but no cost."""
+    """A snapshot of running totals. `cost_usd` is exact (Decimal); unpriced calls add tokens but no cost.
+
+    `cost_usd` is the whole spend, what the provider bills: priced from reported usage and from estimated usage
+    (calls whose usage never arrived, such as streams stopped early). `estimated_cost_usd` is the estimated part
+    of it and `estimated_calls` how many calls it covers, so a reader can tell reported from estimated money;
+    budgets and limits act on the whole, because the provider bills estimated calls too.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = _ZERO
     calls: int = 0
     unpriced_calls: int = 0
+    estimated_cost_usd: Decimal = _ZERO
+    estimated_calls: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def plus(self, prompt: int, completion: int, cost: Decimal | None) -> Totals:
+    @property
+    def reported_cost_usd(self) -> Decimal:
+        """The part of `cost_usd` priced from usage the provider reported."""
+        return self.cost_usd - self.estimated_cost_usd
+
+    def plus(self, prompt: int, completion: int, cost: Decimal | None, estimated: bool = False) -> Totals:
         # tuple.__new__ directly: the generated NamedTuple constructor costs twice as much, on every counted call.
         return _new_tuple(
             Totals,
@@ -44,6 +57,8 @@ class Totals(NamedTuple):
                 self.cost_usd + cost if cost is not None else self.cost_usd,
                 self.calls + 1,
                 self.unpriced_calls + (cost is None),
+                self.estimated_cost_usd + cost if estimated and cost is not None else self.estimated_cost_usd,
+                self.estimated_calls + estimated,
             ),
         )
 
@@ -143,30 +158,32 @@ class Ledger:
         prompt: int,
         completion: int,
         cost: Decimal | None,
+        estimated: bool = False,
     ) -> tuple[Totals, list[LimitCrossing]]:
-        """Count one model call. Returns the running totals of the call's scope (innermost tracking scope, else
-        its trace) after the addition, and the warning limits this addition crossed."""
+        """Count one model call (`estimated`: its usage was estimated, not reported). Returns the running totals
+        of the call's scope (innermost tracking scope, else its trace) after the addition, and the warning limits
+        this addition crossed."""
         crossings: list[LimitCrossing] = []
         with self._lock:
             before = self._process
-            self._process = after = before.plus(prompt, completion, cost)
+            self._process = after = before.plus(prompt, completion, cost, estimated)
             self._check(before, after, "process", crossings)
 
             trace = self._traces.pop(trace_id, None) or _NO_TOTALS
-            self._traces[trace_id] = trace = trace.plus(prompt, completion, cost)
+            self._traces[trace_id] = trace = trace.plus(prompt, completion, cost, estimated)
             if len(self._traces) > self.max_traces:
                 self._traces.popitem(last=False)
 
             if conversation_id is not None:
                 conv = self._conversations.pop(conversation_id, None) or _NO_TOTALS
-                self._conversations[conversation_id] = conv.plus(prompt, completion, cost)
+                self._conversations[conversation_id] = conv.plus(prompt, completion, cost, estimated)
                 if len(self._conversations) > self.max_conversations:
                     self._conversations.popitem(last=False)
 
             scoped = trace
             for i, s in enumerate(scope.chain() if scope is not None else ()):
                 before = s.totals
-                s.totals = s.totals.plus(prompt, completion, cost)
+                s.totals = s.totals.plus(prompt, completion, cost, estimated)
                 if i == 0:
                     scoped = s.totals
                 self._check(before, s.totals, "context", crossings)

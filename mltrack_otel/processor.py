@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from . import guard, semconv
+from . import estimate, guard, semconv
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import LOCAL, Cost, Pricer, Usage
@@ -51,6 +51,8 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _MAX_LIVE_SPANS = 100_000
+_USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
+_PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
 
 
 class _Live:
@@ -229,6 +231,8 @@ class CostSpanProcessor(SpanProcessor):
             merged[semconv.LLM_COST_CUMULATIVE] = float(totals.cost_usd)
             if totals.unpriced_calls and self._track_costs:  # the cost is a lower bound: it misses these calls
                 merged[semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS] = totals.unpriced_calls
+            if totals.estimated_cost_usd:
+                merged[semconv.LLM_COST_CUMULATIVE_ESTIMATED] = float(totals.estimated_cost_usd)
 
         if merged is None:
             return span
@@ -274,6 +278,9 @@ class CostSpanProcessor(SpanProcessor):
         """Tokens and cost attributes into `out`; for the counted span, the ledger's addition and its running
         totals."""
         tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
+        source = attrs.get(_USAGE_SOURCE)
+        if source == _ABSENT:  # no tokens to price: the call is counted, its cost unknown (never a $0 price)
+            cost = None
         out[semconv.LLM_TOKENS_PROMPT] = tokens_in
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
@@ -290,6 +297,8 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
+        if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
+            out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._priced if cost is not None else self._unpriced)()
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
         scope = live.scope if live is not None else None
@@ -306,6 +315,7 @@ class CostSpanProcessor(SpanProcessor):
             tokens_in,
             tokens_out,
             cost.total if cost is not None else None,
+            source == _ESTIMATED,
         )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))

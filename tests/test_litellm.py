@@ -228,6 +228,29 @@ def test_stream_closed_early_ends_once_partial(traced, fake_provider):
     assert span.attributes[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
+@pytest.mark.parametrize("capture", [True, False])
+def test_stream_closed_early_is_counted_with_estimated_usage(traced, fake_provider, monkeypatch, capture):
+    monkeypatch.setenv("MLTRACK_LLM_LOG_RESPONSES", str(capture).lower())
+    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+    seen = [next(stream) for _ in range(5)]
+    stream.close()
+    a = traced.one().attributes
+    assert ("gen_ai.output.messages" in a) is capture
+    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+    assert a["gen_ai.usage.input_tokens"] > 0
+    assert 0 < a["gen_ai.usage.output_tokens"] <= 2 * len(seen)  # the fake sends one token per delta
+    assert a[semconv.LLM_COST_TOTAL] > 0
+    totals = traced.ledger.process_totals()
+    assert totals.calls == totals.estimated_calls == 1
+    assert totals.cost_usd == totals.estimated_cost_usd > 0
+
+
+def test_stream_read_to_the_end_keeps_the_provider_usage(traced, fake_provider):
+    list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
+    assert traced.one().attributes[semconv.MLTRACK_USAGE_SOURCE] == "provider"
+    assert traced.ledger.process_totals().estimated_calls == 0
+
+
 def test_stream_abandoned_ends_on_gc(traced, fake_provider):
     stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
     next(stream)

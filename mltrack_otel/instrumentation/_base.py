@@ -22,7 +22,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, guard, hosts, ledger, semconv
+from .. import budget, config, content, estimate, guard, hosts, ledger, semconv
 from ..errors import BudgetExceededError
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
@@ -422,13 +422,51 @@ def _add_openinference_end(attributes: dict[str, Any]) -> None:
             attributes[theirs] = attributes[ours]
 
 
+_ABSENT: dict[str, Any] = {
+    gen_ai.GEN_AI_USAGE_INPUT_TOKENS: 0,
+    gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS: 0,
+    semconv.MLTRACK_USAGE_SOURCE: estimate.SOURCE_ABSENT,
+}
+
+
+def estimated_usage(
+    tokens_in: int, tokens_out: int, cache_read: int | None = None, cache_write: int | None = None
+) -> dict[str, Any]:
+    """gen_ai.usage.* for usage we estimated, marked so: `estimated`, or `absent` when there was nothing to count
+    (the call is then counted with no tokens and no price)."""
+    if not tokens_in and not tokens_out:
+        return dict(_ABSENT)
+    out: dict[str, Any] = usage_attributes_of(tokens_in, tokens_out, cache_read, cache_write, None)
+    out[semconv.MLTRACK_USAGE_SOURCE] = estimate.SOURCE_ESTIMATED
+    return out
+
+
+def _has_usage(attributes: dict[str, Any]) -> bool:
+    """Whether a recorder already wrote the provider's usage as attributes (LiteLLM reads its own shape)."""
+    return gen_ai.GEN_AI_USAGE_INPUT_TOKENS in attributes or gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS in attributes
+
+
 class StreamRecorder:
     """Fed every item of one streamed response; finishes its call exactly once however the stream ends.
 
     Subclasses implement :meth:`feed` (cheap: append deltas to lists, never concatenate) and :meth:`outcome`.
+    When the stream ends without the provider's usage (stopped early, failed, or a host that never sends it), the
+    call is still counted: :meth:`estimate` writes usage from the request (``request``) and the output deltas seen
+    (:meth:`output_pieces`), marked ``mltrack.usage.source=estimated``.
     """
 
-    __slots__ = ("call", "capture", "done", "first_at", "hide_usage", "release", "started", "suspended")
+    __slots__ = (
+        "call",
+        "capture",
+        "done",
+        "first_at",
+        "hide_usage",
+        "release",
+        "request",
+        "seen",
+        "started",
+        "suspended",
+    )
 
     def __init__(self, call: Call, hide_usage: bool = False) -> None:
         self.call = call
@@ -439,6 +477,9 @@ class StreamRecorder:
         self.suspended = False  # the caller holds an item (we are parked at a yield)
         self.first_at: float | None = None
         self.release: Any = None  # undoes our hook on the HTTP response once the span has ended
+        # (request body, model): read only if usage never arrives, so the input is estimated only then.
+        self.request: tuple[Mapping[str, Any], str | None] | None = None
+        self.seen: list[Any] = []  # output deltas kept for an estimate when content capture is off
         guard.start_deferred_worker()  # ends the span if the stream is abandoned (see __del__)
 
     def feed(self, item: Any) -> bool:
@@ -446,12 +487,24 @@ class StreamRecorder:
         raise NotImplementedError
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-        """(response attributes, output messages, usage) accumulated so far."""
+        """(response attributes, output messages, usage) accumulated so far; usage None if the provider's never
+        arrived (complete or not)."""
         raise NotImplementedError
 
     def salvage(self, item: Any) -> bool:
         """feed() raised on item: whether to pass it on, still hiding whatever we added to the stream."""
         return True
+
+    def output_pieces(self) -> list[str]:
+        """The output text seen (text, tool-call arguments, reasoning): by default the strings kept in `seen`."""
+        return self.seen
+
+    def estimate(self) -> dict[str, Any]:
+        """Usage attributes estimated from the request and the output seen (see mltrack_otel.estimate)."""
+        body, model = self.request or ({}, None)
+        tokens_in = estimate.input_tokens(body, model) if body else 0
+        tokens_out = estimate.text_tokens("".join(self.output_pieces()), model)
+        return estimated_usage(tokens_in, tokens_out)
 
     def end(self, complete: bool, error: BaseException | None = None) -> None:
         if self.done:
@@ -465,6 +518,8 @@ class StreamRecorder:
         except Exception as exc:
             guard.record_error("instrumentation.stream", exc)
             attributes, output, usage = {}, None, None
+        if usage is None and not self.call.ended and not _has_usage(attributes):  # sent, so counted: estimated
+            attributes.update(guard.guarded("instrumentation.estimate", self.estimate, default=_ABSENT) or _ABSENT)
         attributes[semconv.MLTRACK_STREAM_COMPLETE] = complete
         if self.first_at is not None:
             attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0

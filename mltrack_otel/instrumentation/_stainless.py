@@ -308,6 +308,7 @@ class Patch:
         try:
             hide_usage = endpoint.usage_option and _wants_usage(options, body, address, settings)
             recorder = endpoint.recorder(call, hide_usage)
+            recorder.request = (body, model)  # for an input estimate, only if the stream's usage never arrives
         except Exception:
             call.finish({})
             raise

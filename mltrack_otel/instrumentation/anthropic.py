@@ -14,13 +14,16 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from .. import estimate
 from ..content import media_part, parse_arguments, text_part
+from ..usage import count
 from ._base import (
     UNFINISHED,
     Call,
     Inputs,
     StreamRecorder,
     copy_params,
+    estimated_usage,
     finish_reason,
     get,
     provider_for_client,
@@ -229,15 +232,21 @@ def response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | No
 # --- stream --------------------------------------------------------------------------------------------------
 
 
+def _piece(delta: Any) -> str | None:
+    """The output a content block delta adds: text, tool input JSON or thinking."""
+    return get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
+
+
 class MessageRecorder(StreamRecorder):
     """Raw message stream events; content blocks are accumulated as lists of deltas, joined once at the end."""
 
-    __slots__ = ("blocks", "message", "stop", "usage")
+    __slots__ = ("blocks", "finished", "message", "stop", "usage")
 
     def __init__(self, call: Call, hide_usage: bool) -> None:
         super().__init__(call, hide_usage)
         self.message: Any = None
         self.usage: dict[str, Any] = {}
+        self.finished = False  # message_delta's final usage arrived (message_start's output count is a stub)
         self.stop: str | None = None
         self.blocks: dict[int, list[Any]] = {}  # index -> [block, text deltas]
 
@@ -245,17 +254,21 @@ class MessageRecorder(StreamRecorder):
         kind = event.type
         if kind == "content_block_delta":
             if self.capture:
-                delta = event.delta
+                delta = event.delta  # _piece(), inlined: this runs for every delta
                 piece = get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
                 if piece:
                     entry = self.blocks.get(event.index)
                     if entry is not None:
                         entry[1].append(piece)
+            else:  # kept whole, read only for an estimate should the final usage never arrive: one append per chunk
+                self.seen.append(event.delta)
         elif kind == "content_block_start":
             if self.capture:
                 self.blocks[event.index] = [event.content_block, []]
         elif kind == "message_delta":
             self.stop = event.delta.stop_reason or self.stop
+            if event.usage is not None:
+                self.finished = True
             self._add_usage(event.usage)
         elif kind == "message_start":
             self.message = event.message
@@ -284,7 +297,26 @@ class MessageRecorder(StreamRecorder):
             parts = [self._part(block, pieces) for _, (block, pieces) in sorted(self.blocks.items())]
             reason = finish_reason(self.stop, UNFINISHED if not complete else "stop")
             output = [{"role": "assistant", "parts": parts, "finish_reason": reason}]
-        return attributes, output, self.usage or None
+        return attributes, output, (self.usage or None) if self.finished else None
+
+    def output_pieces(self) -> list[str]:
+        if not self.capture:
+            return [piece for piece in map(_piece, self.seen) if piece]
+        return [piece for _, pieces in self.blocks.values() for piece in pieces]
+
+    def estimate(self) -> dict[str, Any]:
+        """Input as message_start reported it when it arrived (else estimated); output estimated from the deltas."""
+        usage = self.usage
+        reported = count(usage.get("input_tokens"))
+        if reported is None:
+            return super().estimate()
+        read = count(usage.get("cache_read_input_tokens")) or 0
+        write = count(usage.get("cache_creation_input_tokens")) or 0
+        tokens_in = reported + read + write
+        model = self.request[1] if self.request is not None else None
+        seen = estimate.text_tokens("".join(self.output_pieces()), model)
+        tokens_out = max(count(usage.get("output_tokens")) or 0, seen)
+        return estimated_usage(tokens_in, tokens_out, read, write)
 
     @staticmethod
     def _part(block: Any, pieces: list[str]) -> dict[str, Any]:

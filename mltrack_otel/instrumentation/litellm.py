@@ -194,6 +194,8 @@ class StreamRecorder(ChatRecorder):
                 acc.finish = choice.finish_reason
             if self.capture:
                 self._capture(choice, acc)
+            else:
+                self.seen.append(getattr(choice, "delta", None))
         return True
 
     def finished(self) -> bool:
@@ -326,6 +328,13 @@ def _argument(args: tuple, kwargs: dict, index: int, name: str) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
 
 
+def _stream_request(args: tuple, kwargs: dict) -> tuple[dict[str, Any], str | None]:
+    """(body, model) as the input estimate reads them, should the stream's usage never arrive."""
+    model = _argument(args, kwargs, 0, "model")
+    model = model.rpartition("/")[2] if isinstance(model, str) else None  # "openai/gpt-4o": gpt-4o's tokenizer
+    return (kwargs if len(args) < 2 else {**kwargs, "messages": args[1]}), model
+
+
 class Patch:
     """Wrappers on the litellm module's four entry points, and how to take them off again exactly."""
 
@@ -380,7 +389,7 @@ class Patch:
                 if held is not None:
                     budget.unhold(held)
                 otel_context.detach(token)
-            return self._on_result(call, operation, result)
+            return self._on_result(call, operation, result, args, kwargs)
 
         return wrapper
 
@@ -400,7 +409,7 @@ class Patch:
                 if held is not None:
                     budget.unhold(held)
                 otel_context.detach(token)
-            return self._on_result(call, operation, result)
+            return self._on_result(call, operation, result, args, kwargs)
 
         return wrapper
 
@@ -476,10 +485,12 @@ class Patch:
         elif isinstance(extra_body, Mapping) and "stream_options" not in extra_body:
             kwargs["extra_body"] = {**extra_body, "stream_options": {"include_usage": True}}
 
-    def _on_result(self, call: Call, operation: str, result: Any) -> Any:
+    def _on_result(self, call: Call, operation: str, result: Any, args: tuple, kwargs: dict) -> Any:
         try:
             if operation == "chat" and hasattr(result, "completion_stream") and hasattr(result, "chunks"):
-                return recorded_stream(result, StreamRecorder(call, False))
+                recorder = StreamRecorder(call, False)
+                recorder.request = _stream_request(args, kwargs)
+                return recorded_stream(result, recorder)
             if operation == "chat":
                 attributes, output, usage = chat_response(result, call.capture_out)
             else:

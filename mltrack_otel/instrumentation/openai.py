@@ -403,6 +403,23 @@ def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
                 slot[2].append(function.arguments)
 
 
+def delta_texts(deltas: list[Any]) -> list[str]:
+    """The output text of chat deltas kept uncaptured (content, refusal, tool-call names and arguments; a legacy
+    completion keeps its text as is)."""
+    pieces: list[str] = []
+    for delta in deltas:
+        if isinstance(delta, str):
+            pieces.append(delta)
+            continue
+        for text in (get(delta, "content"), get(delta, "refusal"), get(delta, "reasoning_content")):
+            if isinstance(text, str):
+                pieces.append(text)
+        for tool in seq(get(delta, "tool_calls")):
+            function = get(tool, "function")
+            pieces.extend(t for t in (get(function, "name"), get(function, "arguments")) if isinstance(t, str))
+    return pieces
+
+
 class ChatRecorder(StreamRecorder):
     """Chat completion chunks: text, refusal and tool-call deltas per choice, appended to lists."""
 
@@ -439,7 +456,21 @@ class ChatRecorder(StreamRecorder):
                 acc.finish = reason
             if self.capture:
                 self._capture(choice, acc)
+            else:  # kept whole, read only for an estimate should the usage never arrive: one append per chunk
+                self.seen.append(choice.delta)
         return True
+
+    def output_pieces(self) -> list[str]:
+        if not self.capture:
+            return delta_texts(self.seen)
+        pieces: list[str] = []
+        for acc in self.choices.values():
+            pieces += acc.text
+            pieces += acc.refusal
+            for _, name, fragments in acc.tools.values():
+                pieces.append(name)
+                pieces += fragments
+        return pieces
 
     @staticmethod
     def _capture(choice: Any, acc: _Choice) -> None:
@@ -488,6 +519,18 @@ class ChatRecorder(StreamRecorder):
         return attributes, output, self.usage
 
 
+# Responses events whose deltas are output the provider bills, besides the text (kept for an estimate only).
+_OTHER_DELTAS = frozenset(
+    {
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.refusal.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+
+
 class ResponsesRecorder(StreamRecorder):
     """Responses API events: the final `response.*` event carries the whole response; deltas cover a cut."""
 
@@ -504,13 +547,17 @@ class ResponsesRecorder(StreamRecorder):
     def feed(self, event: Any) -> bool:
         kind = event.type
         if kind == "response.output_text.delta":
-            if self.capture:
-                self.text.append(event.delta)
+            self.text.append(event.delta)  # the output when captured, else only for an estimate
+        elif kind in _OTHER_DELTAS:
+            self.seen.append(event.delta)
         elif kind in self._TERMINAL:
             self.final = event.response
         elif kind == "response.created":
             self.started_response = event.response
         return True
+
+    def output_pieces(self) -> list[str]:
+        return self.text + self.seen
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
         if self.final is not None:
@@ -545,8 +592,8 @@ class CompletionRecorder(ChatRecorder):
                 acc = self.choices[choice.index] = _Choice()
             if choice.finish_reason is not None:
                 acc.finish = choice.finish_reason
-            if self.capture and choice.text:
-                acc.text.append(choice.text)
+            if choice.text:
+                (acc.text if self.capture else self.seen).append(choice.text)
         return True
 
 
