@@ -24,8 +24,10 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from mltrack_otel import estimate, guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
+from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
 from tests.instr_fixtures import attrs, one_span, use_settings
+from tests.traced import FAKE
 
 OPENAI_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-haiku-4-5"
@@ -42,7 +44,7 @@ def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
     guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter)))
+    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
     fake.clear()
     guard.reset()
     ledger.LEDGER.reset()
@@ -355,7 +357,9 @@ def processor_pipeline() -> Iterator[tuple[Any, ledger.Ledger, InMemorySpanExpor
     exporter = InMemorySpanExporter()
     own = ledger.Ledger()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=own))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=own, pricer=Pricer(cloud_hosts=FAKE))
+    )
     yield provider.get_tracer("test"), own, exporter
     provider.shutdown()
 
@@ -436,11 +440,13 @@ def tiktoken_cache(tmp_path, monkeypatch) -> Iterator[Any]:
     estimate._encoders.clear()
 
 
+@pytest.mark.frameworks  # tiktoken comes with the frameworks environment (LiteLLM)
 def test_a_missing_tiktoken_encoding_is_not_downloaded(tiktoken_cache, tmp_path):
     assert estimate.text_tokens("abcdefgh", OLD_MODEL) == 2  # the approximation, not tiktoken
     assert list(tmp_path.iterdir()) == []  # tiktoken would have written its download here
 
 
+@pytest.mark.frameworks  # tiktoken comes with the frameworks environment (LiteLLM)
 def test_a_corrupt_tiktoken_cache_file_is_left_alone(tiktoken_cache, tmp_path):
     url, _sha256 = estimate.ENCODING_FILES[OLD_ENCODING]
     path = estimate.cache_path(url)
@@ -453,6 +459,7 @@ def test_a_corrupt_tiktoken_cache_file_is_left_alone(tiktoken_cache, tmp_path):
         assert f.read() == b"not an encoding"
 
 
+@pytest.mark.frameworks  # tiktoken comes with the frameworks environment (LiteLLM)
 def test_a_cached_tiktoken_encoding_is_used(monkeypatch):
     """LiteLLM ships tiktoken's o200k_base and cl100k_base files in tiktoken's cache layout: a real cache."""
     tiktoken = pytest.importorskip("tiktoken")
@@ -513,4 +520,4 @@ def test_the_report_keeps_estimated_cost_apart(pipeline, fake, tmp_path, capsys)
     assert Decimal(row["estimated_cost_usd"]) == pytest.approx(live.estimated_cost_usd, abs=Decimal("1e-6"))
     assert Decimal(row["cost_usd"]) == pytest.approx(live.cost_usd, abs=Decimal("1e-6"))
     assert cli.main(["report", "--tracking-uri", uri, "--experiment", "estimates"]) == 0
-    assert "estimated)" in capsys.readouterr().out
+    assert "of the total is priced from estimated usage" in capsys.readouterr().out
