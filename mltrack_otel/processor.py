@@ -9,6 +9,7 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import warnings
@@ -41,6 +42,9 @@ _REASONING_KEYS = (gen_ai.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "llm.token_count
 _RESPONSE_MODEL, _REQUEST_MODEL, _OI_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL, gen_ai.GEN_AI_REQUEST_MODEL, "llm.model_name"
 _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SYSTEM, "llm.provider"
 _MAX_LIVE_SPANS = 100_000
+# MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
+_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlflow.llm.model", "mlflow.llm.provider"
+_MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
 
 
 class _Live:
@@ -76,7 +80,39 @@ def read_usage(attrs: Any) -> Usage | None:
             _count(get(_CACHE_WRITE_KEYS[theirs])) or 0,
             _count(get(_REASONING_KEYS[theirs])) or 0,
         )
-    return None
+    raw = get(_MLFLOW_USAGE)
+    return _mlflow_usage(raw) if raw is not None else None
+
+
+def _mlflow_usage(raw: Any) -> Usage | None:
+    """Usage from MLflow's JSON ``{"input_tokens", "output_tokens", "cache_read_input_tokens",
+    "cache_creation_input_tokens"}``; its input already includes cache tokens (MLflow adds Anthropic's)."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        data = None
+    if not isinstance(data, Mapping):
+        guard.count("usage.invalid")
+        return None
+    if "input_tokens" not in data and "output_tokens" not in data:
+        return None
+    tokens_in, tokens_out = _count(data.get("input_tokens", 0)), _count(data.get("output_tokens", 0))
+    cache_read = _count(data.get("cache_read_input_tokens", 0))
+    cache_write = _count(data.get("cache_creation_input_tokens", 0))
+    if tokens_in is None or tokens_out is None or cache_read is None or cache_write is None:
+        guard.count("usage.invalid")
+        return None
+    return Usage(tokens_in, tokens_out, cache_read, cache_write, 0)
+
+
+def _mlflow_text(raw: Any) -> str | None:
+    """A string attribute MLflow wrote JSON-encoded ('"gpt-4o"'), or plainly."""
+    if isinstance(raw, str) and raw.startswith('"'):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return raw if isinstance(raw, str) and raw else None
 
 
 def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
@@ -238,9 +274,17 @@ class CostSpanProcessor(SpanProcessor):
         get = attrs.get
         model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL)
         if not isinstance(model, str):
-            return None
+            return self._price_mlflow(span, get, usage)
         provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER)
         return self._pricer.price(provider if isinstance(provider, str) else None, model, usage, span.start_time)
+
+    def _price_mlflow(self, span: ReadableSpan, get: Any, usage: Usage) -> Cost | None:
+        """An MLflow span: model and provider in its own attributes, the provider else named by the SDK it wraps."""
+        model = _mlflow_text(get(_MLFLOW_MODEL))
+        if model is None:
+            return None
+        provider = _mlflow_text(get(_MLFLOW_PROVIDER)) or _mlflow_text(get(_MLFLOW_FORMAT))
+        return self._pricer.price(provider, model, usage, span.start_time)
 
     def _describe_usage(
         self,
