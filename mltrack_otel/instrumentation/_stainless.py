@@ -22,7 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .. import config, content, guard
-from . import _base
+from . import _base, mlflow_autolog
 from ._base import Call, Inputs, StreamRecorder
 
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
@@ -215,7 +215,11 @@ class Patch:
         inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
 
         stream = bool(kwargs.get("stream"))
-        call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+        headers = options.headers
+        if isinstance(headers, dict) and mlflow_autolog.TRACEPARENT in headers:  # MLflow's autolog may trace it too
+            call = _under_mlflow_span(self.tracer, endpoint, model, attributes, settings, inputs, self.sdk, headers)
+        else:
+            call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
         if self.sdk.records_own_spans is not None:
             call.nest = guard.guarded("instrumentation.nest", self.sdk.records_own_spans, instance, default=False)
         if not stream or endpoint.recorder is None:
@@ -272,6 +276,29 @@ class Patch:
             return
         attributes, output, usage = endpoint.response(result, call.capture_out)
         call.finish(attributes, output, usage)
+
+
+def _under_mlflow_span(
+    tracer: trace.Tracer,
+    endpoint: Endpoint,
+    model: str | None,
+    attributes: dict[str, Any],
+    settings: config.Settings,
+    inputs: Inputs | None,
+    sdk: Sdk,
+    headers: dict[str, Any],
+) -> Call:
+    """The call's span, below MLflow's autolog span when the request carries its traceparent (mlflow_autolog)."""
+    adopted = guard.guarded("instrumentation.mlflow_autolog", mlflow_autolog.parent_of, headers)
+    token = otel_context.attach(adopted[0]) if adopted is not None else None
+    try:
+        call = Call(tracer, endpoint.operation, model, attributes, settings, inputs, sdk.usage_shape)
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+    if adopted is not None:
+        mlflow_autolog.remember(call.span, adopted[1])
+    return call
 
 
 def _raw_response_types(module: str) -> tuple[type, ...]:
