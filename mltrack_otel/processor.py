@@ -9,6 +9,7 @@ its descendants already counted (the innermost span with usage wins: LangChain o
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import warnings
@@ -53,6 +54,9 @@ _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attribu
 _MAX_LIVE_SPANS = 100_000
 _USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
 _PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
+# MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
+_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlflow.llm.model", "mlflow.llm.provider"
+_MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
 
 
 class _Live:
@@ -91,7 +95,39 @@ def read_usage(attrs: Any) -> Usage | None:
             _count(cache_write) or 0,
             _count(get(_REASONING_KEYS[theirs])) or 0,
         )
-    return None
+    raw = get(_MLFLOW_USAGE)
+    return _mlflow_usage(raw) if raw is not None else None
+
+
+def _mlflow_usage(raw: Any) -> Usage | None:
+    """Usage from MLflow's JSON ``{"input_tokens", "output_tokens", "cache_read_input_tokens",
+    "cache_creation_input_tokens"}``; its input already includes cache tokens (MLflow adds Anthropic's)."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        data = None
+    if not isinstance(data, Mapping):
+        guard.count("usage.invalid")
+        return None
+    if "input_tokens" not in data and "output_tokens" not in data:
+        return None
+    tokens_in, tokens_out = _count(data.get("input_tokens", 0)), _count(data.get("output_tokens", 0))
+    cache_read = _count(data.get("cache_read_input_tokens", 0))
+    cache_write = _count(data.get("cache_creation_input_tokens", 0))
+    if tokens_in is None or tokens_out is None or cache_read is None or cache_write is None:
+        guard.count("usage.invalid")
+        return None
+    return Usage(tokens_in, tokens_out, cache_read, cache_write, 0)
+
+
+def _mlflow_text(raw: Any) -> str | None:
+    """A string attribute MLflow wrote JSON-encoded ('"gpt-4o"'), or plainly."""
+    if isinstance(raw, str) and raw.startswith('"'):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return raw if isinstance(raw, str) and raw else None
 
 
 def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
@@ -258,11 +294,19 @@ class CostSpanProcessor(SpanProcessor):
         get = attrs.get
         model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL) or get(_OI_EMBEDDING_MODEL)
         if not isinstance(model, str):
-            return None
+            return self._price_mlflow(span, get, usage)
         provider = get(_PROVIDER) or get(_SYSTEM) or get(_OI_PROVIDER) or get(_OI_SYSTEM)
         provider = provider if isinstance(provider, str) else None
         # Where it was served: host overrides apply, and a local server gets no cloud price (pricing.LOCAL).
         return self._pricer.price(provider, model, usage, span.start_time, get(_SERVER_ADDRESS), get(_SERVER_PORT))
+
+    def _price_mlflow(self, span: ReadableSpan, get: Any, usage: Usage) -> Cost | None:
+        """An MLflow span: model and provider in its own attributes, the provider else named by the SDK it wraps."""
+        model = _mlflow_text(get(_MLFLOW_MODEL))
+        if model is None:
+            return None
+        provider = _mlflow_text(get(_MLFLOW_PROVIDER)) or _mlflow_text(get(_MLFLOW_FORMAT))
+        return self._pricer.price(provider, model, usage, span.start_time)
 
     def _describe_usage(
         self,

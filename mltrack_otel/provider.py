@@ -225,6 +225,10 @@ def _chain(
             add(name, _mlflow_exporter(settings), batched=True)
     if meters is not None:  # recorded in the export worker, off the caller's thread
         add("metrics", SpanMetricsExporter(meters), batched=True)
+    if importlib.util.find_spec("mlflow") is not None:  # MLflow's autolog span above our call takes our price
+        from .instrumentation.mlflow_autolog import MlflowAutologCost
+
+        downstream.append(MlflowAutologCost())
     processor = CostSpanProcessor(
         *downstream,
         pricer=Pricer(settings.price_overrides, settings.provider_aliases, settings.cloud_hosts),

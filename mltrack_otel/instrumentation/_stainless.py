@@ -23,7 +23,7 @@ from opentelemetry import trace
 
 from .. import budget, config, content, guard
 from ..errors import BudgetExceededError
-from . import _base
+from . import _base, mlflow_autolog
 from ._base import Call, Inputs, StreamRecorder
 
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
@@ -291,7 +291,15 @@ class Patch:
                     "instrumentation.own_spans", own_spans, instance, options, attributes, default=False
                 )
             try:
-                call = Call(self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape)
+                headers = options.headers
+                if isinstance(headers, dict) and mlflow_autolog.TRACEPARENT in headers:  # MLflow autolog traces it?
+                    call = _under_mlflow_span(
+                        self.tracer, endpoint, model, attributes, settings, inputs, self.sdk, headers
+                    )
+                else:
+                    call = Call(
+                        self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape
+                    )
             except Exception:
                 if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
                     options.span_name = span_name
@@ -383,6 +391,29 @@ def _link_above(function: Any, is_target: Callable[[Any], bool]) -> Any:
             return link
         link = inner
     return None
+
+
+def _under_mlflow_span(
+    tracer: trace.Tracer,
+    endpoint: Endpoint,
+    model: str | None,
+    attributes: dict[str, Any],
+    settings: config.Settings,
+    inputs: Inputs | None,
+    sdk: Sdk,
+    headers: dict[str, Any],
+) -> Call:
+    """The call's span, below MLflow's autolog span when the request carries its traceparent (mlflow_autolog)."""
+    adopted = guard.guarded("instrumentation.mlflow_autolog", mlflow_autolog.parent_of, headers)
+    token = otel_context.attach(adopted[0]) if adopted is not None else None
+    try:
+        call = Call(tracer, endpoint.operation, model, attributes, settings, inputs, sdk.usage_shape)
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+    if adopted is not None:
+        mlflow_autolog.remember(call.span, adopted[1])
+    return call
 
 
 def _raw_response_types(module: str) -> tuple[type, ...]:

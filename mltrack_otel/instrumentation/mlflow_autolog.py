@@ -1,0 +1,118 @@
+"""Calls that MLflow's autolog traces too (``mlflow.openai.autolog()``, ``mlflow.anthropic.autolog()``).
+
+MLflow's autolog wraps the SDK method (``chat.completions.create``, ``messages.create``) above our request-level
+span, in a span it does not make current, and sends that span's W3C ``traceparent`` with the request
+(``_inject_tracing_headers`` in mlflow/openai/autolog.py and mlflow/anthropic/autolog.py). Left alone, the call
+is two traces in MLflow (MLflow's and ours, tokens counted in both), and when MLflow's spans also reach the global
+provider (``MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false``) two counted calls in ours.
+
+So our span takes MLflow's span as its parent, read from that header:
+
+* in MLflow the call is one trace, MLflow's span with ours below it. MLflow sums token usage and cost
+  topmost-first, so the tokens count once;
+* MLflow's span gets our price as its ``mlflow.llm.cost`` (:class:`MlflowAutologCost`, in the export chain),
+  otherwise MLflow prices it from its own catalog, and as the topmost price, that would be the trace's cost;
+* when MLflow's spans pass through our processor too, ours is the innermost span with usage: it is counted
+  and MLflow's becomes a wrapper (``mltrack.usage.counted=false``).
+
+A ``traceparent`` that names no live MLflow span (the caller's own distributed tracing) is left alone, as is
+a call made under a span of ours that MLflow's span does not descend from (our trace stays whole).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from .. import semconv
+
+TRACEPARENT = "traceparent"
+_LLM_COST = "mlflow.llm.cost"
+_MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain without it) must not grow memory
+
+# Our span id -> MLflow's live span it descends from, until our span ends and its price is known.
+_pending: dict[int, Any] = {}
+_lock = threading.Lock()
+
+
+def parent_of(headers: Any) -> tuple[Context, Any] | None:
+    """(a context whose current span is MLflow's autolog span, that MLflow span) for a request whose headers
+    carry the traceparent of a live MLflow span; None otherwise (the common path: one dict lookup)."""
+    if not isinstance(headers, dict):
+        return None
+    traceparent = headers.get(TRACEPARENT)
+    if not isinstance(traceparent, str) or "mlflow" not in sys.modules:
+        return None
+    parts = traceparent.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+    mlflow_span = _live_mlflow_span(trace_id, span_id)
+    if mlflow_span is None:
+        return None
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid:  # keep our trace whole: adopt MLflow's span only when it sits below the current span
+        parent = getattr(mlflow_span._span, "parent", None)
+        if parent is None or parent.span_id != current.span_id or parent.trace_id != current.trace_id:
+            return None
+    # Remote when MLflow keeps its spans on its own provider: then our pipeline never sees that parent end.
+    context = SpanContext(trace_id, span_id, is_remote=_mlflow_isolated(), trace_flags=TraceFlags(flags & 0xFF))
+    return trace.set_span_in_context(NonRecordingSpan(context)), mlflow_span
+
+
+def remember(span: Any, mlflow_span: Any) -> None:
+    """Our span descends from mlflow_span: give mlflow_span our price when our span ends."""
+    with _lock:
+        if len(_pending) >= _MAX_PENDING:
+            _pending.pop(next(iter(_pending)))
+        _pending[span.get_span_context().span_id] = mlflow_span
+
+
+def _live_mlflow_span(trace_id: int, span_id: int) -> Any:
+    from mlflow.tracing.trace_manager import InMemoryTraceManager
+    from mlflow.tracing.utils import encode_span_id
+
+    manager = InMemoryTraceManager.get_instance()
+    mlflow_trace_id = manager.get_mlflow_trace_id_from_otel_id(trace_id)
+    if mlflow_trace_id is None:
+        return None
+    return manager.get_span_from_id(mlflow_trace_id, encode_span_id(span_id))
+
+
+def _mlflow_isolated() -> bool:
+    from mlflow.environment_variables import MLFLOW_USE_DEFAULT_TRACER_PROVIDER
+
+    return bool(MLFLOW_USE_DEFAULT_TRACER_PROVIDER.get())
+
+
+class MlflowAutologCost(SpanProcessor):
+    """In the export chain behind CostSpanProcessor: when our span ends, the MLflow autolog span above it (still
+    open) takes our price of the call (on our span whether it or a span below it was counted), so that MLflow
+    shows one price per call, ours. An unpriced call gets an explicit null cost: MLflow then shows none rather
+    than a price from another catalog."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not _pending:
+            return
+        with _lock:
+            mlflow_span = _pending.pop(span.context.span_id, None)
+        if mlflow_span is None:
+            return
+        attrs = span.attributes or {}
+        if semconv.MLTRACK_USAGE_COUNTED not in attrs:  # no usage read: nothing to say about the price
+            return
+        total = attrs.get(semconv.LLM_COST_TOTAL)
+        cost = None
+        if isinstance(total, float):
+            cost = {
+                "input_cost": attrs.get(semconv.LLM_COST_PROMPT),
+                "output_cost": attrs.get(semconv.LLM_COST_COMPLETION),
+                "total_cost": total,
+            }
+        mlflow_span.set_attribute(_LLM_COST, cost)

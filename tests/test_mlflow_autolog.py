@@ -1,0 +1,181 @@
+"""MLflow's autolog (mlflow.openai.autolog(), mlflow.anthropic.autolog()) mixed with mltrack-otel.
+
+Whatever mix is on, a model call is one trace in MLflow and one counted call in our totals, and MLflow shows our
+price. The mixes run the real SDKs against the fake provider, in a subprocess each (tests/mlflow_autolog_app.py):
+autolog's patches, MLflow's tracer provider and the OpenTelemetry global provider are process-wide. The MLflow
+store is read back with MLflow's own client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from mltrack_otel import guard, semconv
+from mltrack_otel.ledger import Ledger
+from mltrack_otel.pricing import Pricer, Usage
+from mltrack_otel.processor import CostSpanProcessor, read_usage
+from tests.instr_fixtures import one_span
+
+pytest.importorskip("mlflow")
+
+_ROOT = Path(__file__).resolve().parent.parent
+_GLOBAL = {"MLFLOW_USE_DEFAULT_TRACER_PROVIDER": "false"}  # MLflow's spans go to the global provider too
+
+# -- MLflow's span attributes, as autolog writes them (JSON text) -------------------------------------------------
+
+
+def test_reads_mlflow_token_usage_with_its_cache_parts():
+    usage = read_usage(
+        {
+            "mlflow.chat.tokenUsage": json.dumps(
+                {
+                    "input_tokens": 1200,  # MLflow's input includes cache reads and writes, as ours does
+                    "output_tokens": 40,
+                    "total_tokens": 1240,
+                    "cache_read_input_tokens": 1000,
+                    "cache_creation_input_tokens": 100,
+                }
+            )
+        }
+    )
+    assert usage == Usage(1200, 40, 1000, 100, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["not json", json.dumps({"input_tokens": -1, "output_tokens": 2}), json.dumps([1, 2]), '{"input_tokens": 1.5}'],
+)
+def test_unreadable_mlflow_token_usage_is_no_usage(raw):
+    guard.reset()
+    assert read_usage({"mlflow.chat.tokenUsage": raw}) is None
+    assert guard.health().get("usage.invalid") == 1
+
+
+@pytest.mark.parametrize(
+    ("attributes", "expected"),
+    [
+        # OpenAI autolog: the response's model, the SDK named by the message format.
+        ({"mlflow.llm.model": '"gpt-4o-2024-08-06"', "mlflow.message.format": '"openai"'}, 0.0003125),
+        # Anthropic autolog: model and provider.
+        (
+            {
+                "mlflow.llm.model": '"claude-3-5-sonnet-20241022"',
+                "mlflow.llm.provider": '"anthropic"',
+                "mlflow.message.format": '"anthropic"',
+            },
+            0.000465,
+        ),
+    ],
+)
+def test_processor_prices_and_counts_an_mlflow_autolog_span(attributes, expected):
+    exporter = InMemorySpanExporter()
+    ledger = Ledger()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    usage = json.dumps({"input_tokens": 5, "output_tokens": 30, "total_tokens": 35})
+    with tracer_provider.get_tracer("test").start_as_current_span(
+        "Completions", attributes={**attributes, "mlflow.chat.tokenUsage": usage}
+    ):
+        pass
+    span = one_span(exporter)
+    assert span.attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert span.attributes[semconv.LLM_COST_TOTAL] == pytest.approx(expected, rel=1e-9)
+    assert ledger.process_totals().calls == 1
+
+
+def test_a_traceparent_the_caller_sends_is_not_taken_for_mlflow(instrumented, oai):
+    """Our span adopts only a live MLflow span as its parent, never the caller's own distributed tracing."""
+    import mlflow  # noqa: F401  (imported: the adoption path runs)
+
+    oai.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"},
+    )
+    span = one_span(instrumented)
+    assert span.parent is None
+    assert span.attributes["gen_ai.usage.input_tokens"] > 0
+
+
+# -- the mixes, end to end ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow-autolog') / 'mlflow.db'}"
+
+
+_AUTOLOG_SPANS = ("Completions", "Messages.create")  # the names MLflow's OpenAI and Anthropic autolog give
+
+
+def run_mix(fake: Any, store: str, mix: str, calls: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLTRACK_", "OTEL_", "ANTHROPIC_"))},
+        "PYTHONPATH": str(_ROOT),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        **(env or {}),
+    }
+    experiment = f"autolog-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.mlflow_autolog_app", mix, ",".join(calls), fake.url, store, experiment],
+        env=environment,
+        cwd=Path(store.removeprefix("sqlite:///")).parent,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    return json.loads(lines[0].removeprefix("RESULT "))
+
+
+@pytest.mark.parametrize(
+    ("env", "calls"),
+    [(None, ["openai", "openai-stream", "anthropic"]), (_GLOBAL, ["openai", "anthropic"])],
+    ids=["mlflow-own-provider", "global-provider"],
+)
+def test_autolog_with_ours_is_one_trace_per_call_at_our_price(fake, store, env, calls):
+    """configure() + instrument() + mlflow.<sdk>.autolog(): one MLflow trace per call, holding autolog's span and
+    ours; its tokens once and its cost ours (our prices here are far from MLflow's); one counted call each."""
+    result = run_mix(fake, store, "ours+autolog", calls, env)
+    assert result["calls"] == len(calls)
+    counted = [span for span in result["spans"] if span["counted"] is True]
+    assert len(counted) == len(calls)
+    traces = {trace["id"]: trace for trace in result["traces"]}
+    assert len(traces) == len(calls)  # one MLflow trace per call
+    for span in counted:
+        trace = traces[span["trace"]]
+        assert any(name in trace["spans"] for name in _AUTOLOG_SPANS), trace["spans"]
+        assert trace["tokens"]["total_tokens"] == span["tokens"]  # once, not twice
+        assert trace["cost"]["total_cost"] == pytest.approx(span["cost"], rel=1e-9)  # our price, not MLflow's
+    our_total = sum(span["cost"] for span in counted)
+    assert float(result["cost"]) == pytest.approx(our_total, rel=1e-9)
+
+
+def test_autolog_alone_on_the_global_provider_is_priced_and_counted(fake, store):
+    """mlflow.<sdk>.autolog() with MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false and a CostSpanProcessor on the global
+    provider: autolog's spans are read (mlflow.chat.tokenUsage, mlflow.llm.model), priced and counted once.
+    (The Anthropic SDK's own spans, a second span per call on the global provider, are off here.)"""
+    calls = ["openai", "anthropic"]
+    result = run_mix(fake, store, "autolog+processor", calls, {**_GLOBAL, "ANTHROPIC_OPEN_TELEMETRY": "false"})
+    assert result["calls"] == len(calls)
+    autolog_spans = [span for span in result["spans"] if span["name"] in _AUTOLOG_SPANS]
+    assert sorted(span["name"] for span in autolog_spans) == sorted(_AUTOLOG_SPANS)
+    assert all(span["counted"] is True for span in autolog_spans)
+    # Our prices ($1 in, $3 out per million tokens, both models), not MLflow's.
+    ours = (result["prompt_tokens"] + 3 * result["completion_tokens"]) / 1e6
+    assert sum(span["cost"] for span in autolog_spans) == pytest.approx(ours, rel=1e-9)
+    assert float(result["cost"]) == pytest.approx(ours, rel=1e-9)
+    assert len(result["traces"]) == len(calls)
