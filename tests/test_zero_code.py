@@ -70,6 +70,7 @@ def run_instrumented(tmp_path: Path, fake, receiver: OtlpReceiver, *app_args: st
         OTEL_LOGS_EXPORTER="none",
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        MLTRACK_CLOUD_HOSTS=fake.host,  # the fake on loopback stands for the cloud API it imitates
         **env_extra,
     )
     done = subprocess.run(
