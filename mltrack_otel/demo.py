@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 
@@ -87,9 +88,9 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
         _session(openai_client, anthropic_client)
         mltrack_otel.shutdown()  # flush every span to MLflow before reading them back
 
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    since = datetime.fromtimestamp(session_start - 1, tz=timezone.utc)
+    since = datetime.fromtimestamp(session_start - 1, tz=UTC)
     calls = list(counted_calls(read_spans(uri, experiment, since)))
     live = mltrack_otel.totals()
     stored_cost = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from datetime import time as dt_time
 from decimal import Decimal
 from types import MappingProxyType
@@ -241,7 +241,7 @@ def _compile_rates(model_price: Any) -> _Rates:
 
 def _utc_us_of_day(value: dt_time) -> int:
     if value.tzinfo is not None:
-        value = datetime.combine(_EPOCH, value).astimezone(timezone.utc).time()
+        value = datetime.combine(_EPOCH, value).astimezone(UTC).time()
     return ((value.hour * 60 + value.minute) * 60 + value.second) * 10**6 + value.microsecond
 
 
@@ -283,7 +283,7 @@ def _rates_at(entry: _Entry, at_ns: int) -> _Rates:
             us = (at_ns // 1000) % _US_PER_DAY
             if (a <= us < b) if a <= b else (us >= a or us < b):
                 return rates
-        elif raw.active(datetime.fromtimestamp(at_ns / 1e9, tz=timezone.utc)):
+        elif raw.active(datetime.fromtimestamp(at_ns / 1e9, tz=UTC)):
             return rates
     return entry.default
 

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
         if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True:
             continue
         cost = attrs.get(semconv.LLM_COST_TOTAL)
-        started = datetime.fromtimestamp((span.start_time_ns or 0) / 1e9, tz=timezone.utc)
+        started = datetime.fromtimestamp((span.start_time_ns or 0) / 1e9, tz=UTC)
         yield CountedCall(
             model=str(attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL) or attrs.get(gen_ai.GEN_AI_REQUEST_MODEL) or "?"),
             provider=str(attrs.get(gen_ai.GEN_AI_PROVIDER_NAME) or "?"),
@@ -247,9 +247,9 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`today`, `yesterday` (UTC midnights, like the report's days), an age such as `30m`, `24h`, `7d`, `2w`,
     or an ISO date or datetime (UTC unless it names a zone)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     word = text.strip().lower()
-    midnight = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if word == "today":
         return midnight
     if word == "yesterday":
@@ -264,7 +264,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
             f"{text!r} is not a time: use today, yesterday, an age such as 30m, 24h, 7d or 2w, "
             "or an ISO date or datetime such as 2026-01-31 or 2026-01-31T09:00"
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def check_store(uri: str) -> None:

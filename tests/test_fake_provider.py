@@ -295,7 +295,7 @@ def test_tool_scenario_stops_after_tool_result_and_tool_choice_forces(oai):
     assert plain.choices[0].message.tool_calls is None
 
 
-class Color(str, Enum):
+class Color(str, Enum):  # noqa: UP042 - the (str, Enum) form users write
     red = "red"
     blue = "blue"
 

@@ -12,7 +12,7 @@ import string
 import threading
 import time
 import warnings
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
 
@@ -31,7 +31,7 @@ M = 1_000_000
 
 def ns(dt: datetime) -> int:
     """A datetime as the span-style integer nanoseconds since the epoch (exact, no float rounding)."""
-    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1) * 1000
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 
 def per_m(tokens: int, usd_per_mtok: str) -> Decimal:
@@ -186,8 +186,8 @@ def test_long_context_tier_counts_cache_tokens(pricer: Pricer) -> None:
 def test_historic_price_o3_cut(pricer: Pricer) -> None:
     # OpenAI cut o3 from $10/$40 to $2/$8 on 2025-06-10.
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    before = pricer.price("openai", "o3", usage, at_ns=ns(datetime(2025, 6, 9, 23, 59, tzinfo=timezone.utc)))
-    after = pricer.price("openai", "o3", usage, at_ns=ns(datetime(2025, 6, 10, 0, 0, tzinfo=timezone.utc)))
+    before = pricer.price("openai", "o3", usage, at_ns=ns(datetime(2025, 6, 9, 23, 59, tzinfo=UTC)))
+    after = pricer.price("openai", "o3", usage, at_ns=ns(datetime(2025, 6, 10, 0, 0, tzinfo=UTC)))
     now = pricer.price("openai", "o3", usage)
     assert before is not None and after is not None
     assert (before.input, before.output) == (D(10), D(40))
@@ -202,7 +202,7 @@ def test_historic_price_o3_cut(pricer: Pricer) -> None:
 @pytest.mark.xfail(strict=True, reason="genai-prices: o3 cached input before the 2025-06-10 cut is $0.50")
 def test_known_gap_o3_cached_input_before_price_cut(pricer: Pricer) -> None:
     # Published at launch (2025-04-16): $10 input, $2.50 cached input, $40 output.
-    at = ns(datetime(2025, 5, 1, tzinfo=timezone.utc))
+    at = ns(datetime(2025, 5, 1, tzinfo=UTC))
     cost = pricer.price("openai", "o3", Usage(1_000_000, 0, cache_read_tokens=1_000_000), at_ns=at)
     assert cost is not None
     assert cost.input == D("2.50")
@@ -219,7 +219,7 @@ def test_known_gap_sonnet_4_long_context(pricer: Pricer) -> None:
 @pytest.mark.xfail(strict=True, reason="genai-prices: no price history for gemini-1.5-pro before 2024-10-01")
 def test_known_gap_gemini_1_5_pro_before_price_cut(pricer: Pricer) -> None:
     # Published until the 2024-10-01 cut: $3.50 input / $10.50 output per 1M tokens for prompts <= 128K.
-    at = ns(datetime(2024, 7, 1, tzinfo=timezone.utc))
+    at = ns(datetime(2024, 7, 1, tzinfo=UTC))
     cost = pricer.price("gcp.gemini", "gemini-1.5-pro", Usage(100_000, 10_000), at_ns=at)
     assert cost is not None
     assert (cost.input, cost.output) == (per_m(100_000, "3.50"), per_m(10_000, "10.50"))
@@ -229,8 +229,8 @@ def test_known_gap_gemini_1_5_pro_before_price_cut(pricer: Pricer) -> None:
 
 SAMPLE = [
     ("openai", "gpt-4o", None),
-    ("openai", "o3", datetime(2025, 5, 1, tzinfo=timezone.utc)),
-    ("openai", "o3", datetime(2025, 7, 1, tzinfo=timezone.utc)),
+    ("openai", "o3", datetime(2025, 5, 1, tzinfo=UTC)),
+    ("openai", "o3", datetime(2025, 7, 1, tzinfo=UTC)),
     ("anthropic", "claude-3-5-sonnet-20241022", None),
     ("anthropic", "claude-sonnet-4-5", None),
     ("anthropic", "claude-opus-4-1", None),
@@ -239,8 +239,8 @@ SAMPLE = [
     ("mistral", "mistral-large-latest", None),
     ("groq", "llama-3.3-70b-versatile", None),
     ("together", "meta-llama/Llama-3-70b-chat-hf", None),
-    ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 1, 0, tzinfo=timezone.utc)),  # time-of-day prices
-    ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 17, 0, tzinfo=timezone.utc)),
+    ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 1, 0, tzinfo=UTC)),  # time-of-day prices
+    ("deepseek", "deepseek-chat", datetime(2026, 5, 5, 17, 0, tzinfo=UTC)),
     ("perplexity", "sonar", None),  # a per-request fee in the total
     ("aws", "us.anthropic.claude-3-5-sonnet-20241022-v2:0", None),
     ("azure", "gpt-4o", None),
@@ -255,7 +255,7 @@ SAMPLE_USAGES = [
 
 @pytest.mark.parametrize(("provider", "model", "when"), SAMPLE, ids=[f"{p}/{m}/{w}" for p, m, w in SAMPLE])
 def test_memoised_equals_calc_price(pricer: Pricer, provider: str, model: str, when: datetime | None) -> None:
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     for usage in SAMPLE_USAGES:
         expected = genai_prices.calc_price(
             genai_prices.Usage(
@@ -281,15 +281,15 @@ def test_memoised_equals_calc_price(pricer: Pricer, provider: str, model: str, w
 
 
 def _boundary_times(model: object) -> list[datetime]:
-    times = [datetime(2024, 1, 1, tzinfo=timezone.utc), datetime(2026, 11, 26, 12, tzinfo=timezone.utc)]
+    times = [datetime(2024, 1, 1, tzinfo=UTC), datetime(2026, 11, 26, 12, tzinfo=UTC)]
     for conditional in model.prices if isinstance(model.prices, list) else ():  # type: ignore[attr-defined]
         c = conditional.constraint
         if isinstance(c, StartDateConstraint):
-            start = datetime.combine(c.start_date, dt_time(0), tzinfo=timezone.utc)
+            start = datetime.combine(c.start_date, dt_time(0), tzinfo=UTC)
             times += [start - timedelta(microseconds=1), start]
         elif isinstance(c, TimeOfDateConstraint):
             for t in (c.start_time, c.end_time):
-                edge = datetime.combine(date(2026, 5, 5), t).astimezone(timezone.utc)
+                edge = datetime.combine(date(2026, 5, 5), t).astimezone(UTC)
                 times += [edge - timedelta(microseconds=1), edge]
     return times
 

@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -145,13 +145,13 @@ def test_since_in_the_future_leaves_everything_out(store, capsys):
 
 
 def test_since_words_and_ages_are_utc_times():
-    now = datetime(2026, 3, 10, 15, 30, tzinfo=timezone.utc)
-    assert reporting.parse_since("yesterday", now) == datetime(2026, 3, 9, tzinfo=timezone.utc)
-    assert reporting.parse_since("Today", now) == datetime(2026, 3, 10, tzinfo=timezone.utc)
-    assert reporting.parse_since("7d", now) == datetime(2026, 3, 3, 15, 30, tzinfo=timezone.utc)
-    assert reporting.parse_since("24h ago", now) == datetime(2026, 3, 9, 15, 30, tzinfo=timezone.utc)
-    assert reporting.parse_since("2026-03-01T08:00", now) == datetime(2026, 3, 1, 8, tzinfo=timezone.utc)
-    assert reporting.parse_since("2026-03-01T08:00+01:00", now) == datetime(2026, 3, 1, 7, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
+    assert reporting.parse_since("yesterday", now) == datetime(2026, 3, 9, tzinfo=UTC)
+    assert reporting.parse_since("Today", now) == datetime(2026, 3, 10, tzinfo=UTC)
+    assert reporting.parse_since("7d", now) == datetime(2026, 3, 3, 15, 30, tzinfo=UTC)
+    assert reporting.parse_since("24h ago", now) == datetime(2026, 3, 9, 15, 30, tzinfo=UTC)
+    assert reporting.parse_since("2026-03-01T08:00", now) == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert reporting.parse_since("2026-03-01T08:00+01:00", now) == datetime(2026, 3, 1, 7, tzinfo=UTC)
 
 
 def test_an_unreadable_since_is_a_clear_usage_error(capsys):
