@@ -7,16 +7,10 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel import semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
-from mltrack_otel.ledger import Ledger
-from mltrack_otel.pricing import Pricer
-from mltrack_otel.processor import CostSpanProcessor
-from tests.traced import FAKE
+from tests.traced import Traced
 
 openinference = pytest.importorskip("openinference.instrumentation.openai")
 
@@ -25,18 +19,10 @@ THEIRS, OURS = "openinference.instrumentation.openai", "mltrack_otel.instrumenta
 EMBEDDING_PRICE = Decimal("0.02") / 1_000_000  # text-embedding-3-small, USD per input token (openai.com/api/pricing)
 
 
-class Pipeline:
+class Pipeline(Traced):
     """A TracerProvider whose spans go through the CostSpanProcessor (with a ledger of its own) to memory."""
 
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=Pricer(cloud_hosts=FAKE))
-        )
-
-    def spans(self, scope: str) -> list:
+    def spans(self, scope: str = "") -> list:
         return [s for s in self.exporter.get_finished_spans() if s.instrumentation_scope.name.startswith(scope)]
 
     def counted(self) -> list:

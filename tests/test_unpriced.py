@@ -29,13 +29,18 @@ def _unpriced_call(tracker) -> None:
 # --- cumulative attributes and health() -------------------------------------------------------------------------
 
 
-def test_context_root_marks_its_cumulative_cost_incomplete(pipeline):
+def _all_unpriced_and_mixed_contexts() -> None:
+    """Two contexts: "all-unpriced" (two unpriced calls) and "mixed" (one priced, one unpriced)."""
     with mltrack_otel.track_llm_context("all-unpriced") as tracker:
         _unpriced_call(tracker)
         _unpriced_call(tracker)
     with mltrack_otel.track_llm_context("mixed") as tracker:
         _priced_call(tracker)
         _unpriced_call(tracker)
+
+
+def test_context_root_marks_its_cumulative_cost_incomplete(pipeline):
+    _all_unpriced_and_mixed_contexts()
     with mltrack_otel.track_llm_context("all-priced") as tracker:
         _priced_call(tracker)
     spans = finished(pipeline)
@@ -135,12 +140,7 @@ def _mlflow_trace_id(rt, root_name: str) -> str:
 @pytest.mark.parametrize("mlflow_pipeline", ["sqlite", "server"], indirect=True)
 def test_mlflow_shows_no_cost_for_unpriced_calls_and_marks_partial_totals(mlflow_pipeline):
     uri, _ = mlflow_pipeline
-    with mltrack_otel.track_llm_context("all-unpriced") as tracker:
-        _unpriced_call(tracker)
-        _unpriced_call(tracker)
-    with mltrack_otel.track_llm_context("mixed") as tracker:
-        _priced_call(tracker)
-        _unpriced_call(tracker)
+    _all_unpriced_and_mixed_contexts()
     rt = provider.runtime()
     ids = {name: _mlflow_trace_id(rt, name) for name in ("all-unpriced", "mixed")}
     priced = [s for s in rt.memory_exporter.get_finished_spans() if s.attributes.get(semconv.LLM_COST_TOTAL)]
