@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -39,7 +39,22 @@ _MAX_DEPTH = 12
 # Request fields that hold the prompt, in the providers' request schemas (OpenAI chat / Responses / completions /
 # embeddings, Anthropic messages).
 _PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "functions")
-_TEXT_KEYS = ("text", "content", "input", "arguments", "output", "description", "name", "parameters", "input_schema")
+_TEXT_KEYS = frozenset(
+    (
+        "text",
+        "content",
+        "input",
+        "arguments",
+        "output",
+        "description",
+        "name",
+        "parameters",
+        "input_schema",
+        "function",
+        "tool_calls",
+    )
+)
+_JSON_KEYS = ("parameters", "input_schema", "input")  # tool schemas and tool-call inputs: sent as JSON text
 # Request fields that cap the output, newest names first.
 _MAX_OUTPUT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "max_tokens_to_sample")
 
@@ -67,7 +82,7 @@ def input_tokens(body: Mapping[str, Any], model: str | None = None) -> int:
             continue
         if field in ("messages", "input") and isinstance(value, list):
             messages += len(value)
-        texts.extend(_strings(value, 0))
+        _collect(value, 0, texts)
     return text_tokens("\n".join(texts), model) + MESSAGE_OVERHEAD * messages
 
 
@@ -80,26 +95,31 @@ def max_output_tokens(body: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _strings(value: Any, depth: int) -> Iterator[str]:
-    """The text a prompt value holds: strings, and the text-bearing fields of message and part dicts."""
+def _collect(value: Any, depth: int, out: list[str]) -> None:
+    """Append the text a prompt value holds to `out`: strings, and the text-bearing fields of message and part
+    dicts. Appends into one list, dicts and lists checked first: this runs over every message of a budgeted call."""
     if depth > _MAX_DEPTH:
         return
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for key in _TEXT_KEYS:
-            inner = value.get(key)
-            if inner is not None:
-                if isinstance(inner, Mapping) and key in ("parameters", "input_schema"):
-                    yield _compact(inner)
-                else:
-                    yield from _strings(inner, depth + 1)
-        function = value.get("function")
-        if isinstance(function, Mapping):
-            yield from _strings(function, depth + 1)
+    if type(value) is str:
+        out.append(value)
+    elif isinstance(value, dict) or (not isinstance(value, (str, list, tuple)) and isinstance(value, Mapping)):
+        # Over the dict's own keys (a message has two or three), not over every key we know.
+        for key, inner in value.items():
+            if key not in _TEXT_KEYS or inner is None:
+                continue
+            if key == "function" and not isinstance(inner, Mapping):  # a tool call's {name, arguments} only
+                continue
+            if type(inner) is str:
+                out.append(inner)
+            elif key in _JSON_KEYS and isinstance(inner, Mapping):
+                out.append(_compact(inner))
+            else:
+                _collect(inner, depth + 1, out)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _strings(item, depth + 1)
+            _collect(item, depth + 1, out)
+    elif isinstance(value, str):  # a str subclass
+        out.append(value)
 
 
 def _compact(schema: Mapping[str, Any]) -> str:
