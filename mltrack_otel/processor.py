@@ -165,6 +165,7 @@ class CostSpanProcessor(SpanProcessor):
         self._processed = guard.tally("spans.processed").add
         self._priced = guard.tally("spans.priced").add
         self._unpriced = guard.tally("spans.unpriced").add
+        self._local = guard.tally("spans.local").add  # served locally: no cost, and none missing
         guard.renew_lock_after_fork(self)
 
     @property
@@ -343,7 +344,7 @@ class CostSpanProcessor(SpanProcessor):
             return None
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
             out[_USAGE_SOURCE] = _PROVIDER_SOURCE
-        (self._priced if cost is not None else self._unpriced)()
+        (self._unpriced if cost is None else self._local if cost is LOCAL else self._priced)()
         conversation = attrs.get(gen_ai.GEN_AI_CONVERSATION_ID)
         scope = live.scope if live is not None else None
         if conversation is None:  # inherited from a framework span above, or the tracking scope

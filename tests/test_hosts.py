@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from mltrack_otel import config, hosts, semconv
+from mltrack_otel import config, guard, hosts, semconv
 from mltrack_otel.errors import ConfigError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation._base import provider_for_host
@@ -206,6 +206,7 @@ def test_a_local_ollama_model_is_flagged_local_not_charged_a_cloud_price(hosts_p
     # genai-prices alone would charge DeepSeek's or Cohere's cloud price for this name:
     assert Pricer().price("openai", model, USAGE) is not None
     pipeline = hosts_pipeline()
+    guard.reset()
     _, span = pipeline.chat("http://localhost:11434/v1", model)
     attrs = span.attributes
     assert attrs[gen_ai.GEN_AI_PROVIDER_NAME] == "ollama"
@@ -216,6 +217,8 @@ def test_a_local_ollama_model_is_flagged_local_not_charged_a_cloud_price(hosts_p
     assert attrs[semconv.MLTRACK_USAGE_COUNTED] is True
     assert attrs[semconv.LLM_COST_CUMULATIVE] == 0.0
     assert attrs[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] == attrs[semconv.LLM_TOKENS_TOTAL] > 0
+    health = guard.health()  # neither priced nor unpriced: local
+    assert (health.get("spans.local"), health.get("spans.priced"), health.get("spans.unpriced")) == (1, None, None)
 
 
 def test_a_vllm_server_on_a_private_address_is_flagged_local(hosts_pipeline):
