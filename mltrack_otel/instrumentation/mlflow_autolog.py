@@ -17,6 +17,11 @@ So our span takes MLflow's span as its parent, read from that header:
 
 A ``traceparent`` that names no live MLflow span (the caller's own distributed tracing) is left alone, as is
 a call made under a span of ours that MLflow's span does not descend from (our trace stays whole).
+
+Without instrument(), in MLflow's default mode, autolog's spans stay on MLflow's own provider and never reach our
+processor. configure() therefore registers an MLflow span processor (``mlflow.tracing.configure``, beside the
+user's own), which runs just before each MLflow span ends (:func:`on_mlflow_span_end`): a span with usage whose
+call nothing of ours counted is priced and counted once, and carries our tokens, cost and ``mlflow.llm.cost``.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from .. import semconv
+from .. import guard, semconv
+from ..processor import CostSpanProcessor, counted_since, mlflow_cost
 
 TRACEPARENT = "traceparent"
 _LLM_COST = "mlflow.llm.cost"
+_HOOK_OWNER = "mlflow_autolog:span_processor"
 _MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain without it) must not grow memory
 
 # Our span id -> MLflow's live span it descends from, until our span ends and its price is known.
@@ -107,12 +114,71 @@ class MlflowAutologCost(SpanProcessor):
         attrs = span.attributes or {}
         if semconv.MLTRACK_USAGE_COUNTED not in attrs:  # no usage read: nothing to say about the price
             return
-        total = attrs.get(semconv.LLM_COST_TOTAL)
-        cost = None
-        if isinstance(total, float):
-            cost = {
-                "input_cost": attrs.get(semconv.LLM_COST_PROMPT),
-                "output_cost": attrs.get(semconv.LLM_COST_COMPLETION),
-                "total_cost": total,
-            }
-        mlflow_span.set_attribute(_LLM_COST, cost)
+        mlflow_span.set_attribute(_LLM_COST, mlflow_cost(attrs))
+
+
+# --- MLflow's own span processor: autolog spans that never reach ours ------------------------------------------
+
+_processor: CostSpanProcessor | None = None  # the active chain's; None while none is configured
+
+
+def attach(processor: CostSpanProcessor) -> None:
+    """Price and count MLflow's spans with processor's pricer and ledger; registers our MLflow span processor
+    once mlflow is imported (never imports it)."""
+    global _processor
+    _processor = processor
+    from . import when_imported
+
+    when_imported("mlflow", _register, owner=_HOOK_OWNER)
+
+
+def detach() -> None:
+    """Undo attach(): our MLflow span processor is taken out, the user's stay as they are."""
+    global _processor
+    _processor = None
+    from . import when_imported
+
+    when_imported("mlflow", None, owner=_HOOK_OWNER)
+    if "mlflow.tracing.config" in sys.modules:
+        guard.guarded("instrumentation.mlflow_autolog", _set_registered, False)
+
+
+def _register(_module: Any) -> None:
+    if _processor is not None:
+        guard.guarded("instrumentation.mlflow_autolog", _set_registered, True)
+
+
+def _set_registered(on: bool) -> None:
+    """Put on_mlflow_span_end last in MLflow's span processors, or take it out; the user's are kept in order
+    (configure(span_processors=...) replaces the list)."""
+    import mlflow.tracing.config as mlflow_config
+
+    with _lock:
+        theirs = [fn for fn in mlflow_config.get_config().span_processors if fn is not on_mlflow_span_end]
+        mlflow_config.configure(span_processors=[*theirs, on_mlflow_span_end] if on else theirs)
+
+
+def on_mlflow_span_end(live_span: Any) -> None:
+    """MLflow runs this just before an MLflow span ends. A span with usage whose call was already counted below
+    it (our span, the SDK's own) keeps the price given to it, else gets ours of its usage; one whose end our
+    processor sees too (MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false) is counted there and gets our price here;
+    any other is priced and counted now. Never raises (MLflow would not end the span)."""
+    processor = _processor
+    if processor is not None:
+        guard.guarded("instrumentation.mlflow_autolog", _account, processor, live_span)
+
+
+def _account(processor: CostSpanProcessor, live_span: Any) -> None:
+    span = getattr(live_span, "_span", None)
+    if not hasattr(span, "set_attributes") or not span.is_recording():
+        return
+    attributes = span.attributes or {}
+    if "mlflow.chat.tokenUsage" not in attributes:
+        return
+    covered = counted_since(span.start_time)
+    if covered and _LLM_COST in attributes:  # our span below it counted the call and gave it our price
+        return
+    out = processor.account_elsewhere(span, count=not covered and not processor.sees(span))
+    if out is not None:
+        span.set_attributes({k: v for k, v in out.items() if v is not None})
+        span.set_attribute(_LLM_COST, out[_LLM_COST])  # explicit null: MLflow shows no cost, not its own price
