@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -397,7 +398,8 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
-        _counted_at.set(span.end_time or time.time_ns())  # the MLflow span around this call, if any, wraps it
+        if "mlflow" in sys.modules:  # the MLflow span around this call, if any, wraps it
+            _counted_at.set(span.end_time or time.time_ns())
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
             out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._priced if cost is not None else self._unpriced)()

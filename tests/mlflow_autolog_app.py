@@ -142,6 +142,8 @@ def main(mix: str, calls: str, url: str, uri: str, experiment: str) -> dict[str,
         "completion_tokens": totals.completion_tokens,
         "cost": str(totals.cost_usd),
         "unpriced_calls": totals.unpriced_calls,
+        "estimated_calls": totals.estimated_calls,
+        "estimated_cost": str(totals.estimated_cost_usd),
         "spans": [
             {
                 "name": span.name,

@@ -235,6 +235,19 @@ def test_autolog_with_configure_alone_shows_no_cost_for_an_unpriced_model(fake, 
     assert by_cost[1]["cost"]["total_cost"] == pytest.approx(_our_price(by_cost[1]["tokens"]), rel=1e-9)
 
 
+@pytest.mark.parametrize("env", [None, _GLOBAL], ids=["mlflow-own-provider", "global-provider"])
+def test_autolog_with_configure_alone_estimates_a_stream_sent_without_usage(fake, store, env):
+    """A stream the caller asked no usage for (no stream_options) reached the provider all the same: counted, with
+    usage estimated from the request and the answer MLflow rebuilt, and MLflow shows our price of that estimate."""
+    result = run_mix(fake, store, "autolog+configure", ["openai-stream", "openai"], env)
+    assert result["calls"] == 2
+    assert result["estimated_calls"] == 1
+    assert 0 < float(result["estimated_cost"]) < float(result["cost"])
+    estimated, reported = float(result["estimated_cost"]), float(result["cost"]) - float(result["estimated_cost"])
+    costs = sorted(trace["cost"]["total_cost"] for trace in result["traces"])
+    assert costs == pytest.approx(sorted([estimated, reported]), rel=1e-9)
+
+
 # -- MLflow's span processor and the processor's view of autolog spans, in process ---------------------------------
 
 

@@ -26,6 +26,7 @@ call nothing of ours counted is priced and counted once, and carries our tokens,
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from typing import Any
@@ -33,14 +34,22 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+)
+from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
-from .. import guard, semconv
+from .. import estimate, guard, semconv
 from ..processor import CostSpanProcessor, counted_since, mlflow_cost
 
 TRACEPARENT = "traceparent"
 _LLM_COST = "mlflow.llm.cost"
 _HOOK_OWNER = "mlflow_autolog:span_processor"
+# MLflow's span attributes (JSON text): usage, span type, the call's request and its (rebuilt) response.
+_MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = "mlflow.chat.tokenUsage", "mlflow.spanType"
+_MLFLOW_INPUTS, _MLFLOW_OUTPUTS = "mlflow.spanInputs", "mlflow.spanOutputs"
+_CHAT_SPAN_TYPES = ('"CHAT_MODEL"', '"LLM"')
 _MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain without it) must not grow memory
 
 # Our span id -> MLflow's live span it descends from, until our span ends and its price is known.
@@ -173,12 +182,55 @@ def _account(processor: CostSpanProcessor, live_span: Any) -> None:
     if not hasattr(span, "set_attributes") or not span.is_recording():
         return
     attributes = span.attributes or {}
-    if "mlflow.chat.tokenUsage" not in attributes:
-        return
+    if _MLFLOW_USAGE not in attributes:
+        # A stream the caller did not ask usage for (OpenAI's stream_options): the call still reached the provider.
+        estimated = None if counted_since(span.start_time) else _estimated_usage(span, attributes)
+        if estimated is None:
+            return
+        span.set_attributes(estimated)
     covered = counted_since(span.start_time)
     if covered and _LLM_COST in attributes:  # our span below it counted the call and gave it our price
         return
-    out = processor.account_elsewhere(span, count=not covered and not processor.sees(span))
-    if out is not None:
+    seen = processor.sees(span)  # its end reaches our processor too, which counts it (or not) and says so
+    out = processor.account_elsewhere(span, count=not covered and not seen)
+    if out is None:
+        return
+    if not seen:
         span.set_attributes({k: v for k, v in out.items() if v is not None})
-        span.set_attribute(_LLM_COST, out[_LLM_COST])  # explicit null: MLflow shows no cost, not its own price
+    span.set_attribute(_LLM_COST, out[_LLM_COST])  # explicit null: MLflow shows no cost, not its own price
+
+
+def _estimated_usage(span: Any, attributes: Any) -> dict[str, Any] | None:
+    """Estimated usage attributes for an autolog model call that ended well without usage (its request from the
+    span's inputs, its answer from the outputs MLflow rebuilt); None for any other span."""
+    if attributes.get(_MLFLOW_SPAN_TYPE) not in _CHAT_SPAN_TYPES or span.status.status_code is StatusCode.ERROR:
+        return None
+    body, answer = _json(attributes.get(_MLFLOW_INPUTS)), _json(attributes.get(_MLFLOW_OUTPUTS))
+    if not isinstance(body, dict) or not isinstance(answer, dict):
+        return None
+    model = body.get("model") if isinstance(body.get("model"), str) else None
+    return {
+        GEN_AI_USAGE_INPUT_TOKENS: estimate.input_tokens(body, model),
+        GEN_AI_USAGE_OUTPUT_TOKENS: estimate.text_tokens(_answer_text(answer), model),
+        semconv.MLTRACK_USAGE_SOURCE: estimate.SOURCE_ESTIMATED,
+    }
+
+
+def _answer_text(answer: dict[str, Any]) -> str:
+    """The text of an OpenAI chat completion's choices, or of an Anthropic message's content blocks."""
+    parts = []
+    for choice in answer.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            parts.append(message.get("content"))
+    for block in answer.get("content") or ():
+        if isinstance(block, dict):
+            parts.append(block.get("text"))
+    return "".join(part for part in parts if isinstance(part, str))
+
+
+def _json(raw: Any) -> Any:
+    try:
+        return json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
