@@ -21,7 +21,13 @@ a call made under a span of ours that MLflow's span does not descend from (our t
 Without instrument(), in MLflow's default mode, autolog's spans stay on MLflow's own provider and never reach our
 processor. configure() therefore registers an MLflow span processor (``mlflow.tracing.configure``, beside the
 user's own), which runs just before each MLflow span ends (:func:`on_mlflow_span_end`): a span with usage whose
-call nothing of ours counted is priced and counted once, and carries our tokens, cost and ``mlflow.llm.cost``.
+call nothing of ours counted is priced and counted once, and carries our tokens, cost and ``mlflow.llm.cost``
+(an explicit null when unpriced). A model call that ended well without usage (an OpenAI stream sent without
+``stream_options``) is counted with usage estimated from its request and answer.
+
+Autolog's span is never current, so a span that counts the same call below it may sit in another trace (the
+Anthropic SDK's own span): a call counted in the same thread or task while an MLflow span was open is that span's
+call (processor.counted_since), and the MLflow span is a wrapper, here and in the processor alike.
 """
 
 from __future__ import annotations
@@ -41,10 +47,10 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 from .. import estimate, guard, semconv
-from ..processor import CostSpanProcessor, counted_since, mlflow_cost
+from ..processor import MLFLOW_COST, CostSpanProcessor, counted_since, mlflow_cost
 
 TRACEPARENT = "traceparent"
-_LLM_COST = "mlflow.llm.cost"
+_LLM_COST = MLFLOW_COST
 _HOOK_OWNER = "mlflow_autolog:span_processor"
 # MLflow's span attributes (JSON text): usage, span type, the call's request and its (rebuilt) response.
 _MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = "mlflow.chat.tokenUsage", "mlflow.spanType"
@@ -217,12 +223,13 @@ def _estimated_usage(span: Any, attributes: Any) -> dict[str, Any] | None:
 
 
 def _answer_text(answer: dict[str, Any]) -> str:
-    """The text of an OpenAI chat completion's choices, or of an Anthropic message's content blocks."""
+    """The text of an OpenAI (chat) completion's choices, or of an Anthropic message's content blocks."""
     parts = []
     for choice in answer.get("choices") or ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            parts.append(message.get("content"))
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        parts.append(message.get("content") if isinstance(message, dict) else choice.get("text"))  # chat, completion
     for block in answer.get("content") or ():
         if isinstance(block, dict):
             parts.append(block.get("text"))
