@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel import guard, semconv
+from mltrack_otel.errors import LLMLimitWarning
 from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor, read_usage
@@ -305,3 +306,29 @@ def test_an_mlflow_span_around_a_call_counted_in_another_trace_is_a_wrapper():
     with tracer.start_as_current_span("Messages.create", attributes=dict(mlflow_span.attributes)):
         pass
     assert ledger.process_totals().calls == 2
+
+
+def test_a_span_that_ends_elsewhere_is_priced_counted_once_and_crosses_limits_on_itself():
+    """account_elsewhere, as MLflow's span processor calls it on a span of MLflow's own provider."""
+    from mltrack_otel.ledger import Limits
+
+    ledger = Ledger(Limits(cost_warning=0.0000001))
+    processor = CostSpanProcessor(ledger=ledger, pricer=Pricer())
+    elsewhere = TracerProvider().get_tracer("mlflow")  # a provider our processor is not on
+    attributes = {
+        "mlflow.chat.tokenUsage": json.dumps({"input_tokens": 5, "output_tokens": 30}),
+        "mlflow.llm.model": '"mystery-llm-1"',
+    }
+    unpriced = elsewhere.start_span("Completions", attributes=attributes)
+    assert not processor.sees(unpriced)
+    out = processor.account_elsewhere(unpriced, count=True)
+    assert out["mlflow.llm.cost"] is None and out[semconv.MLTRACK_COST_UNPRICED] is True
+    priced = elsewhere.start_span("Completions", attributes={**attributes, "mlflow.llm.model": '"gpt-4o-2024-08-06"'})
+    with pytest.warns(LLMLimitWarning):
+        out = processor.account_elsewhere(priced, count=True)
+    assert out["mlflow.llm.cost"]["total_cost"] == out[semconv.LLM_COST_TOTAL] > 0
+    assert out[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert [event.name for event in priced.events] == [semconv.MLTRACK_LIMIT_EXCEEDED]
+    assert processor.account_elsewhere(priced, count=False)[semconv.MLTRACK_USAGE_COUNTED] is False
+    totals = ledger.process_totals()
+    assert (totals.calls, totals.unpriced_calls, totals.total_tokens) == (2, 1, 70)
