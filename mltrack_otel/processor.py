@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry.context import Context
@@ -57,6 +60,30 @@ _PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURC
 # MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
 _MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlflow.llm.model", "mlflow.llm.provider"
 _MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
+MLFLOW_COST = "mlflow.llm.cost"  # the cost MLflow shows for a span: ours, or an explicit null (no price)
+
+# When the last call counted in this thread / asyncio task ended (ns). MLflow's autolog spans are not current, so a
+# span that counts the same call below one (ours, the SDK's own) is not its child: a call counted in the same
+# context during an MLflow span's lifetime is that span's call, and the MLflow span is then a wrapper.
+_counted_at: ContextVar[int] = ContextVar("mltrack_counted_at", default=0)
+
+
+def counted_since(start_ns: int | None) -> bool:
+    """Whether a call was counted in this context after start_ns (a span that started then is a wrapper of it)."""
+    return start_ns is not None and _counted_at.get() >= start_ns
+
+
+def mlflow_cost(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``mlflow.llm.cost`` value for a span we read usage on: our price, or None (MLflow then shows no cost
+    rather than a price from its own catalog)."""
+    total = attrs.get(semconv.LLM_COST_TOTAL)
+    if not isinstance(total, float):
+        return None
+    return {
+        "input_cost": attrs.get(semconv.LLM_COST_PROMPT),
+        "output_cost": attrs.get(semconv.LLM_COST_COMPLETION),
+        "total_cost": total,
+    }
 
 
 class _Live:
@@ -233,11 +260,14 @@ class CostSpanProcessor(SpanProcessor):
         attrs = _attributes_of(span)
         usage = read_usage(attrs) if self._track_tokens else None
         cost = self._price(span, attrs, usage) if usage is not None and self._track_costs else None
+        # An MLflow autolog span whose call a span of another trace counted (the SDK's own span: autolog's is not
+        # its parent) is a wrapper too.
+        covered = usage is not None and _MLFLOW_USAGE in attrs and counted_since(span.start_time)
         with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
             live = self._live.pop(ctx.span_id, None)
-            counted = usage is not None and (live is None or not live.counted_below)
+            counted = usage is not None and not covered and (live is None or not live.counted_below)
             # Tell the parent that usage below it is accounted for, so it is not counted again.
-            if live is not None and live.parent_id is not None and (counted or live.counted_below):
+            if live is not None and live.parent_id is not None and (counted or covered or live.counted_below):
                 parent_live = self._live.get(live.parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
@@ -291,6 +321,33 @@ class CostSpanProcessor(SpanProcessor):
             instrumentation_scope=span.instrumentation_scope,
         )
 
+    # -- spans that end on another provider (MLflow's own) --------------------------------------------------------
+
+    def sees(self, span: Any) -> bool:
+        """Whether span started on a provider this processor is on (then its on_end counts it, or not)."""
+        return span.context.span_id in self._live
+
+    def account_elsewhere(self, span: Any, count: bool) -> dict[str, Any] | None:
+        """Tokens and our price for a span that carries usage and ends where this processor is not (MLflow keeps
+        its autolog spans on a provider of its own): the attributes to set on it before it ends, ``mlflow.llm.cost``
+        included; None when it carries no usage. With `count`, the call is added to the totals once, in the
+        scope and conversation current now, and the limit events it crosses go on the span."""
+        attrs = _attributes_of(span)
+        usage = read_usage(attrs) if self._track_tokens else None
+        if usage is None:
+            return None
+        cost = self._price(span, attrs, usage) if self._track_costs else None
+        out: dict[str, Any] = {}
+        events: list[Event] = []
+        live = _Live(None, current_scope(), None)
+        self._describe_usage(span, attrs, usage, cost, live, count, out, events)
+        if count and span.parent is None:  # a trace of its own, which never ends here: not kept per trace
+            self._ledger.end_trace(span.context.trace_id)
+        for event in events:
+            span.add_event(event.name, event.attributes, event.timestamp)
+        out[MLFLOW_COST] = mlflow_cost(out)
+        return out
+
     def _price(self, span: ReadableSpan, attrs: Any, usage: Usage) -> Cost | None:
         get = attrs.get
         model = get(_RESPONSE_MODEL) or get(_REQUEST_MODEL) or get(_OI_MODEL) or get(_OI_EMBEDDING_MODEL)
@@ -342,6 +399,8 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
+        if "mlflow" in sys.modules:  # the MLflow span around this call, if any, wraps it
+            _counted_at.set(span.end_time or time.time_ns())
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
             out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._unpriced if cost is None else self._local if cost is LOCAL else self._priced)()

@@ -225,7 +225,8 @@ def _chain(
             add(name, _mlflow_exporter(settings), batched=True)
     if meters is not None:  # recorded in the export worker, off the caller's thread
         add("metrics", SpanMetricsExporter(meters), batched=True)
-    if importlib.util.find_spec("mlflow") is not None:  # MLflow's autolog span above our call takes our price
+    with_mlflow = importlib.util.find_spec("mlflow") is not None
+    if with_mlflow:  # MLflow's autolog span above our call takes our price
         from .instrumentation.mlflow_autolog import MlflowAutologCost
 
         downstream.append(MlflowAutologCost())
@@ -235,7 +236,18 @@ def _chain(
         track_costs=settings.llm_track_costs,
         track_tokens=settings.llm_track_token_usage,
     )
+    if with_mlflow:  # autolog spans on MLflow's own provider are priced and counted by this chain
+        from .instrumentation import mlflow_autolog
+
+        mlflow_autolog.attach(processor)
     return processor, memory, deliveries
+
+
+def _detach_mlflow() -> None:
+    """MLflow's spans are no longer priced or counted (tracking off, or shut down)."""
+    from .instrumentation import mlflow_autolog
+
+    mlflow_autolog.detach()
 
 
 def _meter_provider(settings: Settings, names: tuple[str, ...]) -> tuple[Any, Any]:
@@ -310,6 +322,7 @@ def _configure(settings: Settings, adopt: bool) -> Any:
                 stopped.add_span_processor(kept)
             previous, replaced = _runtime, _swap_chain(current, stopped)
             _runtime = Runtime(settings, current, adopted=adopted)
+            guard.guarded("provider.mlflow", _detach_mlflow)
         else:
             previous, replaced = _enable(settings, adopt)
     if previous is not None and previous.processor is not None and not previous.closed:
@@ -487,6 +500,7 @@ def shutdown() -> None:
         if rt is None or rt.processor is None or rt.closed:
             return
         rt.closed = True
+    guard.guarded("provider.mlflow", _detach_mlflow)
     # Spans of streams abandoned just before exit are ended by the finalizer worker: let it finish them first.
     guard.drain_deferred(min(1.0, rt.settings.shutdown_timeout_seconds / 4))
     _shut_down(rt.processor.downstream, rt.meter_provider, rt.settings.shutdown_timeout_seconds)

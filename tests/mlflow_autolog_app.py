@@ -6,7 +6,8 @@ and prints one JSON line: what our pipeline counted and, read back from the MLfl
 
     python -m tests.mlflow_autolog_app MIX CALLS FAKE_PROVIDER_URL TRACKING_URI EXPERIMENT
 
-CALLS: comma-separated kinds of call, one call each: openai, openai-stream, anthropic. Autolog is on for both SDKs.
+CALLS: comma-separated kinds of call, one call each: openai, openai-stream, openai-stream-usage,
+openai-unpriced, anthropic. Autolog is on for both SDKs.
 
 MIX: "ours+autolog" (configure + instrument + autolog), "autolog+configure" (configure + autolog, no instrument),
 "autolog+processor" (autolog + a CostSpanProcessor the user adds to the global provider; no configure).
@@ -26,17 +27,22 @@ PRICES = {
 
 
 def _call(kind: str, url: str) -> None:
-    """One call of a kind: "openai", "openai-stream" or "anthropic"."""
+    """One call of a kind: "openai", "openai-stream", "openai-stream-usage", "openai-unpriced" or
+    "anthropic"."""
     if kind.startswith("openai"):
         import openai
 
         client = openai.OpenAI(base_url=url + "/v1", api_key="sk-test", max_retries=0)
         messages = [{"role": "user", "content": "hello"}]
-        if kind == "openai-stream":
-            for _ in client.chat.completions.create(model="gpt-4o", messages=messages, stream=True):
+        if kind.startswith("openai-stream"):
+            # "openai-stream-usage" asks for the usage chunk, as instrument() does for the caller (else MLflow's span
+            # of the stream carries no usage).
+            options = {"stream_options": {"include_usage": True}} if kind == "openai-stream-usage" else {}
+            for _ in client.chat.completions.create(model="gpt-4o", messages=messages, stream=True, **options):
                 pass
-        else:
-            client.chat.completions.create(model="gpt-4o", messages=messages)
+        else:  # "openai-unpriced": a model no price list knows
+            model = "mystery-llm-1" if kind == "openai-unpriced" else "gpt-4o"
+            client.chat.completions.create(model=model, messages=messages)
     else:
         import anthropic
 
@@ -135,6 +141,9 @@ def main(mix: str, calls: str, url: str, uri: str, experiment: str) -> dict[str,
         "prompt_tokens": totals.prompt_tokens,
         "completion_tokens": totals.completion_tokens,
         "cost": str(totals.cost_usd),
+        "unpriced_calls": totals.unpriced_calls,
+        "estimated_calls": totals.estimated_calls,
+        "estimated_cost": str(totals.estimated_cost_usd),
         "spans": [
             {
                 "name": span.name,

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel import guard, semconv
+from mltrack_otel.errors import LLMLimitWarning
 from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor, read_usage
@@ -179,3 +180,155 @@ def test_autolog_alone_on_the_global_provider_is_priced_and_counted(fake, store)
     assert sum(span["cost"] for span in autolog_spans) == pytest.approx(ours, rel=1e-9)
     assert float(result["cost"]) == pytest.approx(ours, rel=1e-9)
     assert len(result["traces"]) == len(calls)
+
+
+def _our_price(tokens: dict[str, int]) -> float:
+    """Our override price of a call ($1 in, $3 out per million tokens) from MLflow's token usage of its trace."""
+    return (tokens["input_tokens"] + 3 * tokens["output_tokens"]) / 1e6
+
+
+_NO_SDK_SPANS = {"ANTHROPIC_OPEN_TELEMETRY": "false"}  # the Anthropic SDK's own spans: a trace of their own
+
+
+@pytest.mark.parametrize(
+    "env", [_NO_SDK_SPANS, {**_GLOBAL, **_NO_SDK_SPANS}], ids=["mlflow-own-provider", "global-provider"]
+)
+def test_autolog_with_configure_alone_is_one_counted_call_at_our_price(fake, store, env):
+    """configure() + mlflow.<sdk>.autolog(), no instrument() (the seed's instructions): every call is counted once
+    at our price, and MLflow's one trace per call shows that price, not its own."""
+    calls = ["openai", "openai-stream-usage", "anthropic"]
+    result = run_mix(fake, store, "autolog+configure", calls, env)
+    assert result["calls"] == len(calls)
+    ours = (result["prompt_tokens"] + 3 * result["completion_tokens"]) / 1e6
+    assert float(result["cost"]) == pytest.approx(ours, rel=1e-9)
+    assert len(result["traces"]) == len(calls)
+    for trace in result["traces"]:
+        assert any(name in trace["spans"] for name in _AUTOLOG_SPANS), trace["spans"]
+        assert trace["cost"]["total_cost"] == pytest.approx(_our_price(trace["tokens"]), rel=1e-9)
+    assert sum(trace["tokens"]["total_tokens"] for trace in result["traces"]) == (
+        result["prompt_tokens"] + result["completion_tokens"]
+    )
+
+
+@pytest.mark.parametrize("env", [None, _GLOBAL], ids=["mlflow-own-provider", "global-provider"])
+def test_autolog_with_configure_and_the_sdks_own_spans_counts_each_call_once(fake, store, env):
+    """The Anthropic SDK's own span (on by default once configure() sets a global provider) counts the call; autolog's
+    span of the same call, in another trace, is then a wrapper: counted once, and every MLflow trace shows our
+    price. (The SDK's span is a trace of its own in MLflow: instrument() or ANTHROPIC_OPEN_TELEMETRY=false.)"""
+    result = run_mix(fake, store, "autolog+configure", ["anthropic", "anthropic"], env)
+    assert result["calls"] == 2
+    ours = (result["prompt_tokens"] + 3 * result["completion_tokens"]) / 1e6
+    assert float(result["cost"]) == pytest.approx(ours, rel=1e-9)
+    autolog_traces = [trace for trace in result["traces"] if "Messages.create" in trace["spans"]]
+    assert len(autolog_traces) == 2
+    for trace in result["traces"]:
+        assert trace["cost"]["total_cost"] == pytest.approx(_our_price(trace["tokens"]), rel=1e-9)
+
+
+def test_autolog_with_configure_alone_shows_no_cost_for_an_unpriced_model(fake, store):
+    """An unpriced call is counted as unpriced, and MLflow shows no cost for it rather than a price of its own."""
+    result = run_mix(fake, store, "autolog+configure", ["openai-unpriced", "openai"], _NO_SDK_SPANS)
+    assert result["calls"] == 2
+    assert result["unpriced_calls"] == 1
+    by_cost = sorted(result["traces"], key=lambda trace: trace["cost"] is not None)
+    assert by_cost[0]["cost"] is None
+    assert by_cost[0]["tokens"]["total_tokens"] > 0
+    assert by_cost[1]["cost"]["total_cost"] == pytest.approx(_our_price(by_cost[1]["tokens"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("env", [None, _GLOBAL], ids=["mlflow-own-provider", "global-provider"])
+def test_autolog_with_configure_alone_estimates_a_stream_sent_without_usage(fake, store, env):
+    """A stream the caller asked no usage for (no stream_options) reached the provider all the same: counted, with
+    usage estimated from the request and the answer MLflow rebuilt, and MLflow shows our price of that estimate."""
+    result = run_mix(fake, store, "autolog+configure", ["openai-stream", "openai"], env)
+    assert result["calls"] == 2
+    assert result["estimated_calls"] == 1
+    assert 0 < float(result["estimated_cost"]) < float(result["cost"])
+    estimated, reported = float(result["estimated_cost"]), float(result["cost"]) - float(result["estimated_cost"])
+    costs = sorted(trace["cost"]["total_cost"] for trace in result["traces"])
+    assert costs == pytest.approx(sorted([estimated, reported]), rel=1e-9)
+
+
+# -- MLflow's span processor and the processor's view of autolog spans, in process ---------------------------------
+
+
+def test_configure_adds_one_mlflow_span_processor_beside_the_users_and_shutdown_takes_it_out(pipeline):
+    import mlflow
+
+    from mltrack_otel import provider
+    from mltrack_otel.instrumentation.mlflow_autolog import on_mlflow_span_end
+
+    def users(span):
+        return None
+
+    mlflow.tracing.configure(span_processors=[users])  # replaces the list: ours is gone until configure() runs
+    provider.configure(exporters=["memory"])
+    provider.configure(exporters=["memory"])
+    assert mlflow.tracing.config.get_config().span_processors == [users, on_mlflow_span_end]
+    provider.shutdown()
+    assert mlflow.tracing.config.get_config().span_processors == [users]
+    mlflow.tracing.configure(span_processors=[])
+
+
+def test_an_mlflow_span_around_a_call_counted_in_another_trace_is_a_wrapper():
+    """Autolog's span is not current, so a span that counts the same call below it (the SDK's own) is in another
+    trace: the call counted in the same context during the MLflow span's lifetime makes that span a wrapper."""
+    exporter = InMemorySpanExporter()
+    ledger = Ledger()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    tracer = tracer_provider.get_tracer("test")
+    usage = json.dumps({"input_tokens": 5, "output_tokens": 30, "total_tokens": 35})
+    mlflow_span = tracer.start_span(
+        "Messages.create",
+        attributes={
+            "mlflow.chat.tokenUsage": usage,
+            "mlflow.llm.model": '"claude-3-5-sonnet-20241022"',
+            "mlflow.llm.provider": '"anthropic"',
+        },
+    )
+    with tracer.start_as_current_span(
+        "anthropic.messages.create",
+        attributes={
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": "claude-3-5-sonnet-20241022",
+            "gen_ai.usage.input_tokens": 5,
+            "gen_ai.usage.output_tokens": 30,
+        },
+    ):
+        pass
+    mlflow_span.end()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["anthropic.messages.create"].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert spans["Messages.create"].attributes[semconv.MLTRACK_USAGE_COUNTED] is False
+    assert ledger.process_totals().calls == 1
+    # The next call's MLflow span started after that count: it is counted.
+    with tracer.start_as_current_span("Messages.create", attributes=dict(mlflow_span.attributes)):
+        pass
+    assert ledger.process_totals().calls == 2
+
+
+def test_a_span_that_ends_elsewhere_is_priced_counted_once_and_crosses_limits_on_itself():
+    """account_elsewhere, as MLflow's span processor calls it on a span of MLflow's own provider."""
+    from mltrack_otel.ledger import Limits
+
+    ledger = Ledger(Limits(cost_warning=0.0000001))
+    processor = CostSpanProcessor(ledger=ledger, pricer=Pricer())
+    elsewhere = TracerProvider().get_tracer("mlflow")  # a provider our processor is not on
+    attributes = {
+        "mlflow.chat.tokenUsage": json.dumps({"input_tokens": 5, "output_tokens": 30}),
+        "mlflow.llm.model": '"mystery-llm-1"',
+    }
+    unpriced = elsewhere.start_span("Completions", attributes=attributes)
+    assert not processor.sees(unpriced)
+    out = processor.account_elsewhere(unpriced, count=True)
+    assert out["mlflow.llm.cost"] is None and out[semconv.MLTRACK_COST_UNPRICED] is True
+    priced = elsewhere.start_span("Completions", attributes={**attributes, "mlflow.llm.model": '"gpt-4o-2024-08-06"'})
+    with pytest.warns(LLMLimitWarning):
+        out = processor.account_elsewhere(priced, count=True)
+    assert out["mlflow.llm.cost"]["total_cost"] == out[semconv.LLM_COST_TOTAL] > 0
+    assert out[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert [event.name for event in priced.events] == [semconv.MLTRACK_LIMIT_EXCEEDED]
+    assert processor.account_elsewhere(priced, count=False)[semconv.MLTRACK_USAGE_COUNTED] is False
+    totals = ledger.process_totals()
+    assert (totals.calls, totals.unpriced_calls, totals.total_tokens) == (2, 1, 70)
