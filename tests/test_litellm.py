@@ -21,7 +21,7 @@ from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # n
 from mltrack_otel.instrumentation._base import error_type  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL  # noqa: E402
-from tests.traced import Traced  # noqa: E402
+from tests.traced import FAKE, Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
 
@@ -401,7 +401,9 @@ def budgeted(isolated_env, fake_provider):
     fake_provider.clear()
     LEDGER.reset()
     provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter())))
+    provider.add_span_processor(
+        CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter()), pricer=Pricer(cloud_hosts=FAKE))
+    )
     instrumentors = [LiteLLMInstrumentor(), OpenAIInstrumentor()]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)
@@ -448,6 +450,22 @@ def test_budget_holds_a_litellm_call_once_though_the_sdk_under_it_is_instrumente
     assert LEDGER.held() == (0, Decimal(0))
     assert LEDGER.process_totals().calls == 1
     assert len(fake_provider.requests) == 1
+
+
+def test_a_local_model_under_litellm_reserves_no_cloud_price(budgeted, fake_provider):
+    """A model on a local server costs nothing per call: a cost limit below its cloud price still lets it out."""
+    from decimal import Decimal
+
+    model = "deepseek-chat"  # genai-prices has a cloud price for this name
+    assert price("deepseek", model, Usage(1000, 1000)) > 0
+    LEDGER.limits = Limits(cost_budget=Decimal("0.000001"))
+    local_base = fake_provider.openai_base_url.replace(fake_provider.host, "localhost")  # not the suite's cloud host
+    litellm.completion(
+        **{**openai_kwargs(fake_provider, max_tokens=10), "model": f"openai/{model}", "api_base": local_base}
+    )
+    assert len(fake_provider.requests) == 1
+    assert LEDGER.process_totals().calls == 1
+    assert LEDGER.held() == (0, Decimal(0))
 
 
 def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_provider):

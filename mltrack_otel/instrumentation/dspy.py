@@ -213,7 +213,7 @@ class Patch:
         try:
             lm = args[0] if args else kwargs.get("lm")
             prepared = args[1] if len(args) > 1 else kwargs.get("call")
-            provider, model, _, _ = _lm_route(lm)
+            provider, model, address, port = _lm_route(lm)
             body = dict(get(lm, "kwargs", {}) or {})
             body.update(get(prepared, "kwargs", {}) or {})
             messages, prompt = get(prepared, "messages"), get(prepared, "prompt")
@@ -224,7 +224,8 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.dspy.budget", exc)
             return None
-        return _base.reserve_budget("instrumentation.dspy.budget", body, model, provider, "chat")
+        # Priced where it is served: a model on a local server reserves no cloud price.
+        return _base.reserve_budget("instrumentation.dspy.budget", body, model, provider, "chat", address, port)
 
     def _settle(self, reservation: ledger.Reservation) -> None:
         """Hand the hold to the LM span, which releases it once its cost is counted; without one, release now."""

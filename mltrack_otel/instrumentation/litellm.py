@@ -448,8 +448,8 @@ class Patch:
         else:
             body["input"] = _argument(args, kwargs, 1, "input")
         # The budget's hold, as soon as the request is known; until the call holds it, a failure gives it back.
-        reservation = _base.reserve_budget(
-            "instrumentation.litellm.budget", body, request_model, route.provider, operation
+        reservation = _base.reserve_budget(  # priced where it is served: a local model reserves no cloud price
+            "instrumentation.litellm.budget", body, request_model, route.provider, operation, route.address, route.port
         )
         try:
             if operation == "chat":
