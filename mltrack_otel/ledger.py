@@ -178,7 +178,7 @@ class Ledger:
                 conv = self._conversations.pop(conversation_id, None) or _NO_TOTALS
                 self._conversations[conversation_id] = conv.plus(prompt, completion, cost, estimated)
                 if len(self._conversations) > self.max_conversations:
-                    self._conversations.popitem(last=False)
+                    self._forget_a_conversation()
 
             scoped = trace
             for i, s in enumerate(scope.chain() if scope is not None else ()):
@@ -188,6 +188,16 @@ class Ledger:
                     scoped = s.totals
                 self._check(before, s.totals, "context", crossings)
         return scoped, crossings
+
+    def _forget_a_conversation(self) -> None:
+        """Drop the least recently counted conversation that has no budget of its own: a limited conversation's
+        spend must outlive the LRU, or its budget would refill (under the lock)."""
+        limited = self._conversation_limits
+        for conversation_id in self._conversations:  # oldest first; limited ones are few (at most max_conversations)
+            if conversation_id not in limited:
+                del self._conversations[conversation_id]
+                return
+        self._conversations.popitem(last=False)
 
     def _check(self, before: Totals, after: Totals, where: str, out: list[LimitCrossing]) -> None:
         limits = self.limits

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel import estimate, guard
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
-from mltrack_otel.ledger import LEDGER, Limits
+from mltrack_otel.ledger import LEDGER, Ledger, Limits
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.testing.fake_provider import MODEL_ALIASES, prompt_tokens_for_texts
@@ -227,6 +227,21 @@ def test_a_conversation_limit_holds_for_its_tasks(budgeted, fake, aoai):
     assert refused and done
     assert {e.scope for e in refused} == {"conversation"}
     assert_nothing_held()
+
+
+def test_a_limited_conversations_spend_outlives_the_conversation_lru():
+    """The ledger keeps the most recent conversations only; one with a budget of its own keeps its spend."""
+    books = Ledger(max_conversations=2)
+    books.limit_conversation("vip", cost_limit="1.00")
+    books.add(1, None, "vip", 10, 10, Decimal("1.00"))
+    with pytest.raises(BudgetExceededError):
+        books.reserve(None, "vip", 10, Decimal("0.50"))
+    for other in ("a", "b", "c"):  # three more conversations: past the LRU's size
+        books.add(2, None, other, 1, 1, Decimal("0.01"))
+    assert books.conversation_totals("vip").cost_usd == Decimal("1.00")
+    with pytest.raises(BudgetExceededError):
+        books.reserve(None, "vip", 10, Decimal("0.50"))
+    assert books.conversation_totals("a").calls == 0  # the oldest unlimited conversation went instead
 
 
 def test_other_conversations_are_not_held_to_one_conversations_limit(budgeted, fake, oai):
