@@ -14,10 +14,13 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+from . import guard
 
 __all__ = [
     "SOURCE_ABSENT",
@@ -150,7 +153,8 @@ ENCODING_FILES: dict[str, tuple[str, str]] = {
 _MAX_MODELS = 256
 
 _encoders: dict[str, Any] = {}  # model -> tiktoken Encoding, or None: read without the lock
-_load_lock = threading.Lock()  # one thread loads an encoding (tens of ms) while the others wait for it
+_lock = threading.Lock()  # one thread loads an encoding (tens of ms) while the others wait for it
+guard.renew_lock_after_fork(sys.modules[__name__])  # a child forked while another thread loaded must not wait
 
 
 def _encoder(model: str | None) -> Any:
@@ -161,7 +165,7 @@ def _encoder(model: str | None) -> Any:
         return _encoders[model]
     except KeyError:
         pass
-    with _load_lock:
+    with _lock:
         if model in _encoders:
             return _encoders[model]
         try:

@@ -174,3 +174,35 @@ def test_forked_workers_each_export_their_own_spans_and_the_parent_keeps_working
     assert parent["health"]["spans.exported.otlp"] == 2 * (10 + parent["busy"])
     assert not {k: v for k, v in parent["health"].items() if k.startswith(("errors", "spans.dropped"))}
     print(f"\nfork: {CHILDREN} children x {2 * (CHILD_CALLS + CHILD_LOGGED)} spans, parent {2 * (10 + parent['busy'])}")
+
+
+HELD_AT_FORK = """
+import os, signal, threading
+from mltrack_otel import estimate
+
+held, go = threading.Event(), threading.Event()
+
+
+def loader():  # a thread loading a tokenizer (tens of ms, under the estimator's lock) just as the worker forks
+    with estimate._lock:
+        held.set()
+        go.wait()
+
+
+threading.Thread(target=loader, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)  # a lock inherited held would hang the estimate: the alarm kills the child instead
+    estimate.input_tokens({"messages": [{"role": "user", "content": "hi"}]}, "gpt-4o-never-seen")
+    os._exit(0)
+go.set()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_forked_while_the_estimator_loads_a_tokenizer_does_not_hang():
+    done = subprocess.run([sys.executable, "-c", HELD_AT_FORK], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0"  # the child estimated and exited (-14 would be the alarm)
