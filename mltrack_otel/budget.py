@@ -41,6 +41,7 @@ MAX_OUTPUT_TOKENS: dict[str, int] = {
     "gpt-4-1106": 4_096,
     "gpt-4-0125": 4_096,
     "gpt-4o": 16_384,
+    "gpt-4o-64k-output-alpha": 65_536,
     "chatgpt-4o": 16_384,
     "gpt-4.1": 32_768,
     "gpt-4.5": 16_384,
@@ -55,7 +56,11 @@ MAX_OUTPUT_TOKENS: dict[str, int] = {
     "claude-3-5": 8_192,
     "claude-3-7-sonnet": 128_000,  # 64k, or 128k with the output-128k beta header: the larger
     "claude-sonnet-4": 64_000,
-    "claude-opus-4": 32_000,
+    # Opus 4 and 4.1 only: a bare "claude-opus-4" prefix would also cap the later Opus models, which write more.
+    "claude-opus-4-0": 32_000,
+    "claude-opus-4-20250514": 32_000,
+    "claude-opus-4-1": 32_000,
+    "claude-opus-4.1": 32_000,
     "claude-opus-4-5": 64_000,
     "claude-haiku-4": 64_000,
     "gemini-1.5": 8_192,

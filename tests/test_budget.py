@@ -406,6 +406,8 @@ def test_the_manual_api_reserves_and_an_sdk_call_inside_takes_the_hold_over(budg
         ("claude-3-5-sonnet-20241022", {}, 8_192),
         ("anthropic.claude-3-5-sonnet-20240620-v1:0", {}, 8_192),
         ("claude-opus-4-1-20250805", {}, 32_000),
+        ("claude-opus-4-20250514", {}, 32_000),
+        ("gpt-4o-64k-output-alpha", {}, 65_536),
         ("gpt-4o", {"max_tokens": 50}, 50),
         ("gpt-4o", {"max_completion_tokens": 50, "n": 3}, 150),
         ("gpt-4o", {"n": 2}, 32_768),
@@ -423,6 +425,9 @@ def test_maximum_output_falls_back_to_the_context_window_less_the_input():
     # gpt-4 (8k) is in genai-prices with its context window but not in the family table.
     assert budget.max_output({}, "gpt-4", "openai", 1000) == 8192 - 1000
     assert budget.max_output({}, "no-such-model", None, 1000) == budget.UNKNOWN_MAX_OUTPUT_TOKENS
+    # A later Opus is not capped at its predecessors' 32k: its window (from genai-prices) bounds it instead.
+    later_opus = budget.max_output({}, "claude-opus-4-7", "anthropic", 1000)
+    assert later_opus > 64_000
 
 
 def test_worst_case_prices_with_the_dearer_of_plain_and_cache_write_input():
