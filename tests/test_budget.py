@@ -312,6 +312,29 @@ def test_an_abandoned_stream_releases_its_reservation(budgeted, fake, oai, endin
     assert_nothing_held()
 
 
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_raw_stream_read_as_bytes_settles_when_its_response_closes(budgeted, fake, oai, aoai, is_async):
+    """with_streaming_response, read line by line and never parsed: leaving the with block ends the call."""
+    LEDGER.limits = Limits(cost_budget=Decimal(1))
+    body = body_of(0, max_tokens=100)
+    if is_async:
+
+        async def main() -> list[str]:
+            async with aoai.chat.completions.with_streaming_response.create(**body, stream=True) as raw:
+                assert LEDGER.held()[0] > 0
+                return [line async for line in raw.iter_lines()]
+
+        lines = asyncio.run(main())
+    else:
+        with oai.chat.completions.with_streaming_response.create(**body, stream=True) as raw:
+            assert LEDGER.held()[0] > 0
+            lines = list(raw.iter_lines())
+    assert any(line.startswith("data: ") for line in lines)  # the caller got the stream's bytes, untouched
+    assert_nothing_held()
+    totals = LEDGER.process_totals()
+    assert (totals.calls, totals.estimated_calls) == (1, 1)  # sent, so counted; nothing of ours read its usage
+
+
 def test_async_stream_settles(budgeted, fake, aoai):
     LEDGER.limits = Limits(cost_budget=Decimal(1))
 

@@ -525,16 +525,27 @@ def _record_stream(stream: Any, recorder: StreamRecorder, is_async: bool) -> Non
 def _record_when_parsed(raw: Any, recorder: StreamRecorder, is_async: bool) -> None:
     """with_raw_response / with_streaming_response on a stream: record the stream that parse() returns.
 
-    Until then the recorder is only held by this hook: if the caller never parses, it ends as abandoned.
+    A caller who reads the raw bytes instead and closes the response (leaving the with block) ends the call then,
+    as a stream stopped before its usage arrived; one who drops it unread, when the recorder is collected.
     """
+    unhooks: list[Callable[[], None]] = []
 
     def attach(result: Any) -> Any:
-        unhook()
+        for unhook in unhooks:
+            unhook()
         if hasattr(result, "response") and hasattr(result, "__stream__"):
             guard.guarded("instrumentation.stream", _record_stream, result, recorder, is_async)
         return result
 
-    unhook = _hook_method(raw, "parse", after=attach)
+    def closed() -> None:  # closed without parse(): nothing of ours read the stream
+        for unhook in unhooks:
+            unhook()
+        recorder.on_close()
+
+    unhooks.append(_hook_method(raw, "parse", after=attach))
+    response = getattr(raw, "http_response", None)
+    if response is not None:
+        unhooks.append(_hook_method(response, "aclose" if is_async else "close", before=closed, is_async=is_async))
 
 
 def _recorded_sync(items: Any, recorder: StreamRecorder) -> Any:
