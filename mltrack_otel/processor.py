@@ -5,6 +5,9 @@ The SDK freezes a span's attributes before any processor's on_end runs, so this 
 
 Exactly once: children end before their parents. A span carrying usage is counted by the ledger unless one of
 its descendants already counted (the innermost span with usage wins: LangChain over OpenAI counts the OpenAI span).
+When a parent ends first (an abandoned stream that garbage collection ends outer-first, both layers carrying
+estimated usage), the parent counts and a span with usage below it that ends later is the wrapper: the processor
+remembers the ids of recently counted spans for that.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _MAX_LIVE_SPANS = 100_000
+_MAX_COUNTED_SPANS = 4096  # counted span ids remembered for children that end after them (bounded memory)
+_MAX_ANCESTORS = 64  # how far up the live spans a span with usage looks for a counted ancestor
 _USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
 _PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
 # MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
@@ -187,6 +192,9 @@ class CostSpanProcessor(SpanProcessor):
         self._track_tokens = track_tokens
         self._ledger.pricer = self._pricer if track_costs else None  # budget reservations price as we do
         self._live: dict[int, _Live] = {}
+        # Spans that counted (or ended below a counted span), oldest first: a span ending after one of them is
+        # not counted again.
+        self._counted: dict[int, None] = {}
         self._lock = threading.Lock()
         # Lock-free health counters: these run for every span.
         self._processed = guard.tally("spans.processed").add
@@ -265,10 +273,15 @@ class CostSpanProcessor(SpanProcessor):
         covered = usage is not None and _MLFLOW_USAGE in attrs and counted_since(span.start_time)
         with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
             live = self._live.pop(ctx.span_id, None)
-            counted = usage is not None and not covered and (live is None or not live.counted_below)
+            parent_id = live.parent_id if live is not None else None
+            # A counted span above that ended first: this one's call is that one's (outer-first ends are rare).
+            above = parent_id is not None and self._counted_above(parent_id, usage is not None)
+            counted = usage is not None and not covered and not above and (live is None or not live.counted_below)
+            if counted or above:
+                self._remember_counted(ctx.span_id)
             # Tell the parent that usage below it is accounted for, so it is not counted again.
-            if live is not None and live.parent_id is not None and (counted or covered or live.counted_below):
-                parent_live = self._live.get(live.parent_id)
+            if parent_id is not None and (counted or covered or above or live.counted_below):
+                parent_live = self._live.get(parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
         parent = span.parent
@@ -320,6 +333,28 @@ class CostSpanProcessor(SpanProcessor):
             end_time=span.end_time,
             instrumentation_scope=span.instrumentation_scope,
         )
+
+    def _counted_above(self, parent_id: int, walk: bool) -> bool:
+        """Whether the parent, or with `walk` any ancestor up the spans still open, was counted (under the lock)."""
+        counted, live = self._counted, self._live
+        if parent_id in counted:
+            return True
+        if not walk:
+            return False
+        for _ in range(_MAX_ANCESTORS):
+            entry = live.get(parent_id)
+            if entry is None or entry.parent_id is None:
+                return False
+            parent_id = entry.parent_id
+            if parent_id in counted:
+                return True
+        return False
+
+    def _remember_counted(self, span_id: int) -> None:
+        counted = self._counted
+        counted[span_id] = None
+        if len(counted) > _MAX_COUNTED_SPANS:
+            counted.pop(next(iter(counted)), None)
 
     # -- spans that end on another provider (MLflow's own) --------------------------------------------------------
 
