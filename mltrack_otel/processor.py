@@ -67,15 +67,49 @@ _MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlfl
 _MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
 MLFLOW_COST = "mlflow.llm.cost"  # the cost MLflow shows for a span: ours, or an explicit null (no price)
 
-# When the last call counted in this thread / asyncio task ended (ns). MLflow's autolog spans are not current, so a
-# span that counts the same call below one (ours, the SDK's own) is not its child: a call counted in the same
-# context during an MLflow span's lifetime is that span's call, and the MLflow span is then a wrapper.
-_counted_at: ContextVar[int] = ContextVar("mltrack_counted_at", default=0)
+# MLflow's autolog spans are not current, so a span that counts the same call below one (the SDK's own) need not
+# be its child. Two links make such an MLflow span a wrapper: explicit, the MLflow span our request span adopted
+# (instrumentation.mlflow_autolog marks it once our span is counted); else timing, a call of the MLflow span's model
+# (and provider, when both name one) counted in the same thread / asyncio task while it was open.
+_COVERED_MAX, _RECENT_CALLS = 4096, 8
+_covered: dict[int, None] = {}  # MLflow span ids (OTel) whose call was counted below them; oldest first
+_covered_lock = threading.Lock()
+# This context's calls counted lately, newest first: (end ns, request model, response model, provider).
+_counted_calls: ContextVar[tuple[tuple[int, Any, Any, Any], ...]] = ContextVar("mltrack_counted_calls", default=())
 
 
-def counted_since(start_ns: int | None) -> bool:
-    """Whether a call was counted in this context after start_ns (a span that started then is a wrapper of it)."""
-    return start_ns is not None and _counted_at.get() >= start_ns
+def mark_covered(span_id: int) -> None:
+    """The MLflow span span_id wraps a call counted below it: it is not counted again."""
+    with _covered_lock:
+        _covered[span_id] = None
+        if len(_covered) > _COVERED_MAX:
+            _covered.pop(next(iter(_covered)))
+
+
+def counted_within(span: Any, attrs: Mapping[str, Any]) -> bool:
+    """Whether the call of an MLflow span (its attributes attrs) was already counted below it: linked explicitly,
+    or a call of its model counted in this context since it started."""
+    if span.context.span_id in _covered:
+        return True
+    start, model = span.start_time, _mlflow_text(attrs.get(_MLFLOW_MODEL))
+    if start is None or model is None:
+        return False
+    provider = _mlflow_text(attrs.get(_MLFLOW_PROVIDER))
+    for end, request_model, response_model, call_provider in _counted_calls.get():
+        if end < start:
+            return False  # newest first: the rest ended before this span started
+        if model in (request_model, response_model) and (provider is None or call_provider in (None, provider)):
+            return True
+    return False
+
+
+def _remember_call(span: ReadableSpan, attrs: Any) -> None:
+    """Note a counted call for counted_within (only while MLflow is imported)."""
+    get = attrs.get
+    request_model = get(_REQUEST_MODEL) or _mlflow_text(get(_MLFLOW_MODEL))
+    provider = get(_PROVIDER) or get(_SYSTEM) or _mlflow_text(get(_MLFLOW_PROVIDER))
+    call = (span.end_time or time.time_ns(), request_model, get(_RESPONSE_MODEL), provider)
+    _counted_calls.set((call, *_counted_calls.get()[: _RECENT_CALLS - 1]))
 
 
 def mlflow_cost(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -270,7 +304,7 @@ class CostSpanProcessor(SpanProcessor):
         cost = self._price(span, attrs, usage) if usage is not None and self._track_costs else None
         # An MLflow autolog span whose call a span of another trace counted (the SDK's own span: autolog's is not
         # its parent) is a wrapper too.
-        covered = usage is not None and _MLFLOW_USAGE in attrs and counted_since(span.start_time)
+        covered = usage is not None and _MLFLOW_USAGE in attrs and counted_within(span, attrs)
         with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
             live = self._live.pop(ctx.span_id, None)
             parent_id = live.parent_id if live is not None else None
@@ -435,7 +469,7 @@ class CostSpanProcessor(SpanProcessor):
         if not counted:
             return None
         if "mlflow" in sys.modules:  # the MLflow span around this call, if any, wraps it
-            _counted_at.set(span.end_time or time.time_ns())
+            _remember_call(span, attrs)
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
             out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._unpriced if cost is None else self._local if cost is LOCAL else self._priced)()
