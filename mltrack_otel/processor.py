@@ -209,6 +209,7 @@ class CostSpanProcessor(SpanProcessor):
     """Prices spans that carry token usage, keeps running totals, and forwards enriched copies downstream.
 
     Usage: ``provider.add_span_processor(CostSpanProcessor(BatchSpanProcessor(OTLPSpanExporter())))``.
+    Its pricer becomes the ledger's (which budget reservations price with) only when the ledger has none yet.
     """
 
     def __init__(
@@ -224,7 +225,11 @@ class CostSpanProcessor(SpanProcessor):
         self._ledger = ledger if ledger is not None else LEDGER
         self._track_costs = track_costs
         self._track_tokens = track_tokens
-        self._ledger.pricer = self._pricer if track_costs else None  # budget reservations price as we do
+        # Budget reservations price as the ledger's processor does. configure() sets the process ledger's pricer
+        # itself; a processor built by hand gives it one only when it has none, so that another pipeline (a test,
+        # a library, track_costs=False) does not change how every reservation is priced.
+        if track_costs and self._ledger.pricer is None:
+            self._ledger.pricer = self._pricer
         self._live: dict[int, _Live] = {}
         # Spans that counted (or ended below a counted span), oldest first: a span ending after one of them is
         # not counted again.

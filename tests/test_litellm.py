@@ -435,6 +435,7 @@ def budgeted(isolated_env, fake_provider):
     config.set_current(None)
     fake_provider.clear()
     LEDGER.reset()
+    LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
     provider = TracerProvider()
     provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter())))
     instrumentors = [LiteLLMInstrumentor(), OpenAIInstrumentor()]

@@ -42,6 +42,7 @@ ESTIMATED, PROVIDER = "estimated", "provider"
 def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
     """OpenAI and Anthropic instrumented into a provider whose CostSpanProcessor counts into the process ledger."""
     guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
+    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
@@ -54,6 +55,7 @@ def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
     provider.shutdown()
     ledger.LEDGER.reset()
     ledger.LEDGER.limits = ledger.Limits()
+    ledger.LEDGER.pricer = None
 
 
 def open_stream(kind: str, client: Any, **kwargs: Any) -> Any:
