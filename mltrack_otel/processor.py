@@ -63,9 +63,12 @@ _MAX_ANCESTORS = 64  # how far up the live spans a span with usage looks for a c
 _USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
 _PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
 # MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
-_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlflow.llm.model", "mlflow.llm.provider"
+_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = (
+    semconv.MLFLOW_CHAT_TOKENUSAGE,
+    semconv.MLFLOW_LLM_MODEL,
+    semconv.MLFLOW_LLM_PROVIDER,
+)
 _MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
-MLFLOW_COST = "mlflow.llm.cost"  # the cost MLflow shows for a span: ours, or an explicit null (no price)
 
 # MLflow's autolog spans are not current, so a span that counts the same call below one (the SDK's own) need not
 # be its child. Two links make such an MLflow span a wrapper: explicit, the MLflow span our request span adopted
@@ -419,7 +422,7 @@ class CostSpanProcessor(SpanProcessor):
             self._ledger.end_trace(span.context.trace_id)
         for event in events:
             span.add_event(event.name, event.attributes, event.timestamp)
-        out[MLFLOW_COST] = mlflow_cost(out)
+        out[semconv.MLFLOW_LLM_COST] = mlflow_cost(out)  # ours, or an explicit null (no price)
         return out
 
     def _price(self, span: ReadableSpan, attrs: Any, usage: Usage) -> Cost | None:
@@ -455,8 +458,8 @@ class CostSpanProcessor(SpanProcessor):
         totals."""
         tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
         source = attrs.get(_USAGE_SOURCE)
-        if source == _ABSENT:  # no tokens to price: the call is counted, its cost unknown (never a $0 price)
-            cost = None
+        if source == _ABSENT and cost is not LOCAL:  # no tokens to price: counted, its cost unknown (never $0)
+            cost = None  # (a call served locally costs nothing per call either way: it is never unpriced)
         out[semconv.LLM_TOKENS_PROMPT] = tokens_in
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out

@@ -48,13 +48,13 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 from .. import estimate, guard, semconv
-from ..processor import MLFLOW_COST, CostSpanProcessor, counted_within, mark_covered, mlflow_cost
+from ..processor import CostSpanProcessor, counted_within, mark_covered, mlflow_cost
 
 TRACEPARENT = "traceparent"
-_LLM_COST = MLFLOW_COST
+_LLM_COST = semconv.MLFLOW_LLM_COST
 _HOOK_OWNER = "mlflow_autolog:span_processor"
 # MLflow's span attributes (JSON text): usage, span type, the call's request and its (rebuilt) response.
-_MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = "mlflow.chat.tokenUsage", "mlflow.spanType"
+_MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = semconv.MLFLOW_CHAT_TOKENUSAGE, semconv.MLFLOW_SPANTYPE
 _MLFLOW_INPUTS, _MLFLOW_OUTPUTS = "mlflow.spanInputs", "mlflow.spanOutputs"
 _CHAT_SPAN_TYPES = ('"CHAT_MODEL"', '"LLM"')
 _MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain without it) must not grow memory
