@@ -22,6 +22,7 @@ a track_llm_call function) takes that hold over, in the same step. The conversat
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from decimal import Decimal
@@ -129,21 +130,26 @@ def worst_case(
     return tokens_in + tokens_out, cost
 
 
-_dear_writes: dict[tuple[Any, str | None, str], bool] = {}  # (pricer, provider, model); bounded
+# pricer -> {(provider, model): whether a cache write costs more than plain input}; a pricer's answers go with it.
+_dear_writes: weakref.WeakKeyDictionary[Any, dict[tuple[str | None, str], bool]] = weakref.WeakKeyDictionary()
 
 
 def _writes_cost_more(pricer: Any, provider: str | None, model: str) -> bool:
     """Whether the model's cache-write price is above its input price (asked once per pricer and model)."""
-    key = (pricer, provider, model)
     try:
-        return _dear_writes[key]
+        known = _dear_writes[pricer]
+    except KeyError:
+        known = _dear_writes.setdefault(pricer, {})
+    key = (provider, model)
+    try:
+        return known[key]
     except KeyError:
         pass
     plain = pricer.price(provider, model, Usage(1_000_000, 0))
     written = pricer.price(provider, model, Usage(1_000_000, 0, 0, 1_000_000))
     dearer = plain is not None and written is not None and written.total > plain.total
-    if len(_dear_writes) < 4096:
-        _dear_writes[key] = dearer
+    if len(known) < 4096:
+        known[key] = dearer
     return dearer
 
 

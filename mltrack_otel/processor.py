@@ -5,6 +5,9 @@ The SDK freezes a span's attributes before any processor's on_end runs, so this 
 
 Exactly once: children end before their parents. A span carrying usage is counted by the ledger unless one of
 its descendants already counted (the innermost span with usage wins: LangChain over OpenAI counts the OpenAI span).
+When a parent ends first (an abandoned stream that garbage collection ends outer-first, both layers carrying
+estimated usage), the parent counts and a span with usage below it that ends later is the wrapper: the processor
+remembers the ids of recently counted spans for that.
 """
 
 from __future__ import annotations
@@ -55,22 +58,61 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _MAX_LIVE_SPANS = 100_000
+_MAX_COUNTED_SPANS = 4096  # counted span ids remembered for children that end after them (bounded memory)
+_MAX_ANCESTORS = 64  # how far up the live spans a span with usage looks for a counted ancestor
 _USAGE_SOURCE = semconv.MLTRACK_USAGE_SOURCE
 _PROVIDER_SOURCE, _ESTIMATED, _ABSENT = estimate.SOURCE_PROVIDER, estimate.SOURCE_ESTIMATED, estimate.SOURCE_ABSENT
 # MLflow's own spans (mlflow.openai/anthropic.autolog, @mlflow.trace) carry usage, model and provider as JSON text.
-_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = "mlflow.chat.tokenUsage", "mlflow.llm.model", "mlflow.llm.provider"
+_MLFLOW_USAGE, _MLFLOW_MODEL, _MLFLOW_PROVIDER = (
+    semconv.MLFLOW_CHAT_TOKENUSAGE,
+    semconv.MLFLOW_LLM_MODEL,
+    semconv.MLFLOW_LLM_PROVIDER,
+)
 _MLFLOW_FORMAT = "mlflow.message.format"  # "openai" / "anthropic": the SDK the autolog span wraps
-MLFLOW_COST = "mlflow.llm.cost"  # the cost MLflow shows for a span: ours, or an explicit null (no price)
 
-# When the last call counted in this thread / asyncio task ended (ns). MLflow's autolog spans are not current, so a
-# span that counts the same call below one (ours, the SDK's own) is not its child: a call counted in the same
-# context during an MLflow span's lifetime is that span's call, and the MLflow span is then a wrapper.
-_counted_at: ContextVar[int] = ContextVar("mltrack_counted_at", default=0)
+# MLflow's autolog spans are not current, so a span that counts the same call below one (the SDK's own) need not
+# be its child. Two links make such an MLflow span a wrapper: explicit, the MLflow span our request span adopted
+# (instrumentation.mlflow_autolog marks it once our span is counted); else timing, a call of the MLflow span's model
+# (and provider, when both name one) counted in the same thread / asyncio task while it was open.
+_COVERED_MAX, _RECENT_CALLS = 4096, 8
+_covered: dict[int, None] = {}  # MLflow span ids (OTel) whose call was counted below them; oldest first
+_covered_lock = threading.Lock()
+# This context's calls counted lately, newest first: (end ns, request model, response model, provider).
+_counted_calls: ContextVar[tuple[tuple[int, Any, Any, Any], ...]] = ContextVar("mltrack_counted_calls", default=())
 
 
-def counted_since(start_ns: int | None) -> bool:
-    """Whether a call was counted in this context after start_ns (a span that started then is a wrapper of it)."""
-    return start_ns is not None and _counted_at.get() >= start_ns
+def mark_covered(span_id: int) -> None:
+    """The MLflow span span_id wraps a call counted below it: it is not counted again."""
+    with _covered_lock:
+        _covered[span_id] = None
+        if len(_covered) > _COVERED_MAX:
+            _covered.pop(next(iter(_covered)))
+
+
+def counted_within(span: Any, attrs: Mapping[str, Any]) -> bool:
+    """Whether the call of an MLflow span (its attributes attrs) was already counted below it: linked explicitly,
+    or a call of its model counted in this context since it started."""
+    if span.context.span_id in _covered:
+        return True
+    start, model = span.start_time, _mlflow_text(attrs.get(_MLFLOW_MODEL))
+    if start is None or model is None:
+        return False
+    provider = _mlflow_text(attrs.get(_MLFLOW_PROVIDER))
+    for end, request_model, response_model, call_provider in _counted_calls.get():
+        if end < start:
+            return False  # newest first: the rest ended before this span started
+        if model in (request_model, response_model) and (provider is None or call_provider in (None, provider)):
+            return True
+    return False
+
+
+def _remember_call(span: ReadableSpan, attrs: Any) -> None:
+    """Note a counted call for counted_within (only while MLflow is imported)."""
+    get = attrs.get
+    request_model = get(_REQUEST_MODEL) or _mlflow_text(get(_MLFLOW_MODEL))
+    provider = get(_PROVIDER) or get(_SYSTEM) or _mlflow_text(get(_MLFLOW_PROVIDER))
+    call = (span.end_time or time.time_ns(), request_model, get(_RESPONSE_MODEL), provider)
+    _counted_calls.set((call, *_counted_calls.get()[: _RECENT_CALLS - 1]))
 
 
 def mlflow_cost(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -170,6 +212,7 @@ class CostSpanProcessor(SpanProcessor):
     """Prices spans that carry token usage, keeps running totals, and forwards enriched copies downstream.
 
     Usage: ``provider.add_span_processor(CostSpanProcessor(BatchSpanProcessor(OTLPSpanExporter())))``.
+    Its pricer becomes the ledger's (which budget reservations price with) only when the ledger has none yet.
     """
 
     def __init__(
@@ -185,8 +228,15 @@ class CostSpanProcessor(SpanProcessor):
         self._ledger = ledger if ledger is not None else LEDGER
         self._track_costs = track_costs
         self._track_tokens = track_tokens
-        self._ledger.pricer = self._pricer if track_costs else None  # budget reservations price as we do
+        # Budget reservations price as the ledger's processor does. configure() sets the process ledger's pricer
+        # itself; a processor built by hand gives it one only when it has none, so that another pipeline (a test,
+        # a library, track_costs=False) does not change how every reservation is priced.
+        if track_costs and self._ledger.pricer is None:
+            self._ledger.pricer = self._pricer
         self._live: dict[int, _Live] = {}
+        # Spans that counted (or ended below a counted span), oldest first: a span ending after one of them is
+        # not counted again.
+        self._counted: dict[int, None] = {}
         self._lock = threading.Lock()
         # Lock-free health counters: these run for every span.
         self._processed = guard.tally("spans.processed").add
@@ -262,13 +312,18 @@ class CostSpanProcessor(SpanProcessor):
         cost = self._price(span, attrs, usage) if usage is not None and self._track_costs else None
         # An MLflow autolog span whose call a span of another trace counted (the SDK's own span: autolog's is not
         # its parent) is a wrapper too.
-        covered = usage is not None and _MLFLOW_USAGE in attrs and counted_since(span.start_time)
+        covered = usage is not None and _MLFLOW_USAGE in attrs and counted_within(span, attrs)
         with self._lock:  # deciding and telling the parent is one step, even when parent and child end on two threads
             live = self._live.pop(ctx.span_id, None)
-            counted = usage is not None and not covered and (live is None or not live.counted_below)
+            parent_id = live.parent_id if live is not None else None
+            # A counted span above that ended first: this one's call is that one's (outer-first ends are rare).
+            above = parent_id is not None and self._counted_above(parent_id, usage is not None)
+            counted = usage is not None and not covered and not above and (live is None or not live.counted_below)
+            if counted or above:
+                self._remember_counted(ctx.span_id)
             # Tell the parent that usage below it is accounted for, so it is not counted again.
-            if live is not None and live.parent_id is not None and (counted or covered or live.counted_below):
-                parent_live = self._live.get(live.parent_id)
+            if parent_id is not None and (counted or covered or above or live.counted_below):
+                parent_live = self._live.get(parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
         parent = span.parent
@@ -321,6 +376,28 @@ class CostSpanProcessor(SpanProcessor):
             instrumentation_scope=span.instrumentation_scope,
         )
 
+    def _counted_above(self, parent_id: int, walk: bool) -> bool:
+        """Whether the parent, or with `walk` any ancestor up the spans still open, was counted (under the lock)."""
+        counted, live = self._counted, self._live
+        if parent_id in counted:
+            return True
+        if not walk:
+            return False
+        for _ in range(_MAX_ANCESTORS):
+            entry = live.get(parent_id)
+            if entry is None or entry.parent_id is None:
+                return False
+            parent_id = entry.parent_id
+            if parent_id in counted:
+                return True
+        return False
+
+    def _remember_counted(self, span_id: int) -> None:
+        counted = self._counted
+        counted[span_id] = None
+        if len(counted) > _MAX_COUNTED_SPANS:
+            counted.pop(next(iter(counted)), None)
+
     # -- spans that end on another provider (MLflow's own) --------------------------------------------------------
 
     def sees(self, span: Any) -> bool:
@@ -345,7 +422,7 @@ class CostSpanProcessor(SpanProcessor):
             self._ledger.end_trace(span.context.trace_id)
         for event in events:
             span.add_event(event.name, event.attributes, event.timestamp)
-        out[MLFLOW_COST] = mlflow_cost(out)
+        out[semconv.MLFLOW_LLM_COST] = mlflow_cost(out)  # ours, or an explicit null (no price)
         return out
 
     def _price(self, span: ReadableSpan, attrs: Any, usage: Usage) -> Cost | None:
@@ -381,8 +458,8 @@ class CostSpanProcessor(SpanProcessor):
         totals."""
         tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
         source = attrs.get(_USAGE_SOURCE)
-        if source == _ABSENT:  # no tokens to price: the call is counted, its cost unknown (never a $0 price)
-            cost = None
+        if source == _ABSENT and cost is not LOCAL:  # no tokens to price: counted, its cost unknown (never $0)
+            cost = None  # (a call served locally costs nothing per call either way: it is never unpriced)
         out[semconv.LLM_TOKENS_PROMPT] = tokens_in
         out[semconv.LLM_TOKENS_COMPLETION] = tokens_out
         out[semconv.LLM_TOKENS_TOTAL] = tokens_in + tokens_out
@@ -400,7 +477,7 @@ class CostSpanProcessor(SpanProcessor):
         if not counted:
             return None
         if "mlflow" in sys.modules:  # the MLflow span around this call, if any, wraps it
-            _counted_at.set(span.end_time or time.time_ns())
+            _remember_call(span, attrs)
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's
             out[_USAGE_SOURCE] = _PROVIDER_SOURCE
         (self._unpriced if cost is None else self._local if cost is LOCAL else self._priced)()

@@ -230,12 +230,15 @@ def _chain(
         from .instrumentation.mlflow_autolog import MlflowAutologCost
 
         downstream.append(MlflowAutologCost())
+    pricer = Pricer(settings.price_overrides, settings.provider_aliases, settings.cloud_hosts)
     processor = CostSpanProcessor(
         *downstream,
-        pricer=Pricer(settings.price_overrides, settings.provider_aliases, settings.cloud_hosts),
+        pricer=pricer,
         track_costs=settings.llm_track_costs,
         track_tokens=settings.llm_track_token_usage,
     )
+    # The process's budget reservations price as this chain does (a processor built by hand never replaces it).
+    ledger.LEDGER.pricer = pricer if settings.llm_track_costs else None
     if with_mlflow:  # autolog spans on MLflow's own provider are priced and counted by this chain
         from .instrumentation import mlflow_autolog
 

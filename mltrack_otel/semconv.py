@@ -51,8 +51,20 @@ LLM_TOKENS_PROMPT: Final = "llm.tokens.prompt"
 LLM_TOKENS_TOTAL: Final = "llm.tokens.total"
 """Input plus output tokens of this model call."""
 
+MLFLOW_CHAT_TOKENUSAGE: Final = "mlflow.chat.tokenUsage"
+"""JSON {input_tokens, output_tokens, total_tokens}, the token usage MLflow shows for a chat span."""
+
 MLFLOW_LLM_COST: Final = "mlflow.llm.cost"
 """JSON {input_cost, output_cost, total_cost} in USD, so MLflow shows our price."""
+
+MLFLOW_LLM_MODEL: Final = "mlflow.llm.model"
+"""The model name MLflow reads (and prices by) on a span, JSON-encoded on MLflow's own spans."""
+
+MLFLOW_LLM_PROVIDER: Final = "mlflow.llm.provider"
+"""The model provider MLflow records on a span, JSON-encoded on MLflow's own spans."""
+
+MLFLOW_SPANTYPE: Final = "mlflow.spanType"
+"""MLflow's span type (CHAT_MODEL, LLM, EMBEDDING, TOOL, ...), JSON-encoded on MLflow's own spans."""
 
 MLTRACK_CONTENT_TRUNCATED: Final = "mltrack.content.truncated"
 """True when captured message content was cut to fit the byte budget."""

@@ -28,7 +28,8 @@ MODEL = ROOT / "semconv" / "model"
 OUTPUT = ROOT / "mltrack_otel" / "semconv.py"
 LINE_LENGTH = 110  # [tool.ruff] line-length in pyproject.toml
 SECTIONS = ("Attributes", "Events", "Metrics")
-_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
+# Dotted names starting lower-case; MLflow's own names have camelCase parts (mlflow.chat.tokenUsage).
+_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-zA-Z0-9_]*)*")
 
 HEADER = '''"""Attribute, event and metric names defined by mltrack-otel.
 
@@ -51,7 +52,7 @@ def load_groups(model: Path = MODEL) -> list[dict]:
 def constant_name(name: str, prefix: str = "") -> str:
     """`mltrack.client.cost` -> `MLTRACK_CLIENT_COST` (with `prefix` in front)."""
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a lower-case dotted name")
+        raise ValueError(f"{name!r} is not a dotted name starting lower-case")
     return prefix + name.replace(".", "_").upper()
 
 

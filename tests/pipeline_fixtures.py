@@ -36,6 +36,7 @@ def pipeline(isolated_env):
     rt.memory_exporter.clear()
     ledger.LEDGER.reset()
     ledger.LEDGER.limits = ledger.Limits()
+    ledger.LEDGER.pricer = None
     config.set_current(None)
 
 

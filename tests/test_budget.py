@@ -46,6 +46,7 @@ def budgeted(fake, settings) -> Iterator[InMemorySpanExporter]:
     fake.clear()
     guard.reset()
     LEDGER.reset()
+    LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
@@ -465,6 +466,41 @@ def test_worst_case_prices_with_the_dearer_of_plain_and_cache_write_input():
     written = pricer.price("anthropic", body["model"], Usage(tokens_in, 100, 0, tokens_in)).total
     assert cost == written > pricer.price("anthropic", body["model"], Usage(tokens_in, 100)).total
     assert budget.worst_case({"input": "hi"}, "text-embedding-3-small", "openai", "embeddings", None) == (1, None)
+
+
+def test_a_processor_built_by_hand_leaves_the_configured_pricing_to_reservations(pipeline):
+    """configure() sets how reservations are priced; another CostSpanProcessor (a second pipeline, a test, a
+    library; track_costs=False or other overrides) must not change it for every budget in the process."""
+    from mltrack_otel import budget
+
+    configured = LEDGER.pricer
+    assert configured is not None
+    CostSpanProcessor(track_costs=False)
+    CostSpanProcessor(pricer=Pricer())
+    assert LEDGER.pricer is configured
+    LEDGER.limits = Limits(cost_budget=Decimal(1))
+    reservation = budget.reserve(body_of(0), MODEL, PROVIDER, "chat", scope=None)
+    try:
+        assert reservation is not None
+        assert reservation.cost == budget.worst_case(body_of(0), MODEL, PROVIDER, "chat", configured)[1] > 0
+    finally:
+        LEDGER.release(reservation)
+
+
+def test_cache_write_answers_go_with_their_pricer():
+    from mltrack_otel import budget
+
+    """Reservations remember per pricer whether a model's cache writes cost more; that must not keep the pricers
+    of pipelines long gone alive."""
+    import weakref
+
+    pricer = Pricer()
+    assert budget._writes_cost_more(pricer, "anthropic", "claude-3-5-sonnet-20241022") is True
+    assert budget._writes_cost_more(pricer, "openai", "gpt-4o") is False
+    gone = weakref.ref(pricer)
+    del pricer
+    gc.collect()
+    assert gone() is None
 
 
 def test_a_forked_child_does_not_inherit_the_parents_holds():

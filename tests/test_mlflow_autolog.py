@@ -308,6 +308,82 @@ def test_an_mlflow_span_around_a_call_counted_in_another_trace_is_a_wrapper():
     assert ledger.process_totals().calls == 2
 
 
+def _claude_mlflow_attributes(provider: str | None = "anthropic") -> dict[str, Any]:
+    attributes = {"mlflow.llm.model": '"claude-3-5-sonnet-20241022"'}
+    if provider is not None:
+        attributes["mlflow.llm.provider"] = json.dumps(provider)
+    return attributes
+
+
+@pytest.mark.parametrize(
+    ("model", "provider"),
+    [("gpt-4o", "openai"), ("claude-3-5-sonnet-20241022", "openai")],
+    ids=["another-model", "another-provider"],
+)
+def test_an_unrelated_call_counted_while_an_mlflow_span_is_open_does_not_make_it_a_wrapper(model, provider):
+    """Only a counted call of the MLflow span's own model (and provider) is taken for its call: an unrelated call
+    that completes while an Anthropic autolog span (a stream, say) is open leaves that span to count its own."""
+    exporter = InMemorySpanExporter()
+    ledger = Ledger()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    tracer = tracer_provider.get_tracer("test")
+    mlflow_span = tracer.start_span("Messages.create", attributes=_claude_mlflow_attributes())
+    call = {
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": 10,
+        "gen_ai.usage.output_tokens": 5,
+    }
+    with tracer.start_as_current_span("chat", attributes=call):
+        pass
+    mlflow_span.set_attribute("mlflow.chat.tokenUsage", json.dumps({"input_tokens": 1000, "output_tokens": 500}))
+    mlflow_span.end()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert spans["chat"].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert spans["Messages.create"].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    totals = ledger.process_totals()
+    assert (totals.calls, totals.total_tokens) == (2, 1515)
+
+
+def test_an_mlflow_span_our_span_adopted_is_a_wrapper_though_the_call_ended_in_another_thread():
+    """The explicit link: our request span took the MLflow span as its parent (mlflow_autolog.remember); once
+    ours is counted, MLflow's is a wrapper even where timing cannot tell (a stream read to its end in a worker
+    thread, whose context the MLflow span's end does not see)."""
+    import threading
+
+    from mlflow.entities import LiveSpan
+
+    from mltrack_otel.instrumentation import mlflow_autolog
+
+    ledger = Ledger()
+    processor = CostSpanProcessor(mlflow_autolog.MlflowAutologCost(), ledger=ledger, pricer=Pricer())
+    ours = TracerProvider()
+    ours.add_span_processor(processor)
+    # MLflow's span, on MLflow's own provider: our processor never sees it end.
+    otel_span = TracerProvider().get_tracer("mlflow").start_span("Messages.create")
+    mlflow_span = LiveSpan(otel_span, trace_id="tr-" + uuid.uuid4().hex, span_type="CHAT_MODEL")
+    otel_span.set_attributes(_claude_mlflow_attributes(provider=None))
+    call = ours.get_tracer("test").start_span(
+        "chat claude",
+        attributes={
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": "claude-3-5-sonnet-latest",
+            "gen_ai.response.model": "claude-3-5-sonnet-20241022",
+            "gen_ai.usage.input_tokens": 1000,
+            "gen_ai.usage.output_tokens": 500,
+        },
+    )
+    mlflow_autolog.remember(call, mlflow_span)
+    worker = threading.Thread(target=call.end)
+    worker.start()
+    worker.join()
+    otel_span.set_attribute("mlflow.chat.tokenUsage", json.dumps({"input_tokens": 1000, "output_tokens": 500}))
+    mlflow_autolog._account(processor, mlflow_span)
+    assert ledger.process_totals().calls == 1
+    assert json.loads(otel_span.attributes["mlflow.llm.cost"])["total_cost"] > 0  # our price, set by our span
+
+
 def test_a_span_that_ends_elsewhere_is_priced_counted_once_and_crosses_limits_on_itself():
     """account_elsewhere, as MLflow's span processor calls it on a span of MLflow's own provider."""
     from mltrack_otel.ledger import Limits

@@ -101,6 +101,32 @@ def test_three_layers_count_once_and_siblings_each_count(setup):
     assert ledger.process_totals().calls == 2
 
 
+def test_parent_ending_before_its_child_counts_once(setup):
+    """Garbage collection may end an abandoned stream's outer span before the inner one: the outer then
+    counts, and the inner (and anything with usage further down, under a span still open) is a wrapper."""
+    from opentelemetry import trace
+
+    tracer, ledger, spans, _ = setup
+    outer = tracer.start_span("litellm", attributes=usage_attrs(50, 5))
+    middle = tracer.start_span("http", context=trace.set_span_in_context(outer))
+    inner = tracer.start_span("openai", context=trace.set_span_in_context(middle), attributes=usage_attrs(50, 5))
+    sibling = tracer.start_span("openai #2", context=trace.set_span_in_context(outer), attributes=usage_attrs(50, 5))
+    outer.end()
+    sibling.end()
+    inner.end()
+    middle.end()
+    got = spans()
+    assert got["litellm"].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert got["openai"].attributes[semconv.MLTRACK_USAGE_COUNTED] is False
+    assert got["openai #2"].attributes[semconv.MLTRACK_USAGE_COUNTED] is False
+    assert ledger.process_totals().calls == 1
+    # An unrelated call afterwards still counts.
+    with tracer.start_as_current_span("chat gpt-4o", attributes=usage_attrs(10, 5)):
+        pass
+    assert spans()["chat gpt-4o"].attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert ledger.process_totals().calls == 2
+
+
 def test_unknown_model_is_marked_unpriced_never_zero(setup):
     tracer, ledger, spans, _ = setup
     with tracer.start_as_current_span("x", attributes=usage_attrs(10, 10, model="no-such-model-xyz", provider="acme")):

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import server_attributes
 
 from mltrack_otel import estimate, guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
@@ -42,6 +43,7 @@ ESTIMATED, PROVIDER = "estimated", "provider"
 def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
     """OpenAI and Anthropic instrumented into a provider whose CostSpanProcessor counts into the process ledger."""
     guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
+    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
@@ -54,6 +56,7 @@ def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
     provider.shutdown()
     ledger.LEDGER.reset()
     ledger.LEDGER.limits = ledger.Limits()
+    ledger.LEDGER.pricer = None
 
 
 def open_stream(kind: str, client: Any, **kwargs: Any) -> Any:
@@ -406,6 +409,21 @@ def test_absent_usage_is_counted_unpriced_never_at_zero_cost(processor_pipeline)
     assert semconv.LLM_COST_TOTAL not in span.attributes
     totals = own.process_totals()
     assert (totals.calls, totals.unpriced_calls, totals.estimated_calls, totals.cost_usd) == (1, 1, 0, 0)
+
+
+def test_absent_usage_of_a_call_served_locally_is_local_not_unpriced(processor_pipeline):
+    """A stream on a local server (Ollama) whose usage never arrived costs nothing per call all the same."""
+    tracer, own, exporter = processor_pipeline
+    local = {server_attributes.SERVER_ADDRESS: "localhost", server_attributes.SERVER_PORT: 11434}
+    absent = _usage(0, 0, **{semconv.MLTRACK_USAGE_SOURCE: "absent", **local})
+    with tracer.start_as_current_span("chat gpt-4o", attributes={**absent, gen_ai.GEN_AI_REQUEST_MODEL: "llama3.1"}):
+        pass
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[semconv.MLTRACK_USAGE_SOURCE] == "absent"
+    assert span.attributes[semconv.MLTRACK_COST_LOCAL] is True
+    assert semconv.MLTRACK_COST_UNPRICED not in span.attributes
+    totals = own.process_totals()
+    assert (totals.calls, totals.unpriced_calls, totals.cost_usd) == (1, 0, 0)
 
 
 def test_totals_plus_keeps_the_estimated_part():

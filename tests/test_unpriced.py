@@ -63,6 +63,25 @@ def test_context_root_marks_its_cumulative_cost_incomplete(pipeline):
         assert attrs[semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS] >= 1
 
 
+def test_a_local_root_under_a_remote_parent_gets_the_unpriced_trace_tag(pipeline):
+    """A service's root span whose parent is in the caller's process (distributed tracing) is this process's root:
+    MLflow gets the tag saying its cost misses calls there too."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from mltrack_otel.exporters.mlflow_attributes import UNPRICED_TAG, for_mlflow
+
+    caller = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(caller)):  # the parent an incoming request's traceparent names
+        with mltrack_otel.track_llm_context("served") as tracker:
+            _priced_call(tracker)
+            _unpriced_call(tracker)
+    served = finished(pipeline)["served"]
+    assert served.parent is not None and served.parent.is_remote
+    assert served.attributes[semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS] == 1
+    (copy,) = for_mlflow([served])
+    assert copy.attributes[UNPRICED_TAG] == "1"
+
+
 def test_health_says_the_process_total_is_incomplete_and_by_how_many_calls(pipeline):
     with mltrack_otel.track_llm_context("priced") as tracker:
         _priced_call(tracker)

@@ -43,11 +43,11 @@ from .. import guard, semconv
 
 __all__ = ["MlflowOtlpExporter", "for_mlflow", "mlflow_attributes"]
 
-# MLflow attribute names (mlflow.tracing.constant), kept here so that choosing what to send needs no mlflow import.
-SPAN_TYPE = "mlflow.spanType"
-CHAT_USAGE = "mlflow.chat.tokenUsage"
+# MLflow attribute names (mlflow.tracing.constant), from our registry: choosing what to send needs no mlflow import.
+SPAN_TYPE = semconv.MLFLOW_SPANTYPE
+CHAT_USAGE = semconv.MLFLOW_CHAT_TOKENUSAGE
 LLM_COST = semconv.MLFLOW_LLM_COST
-MODEL = "mlflow.llm.model"
+MODEL = semconv.MLFLOW_LLM_MODEL
 TRACE_TAG_PREFIX = "mlflow.traceTag."
 EXPERIMENT_HEADER = "x-mlflow-experiment-id"
 
@@ -158,7 +158,7 @@ def _copy(span: ReadableSpan, fallback_pricing: bool) -> ReadableSpan:
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=mlflow_attributes(span.attributes or {}, span.parent is None, fallback_pricing),
+        attributes=mlflow_attributes(span.attributes or {}, _local_root(span), fallback_pricing),
         events=span.events,
         links=span.links,
         kind=span.kind,
@@ -197,3 +197,10 @@ class MlflowOtlpExporter(SpanExporter):
 def targets_mlflow(headers: Mapping[str, str]) -> bool:
     """True when OTLP headers name an MLflow experiment: only MLflow's /v1/traces reads that header."""
     return any(key.lower() == EXPERIMENT_HEADER for key in headers)
+
+
+def _local_root(span: ReadableSpan) -> bool:
+    """The root of this process's part of a trace: no parent, or a parent in another process (its totals are the
+    trace's here, as the processor gives them to such a span)."""
+    parent = span.parent
+    return parent is None or parent.is_remote

@@ -26,8 +26,9 @@ call nothing of ours counted is priced and counted once, and carries our tokens,
 ``stream_options``) is counted with usage estimated from its request and answer.
 
 Autolog's span is never current, so a span that counts the same call below it may sit in another trace (the
-Anthropic SDK's own span): a call counted in the same thread or task while an MLflow span was open is that span's
-call (processor.counted_since), and the MLflow span is a wrapper, here and in the processor alike.
+Anthropic SDK's own span). The MLflow span is a wrapper, here and in the processor alike, when our span adopted it
+and was counted (processor.mark_covered), or else when a call of its model (and provider, when both name one) was
+counted in the same thread or task while it was open (processor.counted_within).
 """
 
 from __future__ import annotations
@@ -47,13 +48,13 @@ from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, StatusCode, TraceFlags
 
 from .. import estimate, guard, semconv
-from ..processor import MLFLOW_COST, CostSpanProcessor, counted_since, mlflow_cost
+from ..processor import CostSpanProcessor, counted_within, mark_covered, mlflow_cost
 
 TRACEPARENT = "traceparent"
-_LLM_COST = MLFLOW_COST
+_LLM_COST = semconv.MLFLOW_LLM_COST
 _HOOK_OWNER = "mlflow_autolog:span_processor"
 # MLflow's span attributes (JSON text): usage, span type, the call's request and its (rebuilt) response.
-_MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = "mlflow.chat.tokenUsage", "mlflow.spanType"
+_MLFLOW_USAGE, _MLFLOW_SPAN_TYPE = semconv.MLFLOW_CHAT_TOKENUSAGE, semconv.MLFLOW_SPANTYPE
 _MLFLOW_INPUTS, _MLFLOW_OUTPUTS = "mlflow.spanInputs", "mlflow.spanOutputs"
 _CHAT_SPAN_TYPES = ('"CHAT_MODEL"', '"LLM"')
 _MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain without it) must not grow memory
@@ -129,6 +130,9 @@ class MlflowAutologCost(SpanProcessor):
         attrs = span.attributes or {}
         if semconv.MLTRACK_USAGE_COUNTED not in attrs:  # no usage read: nothing to say about the price
             return
+        own = getattr(mlflow_span, "_span", None)  # the OTel span MLflow's LiveSpan wraps
+        if own is not None:
+            mark_covered(own.context.span_id)  # our span, or one below it, counted the call
         mlflow_span.set_attribute(_LLM_COST, mlflow_cost(attrs))
 
 
@@ -190,11 +194,11 @@ def _account(processor: CostSpanProcessor, live_span: Any) -> None:
     attributes = span.attributes or {}
     if _MLFLOW_USAGE not in attributes:
         # A stream the caller did not ask usage for (OpenAI's stream_options): the call still reached the provider.
-        estimated = None if counted_since(span.start_time) else _estimated_usage(span, attributes)
+        estimated = None if counted_within(span, attributes) else _estimated_usage(span, attributes)
         if estimated is None:
             return
         span.set_attributes(estimated)
-    covered = counted_since(span.start_time)
+    covered = counted_within(span, span.attributes or {})
     if covered and _LLM_COST in attributes:  # our span below it counted the call and gave it our price
         return
     seen = processor.sees(span)  # its end reaches our processor too, which counts it (or not) and says so
