@@ -125,9 +125,29 @@ def worst_case(
     if pricer is not None and model:
         # Input written to a prompt cache can cost more than plain input (Anthropic: 1.25x): price it so then.
         written = tokens_in if _writes_cost_more(pricer, provider, model) else 0
-        priced = pricer.price(provider, model, Usage(tokens_in, tokens_out, 0, written), None, address, port)
+        usage = Usage(tokens_in, tokens_out, 0, written)
+        priced = pricer.price(provider, model, usage, None, address, port)
+        served = _served_as.get((provider, model)) if priced is None else None
+        if served is not None:  # a deployment name or alias: priced as the model its responses named
+            priced = pricer.price(provider, served, usage, None, address, port)
         cost = priced.total if priced is not None else None
     return tokens_in + tokens_out, cost
+
+
+# (provider, requested model) -> the model its responses named. Azure deployments and other aliases
+# ("prod-gpt4o") have no price of their own, but their calls are priced by the response model: reservations learn
+# it from counted calls, so that only a name's first call goes out unreserved. Bounded; plain dict reads.
+_served_as: dict[tuple[str | None, str], str] = {}
+_MAX_SERVED_AS = 4096
+
+
+def note_served_model(provider: str | None, requested: Any, served: Any) -> None:
+    """A counted call asked for `requested` and was answered by `served` (called by the CostSpanProcessor)."""
+    if requested == served or not isinstance(requested, str) or not isinstance(served, str):
+        return
+    key = (provider, requested)
+    if key not in _served_as and len(_served_as) < _MAX_SERVED_AS:
+        _served_as[key] = served
 
 
 # pricer -> {(provider, model): whether a cache write costs more than plain input}; a pricer's answers go with it.

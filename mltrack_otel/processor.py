@@ -28,6 +28,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import server_attributes
 
 from . import estimate, guard, semconv
+from .budget import note_served_model
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
 from .pricing import LOCAL, Cost, Pricer, Usage
@@ -476,6 +477,10 @@ class CostSpanProcessor(SpanProcessor):
 
         if not counted:
             return None
+        if cost is not None and cost is not LOCAL:  # an alias's reservations price as the model that answered
+            requested = attrs.get(_REQUEST_MODEL)
+            if requested is not None and requested != attrs.get(_RESPONSE_MODEL):
+                note_served_model(attrs.get(_PROVIDER), requested, attrs.get(_RESPONSE_MODEL))
         if "mlflow" in sys.modules:  # the MLflow span around this call, if any, wraps it
             _remember_call(span, attrs)
         if source is None:  # ours mark only what they estimated; any other counted usage is the provider's

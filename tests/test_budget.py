@@ -336,6 +336,25 @@ def test_a_raw_stream_read_as_bytes_settles_when_its_response_closes(budgeted, f
     assert (totals.calls, totals.estimated_calls) == (1, 1)  # sent, so counted; nothing of ours read its usage
 
 
+def test_a_deployment_name_reserves_at_the_price_of_the_model_that_answered(budgeted, fake, oai):
+    """A name with no price of its own (an Azure deployment) is reserved as the model its responses named."""
+    from mltrack_otel import budget
+
+    budget._served_as.clear()  # learned per process: start from a process that has not seen this name
+    LEDGER.limits = Limits(cost_budget=Decimal(1))
+    body = {**body_of(0, max_tokens=100), "model": "prod-gpt4o"}
+    held = []
+    for _ in range(2):
+        stream = oai.chat.completions.create(**body, stream=True)
+        held.append(LEDGER.held()[1])
+        for _chunk in stream:
+            pass
+    answered = MODEL_ALIASES["prod-gpt4o"]
+    assert held[0] == 0  # its first call: nothing known yet, reserved unpriced
+    assert held[1] == Pricer().price(PROVIDER, answered, _reserved_usage({**body, "model": answered})).total
+    assert_nothing_held()
+
+
 def test_async_stream_settles(budgeted, fake, aoai):
     LEDGER.limits = Limits(cost_budget=Decimal(1))
 

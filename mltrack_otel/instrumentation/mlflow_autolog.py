@@ -62,6 +62,7 @@ _MAX_PENDING = 4096  # our spans that never reach MlflowAutologCost (a chain wit
 # Our span id -> MLflow's live span it descends from, until our span ends and its price is known.
 _pending: dict[int, Any] = {}
 _lock = threading.Lock()
+guard.renew_lock_after_fork(sys.modules[__name__])  # configure()'s fork hook re-attaches under it in the child
 
 
 def parent_of(headers: Any) -> tuple[Context, Any] | None:

@@ -183,6 +183,7 @@ REASONS |= {500: "Internal Server Error", 529: "Overloaded"}
 #: Request model -> dated snapshot reported in the response (anything else is echoed unchanged).
 MODEL_ALIASES: dict[str, str] = {
     "gpt-4o": "gpt-4o-2024-08-06",
+    "prod-gpt4o": "gpt-4o-2024-08-06",  # an Azure-style deployment name: the response names the model behind it
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "gpt-4.1": "gpt-4.1-2025-04-14",
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
