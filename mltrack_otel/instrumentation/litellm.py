@@ -28,6 +28,7 @@ from ._base import Call, get, provider_for_host
 from .openai import (
     ChatRecorder,
     _Choice,
+    add_delta_texts,
     chat_inputs,
     chat_request,
     chat_response,
@@ -195,7 +196,7 @@ class StreamRecorder(ChatRecorder):
             if self.capture:
                 self._capture(choice, acc)
             else:
-                self.seen.append(getattr(choice, "delta", None))
+                add_delta_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True
 
     def finished(self) -> bool:
