@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no network at import
 
@@ -536,3 +537,30 @@ def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_prov
     assert LEDGER.process_totals().cost_usd <= limit
     assert refused and len(fake_provider.requests) == 20 - len(refused)
     assert LEDGER.held() == (0, Decimal(0))
+
+
+@pytest.mark.parametrize("shape", ["text", "tool_call"])
+def test_stream_without_content_capture_keeps_text_not_deltas(traced, fake_provider, monkeypatch, shape):
+    """A LiteLLM delta object is many times the size of its text: only the text is kept for an estimate, and the
+    estimate is the one content capture gives."""
+    if shape == "text":
+        kwargs, n = {"extra_headers": {"x-fake-scenario": "long"}}, 250  # 300 deltas
+    else:
+        kwargs, n = {"extra_headers": {"x-fake-scenario": "tool"}, "tools": [OPENAI_WEATHER_TOOL]}, 20
+    estimated = {}
+    for capture in (True, False):
+        monkeypatch.setenv("MLTRACK_LLM_LOG_RESPONSES", str(capture).lower())
+        config.set_current(None)  # read the environment again
+        traced.exporter.clear()
+        stream = litellm.completion(**openai_kwargs(fake_provider, stream=True, **kwargs))
+        for _ in range(n):
+            next(stream)
+        if not capture:
+            kept = stream._self_recorder.seen
+            assert kept and all(type(piece) is str for piece in kept)  # no LiteLLM objects held
+            assert (sys.getsizeof(kept) + sum(map(sys.getsizeof, kept))) / n < 200  # bytes per chunk
+        stream.close()
+        a = traced.one().attributes
+        assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+        estimated[capture] = a["gen_ai.usage.output_tokens"]
+    assert estimated[False] == estimated[True] > 0

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -25,9 +26,10 @@ from opentelemetry.semconv.attributes import server_attributes
 from mltrack_otel import estimate, guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
+from mltrack_otel.instrumentation._base import StreamRecorder
 from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
-from tests.instr_fixtures import attrs, one_span, use_settings
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL, attrs, one_span, use_settings
 from tests.traced import FAKE
 
 OPENAI_MODEL = "gpt-4o"
@@ -539,3 +541,52 @@ def test_the_report_keeps_estimated_cost_apart(pipeline, fake, tmp_path, capsys)
     assert Decimal(row["cost_usd"]) == pytest.approx(live.cost_usd, abs=Decimal("1e-6"))
     assert cli.main(["report", "--tracking-uri", uri, "--experiment", "estimates"]) == 0
     assert "of the total is priced from estimated usage" in capsys.readouterr().out
+
+
+# -- with content capture off, a stream keeps only the text its estimate needs -----------------------------------
+
+ANTHROPIC_WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _live_recorder() -> StreamRecorder:
+    """The one stream recorder whose stream has not ended (streams dropped by earlier tests are ended first)."""
+    gc.collect()
+    guard.drain_deferred()
+    (recorder,) = [o for o in gc.get_objects() if isinstance(o, StreamRecorder) and not o.done]
+    return recorder
+
+
+@pytest.mark.parametrize("shape", ["text", "tool_call"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_without_content_capture_a_stream_keeps_text_not_sdk_deltas(priced, request, kind, shape):
+    """An SDK delta object is ~10x the size of its text: kept per chunk until the stream ends, a long stream held
+    megabytes only in case it was stopped early. Only the text is kept, and the estimate is the same."""
+    client = client_of(kind, request)
+    if shape == "text":
+        kwargs, n = scenario("long"), 250  # 300 deltas
+    else:
+        tool = OPENAI_WEATHER_TOOL if kind == "openai" else ANTHROPIC_WEATHER_TOOL
+        kwargs, n = {**scenario("tool"), "tools": [tool]}, 20  # the arguments come in 30 fragments
+    model = OPENAI_MODEL if kind == "openai" else ANTHROPIC_MODEL
+    estimated = {}
+    for capture in (True, False):
+        use_settings(llm_log_prompts=capture, llm_log_responses=capture)
+        priced.clear()
+        received: list[str] = []
+        stream = open_stream(kind, client, **kwargs)
+        _read(kind, stream, n, received)
+        if not capture:
+            kept = _live_recorder().seen
+            assert kept and all(type(piece) is str for piece in kept)  # no SDK objects held
+            assert (sys.getsizeof(kept) + sum(map(sys.getsizeof, kept))) / n < 200  # bytes per chunk
+        stream.close()
+        a = attrs(one_span(priced))
+        assert a[semconv.MLTRACK_USAGE_SOURCE] == ESTIMATED
+        estimated[capture] = a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS]
+        if shape == "text":  # the estimate reads the text the caller received
+            assert estimated[capture] == estimate.text_tokens("".join(received), model)
+    assert estimated[False] == estimated[True] > 0

@@ -449,7 +449,7 @@ def _has_usage(attributes: dict[str, Any]) -> bool:
 class StreamRecorder:
     """Fed every item of one streamed response; finishes its call exactly once however the stream ends.
 
-    Subclasses implement :meth:`feed` (cheap: append deltas to lists, never concatenate) and :meth:`outcome`.
+    Subclasses implement :meth:`feed` (cheap: append delta strings to lists, never concatenate) and :meth:`outcome`.
     When the stream ends without the provider's usage (stopped early, failed, or a host that never sends it), the
     call is still counted: :meth:`estimate` writes usage from the request (``request``) and the output deltas seen
     (:meth:`output_pieces`), marked ``mltrack.usage.source=estimated``.
@@ -479,7 +479,9 @@ class StreamRecorder:
         self.release: Any = None  # undoes our hook on the HTTP response once the span has ended
         # (request body, model): read only if usage never arrives, so the input is estimated only then.
         self.request: tuple[Mapping[str, Any], str | None] | None = None
-        self.seen: list[Any] = []  # output deltas kept for an estimate when content capture is off
+        # With content capture off: the output text seen, kept for an estimate should the usage never arrive.
+        # Strings only, never the SDK's delta objects (~10x the size of their text, held until the stream ends).
+        self.seen: list[str] = []
         guard.start_deferred_worker()  # ends the span if the stream is abandoned (see __del__)
 
     def feed(self, item: Any) -> bool:

@@ -232,11 +232,6 @@ def response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | No
 # --- stream --------------------------------------------------------------------------------------------------
 
 
-def _piece(delta: Any) -> str | None:
-    """The output a content block delta adds: text, tool input JSON or thinking."""
-    return get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
-
-
 class MessageRecorder(StreamRecorder):
     """Raw message stream events; content blocks are accumulated as lists of deltas, joined once at the end."""
 
@@ -253,15 +248,18 @@ class MessageRecorder(StreamRecorder):
     def feed(self, event: Any) -> bool:
         kind = event.type
         if kind == "content_block_delta":
-            if self.capture:
-                delta = event.delta  # _piece(), inlined: this runs for every delta
+            delta = event.delta  # the output it adds: text, tool input JSON or thinking
+            if delta.type == "text_delta":  # the common delta, read directly: get() costs ~100 ns more
+                piece = delta.text
+            else:
                 piece = get(delta, "text") or get(delta, "partial_json") or get(delta, "thinking")
-                if piece:
+            if piece:
+                if self.capture:
                     entry = self.blocks.get(event.index)
                     if entry is not None:
                         entry[1].append(piece)
-            else:  # kept whole, read only for an estimate should the final usage never arrive: one append per chunk
-                self.seen.append(event.delta)
+                else:  # only the text, for an estimate should the final usage never arrive
+                    self.seen.append(piece)
         elif kind == "content_block_start":
             if self.capture:
                 self.blocks[event.index] = [event.content_block, []]
@@ -301,7 +299,7 @@ class MessageRecorder(StreamRecorder):
 
     def output_pieces(self) -> list[str]:
         if not self.capture:
-            return [piece for piece in map(_piece, self.seen) if piece]
+            return self.seen
         return [piece for _, pieces in self.blocks.values() for piece in pieces]
 
     def estimate(self) -> dict[str, Any]:

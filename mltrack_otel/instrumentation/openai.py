@@ -403,21 +403,14 @@ def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
                 slot[2].append(function.arguments)
 
 
-def delta_texts(deltas: list[Any]) -> list[str]:
-    """The output text of chat deltas kept uncaptured (content, refusal, tool-call names and arguments; a legacy
-    completion keeps its text as is)."""
-    pieces: list[str] = []
-    for delta in deltas:
-        if isinstance(delta, str):
-            pieces.append(delta)
-            continue
-        for text in (get(delta, "content"), get(delta, "refusal"), get(delta, "reasoning_content")):
-            if isinstance(text, str):
-                pieces.append(text)
-        for tool in seq(get(delta, "tool_calls")):
-            function = get(tool, "function")
-            pieces.extend(t for t in (get(function, "name"), get(function, "arguments")) if isinstance(t, str))
-    return pieces
+def add_delta_texts(delta: Any, into: list[str]) -> None:
+    """Append the output text one chat delta carries (content, refusal, reasoning, tool-call names and arguments)."""
+    for text in (get(delta, "content"), get(delta, "refusal"), get(delta, "reasoning_content")):
+        if isinstance(text, str):
+            into.append(text)
+    for tool in seq(get(delta, "tool_calls")):
+        function = get(tool, "function")
+        into.extend(t for t in (get(function, "name"), get(function, "arguments")) if isinstance(t, str))
 
 
 class ChatRecorder(StreamRecorder):
@@ -456,13 +449,18 @@ class ChatRecorder(StreamRecorder):
                 acc.finish = reason
             if self.capture:
                 self._capture(choice, acc)
-            else:  # kept whole, read only for an estimate should the usage never arrive: one append per chunk
-                self.seen.append(choice.delta)
+            else:  # only the text, for an estimate should the usage never arrive: the delta itself is ~10x bigger
+                delta = choice.delta
+                text = delta.content
+                if text and delta.tool_calls is None and not delta.refusal and not delta.__pydantic_extra__:
+                    self.seen.append(text)  # the common chunk: text alone
+                else:
+                    add_delta_texts(delta, self.seen)
         return True
 
     def output_pieces(self) -> list[str]:
         if not self.capture:
-            return delta_texts(self.seen)
+            return self.seen
         pieces: list[str] = []
         for acc in self.choices.values():
             pieces += acc.text
