@@ -89,7 +89,7 @@ def main(mix: str, calls: str, url: str, uri: str, experiment: str) -> dict[str,
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
     spans: list[Any] = []
-    if mix == "ours+autolog":
+    if mix in ("ours+autolog", "autolog+configure"):
         _autolog()
         mltrack_otel.configure(
             exporters=["mlflow", "memory"],
@@ -97,15 +97,8 @@ def main(mix: str, calls: str, url: str, uri: str, experiment: str) -> dict[str,
             mlflow_experiment_name=experiment,
             price_overrides=PRICES,
         )
-        mltrack_otel.instrument(["openai", "anthropic"])
-    elif mix == "autolog+configure":
-        _autolog()
-        mltrack_otel.configure(
-            exporters=["mlflow", "memory"],
-            mlflow_tracking_uri=uri,
-            mlflow_experiment_name=experiment,
-            price_overrides=PRICES,
-        )
+        if mix == "ours+autolog":
+            mltrack_otel.instrument(["openai", "anthropic"])
     elif mix == "autolog+processor":
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
