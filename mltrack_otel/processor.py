@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -127,6 +127,33 @@ def mlflow_cost(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
         "output_cost": attrs.get(semconv.LLM_COST_COMPLETION),
         "total_cost": total,
     }
+
+
+def is_local_root(span: ReadableSpan) -> bool:
+    """The root of this process's part of a trace: no parent, or a parent in another process."""
+    parent = span.parent
+    return parent is None or parent.is_remote
+
+
+def copy_span(span: ReadableSpan, attributes: Mapping[str, Any], extra_events: Sequence[Event] = ()) -> ReadableSpan:
+    """A ReadableSpan like `span` with these attributes (and events added): the SDK freezes an ended span."""
+    events = getattr(span, "_events", None)  # the public property copies them into a new tuple
+    if events is None:
+        events = span.events
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes,
+        events=(*events, *extra_events) if extra_events else events,
+        links=span._links if hasattr(span, "_links") else span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 class _Live:
@@ -327,8 +354,7 @@ class CostSpanProcessor(SpanProcessor):
                 parent_live = self._live.get(parent_id)
                 if parent_live is not None:
                     parent_live.counted_below = True
-        parent = span.parent
-        local_root = parent is None or parent.is_remote
+        local_root = is_local_root(span)
         scope = live.scope if live is not None else None
         scope_root = scope is not None and scope.span_id == ctx.span_id
         merged: dict[str, Any] | None = None  # the copy's attributes, made only when there is something to add
@@ -359,23 +385,7 @@ class CostSpanProcessor(SpanProcessor):
 
         if merged is None:
             return span
-        own_events = getattr(span, "_events", None)  # the public property copies them into a new tuple
-        if own_events is None:
-            own_events = span.events
-        return ReadableSpan(
-            name=span.name,
-            context=ctx,
-            parent=parent,
-            resource=span.resource,
-            attributes=merged,
-            events=(*own_events, *events) if events else own_events,
-            links=span._links if hasattr(span, "_links") else span.links,
-            kind=span.kind,
-            status=span.status,
-            start_time=span.start_time,
-            end_time=span.end_time,
-            instrumentation_scope=span.instrumentation_scope,
-        )
+        return copy_span(span, merged, events)
 
     def _counted_above(self, parent_id: int, walk: bool) -> bool:
         """Whether the parent, or with `walk` any ancestor up the spans still open, was counted (under the lock)."""

@@ -69,6 +69,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import semconv
+from ..processor import is_local_root
 from .mlflow_attributes import EXPERIMENT_HEADER, for_mlflow
 
 __all__ = ["MlflowSpanExporter"]
@@ -164,7 +165,7 @@ class MlflowSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
 
         run_id = self._active_run_id()
-        roots = sorted({_mlflow_trace_id(s) for s in spans if s.parent is None or s.parent.is_remote})
+        roots = sorted({_mlflow_trace_id(s) for s in spans if is_local_root(s)})
         try:
             if self._is_http:
                 self._post(request, run_id)

@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .. import guard, semconv
+from ..processor import copy_span, is_local_root
 
 __all__ = ["MlflowOtlpExporter", "for_mlflow", "mlflow_attributes"]
 
@@ -153,20 +154,7 @@ def for_mlflow(spans: Sequence[ReadableSpan], fallback_pricing: bool = False) ->
 
 
 def _copy(span: ReadableSpan, fallback_pricing: bool) -> ReadableSpan:
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=mlflow_attributes(span.attributes or {}, _local_root(span), fallback_pricing),
-        events=span.events,
-        links=span.links,
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
+    return copy_span(span, mlflow_attributes(span.attributes or {}, is_local_root(span), fallback_pricing))
 
 
 class MlflowOtlpExporter(SpanExporter):
@@ -197,10 +185,3 @@ class MlflowOtlpExporter(SpanExporter):
 def targets_mlflow(headers: Mapping[str, str]) -> bool:
     """True when OTLP headers name an MLflow experiment: only MLflow's /v1/traces reads that header."""
     return any(key.lower() == EXPERIMENT_HEADER for key in headers)
-
-
-def _local_root(span: ReadableSpan) -> bool:
-    """The root of this process's part of a trace: no parent, or a parent in another process (its totals are the
-    trace's here, as the processor gives them to such a span)."""
-    parent = span.parent
-    return parent is None or parent.is_remote
