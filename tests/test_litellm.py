@@ -347,18 +347,22 @@ def test_router_two_deployments(traced, fake_provider):
 # --- the OpenAI SDK layer below -----------------------------------------------------------------------------
 
 
-def test_openai_instrumentor_on_counts_the_innermost_span(traced, fake_provider):
-    openai_instrumentor = _openai_instrumentor()
-    if openai_instrumentor is None:
-        pytest.skip("mltrack_otel.instrumentation.openai is not there yet")
-    openai_instrumentor.instrument(tracer_provider=traced.provider)
-    openai_instrumentor.set_tracer_provider(traced.provider)
-    try:
-        with traced.provider.get_tracer("test").start_as_current_span("root"):
-            litellm.completion(**openai_kwargs(fake_provider))
-            list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
-    finally:
-        openai_instrumentor.uninstrument()
+@pytest.fixture
+def sdk_below(traced):
+    """The OpenAI SDK instrumented too, into the same pipeline: LiteLLM's span with the SDK's below it."""
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=traced.provider)
+    instrumentor.set_tracer_provider(traced.provider)
+    yield
+    instrumentor.uninstrument()
+
+
+def test_openai_instrumentor_on_counts_the_innermost_span(traced, sdk_below, fake_provider):
+    with traced.provider.get_tracer("test").start_as_current_span("root"):
+        litellm.completion(**openai_kwargs(fake_provider))
+        list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
     spans = {s.context.span_id: s for s in traced.spans()}
     assert len(spans) == 5  # root, 2 x (litellm -> openai)
     root = next(s for s in spans.values() if s.name == "root")
@@ -376,28 +380,20 @@ def test_openai_instrumentor_on_counts_the_innermost_span(traced, fake_provider)
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted)
 
 
-def test_abandoned_stream_ended_outer_first_counts_once(traced, fake_provider):
+def test_abandoned_stream_ended_outer_first_counts_once(traced, sdk_below, fake_provider):
     """An abandoned stream carries estimated usage on both layers; garbage collection may end LiteLLM's span
     before the OpenAI SDK's below it. The outer then counts, and the inner, ending later, is its wrapper."""
-    openai_instrumentor = _openai_instrumentor()
-    if openai_instrumentor is None:
-        pytest.skip("mltrack_otel.instrumentation.openai is not there yet")
-    openai_instrumentor.instrument(tracer_provider=traced.provider)
-    openai_instrumentor.set_tracer_provider(traced.provider)
-    try:
-        stream = litellm.completion(**openai_kwargs(fake_provider, "tell me a long story", stream=True))
-        for i, _chunk in enumerate(stream):
-            if i == 1:
-                break
-        # The order the collector may pick, made deterministic: LiteLLM's span ends first, then the SDK's stream
-        # below it is closed (as its collection would, later; closing does not depend on what else holds it).
-        litellm_instrumentation._end(stream._self_recorder, False)
-        stream.completion_stream.close()
-        del stream, _chunk
-        gc.collect()
-        guard.drain_deferred()
-    finally:
-        openai_instrumentor.uninstrument()
+    stream = litellm.completion(**openai_kwargs(fake_provider, "tell me a long story", stream=True))
+    for i, _chunk in enumerate(stream):
+        if i == 1:
+            break
+    # The order the collector may pick, made deterministic: LiteLLM's span ends first, then the SDK's stream
+    # below it is closed (as its collection would, later; closing does not depend on what else holds it).
+    litellm_instrumentation._end(stream._self_recorder, False)
+    stream.completion_stream.close()
+    del stream, _chunk
+    gc.collect()
+    guard.drain_deferred()
     spans = traced.spans()
     assert len(spans) == 2
     outer = next(s for s in spans if s.parent is None)
