@@ -86,16 +86,22 @@ def _flush(rt) -> None:
     assert rt.processor.force_flush(60_000)
 
 
+def _instrumented_agent_run(rt, base_url: str) -> dict[str, int]:
+    """_agent_run with the OpenAI SDK instrumented, flushed to MLflow: the trace id of each root by name."""
+    mltrack_otel.instrument(["openai"])
+    try:
+        roots = _agent_run(base_url)
+    finally:
+        uninstrument(["openai"])
+    _flush(rt)
+    return roots
+
+
 def test_mlflow_trace_totals_equal_the_ledgers_through_otlp(otlp_to_mlflow, fake_provider):
     configure, client, experiment_id = otlp_to_mlflow
     # Only the header MLflow's endpoint reads: that alone turns the MLflow attributes on.
     rt = configure(otlp_headers={"x-mlflow-experiment-id": experiment_id})
-    mltrack_otel.instrument(["openai"])
-    try:
-        roots = _agent_run(fake_provider.openai_base_url)
-    finally:
-        uninstrument(["openai"])
-    _flush(rt)
+    roots = _instrumented_agent_run(rt, fake_provider.openai_base_url)
     ours = rt.memory_exporter.get_finished_spans()
     totals = mltrack_otel.totals()
     assert totals.calls == 2 and totals.unpriced_calls == 1
@@ -134,12 +140,7 @@ def test_without_the_mlflow_attributes_mlflow_prices_our_spans_itself(otlp_to_ml
     """The problem the setting solves, kept visible: a plain OTLP stream leaves MLflow to its own prices."""
     configure, client, experiment_id = otlp_to_mlflow
     rt = configure(otlp_headers={"x-mlflow-experiment-id": experiment_id}, otlp_for_mlflow=False)
-    mltrack_otel.instrument(["openai"])
-    try:
-        roots = _agent_run(fake_provider.openai_base_url)
-    finally:
-        uninstrument(["openai"])
-    _flush(rt)
+    roots = _instrumented_agent_run(rt, fake_provider.openai_base_url)
     agent = client.get_trace(f"tr-{roots['agent']:032x}")
     mlflow_total = agent.info.cost["total_cost"]
     assert mlflow_total != pytest.approx(float(mltrack_otel.totals().cost_usd), rel=1e-3)  # MLflow's catalog price
