@@ -23,6 +23,7 @@ from typing import Any
 from . import guard
 
 __all__ = [
+    "MAX_OUTPUT_FIELDS",
     "SOURCE_ABSENT",
     "SOURCE_ESTIMATED",
     "SOURCE_PROVIDER",
@@ -59,7 +60,7 @@ _TEXT_KEYS = frozenset(
 )
 _JSON_KEYS = ("parameters", "input_schema", "input")  # tool schemas and tool-call inputs: sent as JSON text
 # Request fields that cap the output, newest names first.
-_MAX_OUTPUT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "max_tokens_to_sample")
+MAX_OUTPUT_FIELDS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "max_tokens_to_sample")
 
 
 def text_tokens(text: str, model: str | None = None) -> int:
@@ -91,7 +92,7 @@ def input_tokens(body: Mapping[str, Any], model: str | None = None) -> int:
 
 def max_output_tokens(body: Mapping[str, Any]) -> int | None:
     """The output cap the request names (max_tokens and its newer names), or None."""
-    for field in _MAX_OUTPUT_FIELDS:
+    for field in MAX_OUTPUT_FIELDS:
         value = body.get(field)
         if type(value) is int and value >= 0:
             return value

@@ -21,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind
 
-from . import budget, config, content, guard, semconv
+from . import budget, config, content, estimate, guard, semconv
 from .errors import BudgetExceededError
 from .ledger import LEDGER, Reservation, Scope, Totals, _current_scope, budget_limits, current_scope
 from .usage import usage_attributes
@@ -536,7 +536,7 @@ def _attribute_value(value: Any) -> Any:
 
 
 # Keyword arguments of a decorated call that bound its output (see estimate.max_output_tokens), and its choices.
-_OUTPUT_CAPS = ("max_output_tokens", "max_completion_tokens", "max_tokens", "max_tokens_to_sample", "n")
+_OUTPUT_CAPS = (*estimate.MAX_OUTPUT_FIELDS, "n")
 
 
 def _default_prompt(args: tuple, kwargs: dict) -> Any:
