@@ -683,6 +683,78 @@ class FakeProvider:
 _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)/(.+)$")
 
 
+def sse_frame(event: str | None, data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data)
+    return ((f"event: {event}\n" if event else "") + f"data: {text}\n\n").encode()
+
+
+def ndjson_frame(event: str | None, data: Any) -> bytes:
+    return (json.dumps(data) + "\n").encode()
+
+
+class WireFormat:
+    """A provider API the fake speaks besides OpenAI's and Anthropic's: one module in ``testing/wire/`` each.
+
+    A subclass declares the paths it answers (``paths``, matched from the start of the request path), how to find
+    the text that may carry a ``[[scenario:NAME]]`` token, how the provider shapes an error, and ``handle`` for
+    a request whose scenario is not an HTTP error. Planning (echo text, tools, usage numbers, caching) is shared:
+    ``handler.server.provider._plan(GenerationRequest(...), scenario)``; answering too: ``handler._reply(...)``.
+    """
+
+    name: str = ""
+    paths: re.Pattern[str]
+    request_id_header: str = "x-request-id"
+
+    def user_text(self, payload: Any, match: re.Match[str]) -> str:
+        return ""
+
+    def error(self, status: int, message: str) -> Any:
+        """The provider's JSON error body for an HTTP status."""
+        return {"error": {"code": status, "message": message}}
+
+    def handle(
+        self, handler: _Handler, payload: Any, match: re.Match[str], scenario: Scenario, request_id: str
+    ) -> None:
+        raise NotImplementedError
+
+    def serve(self, handler: _Handler, rec: RecordedRequest, match: re.Match[str], payload: Any) -> None:
+        request_id = f"req_fake{handler.server.provider._next_id():06d}"
+        token = SCENARIO_TOKEN.search(self.user_text(payload, match) or "") if payload is not None else None
+        rec.scenario = rec.headers.get(SCENARIO_HEADER) or (token.group(1) if token else None) or DEFAULT_SCENARIO
+        handler.server.provider._record(rec)
+        header = [(self.request_id_header, request_id)]
+        scenario = SCENARIOS.get(rec.scenario)
+        try:
+            if scenario is None:
+                raise _FakeError(400, f"Unknown fake scenario {rec.scenario!r}; known: {sorted(SCENARIOS)}")
+            if scenario.status is not None:
+                raise _FakeError(scenario.status)
+            self.handle(handler, payload, match, scenario, request_id)
+        except _FakeError as exc:
+            message = exc.message or ERRORS.get(exc.status, ERRORS[400])[3]
+            if exc.status == 429 or exc.status >= 500:
+                header += [("retry-after", "0"), ("retry-after-ms", "1")]
+            handler._send_json(exc.status, self.error(exc.status, message), header)
+
+
+# Provider modules under mltrack_otel/testing/wire/, imported on first use.
+WIRE_MODULES: tuple[str, ...] = ()
+_wire_formats: list[WireFormat] | None = None
+
+
+def _wire_format(path: str) -> tuple[WireFormat, re.Match[str]] | None:
+    global _wire_formats
+    if _wire_formats is None:
+        import importlib
+
+        _wire_formats = [importlib.import_module(f"{__package__}.wire.{name}").WIRE for name in WIRE_MODULES]
+    for wire in _wire_formats:
+        found = wire.paths.match(path)
+        if found is not None:
+            return wire, found
+    return None
+
+
 def _route(path: str) -> tuple[str | None, str | None]:
     """(route key, azure deployment) for a request path."""
     path = path.rstrip("/")
@@ -793,6 +865,10 @@ class _Handler(BaseHTTPRequestHandler):
             payload = None
         headers = {k.lower(): v for k, v in self.headers.items()}
         rec = RecordedRequest(self.command, parts.path, headers, payload, dict(parse_qsl(parts.query)))
+        wire = _wire_format(parts.path)
+        if wire is not None:
+            wire[0].serve(self, rec, wire[1], payload)
+            return
         route, deployment = _route(parts.path)
         anthropic = route is not None and route.startswith("messages") and not parts.path.startswith("/openai")
         request_id = f"req_fake{provider._next_id():06d}"
@@ -825,7 +901,12 @@ class _Handler(BaseHTTPRequestHandler):
         build_json: Callable[[], Any],
         events: Callable[[], Iterator[tuple[str | None, Any, bool]]],
         error_event: Callable[[], tuple[str | None, Any]],
+        *,
+        frame: Callable[[str | None, Any], bytes] | None = None,
+        content_type: str = "text/event-stream; charset=utf-8",
     ) -> None:
+        """Answer a planned generation: JSON, or a stream of `events` framed as SSE (or by `frame`: NDJSON,
+        AWS event-stream...), honouring the scenario's drop, in-band error and delay."""
         scenario = plan.scenario
         if not stream:
             if scenario.drop:
@@ -839,16 +920,17 @@ class _Handler(BaseHTTPRequestHandler):
         chunked = self.server.provider.sse_framing == "chunked"
         if not chunked:
             self.close_connection = True
-        hdrs = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache")]
+        hdrs = [("Content-Type", content_type), ("Cache-Control", "no-cache")]
         hdrs += [("Transfer-Encoding", "chunked")] if chunked else []
         # Frames are buffered and sent together unless the scenario sleeps between deltas: one
         # sendall per response keeps GIL ping-pong with an in-process client (benchmarks) low.
         out = [self._head(200, [*hdrs, request_id_header])]
 
+        encode = frame or sse_frame
+
         def write(event: str | None, data: Any) -> None:
-            text = data if isinstance(data, str) else json.dumps(data)
-            frame = ((f"event: {event}\n" if event else "") + f"data: {text}\n\n").encode()
-            out.append(b"%x\r\n%b\r\n" % (len(frame), frame) if chunked else frame)
+            framed = encode(event, data)
+            out.append(b"%x\r\n%b\r\n" % (len(framed), framed) if chunked else framed)
 
         def flush() -> None:
             self.wfile.write(b"".join(out))
@@ -1445,6 +1527,15 @@ def _embedding(seed: str, dims: int) -> list[float]:
     raw = b"".join(hashlib.sha256(f"{seed}\x00{k}".encode()).digest() for k in range(math.ceil(dims / 32)))
     values = [(b - 127.5) / 127.5 for b in raw[:dims]]
     return list(struct.unpack(f"<{dims}f", struct.pack(f"<{dims}f", *values)))
+
+
+# What wire-format modules build on (testing/wire/).
+GenerationRequest = _Request
+Plan = _Plan
+FakeError = _FakeError
+echo_pieces = _echo_pieces
+embedding = _embedding
+text_of = _text_of
 
 
 # --------------------------------------------------------------------------------------------------
