@@ -524,7 +524,7 @@ class Pricer:
             return None
         prefix, sep, rest = name.partition("/")
         # "openai/gpt-4o", "bedrock/anthropic.claude-...": a known provider before the first slash.
-        prefixed = self._provider(prefix, fuzzy=False) if sep and rest else None
+        prefixed = self.find_provider(prefix, fuzzy=False) if sep and rest else None
         stripped = rest.strip() if prefixed is not None else None
 
         for key in dict.fromkeys(k for k in (model, name, stripped) if k):
@@ -533,7 +533,7 @@ class Pricer:
                 return self._override_entry(key, override)
 
         providers, _ = _genai_data()
-        given = self._provider(provider, fuzzy=True) if provider else None
+        given = self.find_provider(provider, fuzzy=True) if provider else None
         attempts: list[tuple[Any, str]] = []
         if given is not None:
             attempts.append((given, name))
@@ -556,7 +556,8 @@ class Pricer:
                     break
         return None
 
-    def _provider(self, name: str, *, fuzzy: bool) -> Any:
+    def find_provider(self, name: str, *, fuzzy: bool) -> Any:
+        """The genai-prices provider for a name: the aliases first, then its id, then (fuzzy) its own matching."""
         from genai_prices.data_snapshot import find_provider_by_id
 
         providers, by_id = _genai_data()

@@ -193,7 +193,7 @@ def test_every_provider_genai_prices_knows_by_url_is_named_from_its_host():
         host, _, path = target.partition("/")
         name = provider_for_host(host, None, "/" + path)
         assert name is not None, (prov.id, target)
-        assert pricer._provider(name, fuzzy=False).id == prov.id, (prov.id, name)  # pricing finds it back
+        assert pricer.find_provider(name, fuzzy=False).id == prov.id, (prov.id, name)  # pricing finds it back
         seen.add(prov.id)
     assert {"together", "fireworks", "cerebras", "groq", "deepseek", "openrouter"} <= seen
 

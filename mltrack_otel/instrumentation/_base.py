@@ -680,13 +680,13 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
         return self.dependencies
 
     @classmethod
-    def _the_patch(cls) -> Any:
+    def the_patch(cls) -> Any:
         if cls.__dict__.get("_patch") is None:
             cls._patch = cls.patch_factory()
         return cls._patch
 
     def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
+        patch = self.the_patch()
         tracer_provider = kwargs.get("tracer_provider")
         self.set_tracer_provider(tracer_provider)
         patch.active = True
@@ -702,11 +702,11 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         when_imported(self.module, None, owner=type(self).__name__)  # forget a pending hook
-        self._the_patch().remove()
+        self.the_patch().remove()
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        self._the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
+        self.the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
 
 
 def record_failure(span: Any, error: BaseException) -> None:

@@ -184,9 +184,9 @@ def _text(value: Any, settings: config.Settings, max_bytes: int | None = None) -
         text = value
     else:
         try:
-            text = json.dumps(value, ensure_ascii=False, default=content._fallback)
+            text = json.dumps(value, ensure_ascii=False, default=content.json_default)
         except (TypeError, ValueError):
-            text = content._capped_repr(value)
+            text = content.capped_repr(value)
     if settings.redactor is not None:
         text = settings.redactor.sub(content.REDACTED, text)
     limit = max_bytes or settings.content_max_bytes

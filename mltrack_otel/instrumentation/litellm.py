@@ -27,7 +27,7 @@ from . import _base
 from ._base import Call, get, provider_for_host
 from .openai import (
     ChatRecorder,
-    _Choice,
+    StreamedChoice,
     add_delta_texts,
     chat_inputs,
     chat_request,
@@ -209,11 +209,11 @@ class StreamRecorder(ChatRecorder):
         for choice in getattr(chunk, "choices", None) or ():
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = _Choice()
+                acc = self.choices[choice.index] = StreamedChoice()
             if choice.finish_reason is not None:
                 acc.finish = choice.finish_reason
             if self.capture:
-                self._capture(choice, acc)
+                self.add_deltas(choice, acc)
             else:
                 _add_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True

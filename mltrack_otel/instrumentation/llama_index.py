@@ -890,7 +890,7 @@ class LlamaIndexInstrumentor(_base.PatchInstrumentor):
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        self._the_patch().tracer_provider = tracer_provider
+        self.the_patch().tracer_provider = tracer_provider
         with _lock:
             if _installed is not None:
                 _installed.tracker.tracer = _base.get_tracer(__name__, tracer_provider)
