@@ -154,7 +154,7 @@ def sdk_on(request, otel):
 
 
 @pytest.fixture
-async def chat(fake_provider):
+async def chat(fake):
     """ChatOpenAI against the fake server. Async so the per-test async httpx client is closed on its own loop
     (langchain-openai otherwise caches one async client per process, and tests run each on a new event loop)."""
     clients: list[httpx.AsyncClient] = []
@@ -163,7 +163,7 @@ async def chat(fake_provider):
         kwargs.setdefault("model", MODEL)
         clients.append(httpx.AsyncClient())
         kwargs.setdefault("http_async_client", clients[-1])
-        return ChatOpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, **kwargs)
+        return ChatOpenAI(base_url=fake.openai_base_url, api_key="test", max_retries=0, **kwargs)
 
     yield make
     for client in clients:
@@ -332,10 +332,10 @@ def test_provider_error(otel, sdk_on, chat):
     assert otel.counted() == []
 
 
-def test_anthropic(otel, sdk_on, fake_provider):
+def test_anthropic(otel, sdk_on, fake):
     langchain_anthropic = pytest.importorskip("langchain_anthropic")
     model = langchain_anthropic.ChatAnthropic(
-        model="claude-3-5-haiku-latest", base_url=fake_provider.anthropic_base_url, api_key="test", max_retries=0
+        model="claude-3-5-haiku-latest", base_url=fake.anthropic_base_url, api_key="test", max_retries=0
     )
     result = model.invoke([("system", "be brief"), ("user", "hello claude")])
 
