@@ -165,6 +165,27 @@ def instrumented(fake: FakeProvider, settings: config.Settings, harness: Traced)
 
 
 @pytest.fixture
+def priced(fake: FakeProvider, settings: config.Settings) -> Iterator[InMemorySpanExporter]:
+    """OpenAI and Anthropic instrumented into the harness, its CostSpanProcessor counting into the process ledger
+    (ledger.LEDGER, reset before and after); yields the exporter."""
+    guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
+    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
+    harness = Traced(ledger=ledger.LEDGER)
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    instrument(["openai", "anthropic"], tracer_provider=harness.provider)
+    try:
+        yield harness.exporter
+    finally:
+        uninstrument(["openai", "anthropic"])
+        harness.shutdown()
+        ledger.LEDGER.reset()
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.pricer = None
+
+
+@pytest.fixture
 def oai(fake: FakeProvider) -> Any:
     import openai
 

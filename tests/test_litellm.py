@@ -22,7 +22,7 @@ from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # n
 from mltrack_otel.instrumentation._base import error_type  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL  # noqa: E402
-from tests.traced import FAKE, Traced  # noqa: E402
+from tests.traced import Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
 
@@ -422,21 +422,13 @@ def test_provider_mapping():
 @pytest.fixture
 def budgeted(isolated_env, fake):
     """LiteLLM and the OpenAI SDK under it instrumented, the processor writing into the process ledger."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
-    from mltrack_otel.processor import CostSpanProcessor
 
     config.set_current(None)
     fake.clear()
     LEDGER.reset()
     LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter()), pricer=Pricer(cloud_hosts=FAKE))
-    )
+    provider = Traced(ledger=LEDGER).provider
     instrumentors = [LiteLLMInstrumentor(), OpenAIInstrumentor()]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)

@@ -22,18 +22,14 @@ pytest.importorskip("llama_index.core")
 pytest.importorskip("llama_index.llms.openai")
 pytest.importorskip("llama_index.embeddings.openai")
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
-import mltrack_otel
 from mltrack_otel import config, guard, semconv
 from mltrack_otel.instrumentation.llama_index import LlamaIndexInstrumentor
-from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
+from tests.traced import Traced
 
 pytestmark = pytest.mark.frameworks
 
@@ -67,20 +63,15 @@ def traced(isolated_env, sdk):
 
     config.set_current(config.load_settings())
     guard.reset()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    pricer = Pricer(cloud_hosts=["127.0.0.1"])  # the fake provider on loopback stands for the cloud APIs it imitates
-    provider.add_span_processor(
-        mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=pricer)
-    )
+    harness = Traced()
     if sdk:
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-    LlamaIndexInstrumentor().instrument(tracer_provider=provider)
-    yield exporter
+        OpenAIInstrumentor().instrument(tracer_provider=harness.provider)
+    LlamaIndexInstrumentor().instrument(tracer_provider=harness.provider)
+    yield harness.exporter
     LlamaIndexInstrumentor().uninstrument()
     if sdk:
         OpenAIInstrumentor().uninstrument()
-    provider.shutdown()
+    harness.shutdown()
     config.set_current(None)
 
 

@@ -27,12 +27,12 @@ class Traced:
         self.exporter = InMemorySpanExporter()
         self.ledger = Ledger() if ledger is None else ledger
         self.provider = TracerProvider()
-        processor: Any = SimpleSpanProcessor(self.exporter)
+        self.processor: Any = SimpleSpanProcessor(self.exporter)
         if cost:
-            processor = CostSpanProcessor(
-                processor, ledger=self.ledger, pricer=Pricer(cloud_hosts=FAKE) if pricer is None else pricer
+            self.processor = CostSpanProcessor(
+                self.processor, ledger=self.ledger, pricer=Pricer(cloud_hosts=FAKE) if pricer is None else pricer
             )
-        self.provider.add_span_processor(processor)
+        self.provider.add_span_processor(self.processor)
 
     def spans(self) -> list[ReadableSpan]:
         return spans(self.exporter)
