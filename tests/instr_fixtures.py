@@ -20,9 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from mltrack_otel import config, guard, ledger, provider
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FakeProvider
-from tests.traced import FAKE, Traced, attrs, by_name, one_span, spans
-
-__all__ = ["FAKE", "Traced", "attrs", "by_name", "one_span", "spans"]  # the harness' helpers, importable here too
+from tests.traced import FAKE, Traced, attrs, by_name, one_span, spans  # noqa: F401  (test files import them here)
 
 # An OpenAI chat tool definition, for the tests that send tools.
 OPENAI_WEATHER_TOOL = {
