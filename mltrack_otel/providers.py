@@ -29,6 +29,7 @@ __all__ = [
     "for_class",
     "for_client",
     "for_host",
+    "framework_names",
     "pricing_aliases",
     "pricing_id",
 ]
@@ -46,6 +47,11 @@ class Provider(NamedTuple):
     classes: tuple[str, ...] = ()  # model class-name fragments, when a framework reports no provider name
     hosts: tuple[str, ...] = ()  # fnmatch host patterns, tried before genai-prices' api_pattern
     port: int | None = None  # default port of a server on this machine or a private network
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name this provider goes by (its genai-prices id only where it lists it)."""
+        return (self.name, *self.langchain, *self.llama_index, *self.litellm, *self.other)
 
 
 PROVIDERS: tuple[Provider, ...] = (
@@ -90,20 +96,16 @@ PROVIDERS: tuple[Provider, ...] = (
     # LiteLLM's SageMaker endpoints: priced from AWS's (Bedrock) price list, as LiteLLM names them.
     Provider("sagemaker", "aws", litellm=("sagemaker",)),
     # Servers run on this machine or a private network: no genai-prices id, named by their default port.
-    Provider("ollama", None, ("ollama",), ("ollama",), ("ollama", "ollama_chat"), port=11434),
+    Provider("ollama", None, ("ollama",), ("ollama",), ("ollama", "ollama_chat"), classes=("Ollama",), port=11434),
     Provider("lm_studio", None, llama_index=("lmstudio",), litellm=("lm_studio",), port=1234),
 )  # fmt: skip
-
-
-def _names(row: Provider) -> tuple[str, ...]:
-    return (row.name, *row.langchain, *row.llama_index, *row.litellm, *row.other)
 
 
 def _index() -> tuple[dict[str, Provider], dict[str, Provider]]:
     by_name: dict[str, Provider] = {}
     by_prices: dict[str, Provider] = {}
     for row in PROVIDERS:
-        for name in _names(row):
+        for name in row.names:
             by_name.setdefault(name, row)  # a clash is a table error, reported by the tests
         if row.prices is not None:
             by_prices.setdefault(row.prices, row)
@@ -149,10 +151,10 @@ def pricing_id(name: Any) -> str | None:
 
 def pricing_aliases() -> dict[str, str]:
     """Every name of every priced provider -> its genai-prices id (pricing's built-in provider aliases)."""
-    return {name: row.prices for row in PROVIDERS if row.prices is not None for name in (*_names(row), row.prices)}
+    return {name: row.prices for row in PROVIDERS if row.prices is not None for name in (*row.names, row.prices)}
 
 
-def names(framework: str) -> frozenset[str]:
+def framework_names(framework: str) -> frozenset[str]:
     """The provider names one framework uses: "langchain", "llama_index" or "litellm"."""
     return frozenset(name for row in PROVIDERS for name in getattr(row, framework))
 

@@ -36,7 +36,7 @@ from .openai import (
     embeddings_response,
 )
 
-_PROVIDERS = providers.names("litellm")  # the LiteLLM provider names the registry knows
+_PROVIDERS = providers.framework_names("litellm")  # the LiteLLM provider names the registry knows
 # Where a provider's API lives when the call names no api_base (server.address / port).
 _DEFAULT_HOSTS: dict[str, str] = {
     "openai": "api.openai.com",
