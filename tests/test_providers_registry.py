@@ -14,7 +14,7 @@ import pytest
 from genai_prices.data import providers as genai_providers
 
 import mltrack_otel
-from mltrack_otel import pricing, providers
+from mltrack_otel import pricing, providers, usage
 from mltrack_otel.instrumentation import langchain as lc
 from mltrack_otel.instrumentation import litellm as ll
 from mltrack_otel.instrumentation import llama_index as li
@@ -251,9 +251,13 @@ def test_llama_index_usage_shape_is_the_clients_not_the_providers():
 
     llm = OpenAI(model="claude-3-5-haiku-latest", api_key="x", api_base="https://api.anthropic.com/v1/")
     assert li._provider(llm) == "anthropic"
-    assert li._usage_shape(llm) == "openai"
+    assert li.usage_shape(llm) == "openai.chat"
     anthropic_like = type("Anthropic", (), {"__module__": "llama_index.llms.anthropic.base"})()
-    assert li._usage_shape(anthropic_like) == "anthropic"
+    assert li.usage_shape(anthropic_like) == "anthropic"
+    vertex_like = type("Vertex", (), {"__module__": "llama_index.llms.vertex.base"})()
+    assert li._provider(vertex_like) == "gcp.vertex_ai"
+    assert li.usage_shape(vertex_like) == "gemini"
+    assert set(li._PACKAGE_USAGE.values()) | {li.usage_shape(llm)} <= set(usage.SHAPES)
 
 
 def test_no_framework_module_keeps_its_own_provider_table():

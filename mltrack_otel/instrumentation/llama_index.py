@@ -131,11 +131,6 @@ def _provider(instance: Any) -> str:
     return providers.convention_name(package) or by_host or (package or type(instance).__name__.lower())
 
 
-def _usage_shape(instance: Any) -> str:
-    """How the raw response of this integration reports usage (a usage shape name, not a provider name)."""
-    return "anthropic" if _package(instance) == "anthropic" else "openai"
-
-
 def _host(instance: Any) -> tuple[str | None, int | None]:
     base = getattr(instance, "api_base", None) or getattr(instance, "base_url", None)
     if not isinstance(base, str) or not base:
@@ -236,6 +231,26 @@ def _tool_definitions(tools: Any) -> list[Any] | None:
             definition["parameters"] = parameters
         out.append(definition)
     return out
+
+
+# llama_index.llms.<package> -> the usage shape of the SDK it calls (usage.SHAPES); others call OpenAI-shaped APIs.
+_PACKAGE_USAGE = {
+    "anthropic": "anthropic",
+    "bedrock": "anthropic",
+    "bedrock_converse": "bedrock.converse",
+    "gemini": "gemini",
+    "google_genai": "gemini",
+    "vertex": "gemini",
+    "cohere": "cohere",
+    "ollama": "ollama",
+}
+
+
+def usage_shape(instance: Any) -> str:
+    """The usage shape of the SDK a LlamaIndex LLM class calls, by its integration package, not by the provider it
+    names (an OpenAI class pointed at Anthropic's OpenAI-compatible API reports OpenAI usage). OpenAI's classes:
+    chat or Responses, told apart by the usage's own keys."""
+    return _PACKAGE_USAGE.get(_package(instance), "openai.chat")
 
 
 def _usage(response: Any) -> Any:
@@ -412,7 +427,8 @@ class _Tracker:
             else:
                 prompt = arguments.get("prompt")
                 inputs = Inputs([{"role": "user", "parts": [text_part(prompt)]}] if prompt is not None else [])
-        call = Call(self.tracer, kind, model, attributes, settings, inputs, _usage_shape(instance))
+        # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
+        call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(instance))
         return _Open(kind, call.span, call, id(instance))
 
     def _start_embeddings(self, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -424,7 +440,7 @@ class _Tracker:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
         texts = arguments.get("texts")
         attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
-        call = Call(self.tracer, "embeddings", model, attributes, settings, None, _usage_shape(instance))
+        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(instance))
         return _Open("embeddings", call.span, call, id(instance))
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -564,7 +580,8 @@ class _Tracker:
                         text = get(response, "text")
                         parts = [text_part(text)] if text is not None else []
                         output = [{"role": "assistant", "parts": parts, "finish_reason": reason}]
-            if usage is not None and not usage_attributes(usage, call.usage_shape):
+            if usage is not None:  # the raw response's usage: the SDK below the LLM class decides its shape
+                attributes.update(usage_attributes(usage, "anthropic" if call.usage_shape == "anthropic" else None))
                 usage = None
         call.finish(attributes, output, usage, error)
 
