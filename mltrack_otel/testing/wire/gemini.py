@@ -16,8 +16,8 @@ Request reading
     names such as ``"OBJECT"`` are read as JSON-schema ones); ``toolConfig.functionCallingConfig.mode`` ``ANY``
     forces the first (or first allowed) function, ``NONE`` disables tools. ``generationConfig.maxOutputTokens`` caps
     the output (finish reason ``MAX_TOKENS``); ``responseMimeType: application/json`` with ``responseJsonSchema`` or
-    ``responseSchema`` asks for JSON. The scenario token is read from the last ``user`` content's text (embeddings:
-    any input text).
+    ``responseSchema`` asks for JSON. The scenario token and the echoed words come from the last ``user`` content
+    with text (function responses are user contents too; embeddings: any input text).
 
 Answers
     A candidate's content is ``{"role": "model", "parts": [...]}``: the echo text as one ``text`` part, or a tool call
@@ -25,7 +25,8 @@ Answers
     when truncated). ``usageMetadata``: ``promptTokenCount`` (cached tokens included), ``candidatesTokenCount`` = the
     visible output tokens, ``thoughtsTokenCount`` = the reasoning tokens of the ``reasoning`` scenario (2 x visible),
     ``cachedContentTokenCount`` = the cacheable prefix under ``cache-read`` (the API reports no cache writes, so
-    ``cache-write`` changes nothing), ``totalTokenCount`` = prompt + candidates + thoughts; with
+    ``cache-write`` changes nothing), ``toolUsePromptTokenCount`` = 10 when the request has a built-in tool
+    (``googleSearch``, ``codeExecution``...), ``totalTokenCount`` = prompt + candidates + thoughts + tool use; with
     ``thinkingConfig.includeThoughts`` and the ``reasoning`` scenario a thought-summary part (``"thought": true``)
     comes first. ``modelVersion`` resolves :data:`MODEL_VERSIONS` aliases; ``responseId`` is ``fake-<n>`` (Vertex
     also sends ``createTime``).
@@ -89,6 +90,7 @@ MODEL_VERSIONS: dict[str, str] = {
 }
 
 DEFAULT_DIMENSIONS = 16
+TOOL_USE_PROMPT_TOKENS = 10  # reported for a request with a built-in tool (googleSearch, codeExecution...)
 THOUGHT_SUMMARY = "Thinking about the request."
 
 _PATHS = re.compile(
@@ -151,9 +153,11 @@ def _json_schema(schema: Any) -> Any:
 
 
 def _last_user_text(contents: list[dict]) -> str:
+    """The text of the last user content that has text (function responses travel as user contents too)."""
     for content in reversed(contents):
-        if content.get("role", "user") == "user":
-            return " ".join(p["text"] for p in _parts(content) if isinstance(p.get("text"), str))
+        texts = [p["text"] for p in _parts(content) if isinstance(p.get("text"), str)]
+        if content.get("role", "user") == "user" and texts:
+            return " ".join(texts)
     return ""
 
 
@@ -252,15 +256,22 @@ class GeminiWire(WireFormat):
         thinking = _get(_get(_get(body, "generationConfig"), "thinkingConfig"), "includeThoughts")
         thought = [{"text": THOUGHT_SUMMARY, "thought": True}] if thinking and plan.reasoning_tokens else []
         read = plan.cache_tokens if plan.cache_action == "read" else 0
+        builtin = any(
+            isinstance(t, dict) and set(t) - {"functionDeclarations", "function_declarations"}
+            for t in _get(body, "tools", [])
+        )
+        tool_use = TOOL_USE_PROMPT_TOKENS if builtin else 0
         created = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 
         def usage() -> dict:
             out: dict[str, Any] = {
                 "promptTokenCount": plan.prompt_tokens,
                 "candidatesTokenCount": plan.visible_tokens,
-                "totalTokenCount": plan.prompt_tokens + plan.output_tokens,
+                "totalTokenCount": plan.prompt_tokens + plan.output_tokens + tool_use,
                 "promptTokensDetails": _modality(plan.prompt_tokens),
             }
+            if tool_use:
+                out["toolUsePromptTokenCount"] = tool_use
             if plan.reasoning_tokens:
                 out["thoughtsTokenCount"] = plan.reasoning_tokens
             if read:
