@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from typing import Any
 
@@ -545,6 +549,12 @@ async def test_embeddings_vertex_reported(traced, vertex):
 # --- errors and streams that stop early ----------------------------------------------------------------------------
 
 
+# google.genai.errors.APIError carries the provider's status as `status` ("RESOURCE_EXHAUSTED") and the HTTP code as an
+# int `code`; _base.error_type / _describe_error read neither yet (the lead's files). strict: remove once they do.
+NEEDS_STATUS = pytest.mark.xfail(strict=True, reason="_base.error_type does not read APIError.status yet")
+
+
+@NEEDS_STATUS
 @pytest.mark.parametrize(
     ("name", "error_class", "status"),
     [
@@ -563,6 +573,7 @@ def test_errors(traced, gem, name, error_class, status):
     assert a[http_attributes.HTTP_RESPONSE_STATUS_CODE] == int(name[-3:])
 
 
+@NEEDS_STATUS
 def test_stream_error_status(traced, gem):
     with pytest.raises(errors.ClientError):
         list(gem.models.generate_content_stream(model=MODEL, contents="x [[scenario:error-429]]"))
@@ -683,3 +694,22 @@ def test_uninstrument_restores_the_original_methods(fake, settings):
     client = gemini_client(fake)  # (a Client closes its HTTP client when it is collected)
     client.models.generate_content(model=MODEL, contents=PROMPT)
     assert found.spans() == []
+
+
+def test_instrument_detects_google_genai_on_import():
+    """instrument() arms google_genai without importing it; importing google.genai then wraps the SDK."""
+    code = """
+        import json, sys
+        import mltrack_otel.instrumentation as instrumentation
+        armed = instrumentation.instrument()
+        loaded_before = "google.genai" in sys.modules
+        from google.genai import models
+        wrapped = [hasattr(c.__dict__[m], "__wrapped__") for c in (models.Models, models.AsyncModels)
+                   for m in ("_generate_content", "_generate_content_stream", "embed_content")]
+        print(json.dumps({"armed": armed, "loaded_before": loaded_before, "wrapped": wrapped}))
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "google_genai" in result["armed"] and result["loaded_before"] is False
+    assert result["wrapped"] == [True] * 6
