@@ -713,3 +713,39 @@ def test_instrument_detects_google_genai_on_import():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "google_genai" in result["armed"] and result["loaded_before"] is False
     assert result["wrapped"] == [True] * 6
+
+
+@pytest.mark.frameworks
+def test_langchain_google_genai_call_is_counted_once(fake, settings):
+    """LangChain's chat span over google-genai's: both record the call, the cost pipeline counts it once."""
+    chat_models = pytest.importorskip("langchain_google_genai")
+    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
+
+    fake.clear()
+    found = Traced()
+    langchain = LangChainInstrumentor()
+    langchain.instrument(tracer_provider=found.provider)
+    instrument(["google_genai"], tracer_provider=found.provider)
+    try:
+        model = chat_models.ChatGoogleGenerativeAI(model=MODEL, google_api_key="test-key", base_url=fake.url)
+        message = model.invoke(PROMPT)
+        chunks = list(model.stream(PROMPT))
+    finally:
+        uninstrument(["google_genai"])
+        langchain.uninstrument()
+    assert message.content == "".join(c.content for c in chunks) == echo(PROMPT)
+    assert len(fake.requests) == 2
+    by_id = {s.context.span_id: s for s in found.spans()}
+    sdk = [s for s in found.spans() if s.instrumentation_scope.name.endswith("google.genai")]
+    assert len(sdk) == 2
+    for span in sdk:  # under LangChain's chat span; the SDK's span is the one counted
+        parent = by_id[span.parent.span_id]
+        assert parent.instrumentation_scope.name != span.instrumentation_scope.name
+        assert (span.attributes["mltrack.usage.counted"], parent.attributes.get("mltrack.usage.counted")) == (
+            True,
+            False,
+        )
+    counted = [s for s in found.spans() if s.attributes.get("mltrack.usage.counted") is True]
+    assert len(counted) == 2
+    expected = price(MODEL, input_tokens=prompt_tokens(PROMPT), output_tokens=CHUNKS)
+    assert [s.attributes[semconv.LLM_COST_TOTAL] for s in counted] == pytest.approx([expected, expected])
