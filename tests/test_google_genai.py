@@ -7,6 +7,7 @@ Expected numbers come from the fake's documented formula (mltrack_otel/testing/w
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import json
 import subprocess
@@ -490,6 +491,47 @@ def test_the_200k_input_tier(traced, gem):
         small[semconv.LLM_COST_PROMPT] / prompt_tokens("short question"),
     )
     assert per_token[0] == pytest.approx(2 * per_token[1])  # $2.50 vs $1.25 per million input tokens
+
+
+def test_media_parts_and_history_content(traced, gem):
+    image = b"\x89PNG fake image bytes"
+    history = [
+        types.Content(role="user", parts=[types.Part.from_text(text="earlier question")]),
+        types.Content(role="model", parts=[types.Part.from_text(text="earlier answer")]),
+        types.Part.from_bytes(data=image, mime_type="image/png"),
+        types.Part.from_uri(file_uri="gs://bucket/report.pdf", mime_type="application/pdf"),
+        "describe these",
+    ]
+    gem.models.generate_content(model=MODEL, contents=history)
+    a = attrs(traced.one())
+    assert validate_content("input", a[gen_ai.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "parts": [{"type": "text", "content": "earlier question"}]},
+        {"role": "assistant", "parts": [{"type": "text", "content": "earlier answer"}]},
+        {
+            "role": "user",  # parts outside a Content: one user turn, as the SDK sends them
+            "parts": [
+                {
+                    "type": "blob",
+                    "modality": "image",
+                    "mime_type": "image/png",
+                    "content": base64.b64encode(image).decode(),
+                },
+                {
+                    "type": "uri",
+                    "modality": "document",
+                    "mime_type": "application/pdf",
+                    "uri": "gs://bucket/report.pdf",
+                },
+                {"type": "text", "content": "describe these"},
+            ],
+        },
+    ]
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens("earlier question", "earlier answer", "describe these")
+
+
+def test_count_tokens_is_not_a_model_call(traced, gem):
+    gem.models.count_tokens(model=MODEL, contents=PROMPT)
+    assert traced.spans() == []
 
 
 def test_max_tokens_finish_reason(traced, gem):

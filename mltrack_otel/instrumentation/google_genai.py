@@ -29,6 +29,7 @@ _PARAMS = (
     ("max_output_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
     ("candidate_count", gen_ai.GEN_AI_REQUEST_CHOICE_COUNT),
 )
+_MEDIA = ("image", "audio", "video")  # the convention's modalities; any other file is a document
 # Gemini finish reasons -> the convention's; the rest are passed on lower-cased (other, language...).
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "error"}
 FINISH_REASONS |= dict.fromkeys(
@@ -63,7 +64,8 @@ def part(item: Any) -> dict[str, Any]:
     blob, file = get(item, "inline_data"), get(item, "file_data")
     if blob is not None or file is not None:
         mime = get(blob or file, "mime_type", "")
-        found = {"type": "uri", "modality": mime.partition("/")[0] or "file", "mime_type": mime}
+        kind = mime.partition("/")[0]
+        found = {"type": "uri", "modality": kind if kind in _MEDIA else "document", "mime_type": mime}
         if file is not None:
             return {**found, "uri": get(file, "file_uri")}
         data = get(blob, "data", b"")
