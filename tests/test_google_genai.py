@@ -622,6 +622,17 @@ def test_stream_error_status(traced, gem):
     assert attrs(traced.one())[error_attributes.ERROR_TYPE] == "RESOURCE_EXHAUSTED"
 
 
+async def test_async_errors_end_the_span(traced, gem):
+    with pytest.raises(errors.ClientError):
+        await gem.aio.models.generate_content(model=MODEL, contents="x [[scenario:error-429]]")
+    with pytest.raises(errors.ClientError):
+        async for _ in await gem.aio.models.generate_content_stream(model=MODEL, contents="x [[scenario:error-429]]"):
+            pass
+    found = traced.spans()
+    assert [s.status.status_code for s in found] == [StatusCode.ERROR, StatusCode.ERROR]
+    assert all("429" in s.events[0].attributes["exception.message"] for s in found)
+
+
 def test_stream_break_then_close(traced, gem):
     stream = gem.models.generate_content_stream(model=MODEL, contents=PROMPT)
     chunk = next(iter(stream))

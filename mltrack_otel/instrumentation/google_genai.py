@@ -70,8 +70,9 @@ def part(item: Any) -> dict[str, Any]:
             return {**found, "uri": get(file, "file_uri")}
         data = get(blob, "data", b"")
         return {**found, "type": "blob", "content": base64.b64encode(data).decode() if type(data) is bytes else data}
-    state = item if isinstance(item, dict) else getattr(item, "__dict__", {})
-    return {"type": next((k for k, v in state.items() if v is not None), "unknown")}  # executable_code...
+    if isinstance(item, dict) or hasattr(item, "model_fields"):  # executable_code, code_execution_result...
+        return {"type": next((k for k, v in dict(item).items() if v is not None), "unknown")}
+    return {"type": type(item).__name__}  # a PIL image, an uploaded File...
 
 
 def messages(contents: Any) -> list[Any]:
@@ -106,9 +107,8 @@ def tool_definitions(tools: Any) -> list[Any] | None:
             schema = schema.model_dump(exclude_none=True) if hasattr(schema, "model_dump") else schema
             definition = {"type": "function", "name": get(fn, "name", ""), "description": get(fn, "description", "")}
             out.append({**definition, "parameters": schema} if schema is not None else definition)
-        if not declarations:  # a built-in tool: google_search, code_execution, url_context...
-            state = tool if isinstance(tool, dict) else getattr(tool, "__dict__", {})
-            out += [{"type": name, "name": name} for name, value in state.items() if value is not None]
+        if not declarations and (isinstance(tool, dict) or hasattr(tool, "model_fields")):  # google_search...
+            out += [{"type": name, "name": name} for name, value in dict(tool).items() if value is not None]
     return out or None
 
 
