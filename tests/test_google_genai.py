@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from mltrack_otel import guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
-from mltrack_otel.instrumentation import instrument, uninstrument
+from mltrack_otel.instrumentation import google_genai, instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FILLER, FakeProvider
 from mltrack_otel.testing.wire.gemini import MODEL_VERSIONS, THOUGHT_SUMMARY, TOOL_USE_PROMPT_TOKENS
 from tests.instr_fixtures import attrs, use_settings, validate_content
@@ -539,6 +539,23 @@ def test_max_tokens_finish_reason(traced, gem):
     a = attrs(traced.one())
     assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("length",)
     assert (a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS], a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS]) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        (types.FinishReason.STOP, "stop"),
+        (types.FinishReason.MAX_TOKENS, "length"),
+        (types.FinishReason.SAFETY, "content_filter"),
+        (types.FinishReason.RECITATION, "content_filter"),
+        (types.FinishReason.PROHIBITED_CONTENT, "content_filter"),
+        (types.FinishReason.MALFORMED_FUNCTION_CALL, "error"),
+        (types.FinishReason.OTHER, "other"),
+        ("LANGUAGE", "language"),
+    ],
+)
+def test_finish_reasons_in_the_conventions_terms(reason, expected):
+    assert google_genai.finish_reason(reason) == expected
 
 
 def test_vertex(traced, vertex):
