@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
+import genai_prices
 import pytest
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
+from opentelemetry.trace import SpanKind, StatusCode
 
+from mltrack_otel import guard, ledger, semconv
+from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import DROP_AFTER, FakeProvider, prompt_tokens_for_texts
+from tests.instr_fixtures import attrs, one_span, spans, use_settings, validate_content
+from tests.traced import Traced
 
 mistral_client = pytest.importorskip("mistralai.client")
 from mistralai.client import Mistral, errors  # noqa: E402
@@ -159,18 +168,6 @@ def test_fake_wire_header_selects_mistral_for_other_clients(fake):
 
 # --- the instrumentor ---------------------------------------------------------------------------------------------
 
-import gc  # noqa: E402
-
-import genai_prices  # noqa: E402
-from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai  # noqa: E402
-from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes  # noqa: E402
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
-
-from mltrack_otel import guard, ledger, semconv  # noqa: E402
-from mltrack_otel.instrumentation import instrument, uninstrument  # noqa: E402
-from tests.instr_fixtures import attrs, one_span, spans, use_settings, validate_content  # noqa: E402
-from tests.traced import Traced  # noqa: E402
-
 
 @pytest.fixture
 def traced(fake, settings, tracer_provider, exporter):
@@ -258,6 +255,20 @@ def test_tool_call_then_tool_result(traced, mis):
     assert [m["role"] for m in inputs] == ["system", "user", "assistant", "tool"]
     assert inputs[2]["parts"] == out["parts"]
     assert inputs[3]["parts"] == [{"type": "tool_call_response", "id": call.id, "response": "21C sunny"}]
+
+
+def test_chat_parse_is_one_complete_call(traced, mis):
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        city: str
+        degrees: int
+
+    parsed = mis.chat.parse(Answer, model=MODEL, messages=MESSAGES)
+    assert parsed.choices[0].message.parsed == Answer(city="example", degrees=1)
+    span = one_span(traced)
+    assert attrs(span)[gen_ai.GEN_AI_OUTPUT_TYPE] == "json"
+    assert json.loads(output_text(span)) == {"city": "example", "degrees": 1}
 
 
 def test_content_chunks_and_images(traced, mis):
@@ -517,3 +528,25 @@ def test_uninstrument_restores_the_exact_methods(fake, settings, tracer_provider
     assert all(a is b for a, b in zip(after, before, strict=True))
     mis.chat.complete(model=MODEL, messages=MESSAGES)
     assert spans(exporter) == []
+
+
+def test_the_sdks_own_telemetry_nests_under_ours_and_the_call_counts_once(settings, fake, mis):
+    """mistralai records GenAI spans of its own when asked (configure_telemetry / MISTRAL_SDK_TELEMETRY), usage
+    included: made current around the request, ours is their parent, and the ledger counts each call once."""
+    from mistralai.extra.observability import configure_telemetry
+
+    traced_ = Traced()
+    configure_telemetry(mis, provider=traced_.provider, redaction=False)
+    instrument(["mistralai"], tracer_provider=traced_.provider)
+    try:
+        mis.chat.complete(model=MODEL, messages=MESSAGES)
+        list(mis.chat.stream(model=MODEL, messages=MESSAGES))
+    finally:
+        uninstrument(["mistralai"])
+    ours = [s for s in traced_.spans() if s.instrumentation_scope.name.startswith("mltrack_otel")]
+    theirs = [s for s in traced_.spans() if s not in ours]
+    assert len(ours) == len(theirs) == 2
+    assert sorted(s.parent.span_id for s in theirs) == sorted(s.context.span_id for s in ours)
+    totals = traced_.ledger.process_totals()
+    assert totals.calls == 2
+    assert (totals.prompt_tokens, totals.completion_tokens) == (2 * PROMPT_TOKENS, 2 * fake.stream_chunks)

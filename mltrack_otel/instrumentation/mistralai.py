@@ -1,15 +1,15 @@
-"""Mistral AI SDK (`mistralai` >= 2, `from mistralai.client import Mistral`): chat.complete / stream and their
-async forms, embeddings.create (sync and async). Provider ``mistral_ai``, priced as genai-prices' ``mistral``.
+"""Mistral AI SDK (``mistralai`` >= 2: ``from mistralai.client import Mistral``): chat.complete and chat.stream, sync
+and async, and embeddings.create. Provider ``mistral_ai`` (priced as genai-prices' ``mistral``).
 
-Declarations only: the SDK's keyword arguments are the request body (the SDK's names are the wire's, but
-``inputs``, which is ``input`` on the wire); the core wraps the methods and records. A stream is the SDK's
-EventStream of CompletionEvents (``event.data`` is the chunk); its last chunk carries the usage, a tool call arrives
-whole in one delta. Usage is OpenAI-chat shaped: ``prompt_tokens`` (cache hits included, reported as
-``prompt_tokens_details.cached_tokens``), ``completion_tokens`` (reasoning included).
+Declarations on the method core. The SDK's keyword arguments are the wire body (``inputs`` is ``input`` on the wire).
+A stream is the SDK's EventStream of CompletionEvents (``event.data`` is the chunk): the last chunk carries the usage,
+a tool call arrives whole in one delta. Usage is OpenAI-chat shaped: ``prompt_tokens`` include the cache hits that
+``prompt_tokens_details.cached_tokens`` reports; ``completion_tokens`` include reasoning.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from ..content import media_part, parse_arguments, text_part
-from ._base import Call, Inputs, StreamRecorder, copy_params, finish_reason, get, seq, stop_sequences
+from ._base import UNFINISHED, Call, Inputs, StreamRecorder, copy_params, finish_reason, get, seq, stop_sequences
 from ._core import Endpoint, Method, MethodInstrumentor, Request
+from .openai import tool_definitions
 
 PROVIDER = "mistral_ai"
 _PARAMS = (
@@ -31,8 +32,8 @@ _PARAMS = (
     ("max_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
 )
 _OUTPUT_TYPES = {"json_schema": "json", "json_object": "json", "text": "text"}
-_REASONS = {"model_length": "length"}  # Mistral's own: the context window ran out
 _NOT_WIRE = frozenset({"retries", "server_url", "timeout_ms", "http_headers"})
+_TRACING_HOOK = "_mltrack_tracing_hook"  # memo on the client's hooks: its TracingHook, or None
 
 
 @lru_cache(maxsize=64)
@@ -41,26 +42,43 @@ def _server(url: str) -> tuple[str | None, int | None]:
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _body(instance: Any, kwargs: dict[str, Any], stream: bool | None) -> tuple[dict[str, Any], str | None, int | None]:
-    """The request body (wire names, SDK message models as their field dicts) and the server it goes to."""
-    body = {k: v for k, v in kwargs.items() if k not in _NOT_WIRE}
-    messages = body.get("messages")
-    if isinstance(messages, (list, tuple)) and not all(type(m) is dict for m in messages):
-        body["messages"] = [m if isinstance(m, dict) else dict(getattr(m, "__dict__", {})) for m in messages]
-    if "inputs" in body:
-        body["input"] = body.pop("inputs")
-    if stream is not None:
-        body["stream"] = stream
-    url = kwargs.get("server_url") or instance.sdk_configuration.get_server_details()[0]
-    address, port = _server(url) if isinstance(url, str) else (None, None)
-    return body, address, port
+def _records_own_spans(instance: Any) -> bool:
+    """Whether the SDK's own tracing (opt-in: MISTRAL_SDK_TELEMETRY or configure_telemetry) may record a span for
+    this call, usage included: ours is then current around the request, so theirs nests under it, counted once."""
+    if os.environ.get("MISTRAL_SDK_TELEMETRY"):
+        return True
+    hooks = instance.sdk_configuration.__dict__.get("_hooks")
+    hook = hooks.__dict__.get(_TRACING_HOOK, False) if hooks is not None else None
+    if hook is False:
+        hook = next((h for h in hooks.before_request_hooks if type(h).__name__ == "TracingHook"), None)
+        hooks.__dict__[_TRACING_HOOK] = hook
+    state = hook.__dict__ if hook is not None else {}
+    return any(state.get(k) for k in ("tracer_provider", "_auto_telemetry_provider", "_telemetry_use_global_provider"))
 
 
-# --- content: Mistral messages -> GenAI messages --------------------------------------------------------------
+def _route(endpoint: Endpoint, stream: bool | None) -> Any:
+    def route(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
+        body = {k: v for k, v in kwargs.items() if k not in _NOT_WIRE}
+        messages = body.get("messages")
+        if isinstance(messages, (list, tuple)) and not all(type(m) is dict for m in messages):  # SDK models: fields
+            body["messages"] = [m if isinstance(m, dict) else dict(getattr(m, "__dict__", {})) for m in messages]
+        if "inputs" in body:
+            body["input"] = body.pop("inputs")
+        if stream is not None:
+            body["stream"] = stream
+        url = kwargs.get("server_url") or instance.sdk_configuration.get_server_details()[0]
+        address, port = _server(url) if isinstance(url, str) else (None, None)
+        nest = _records_own_spans(instance)
+        return Request(endpoint, body, PROVIDER, address, port, stream=bool(stream), nest=nest)
+
+    return route
+
+
+# --- content: Mistral messages and chunks -> GenAI messages and parts ------------------------------------------
 
 
 def _parts(content: Any) -> list[Any]:
-    """Message content (a string or a list of chunks: text, image_url, thinking, document_url...) as GenAI parts."""
+    """A string, or a list of chunks (text, thinking, image_url, document_url...), as GenAI parts."""
     if isinstance(content, str):
         return [text_part(content)] if content else []
     parts: list[Any] = []
@@ -81,48 +99,29 @@ def _parts(content: Any) -> list[Any]:
     return parts
 
 
-def _tool_call_part(call: Any) -> dict[str, Any]:
-    function = get(call, "function")
+def _tool_call(call: Any) -> dict[str, Any]:
+    function, call_id = get(call, "function"), get(call, "id")
     name = get(function, "name")
-    return {
-        "type": "tool_call",
-        "id": get(call, "id") if isinstance(get(call, "id"), str) else None,
-        "name": name if isinstance(name, str) else "",
-        "arguments": parse_arguments(get(function, "arguments")),
-    }
+    arguments = parse_arguments(get(function, "arguments"))
+    return {"type": "tool_call", "id": call_id, "name": name if isinstance(name, str) else "", "arguments": arguments}
 
 
 def _messages(messages: Any) -> list[Any]:
     out: list[Any] = []
     for message in seq(messages):
-        role = get(message, "role", "user")
-        content = get(message, "content")
+        role, content = get(message, "role", "user"), get(message, "content")
         if role == "tool":
-            texts = [get(c, "text", "") for c in seq(content)]
-            response = content if isinstance(content, str) else "".join(t for t in texts if isinstance(t, str))
-            part = {"type": "tool_call_response", "id": get(message, "tool_call_id"), "response": response}
+            text = content if isinstance(content, str) else "".join(get(c, "text") or "" for c in seq(content))
+            part = {"type": "tool_call_response", "id": get(message, "tool_call_id"), "response": text}
             out.append({"role": "tool", "parts": [part]})
-            continue
-        parts = _parts(content)
-        parts.extend(_tool_call_part(c) for c in seq(get(message, "tool_calls")))
-        out.append({"role": role if isinstance(role, str) else "user", "parts": parts})
+        else:
+            parts = _parts(content) + [_tool_call(c) for c in seq(get(message, "tool_calls"))]
+            out.append({"role": role if isinstance(role, str) else "user", "parts": parts})
     return out
 
 
-def _tools(tools: Any) -> list[Any] | None:
-    out = []
-    for tool in seq(tools):
-        spec = get(tool, "function")
-        description = get(spec, "description")
-        definition = {"type": "function", "name": get(spec, "name", ""), "description": description or ""}
-        if isinstance(get(spec, "parameters"), dict):
-            definition["parameters"] = get(spec, "parameters")
-        out.append(definition)
-    return out or None
-
-
 def chat_inputs(body: dict[str, Any]) -> Inputs:
-    return Inputs(_messages(body.get("messages")), None, _tools(body.get("tools")))
+    return Inputs(_messages(body.get("messages")), None, tool_definitions(body.get("tools")))
 
 
 # --- requests and responses ----------------------------------------------------------------------------------
@@ -133,9 +132,8 @@ def chat_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
     stops = stop_sequences(body.get("stop"))
     if stops:
         attributes[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] = stops
-    n = body.get("n")
-    if type(n) is int and n != 1:
-        attributes[gen_ai.GEN_AI_REQUEST_CHOICE_COUNT] = n
+    if type(body.get("n")) is int and body["n"] != 1:
+        attributes[gen_ai.GEN_AI_REQUEST_CHOICE_COUNT] = body["n"]
     kind = get(body.get("response_format"), "type")
     if isinstance(kind, str) and kind in _OUTPUT_TYPES:
         attributes[gen_ai.GEN_AI_OUTPUT_TYPE] = _OUTPUT_TYPES[kind]
@@ -144,9 +142,8 @@ def chat_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
 
 
 def embeddings_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
-    encoding = body.get("encoding_format")
-    if isinstance(encoding, str):
-        attributes[gen_ai.GEN_AI_REQUEST_ENCODING_FORMATS] = (encoding,)
+    if isinstance(body.get("encoding_format"), str):
+        attributes[gen_ai.GEN_AI_REQUEST_ENCODING_FORMATS] = (body["encoding_format"],)
     if type(body.get("output_dimension")) is int:
         attributes[gen_ai.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = body["output_dimension"]
 
@@ -159,7 +156,8 @@ def _ids(result: Any, attributes: dict[str, Any]) -> None:
 
 
 def _reason(raw: Any, default: str = "stop") -> str:
-    return finish_reason(_REASONS.get(raw, raw) if isinstance(raw, str) else None, default)
+    """The convention's finish reason; Mistral's own ``model_length`` (the context window ran out) is ``length``."""
+    return finish_reason("length" if raw == "model_length" else raw if isinstance(raw, str) else None, default)
 
 
 def chat_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
@@ -174,8 +172,7 @@ def chat_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any]
         output = []
         for choice in choices:
             message = get(choice, "message")
-            parts = _parts(get(message, "content"))
-            parts.extend(_tool_call_part(c) for c in seq(get(message, "tool_calls")))
+            parts = _parts(get(message, "content")) + [_tool_call(c) for c in seq(get(message, "tool_calls"))]
             output.append({"role": "assistant", "parts": parts, "finish_reason": _reason(get(choice, "finish_reason"))})
     return attributes, output, get(result, "usage")
 
@@ -194,15 +191,15 @@ def embeddings_response(result: Any, capture: bool) -> tuple[dict[str, Any], lis
 
 
 class ChatRecorder(StreamRecorder):
-    """CompletionEvents: per choice the text and reasoning deltas (appended to lists), whole tool calls, the
-    finish reason; the last chunk's usage."""
+    """CompletionEvents: per choice the text and reasoning deltas (appended to lists), the whole tool calls by
+    index, the finish reason; the last chunk's usage."""
 
     __slots__ = ("choices", "fields", "usage")
 
     def __init__(self, call: Call, hide_usage: bool = False) -> None:
         super().__init__(call, hide_usage)
-        self.choices: dict[int, list[Any]] = {}  # index -> [text pieces, reasoning pieces, {index: tool call}, reason]
-        self.fields: dict[str, Any] = {}
+        self.choices: dict[int, tuple[list[str], list[str], dict[int, Any], list[Any]]] = {}  # text, reasoning,
+        self.fields: dict[str, Any] = {}  # tool calls, [finish reason]
         self.usage: Any = None
 
     def feed(self, event: Any) -> bool:
@@ -214,22 +211,23 @@ class ChatRecorder(StreamRecorder):
         for choice in chunk.choices:
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = [[], [], {}, None]
+                acc = self.choices[choice.index] = ([], [], {}, [None])
             if choice.finish_reason is not None:
-                acc[3] = choice.finish_reason
+                acc[3][0] = choice.finish_reason
             delta = choice.delta
-            text = delta.content
-            if isinstance(text, str):
-                if text:
-                    (acc[0] if self.capture else self.seen).append(text)
-            elif text:  # chunks: text and thinking
-                for part in _parts(text):
+            content = delta.content
+            if isinstance(content, str):
+                if content:
+                    (acc[0] if self.capture else self.seen).append(content)
+            elif content:  # chunks: text and thinking
+                for part in _parts(content):
                     if part["type"] in ("text", "reasoning"):
-                        (acc[0 if part["type"] == "text" else 1] if self.capture else self.seen).append(part["content"])
-            for call in seq(delta.tool_calls):  # whole calls, one delta each; index tells parallel calls apart
+                        into = (acc[0] if part["type"] == "text" else acc[1]) if self.capture else self.seen
+                        into.append(part["content"])
+            for call in seq(delta.tool_calls):  # whole, one delta each; the index tells parallel calls apart
                 acc[2][get(call, "index", len(acc[2]))] = call
                 if not self.capture:
-                    self.seen.extend(t for t in (call.function.name, call.function.arguments) if isinstance(t, str))
+                    self.seen.extend(_call_texts(call))
         return True
 
     def output_pieces(self) -> list[str]:
@@ -239,45 +237,40 @@ class ChatRecorder(StreamRecorder):
         for text, reasoning, calls, _ in self.choices.values():
             pieces += text + reasoning
             for call in calls.values():
-                arguments = call.function.arguments
-                pieces += [call.function.name, arguments if isinstance(arguments, str) else str(arguments)]
+                pieces += _call_texts(call)
         return pieces
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
         attributes: dict[str, Any] = {}
         _ids(self.fields, attributes)
         ordered = sorted(self.choices.items())
-        reasons = tuple(acc[3] for _, acc in ordered if acc[3])
+        reasons = tuple(acc[3][0] for _, acc in ordered if acc[3][0])
         if reasons:
             attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
         output = None
         if self.capture:
             output = []
-            for _, (text, reasoning, calls, reason) in ordered:
+            for _, (text, reasoning, calls, (reason,)) in ordered:
                 parts: list[Any] = [{"type": "reasoning", "content": "".join(reasoning)}] if reasoning else []
-                if text:
-                    parts.append(text_part("".join(text)))
-                parts.extend(_tool_call_part(c) for _, c in sorted(calls.items()))
-                default = "stop" if complete else "incomplete"
-                output.append({"role": "assistant", "parts": parts, "finish_reason": _reason(reason, default)})
+                parts += [text_part("".join(text))] if text else []
+                parts += [_tool_call(c) for _, c in sorted(calls.items())]
+                finish = _reason(reason, "stop" if complete else UNFINISHED)
+                output.append({"role": "assistant", "parts": parts, "finish_reason": finish})
         return attributes, output, self.usage
+
+
+def _call_texts(call: Any) -> list[str]:
+    """A tool call's name and arguments as text (for an output estimate)."""
+    function = get(call, "function")
+    name, arguments = get(function, "name"), get(function, "arguments")
+    return [t if isinstance(t, str) else str(t) for t in (name, arguments) if t]
 
 
 # --- the declaration -----------------------------------------------------------------------------------------
 
 _CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, ChatRecorder, usage_shape="openai.chat")
 _EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response, usage_shape="openai.chat")
-
-
-def _route(endpoint: Endpoint, stream: bool | None) -> Any:
-    def route(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request:
-        body, address, port = _body(instance, kwargs, stream)
-        return Request(endpoint, body, PROVIDER, address, port, stream=bool(stream))
-
-    return route
-
-
-_CHAT_MODULE, _EMBED_MODULE = "mistralai.client.chat", "mistralai.client.embeddings"
+_CHAT_MODULE, _EMBEDDINGS_MODULE = "mistralai.client.chat", "mistralai.client.embeddings"
 
 
 class MistralInstrumentor(MethodInstrumentor):
@@ -286,10 +279,10 @@ class MistralInstrumentor(MethodInstrumentor):
     module = "mistralai.client"
     dependencies = ("mistralai >= 2.0",)
     methods = (
-        Method(module=_CHAT_MODULE, name="Chat.complete", route=_route(_CHAT, False)),
-        Method(module=_CHAT_MODULE, name="Chat.complete_async", route=_route(_CHAT, False)),
-        Method(module=_CHAT_MODULE, name="Chat.stream", route=_route(_CHAT, True)),
-        Method(module=_CHAT_MODULE, name="Chat.stream_async", route=_route(_CHAT, True)),
-        Method(module=_EMBED_MODULE, name="Embeddings.create", route=_route(_EMBEDDINGS, None)),
-        Method(module=_EMBED_MODULE, name="Embeddings.create_async", route=_route(_EMBEDDINGS, None)),
+        Method(_CHAT_MODULE, "Chat.complete", _route(_CHAT, False)),
+        Method(_CHAT_MODULE, "Chat.complete_async", _route(_CHAT, False)),
+        Method(_CHAT_MODULE, "Chat.stream", _route(_CHAT, True)),
+        Method(_CHAT_MODULE, "Chat.stream_async", _route(_CHAT, True)),
+        Method(_EMBEDDINGS_MODULE, "Embeddings.create", _route(_EMBEDDINGS, None)),
+        Method(_EMBEDDINGS_MODULE, "Embeddings.create_async", _route(_EMBEDDINGS, None)),
     )
