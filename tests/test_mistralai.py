@@ -550,3 +550,25 @@ def test_the_sdks_own_telemetry_nests_under_ours_and_the_call_counts_once(settin
     totals = traced_.ledger.process_totals()
     assert totals.calls == 2
     assert (totals.prompt_tokens, totals.completion_tokens) == (2 * PROMPT_TOKENS, 2 * fake.stream_chunks)
+
+
+def test_instrument_arms_mistralai_before_its_import_and_patches_on_import():
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = """
+        import sys
+        from mltrack_otel.instrumentation import instrument
+        armed = instrument(["mistralai"])
+        assert "mistralai.client" not in sys.modules, "instrument() imported the SDK"
+        from mistralai.client import Mistral
+        from mistralai.client.chat import Chat
+        from mistralai.client.embeddings import Embeddings
+        assert armed == ["mistralai"], armed
+        assert all(hasattr(c.__dict__[n], "__wrapped__") for c, n in ((Chat, "stream"), (Embeddings, "create")))
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -20,6 +20,8 @@ Endpoints
     ``/v1/completions`` (legacy). Azure paths ``/openai/deployments/{deployment}/{chat/completions,
     completions,embeddings}?api-version=...`` plus ``/openai/responses`` and ``/openai/v1/...``.
     Anthropic: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
+    Other providers: one module each in ``testing/wire/`` (see there). Mistral's paths are OpenAI's, so its wire
+    answers only the mistralai SDK's User-Agent, or a request naming it in ``x-fake-wire: mistral``.
 
 Scenarios (see :data:`SCENARIOS`)
     Chosen per request by the ``x-fake-scenario`` header or, for callers that cannot set headers,
