@@ -46,15 +46,22 @@ def _server(url: str) -> tuple[str | None, int | None]:
 def _records_own_spans(instance: Any) -> bool:
     """Whether the SDK's own tracing (opt-in: MISTRAL_SDK_TELEMETRY or configure_telemetry) may record a span for
     this call, usage included: ours is then current around the request, so theirs nests under it, counted once."""
-    if os.environ.get("MISTRAL_SDK_TELEMETRY"):
-        return True
     hooks = instance.sdk_configuration.__dict__.get("_hooks")
     hook = hooks.__dict__.get(_TRACING_HOOK, False) if hooks is not None else None
     if hook is False:
         hook = next((h for h in hooks.before_request_hooks if type(h).__name__ == "TracingHook"), None)
         hooks.__dict__[_TRACING_HOOK] = hook
-    state = hook.__dict__ if hook is not None else {}
-    return any(state.get(k) for k in ("tracer_provider", "_auto_telemetry_provider", "_telemetry_use_global_provider"))
+    if hook is None:
+        return False
+    state = hook.__dict__
+    if (
+        state.get("tracer_provider")
+        or state.get("_auto_telemetry_provider")
+        or state.get("_telemetry_use_global_provider")
+    ):
+        return True
+    # Switched off (the hook resolved MISTRAL_SDK_TELEMETRY on an earlier request), or not resolved yet: the env says
+    return not state.get("_telemetry_auto_disabled") and bool(os.environ.get("MISTRAL_SDK_TELEMETRY"))
 
 
 def _route(endpoint: Endpoint, stream: bool | None) -> Any:
