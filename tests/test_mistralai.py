@@ -572,3 +572,45 @@ def test_instrument_arms_mistralai_before_its_import_and_patches_on_import():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
+
+
+def test_reasoning_chunks_are_reasoning_parts(traced, mis, fake):
+    n = fake.stream_chunks
+    response = mis.chat.complete(model="magistral-small-latest", messages=MESSAGES, **scenario("reasoning"))
+    thinking, text = response.choices[0].message.content
+    assert (thinking.type, text.type) == ("thinking", "text")
+    assert response.usage.completion_tokens == 3 * n  # reasoning is part of the completion tokens
+    with mis.chat.stream(model="magistral-small-latest", messages=MESSAGES, **scenario("reasoning")) as stream:
+        events = list(stream)
+    assert sum(isinstance(e.data.choices[0].delta.content, list) for e in events) == 2 * n
+    for span in spans(traced):
+        a = attrs(span)
+        assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == 3 * n
+        reasoning, answer = output_message(span)["parts"]
+        assert reasoning == {"type": "reasoning", "content": thinking.thinking[0].text}
+        assert answer == {"type": "text", "content": text.text}
+
+
+def test_reasoning_stream_cut_short_estimates_the_thinking_too(traced, mis, fake):
+    use_settings(llm_log_responses=False)
+    with mis.chat.stream(model="magistral-small-latest", messages=MESSAGES, **scenario("reasoning")) as stream:
+        for i, _event in enumerate(stream):
+            if i == fake.stream_chunks:  # the role chunk, then thinking only
+                break
+    a = _assert_stopped_early(traced)
+    assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0  # from the thinking seen, although no text came
+
+
+async def test_async_stream_context_exit_before_the_end_and_midway_error(traced, mis):
+    stream = await mis.chat.stream_async(model=MODEL, messages=MESSAGES)
+    async with stream:
+        async for event in stream:
+            if event.data.choices[0].delta.content:
+                break
+    _assert_stopped_early(traced)
+    traced.clear()
+    with pytest.raises(errors.ResponseValidationError):
+        async for _event in await mis.chat.stream_async(model=MODEL, messages=MESSAGES, **scenario("stream-error")):
+            pass
+    span = one_span(traced)
+    assert span.status.status_code is StatusCode.ERROR and _assert_stopped_early(traced)

@@ -19,7 +19,10 @@ Chat
       argument fragments (output tokens still count the plan's argument fragments);
     * ``usage`` is ``prompt_tokens``/``completion_tokens``/``total_tokens`` plus, on a prompt-cache hit only,
       ``prompt_tokens_details.cached_tokens`` (included in ``prompt_tokens``); Mistral reports no cache writes and
-      folds reasoning into ``completion_tokens`` (the ``reasoning`` scenario adds ``2 x visible`` to it);
+      folds reasoning into ``completion_tokens``;
+    * the ``reasoning`` scenario answers as Magistral does: the content is a list of chunks, a ``thinking`` chunk
+      (``2 x visible`` filler words, each streamed as its own ``[{"type": "thinking", ...}]`` delta before the text)
+      then a ``text`` chunk; ``completion_tokens`` counts both;
     * prompt caching: requests with the same ``prompt_cache_key`` and cacheable prefix (every message but the
       last) hit the cache from the second one on; the ``cache-read`` scenario forces a hit.
 
@@ -67,6 +70,15 @@ def _content_text(content: Any) -> str:
                 texts.append(fp.text_of([chunk]))
         return " ".join(t for t in texts if t)
     return fp.text_of(content)
+
+
+def _thoughts(n: int) -> list[str]:
+    """A reasoning model's thinking: n words, one delta each."""
+    return [("" if i == 0 else " ") + fp.FILLER[i % len(fp.FILLER)] for i in range(n)]
+
+
+def _thinking(text: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": [{"type": "text", "text": text}]}
 
 
 class MistralWire(fp.WireFormat):
@@ -171,8 +183,13 @@ class MistralWire(fp.WireFormat):
             fn = {"name": plan.tool.name, "arguments": plan.tool.arguments}
             tool_calls = [{"id": f"fake{plan.tool.id[-5:]}", "type": "function", "function": fn, "index": 0}]
 
+        thoughts = _thoughts(plan.reasoning_tokens)
+
         def build_json() -> Any:
-            message: dict[str, Any] = {"role": "assistant", "content": plan.text, "prefix": False}
+            content: Any = plan.text
+            if thoughts:
+                content = [_thinking("".join(thoughts)), {"type": "text", "text": plan.text}]
+            message: dict[str, Any] = {"role": "assistant", "content": content, "prefix": False}
             if tool_calls:
                 message["tool_calls"] = tool_calls
             choice = {"index": 0, "message": message, "finish_reason": finish}
@@ -186,6 +203,8 @@ class MistralWire(fp.WireFormat):
 
         def events() -> Iterator[tuple[str | None, Any, bool]]:
             yield None, chunk({"role": "assistant", "content": ""}), False
+            for thought in thoughts:
+                yield None, chunk({"content": [_thinking(thought)]}), False
             for piece in plan.pieces:
                 yield None, chunk({"content": piece}), True
             if tool_calls:
