@@ -16,15 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import budget, config, guard
+from .. import config, guard
 from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from . import _base
 from ._base import Call, provider_for_host
+from ._core import Endpoint, RecordedStream, Request, invoke, invoke_async, start
 from .openai import (
     ChatRecorder,
     _Choice,
@@ -77,6 +76,9 @@ _DEFAULT_HOSTS: dict[str, str] = {
 }
 # LiteLLM providers that speak the OpenAI chat wire format (stream_options.include_usage is understood).
 _OPENAI_WIRE = frozenset({"openai", "azure", "text-completion-openai", "hosted_vllm", "openai_like", "custom_openai"})
+# Requests are read like OpenAI's (LiteLLM takes OpenAI's parameters); responses are LiteLLM's OpenAI-shaped objects.
+_CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, usage_shape="litellm")
+_EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response, usage_shape="litellm")
 _FUNCTIONS = (("completion", "chat", False), ("acompletion", "chat", True))
 _FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", True))
 
@@ -178,7 +180,11 @@ def _add_texts(delta: Any, into: list[str]) -> None:
 class StreamRecorder(ChatRecorder):
     """LiteLLM stream chunks (OpenAI chunk shape); usage from the chunk or from LiteLLM's hidden params."""
 
-    __slots__ = ()
+    __slots__ = ("source",)
+
+    def __init__(self, call: Call, source: Any) -> None:
+        super().__init__(call, False)
+        self.source = source  # LiteLLM's CustomStreamWrapper: it keeps the chunks, usage-only ones it hid included
 
     def feed(self, chunk: Any) -> bool:
         if self.first_at is None:
@@ -205,127 +211,24 @@ class StreamRecorder(ChatRecorder):
                 _add_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True
 
-    def finished(self) -> bool:
+    def complete_at_close(self) -> bool:
         return bool(self.choices) and all(acc.finish for acc in self.choices.values())
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        if complete and self.usage is None:
+            guard.guarded("instrumentation.litellm.stream", self._reported_usage)
         attributes, output, usage = super().outcome(complete)
         attributes.update(litellm_usage_attributes(usage))
         return attributes, output, None
 
-
-def _end(recorder: StreamRecorder, complete: bool, error: BaseException | None = None) -> None:
-    guard.guarded("instrumentation.litellm.stream", recorder.end, complete, error)
-
-
-def _reported_usage(recorder: StreamRecorder, stream: Any) -> None:
-    """At exhaustion: the provider's own usage among the chunks LiteLLM kept (usage-only chunks it hid from the
-    caller included). Only a chunk's `usage` counts: the hidden usage LiteLLM fills in later may be an estimate."""
-    if recorder.usage is not None:
-        return
-    for chunk in reversed(getattr(stream, "chunks", None) or ()):
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            recorder.usage = usage
-            return
-
-
-def _feed(recorder: StreamRecorder, item: Any) -> None:
-    try:
-        recorder.feed(item)
-    except Exception as exc:  # recording must never cost the caller an item
-        guard.record_error("instrumentation.litellm.stream", exc)
-
-
-def _stream_proxy_class() -> type:
-    import wrapt
-
-    class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
-        """The caller's CustomStreamWrapper, recorded: same items, same attributes, same isinstance."""
-
-        def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
-            super().__init__(wrapped)
-            self._self_recorder = recorder
-            guard.finalize_deferred(self, _end, recorder, False)  # abandoned: ends (partial) when collected
-
-        def __iter__(self) -> Any:
-            return self
-
-        def __next__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = self.__wrapped__.__next__()
-            except StopIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        def __aiter__(self) -> Any:
-            return self
-
-        async def __anext__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = await self.__wrapped__.__anext__()
-            except StopAsyncIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        # The wrapped stream is closed first: spans inside it (the SDK's) must end before ours, their parent.
-        def close(self) -> Any:
-            try:
-                return self.__wrapped__.close()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def aclose(self) -> Any:
-            try:
-                return await self.__wrapped__.aclose()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        def __enter__(self) -> Any:
-            self.__wrapped__.__enter__()
-            return self
-
-        def __exit__(self, *exc_info: Any) -> Any:
-            try:
-                return self.__wrapped__.__exit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def __aenter__(self) -> Any:
-            await self.__wrapped__.__aenter__()
-            return self
-
-        async def __aexit__(self, *exc_info: Any) -> Any:
-            try:
-                return await self.__wrapped__.__aexit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-    return RecordedStream
-
-
-_proxy_class: type | None = None
-
-
-def recorded_stream(stream: Any, recorder: StreamRecorder) -> Any:
-    global _proxy_class
-    if _proxy_class is None:
-        _proxy_class = _stream_proxy_class()
-    return _proxy_class(stream, recorder)
+    def _reported_usage(self) -> None:
+        """At exhaustion: the provider's own usage among the chunks LiteLLM kept. Only a chunk's `usage` counts:
+        the hidden usage LiteLLM fills in later may be an estimate."""
+        for chunk in reversed(getattr(self.source, "chunks", None) or ()):
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = usage
+                return
 
 
 # --- the patch ----------------------------------------------------------------------------------------------
@@ -385,18 +288,7 @@ class Patch:
             call = self._begin(operation, args, kwargs)
             if call is None:
                 return wrapped(*args, **kwargs)
-            token = otel_context.attach(trace.set_span_in_context(call.span))
-            held = budget.hold(call.reservation) if call.reservation is not None else None
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                guard.guarded("instrumentation.litellm.error", call.fail, exc)
-                raise
-            finally:
-                if held is not None:
-                    budget.unhold(held)
-                otel_context.detach(token)
-            return self._on_result(call, operation, result, args, kwargs)
+            return self._on_result(call, operation, invoke(call, wrapped, args, kwargs), args, kwargs)
 
         return wrapper
 
@@ -405,18 +297,7 @@ class Patch:
             call = self._begin(operation, args, kwargs)
             if call is None:
                 return await wrapped(*args, **kwargs)
-            token = otel_context.attach(trace.set_span_in_context(call.span))
-            held = budget.hold(call.reservation) if call.reservation is not None else None
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                guard.guarded("instrumentation.litellm.error", call.fail, exc)
-                raise
-            finally:
-                if held is not None:
-                    budget.unhold(held)
-                otel_context.detach(token)
-            return self._on_result(call, operation, result, args, kwargs)
+            return self._on_result(call, operation, await invoke_async(call, wrapped, args, kwargs), args, kwargs)
 
         return wrapper
 
@@ -428,52 +309,35 @@ class Patch:
             settings = _base.tracking_settings()
             if settings is None:
                 return None
+            request = self._request(operation, args, kwargs, settings)
         except Exception as exc:
             guard.record_error("instrumentation.litellm.begin", exc)
             return None
         try:
-            return self._start(operation, args, kwargs, settings)
+            call = start(self.tracer, request, settings)
         except BudgetExceededError:
             raise
         except Exception as exc:
             guard.record_error("instrumentation.litellm.start", exc)
             return None
+        call.nest = True  # the provider SDK LiteLLM calls below records its span under ours: counted once
+        return call
 
-    def _start(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Call:
+    def _request(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Request:
         model = _argument(args, kwargs, 0, "model")
         model = model if isinstance(model, str) else ""
         api_base = kwargs.get("api_base") or kwargs.get("base_url")
         route = resolve(model, kwargs.get("custom_llm_provider"), api_base)
-        attributes = _base.base_attributes(operation, route.provider, route.address, route.port)
-        request_model = route.model or settings.default_model(route.provider)
-        if request_model:
-            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = request_model
-        inputs = None
-        body = dict(kwargs)
+        body = dict(kwargs)  # what the request describes: read, never sent
+        body["model"] = route.model
         if operation == "chat":
             body["messages"] = _argument(args, kwargs, 1, "messages")
+            if kwargs.get("stream") is True:
+                self._ask_stream_usage(kwargs, route, settings)
         else:
             body["input"] = _argument(args, kwargs, 1, "input")
-        # The budget's hold, as soon as the request is known; until the call holds it, a failure gives it back.
-        reservation = _base.reserve_budget(  # priced where it is served: a local model reserves no cloud price
-            "instrumentation.litellm.budget", body, request_model, route.provider, operation, route.address, route.port
-        )
-        try:
-            if operation == "chat":
-                chat_request(body, attributes)
-                if settings.capture_prompts:
-                    inputs = chat_inputs(body)
-                if kwargs.get("stream") is True:
-                    self._ask_stream_usage(kwargs, route, settings)
-            else:
-                embeddings_request(kwargs, attributes)
-            call = Call(self.tracer, operation, request_model, attributes, settings, inputs, "litellm")
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            raise
-        call.reservation = reservation
-        return call
+        endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
+        return Request(endpoint, body, route.provider, route.address, route.port, kwargs.get("stream") is True)
 
     @staticmethod
     def _ask_stream_usage(kwargs: dict, route: _Route, settings: config.Settings) -> None:
@@ -495,15 +359,12 @@ class Patch:
     def _on_result(self, call: Call, operation: str, result: Any, args: tuple, kwargs: dict) -> Any:
         try:
             if operation == "chat" and hasattr(result, "completion_stream") and hasattr(result, "chunks"):
-                recorder = StreamRecorder(call, False)
+                recorder = StreamRecorder(call, result)
                 recorder.request = _stream_request(args, kwargs)
-                return recorded_stream(result, recorder)
-            if operation == "chat":
-                attributes, output, usage = chat_response(result, call.capture_out)
-            else:
-                attributes, output, usage = embeddings_response(result, call.capture_out)
-            attributes.update(litellm_usage_attributes(usage))
-            call.finish(attributes, output)
+                return RecordedStream(result, recorder)
+            endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
+            attributes, output, usage = endpoint.response(result, call.capture_out)
+            call.finish(attributes, output, usage)
         except Exception as exc:
             guard.record_error("instrumentation.litellm.response", exc)
             call.finish({})
