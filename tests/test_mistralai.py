@@ -394,6 +394,18 @@ def test_stream_context_exit_before_the_end(traced, mis):
     assert output_message(one_span(traced))["finish_reason"] == "incomplete"
 
 
+def test_stream_closed_at_the_finish_reason_is_complete(traced, mis, fake):
+    with mis.chat.stream(model=MODEL, messages=MESSAGES) as stream:
+        for event in stream:
+            if event.data.choices[0].finish_reason is not None:  # a common way to stop: before [DONE]
+                break
+    a = attrs(one_span(traced))
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert a.get(semconv.MLTRACK_USAGE_SOURCE) != "estimated"
+    assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == fake.stream_chunks
+    assert output_message(one_span(traced))["finish_reason"] == "stop"
+
+
 def test_stream_break_then_garbage_collection(traced, mis):
     stream = mis.chat.stream(model=MODEL, messages=MESSAGES)
     next(iter(stream))

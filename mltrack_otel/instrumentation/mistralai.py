@@ -237,6 +237,10 @@ class ChatRecorder(StreamRecorder):
                     self.seen.extend(_call_texts(call))
         return True
 
+    def complete_at_close(self) -> bool:
+        """Closed after every choice's finish reason, which comes with the usage (callers often stop there)."""
+        return bool(self.choices) and all(acc[3][0] for acc in self.choices.values())
+
     def output_pieces(self) -> list[str]:
         if not self.capture:
             return self.seen
