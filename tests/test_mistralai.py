@@ -626,3 +626,26 @@ async def test_async_stream_context_exit_before_the_end_and_midway_error(traced,
             pass
     span = one_span(traced)
     assert span.status.status_code is StatusCode.ERROR and _assert_stopped_early(traced)
+
+
+@pytest.mark.frameworks
+def test_langchain_mistral_chat_counts_once(settings, fake):
+    """langchain-mistralai calls Mistral's HTTP API itself (httpx, not the mistralai SDK): its calls are LangChain's
+    spans only, each counted once, with the usage Mistral streams in its last chunk."""
+    langchain_mistralai = pytest.importorskip("langchain_mistralai")
+    traced_ = Traced()
+    instrument(["langchain", "mistralai"], tracer_provider=traced_.provider)
+    try:
+        llm = langchain_mistralai.ChatMistralAI(model=MODEL, api_key="mistral-test-key", endpoint=fake.url + "/v1")
+        llm.client.headers["x-fake-wire"] = "mistral"  # httpx's User-Agent, not the SDK's: name the wire
+        llm.invoke("hello there")
+        list(llm.stream("hello there"))
+    finally:
+        uninstrument(["langchain", "mistralai"])
+    chats = [attrs(s) for s in traced_.spans() if s.name == f"chat {MODEL}"]
+    assert len(chats) == 2 and all(a[gen_ai.GEN_AI_PROVIDER_NAME] == "mistral_ai" for a in chats)
+    tokens = prompt_tokens_for_texts(["hello there"])
+    assert [(a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS], a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS]) for a in chats] == [
+        (tokens, fake.stream_chunks)
+    ] * 2
+    assert traced_.ledger.process_totals().calls == 2
