@@ -231,7 +231,8 @@ class ChatRecorder(StreamRecorder):
                     if part["type"] in ("text", "reasoning"):
                         into = (acc[0] if part["type"] == "text" else acc[1]) if self.capture else self.seen
                         into.append(part["content"])
-            for call in seq(delta.tool_calls):  # whole, one delta each; the index tells parallel calls apart
+            calls = delta.tool_calls  # (UNSET is falsy)
+            for call in seq(calls) if calls else ():  # whole, one delta each; the index tells parallel calls apart
                 acc[2][get(call, "index", len(acc[2]))] = call
                 if not self.capture:
                     self.seen.extend(_call_texts(call))
