@@ -35,6 +35,7 @@ LIBRARIES: dict[str, Library] = {
     "litellm": Library("litellm", "mltrack_otel.instrumentation.litellm:LiteLLMInstrumentor"),
     "dspy": Library("dspy", "mltrack_otel.instrumentation.dspy:DSPyInstrumentor"),
     "google_genai": Library("google.genai", "mltrack_otel.instrumentation.google_genai:GoogleGenAIInstrumentor"),
+    "mistralai": Library("mistralai.client", "mltrack_otel.instrumentation.mistralai:MistralInstrumentor"),
 }
 
 _lock = threading.RLock()
