@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import struct
 
 import cohere
+import genai_prices
 import httpx
 import pytest
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
+from opentelemetry.trace import SpanKind, StatusCode
 
+from mltrack_otel import guard, ledger, semconv
+from mltrack_otel.errors import BudgetExceededError
+from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import DROP_AFTER, embedding, prompt_tokens_for_texts
 from mltrack_otel.testing.wire.cohere import TEMPLATE_TOKENS, relevance, search_units
+from tests.instr_fixtures import attrs, use_settings, validate_content
+from tests.traced import Traced
 
 MODEL = "command-r-08-2024"
 EMBED_MODEL = "embed-v4.0"
@@ -206,3 +216,372 @@ class TestWire:
         assert ranked.meta.billed_units.search_units == 1
         vectors = await aco.embed(model=EMBED_MODEL, texts=["x"], input_type="classification")
         assert len(vectors.embeddings.float_[0]) == 16
+
+
+# --- the instrumentor ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def traced(fake, settings):
+    """cohere instrumented into a TracerProvider whose CostSpanProcessor prices every span."""
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    recorder = Traced()
+    instrument(["cohere"], tracer_provider=recorder.provider)
+    yield recorder
+    uninstrument(["cohere"])
+
+
+def price(model: str, tokens_in: int, tokens_out: int, cache_read: int = 0) -> float:
+    usage = genai_prices.Usage(input_tokens=tokens_in, output_tokens=tokens_out, cache_read_tokens=cache_read)
+    return float(genai_prices.calc_price(usage, model_ref=model, provider_id="cohere").total_price)
+
+
+def output(span) -> dict:
+    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
+    return message
+
+
+def output_text(span) -> str:
+    return "".join(p["content"] for p in output(span)["parts"] if p["type"] == "text")
+
+
+def assert_billed_and_priced(a: dict, model: str, tokens_in: int, tokens_out: int) -> None:
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == tokens_in  # billed_units, not usage.tokens
+    assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == tokens_out
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(model, tokens_in, tokens_out))
+    assert a[semconv.LLM_COST_TOTAL] > 0
+    assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+
+
+class TestChat:
+    def test_chat(self, traced, co, fake):
+        response = co.chat(
+            model=MODEL, messages=MESSAGES, max_tokens=300, temperature=0.5, p=0.9, k=40, seed=7, stop_sequences=["X"]
+        )
+        span = traced.one()
+        a = attrs(span)
+        assert span.name == f"chat {MODEL}"
+        assert span.kind is SpanKind.CLIENT
+        assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "cohere"
+        assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
+        assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+        assert gen_ai.GEN_AI_RESPONSE_MODEL not in a  # Cohere's responses name no model
+        assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 300
+        assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
+        assert a[gen_ai.GEN_AI_REQUEST_TOP_P] == 0.9
+        assert a[gen_ai.GEN_AI_REQUEST_TOP_K] == 40
+        assert a[gen_ai.GEN_AI_REQUEST_SEED] == 7
+        assert a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("X",)
+        assert a[gen_ai.GEN_AI_RESPONSE_ID] == response.id
+        assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("COMPLETE",)
+        assert (a[server_attributes.SERVER_ADDRESS], a[server_attributes.SERVER_PORT]) == (fake.host, fake.port)
+        assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
+        assert response.usage.tokens.input_tokens != a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS]
+        assert validate_content("input", a[gen_ai.GEN_AI_INPUT_MESSAGES]) == [
+            {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+            {"role": "user", "parts": [{"type": "text", "content": PROMPT}]},
+        ]
+        assert output_text(span) == response.message.content[0].text
+        assert output(span)["finish_reason"] == "stop"
+
+    async def test_chat_async(self, traced, aco, fake):
+        response = await aco.chat(model=MODEL, messages=MESSAGES)
+        span = traced.one()
+        assert attrs(span)[gen_ai.GEN_AI_RESPONSE_ID] == response.id
+        assert output_text(span) == response.message.content[0].text
+        assert_billed_and_priced(attrs(span), MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
+
+    def test_client_v2_namespace(self, traced, fake):
+        client = cohere.Client(api_key="co-test", base_url=fake.url, max_retries=0)
+        client.v2.chat(model=MODEL, messages=MESSAGES)
+        assert traced.one().name == f"chat {MODEL}"
+
+    def test_tool_call_then_tool_result(self, traced, co):
+        first = co.chat(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], **scenario("tool"))
+        call = first.message.tool_calls[0]
+        span = traced.one()
+        a = attrs(span)
+        assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("TOOL_CALL",)
+        message = output(span)
+        assert message["finish_reason"] == "tool_call"
+        assert message["parts"] == [
+            {"type": "reasoning", "content": "Calling get_weather."},
+            {"type": "tool_call", "id": call.id, "name": "get_weather", "arguments": json.loads(ARGUMENTS)},
+        ]
+        assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [
+            {
+                "type": "function",
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": WEATHER_TOOL["function"]["parameters"],
+            }
+        ]
+        traced.exporter.clear()
+        history = [
+            *MESSAGES,
+            {"role": "assistant", "tool_plan": first.message.tool_plan, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call.id, "content": [{"type": "text", "text": "21C sunny"}]},
+        ]
+        co.chat(model=MODEL, messages=history, tools=[WEATHER_TOOL])
+        inputs = validate_content("input", attrs(traced.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
+        assert [m["role"] for m in inputs] == ["system", "user", "assistant", "tool"]
+        assert inputs[2]["parts"][-1] == {
+            "type": "tool_call",
+            "id": call.id,
+            "name": "get_weather",
+            "arguments": json.loads(ARGUMENTS),
+        }
+        assert inputs[3]["parts"] == [{"type": "tool_call_response", "id": call.id, "response": "21C sunny"}]
+
+    def test_max_tokens(self, traced, co):
+        co.chat(model=MODEL, messages=MESSAGES, max_tokens=3)
+        span = traced.one()
+        assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("MAX_TOKENS",)
+        assert output(span)["finish_reason"] == "length"
+        assert_billed_and_priced(attrs(span), MODEL, prompt_tokens(MESSAGES), 3)
+
+    def test_cache_read(self, traced, co, fake):
+        co.chat(model=MODEL, messages=MESSAGES, **scenario("cache-read"))
+        a = attrs(traced.one())
+        cached = prompt_tokens(MESSAGES[:1])
+        assert a[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == cached
+        assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens(MESSAGES)  # the cache read is inside
+        expected = price(MODEL, prompt_tokens(MESSAGES), fake.stream_chunks, cached)
+        assert a[semconv.LLM_COST_TOTAL] == pytest.approx(expected)
+
+    @pytest.mark.parametrize(
+        ("status", "error", "error_type"),
+        [
+            (400, cohere.BadRequestError, "cohere.BadRequestError"),
+            (401, cohere.UnauthorizedError, "cohere.UnauthorizedError"),
+            (429, cohere.TooManyRequestsError, "cohere.TooManyRequestsError"),
+            (500, cohere.InternalServerError, "cohere.InternalServerError"),
+            (529, cohere.core.ApiError, "cohere.ApiError"),
+        ],
+    )
+    def test_errors(self, traced, co, status, error, error_type):
+        with pytest.raises(error) as caught:
+            co.chat(model=MODEL, messages=MESSAGES, **scenario(f"error-{status}"))
+        assert type(caught.value) is error
+        span = traced.one()
+        a = attrs(span)
+        assert span.status.status_code is StatusCode.ERROR
+        assert a[error_attributes.ERROR_TYPE] == error_type
+        assert a[http_attributes.HTTP_RESPONSE_STATUS_CODE] == status
+        assert gen_ai.GEN_AI_INPUT_MESSAGES in a  # what was asked is still recorded
+        assert [e.name for e in span.events] == ["exception"]
+
+    async def test_error_async(self, traced, aco):
+        with pytest.raises(cohere.TooManyRequestsError):
+            await aco.chat(model=MODEL, messages=MESSAGES, **scenario("error-429"))
+        assert attrs(traced.one())[error_attributes.ERROR_TYPE] == "cohere.TooManyRequestsError"
+
+    def test_capture_off(self, traced, co):
+        use_settings(llm_log_prompts=False, llm_log_responses=False)
+        co.chat(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL])
+        a = attrs(traced.one())
+        for key in (gen_ai.GEN_AI_INPUT_MESSAGES, gen_ai.GEN_AI_OUTPUT_MESSAGES, gen_ai.GEN_AI_TOOL_DEFINITIONS):
+            assert key not in a
+        assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0  # usage is not content
+
+    def test_tracking_disabled(self, traced, co):
+        use_settings(llm_tracking_enabled=False)
+        assert co.chat(model=MODEL, messages=MESSAGES).message.content
+        assert list(co.chat_stream(model=MODEL, messages=MESSAGES))
+        assert traced.spans() == []
+
+
+class TestStream:
+    def test_events_unchanged_and_usage_from_message_end(self, traced, co, fake):
+        seen = [e.dict() for e in co.chat_stream(model=MODEL, messages=MESSAGES)]
+        span = traced.one()
+        a = attrs(span)
+        uninstrument(["cohere"])
+        expected = [e.dict() for e in co.chat_stream(model=MODEL, messages=MESSAGES)]
+        strip = lambda e: {k: v for k, v in e.items() if k != "id"}  # noqa: E731 - ids differ per request
+        assert [strip(e) for e in seen] == [strip(e) for e in expected]
+        assert span.name == f"chat {MODEL}"
+        assert a[gen_ai.GEN_AI_REQUEST_STREAM] is True
+        assert a[gen_ai.GEN_AI_RESPONSE_ID] == seen[0]["id"]
+        assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("COMPLETE",)
+        assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+        assert a[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] > 0
+        assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
+        assert semconv.MLTRACK_USAGE_SOURCE not in a or a[semconv.MLTRACK_USAGE_SOURCE] == "provider"
+        assert output_text(span) == echo(PROMPT, fake.stream_chunks)
+        assert output(span)["finish_reason"] == "stop"
+
+    async def test_async(self, traced, aco, fake):
+        texts = [
+            e.delta.message.content.text
+            async for e in aco.chat_stream(model=MODEL, messages=MESSAGES)
+            if e.type == "content-delta"
+        ]
+        span = traced.one()
+        assert output_text(span) == "".join(texts)
+        assert attrs(span)[semconv.MLTRACK_STREAM_COMPLETE] is True
+        assert_billed_and_priced(attrs(span), MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
+
+    def test_tool_call(self, traced, co):
+        events = list(co.chat_stream(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], **scenario("tool")))
+        call_id = next(e for e in events if e.type == "tool-call-start").delta.message.tool_calls.id
+        message = output(traced.one())
+        assert message["finish_reason"] == "tool_call"
+        assert message["parts"] == [
+            {"type": "reasoning", "content": "Calling get_weather."},
+            {"type": "tool_call", "id": call_id, "name": "get_weather", "arguments": json.loads(ARGUMENTS)},
+        ]
+        assert attrs(traced.one())[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == 2 + len(ARGUMENTS)
+
+    def test_max_tokens(self, traced, co):
+        list(co.chat_stream(model=MODEL, messages=MESSAGES, max_tokens=2))
+        span = traced.one()
+        assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("MAX_TOKENS",)
+        assert output(span)["finish_reason"] == "length"
+        assert output_text(span) == echo(PROMPT, 2)
+
+    def test_break_then_close(self, traced, co):
+        stream = co.chat_stream(model=MODEL, messages=MESSAGES)
+        texts = []
+        for event in stream:
+            if event.type == "content-delta":
+                texts.append(event.delta.message.content.text)
+                if len(texts) == 2:
+                    break
+        assert traced.spans() == []  # still open: the caller may resume
+        stream.close()
+        span = traced.one()
+        a = attrs(span)
+        assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+        assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # message-end never came: estimated, still counted
+        assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+        assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+        assert output_text(span) == "".join(texts)
+        assert output(span)["finish_reason"] == "incomplete"
+        stream.close()
+        assert len(traced.spans()) == 1  # exactly once
+
+    def test_break_then_garbage_collection(self, traced, co):
+        stream = co.chat_stream(model=MODEL, messages=MESSAGES)
+        next(iter(stream))
+        del stream
+        gc.collect()
+        guard.drain_deferred()  # the span may be ended off the collector, by the finalizer worker
+        assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+    async def test_async_break_then_close(self, traced, aco):
+        stream = aco.chat_stream(model=MODEL, messages=MESSAGES)
+        async for _event in stream:
+            break
+        await stream.aclose()
+        assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+    def test_in_band_error(self, traced, co):
+        events = list(co.chat_stream(model=MODEL, messages=MESSAGES, **scenario("stream-error")))
+        assert events[-1].delta.finish_reason == "ERROR"  # the SDK raises nothing: the caller sees the event
+        span = traced.one()
+        a = attrs(span)
+        assert span.status.status_code is StatusCode.ERROR
+        assert a[error_attributes.ERROR_TYPE] == "ERROR"
+        assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("ERROR",)
+        assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # the failed message-end carries no usage
+        assert output(span)["finish_reason"] == "error"
+        assert output_text(span) == echo(PROMPT, DROP_AFTER)
+
+    def test_dropped_connection(self, traced, co):
+        received = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            for event in co.chat_stream(model=MODEL, messages=MESSAGES, **scenario("drop")):
+                if event.type == "content-delta":
+                    received.append(event.delta.message.content.text)
+        span = traced.one()
+        a = attrs(span)
+        assert span.status.status_code is StatusCode.ERROR
+        assert a[error_attributes.ERROR_TYPE] == "httpx.RemoteProtocolError"
+        assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+        assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+        assert output_text(span) == "".join(received) == echo(PROMPT, DROP_AFTER)
+
+    def test_http_error_on_first_iteration(self, traced, co):
+        stream = co.chat_stream(model=MODEL, messages=MESSAGES, **scenario("error-429"))
+        with pytest.raises(cohere.TooManyRequestsError):
+            next(iter(stream))
+        span = traced.one()
+        assert attrs(span)[error_attributes.ERROR_TYPE] == "cohere.TooManyRequestsError"
+        assert span.status.status_code is StatusCode.ERROR
+
+
+class TestEmbedRerank:
+    def test_embed(self, traced, co):
+        texts = ["hello world", "spans please"]
+        response = co.embed(
+            model=EMBED_MODEL, texts=texts, input_type="search_document", embedding_types=["float", "int8"]
+        )
+        span = traced.one()
+        a = attrs(span)
+        assert span.name == f"embeddings {EMBED_MODEL}"
+        assert a[gen_ai.GEN_AI_OPERATION_NAME] == "embeddings"
+        assert a[gen_ai.GEN_AI_RESPONSE_ID] == response.id
+        assert a[gen_ai.GEN_AI_REQUEST_ENCODING_FORMATS] == ("float", "int8")
+        assert a[gen_ai.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] == len(response.embeddings.float_[0])
+        assert_billed_and_priced(a, EMBED_MODEL, prompt_tokens_for_texts(texts), 0)
+
+    async def test_embed_async(self, traced, aco):
+        await aco.embed(model=EMBED_MODEL, texts=["one two"], input_type="search_query")
+        assert attrs(traced.one())[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens_for_texts(["one two"])
+
+    def test_rerank_is_counted_and_flagged_unpriced(self, traced, co):
+        with pytest.raises(LookupError):  # genai-prices has no rerank price for Cohere (search units)
+            genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model_ref=RERANK_MODEL, provider_id="cohere")
+        response = co.rerank(model=RERANK_MODEL, query="red fox", documents=["a red car", "the red fox"])
+        span = traced.one()
+        a = attrs(span)
+        assert span.name == f"rerank {RERANK_MODEL}"
+        assert a[gen_ai.GEN_AI_OPERATION_NAME] == "rerank"
+        assert a[gen_ai.GEN_AI_RESPONSE_ID] == response.id
+        assert a[semconv.MLTRACK_COST_UNPRICED] is True
+        assert semconv.LLM_COST_TOTAL not in a  # never a cost of 0
+        assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+
+    async def test_rerank_async(self, traced, aco):
+        await aco.rerank(model=RERANK_MODEL, query="q", documents=["q"])
+        assert attrs(traced.one())[semconv.MLTRACK_COST_UNPRICED] is True
+
+
+class TestLifecycle:
+    def test_budget_refusal_before_anything_is_sent(self, traced, co, fake):
+        ledger.LEDGER.limits = ledger.Limits(token_budget=10)
+        ledger.LEDGER.add(1, None, None, 20, 0, None)
+        try:
+            with pytest.raises(BudgetExceededError):
+                co.chat(model=MODEL, messages=MESSAGES)
+            with pytest.raises(BudgetExceededError):
+                next(iter(co.chat_stream(model=MODEL, messages=MESSAGES)))
+        finally:
+            ledger.LEDGER.limits = ledger.Limits()
+            ledger.LEDGER.reset()
+        assert fake.requests == []
+        assert traced.spans() == []
+
+    def test_uninstrument_restores_the_original_methods(self, traced, co):
+        from cohere.v2.client import AsyncV2Client, V2Client
+
+        names = ("chat", "chat_stream", "embed", "rerank")
+        assert all(hasattr(V2Client.__dict__[n], "__wrapped__") for n in names)
+        originals = {n: V2Client.__dict__[n].__wrapped__ for n in names}
+        async_originals = {n: AsyncV2Client.__dict__[n].__wrapped__ for n in names}
+        uninstrument(["cohere"])
+        assert {n: V2Client.__dict__[n] for n in names} == originals
+        assert {n: AsyncV2Client.__dict__[n] for n in names} == async_originals
+        co.chat(model=MODEL, messages=MESSAGES)
+        list(co.chat_stream(model=MODEL, messages=MESSAGES))
+        assert traced.spans() == []
+
+    def test_instrument_detects_cohere(self):
+        from mltrack_otel.instrumentation import LIBRARIES
+
+        assert LIBRARIES["cohere"].module == "cohere"
+        assert instrument(["cohere"]) == ["cohere"]
+        uninstrument(["cohere"])
