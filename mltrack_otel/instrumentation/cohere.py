@@ -47,14 +47,8 @@ _PARAMS = (
     ("presence_penalty", gen_ai.GEN_AI_REQUEST_PRESENCE_PENALTY),
 )
 # Cohere's finish reasons -> the convention's (output messages); gen_ai.response.finish_reasons keeps Cohere's.
-_FINISH = {
-    "COMPLETE": "stop",
-    "STOP_SEQUENCE": "stop",
-    "MAX_TOKENS": "length",
-    "TOOL_CALL": "tool_call",
-    "ERROR": "error",
-    "TIMEOUT": "error",
-}
+_FINISH = {"COMPLETE": "stop", "STOP_SEQUENCE": "stop", "MAX_TOKENS": "length", "TOOL_CALL": "tool_call"}
+_FINISH |= {"ERROR": "error", "TIMEOUT": "error"}
 _OMIT = ...  # the SDK's default for a parameter the caller left out (typing.cast(Any, ...))
 
 
@@ -105,54 +99,54 @@ def parts(content: Any) -> list[Any]:
 def _tool_call(call: Any, arguments: Any = None) -> dict[str, Any]:
     function = get(call, "function")
     raw = get(function, "arguments") if arguments is None else arguments
-    return {"type": "tool_call", "id": get(call, "id"), "name": get(function, "name", ""), "arguments": parse_arguments(raw)}
+    found = {"type": "tool_call", "id": get(call, "id"), "name": get(function, "name", "")}
+    return {**found, "arguments": parse_arguments(raw)}
 
 
-def messages(body: dict[str, Any]) -> list[Any]:
-    out = []
-    for message in seq(body.get("messages")):
-        role = get(message, "role", "user")
-        if role == "tool":
-            result = {"type": "tool_call_response", "id": get(message, "tool_call_id"), "response": None}
-            content = parts(get(message, "content"))
-            texts = [p["content"] for p in content if p["type"] == "text"]
-            result["response"] = "".join(texts) if len(texts) == len(content) else content
-            out.append({"role": "tool", "parts": [result]})
-            continue
-        found = parts(get(message, "content"))
-        plan = get(message, "tool_plan")
-        if isinstance(plan, str) and plan:
-            found.append({"type": "reasoning", "content": plan})
-        found += [_tool_call(call) for call in seq(get(message, "tool_calls"))]
-        out.append({"role": role, "parts": found})
-    return out
-
-
-def tool_definitions(tools: Any) -> list[Any] | None:
-    if not tools:
-        return None
-    out = []
-    for tool in seq(tools):
-        function = get(tool, "function")
-        definition = {"type": get(tool, "type", "function"), "name": get(function, "name", "")}
-        definition["description"] = get(function, "description", "")
-        if get(function, "parameters") is not None:
-            definition["parameters"] = get(function, "parameters")
-        out.append(definition)
-    return out
-
-
-def chat_inputs(body: dict[str, Any]) -> Inputs:
-    return Inputs(messages(body), None, tool_definitions(body.get("tools")))
-
-
-def _output(message: Any, reason: Any, default: str) -> list[Any]:
+def _parts(message: Any) -> list[Any]:
+    """An assistant (or user, system) message's parts: content, then its tool plan as reasoning, then tool calls."""
     found = parts(get(message, "content"))
     plan = get(message, "tool_plan")
     if isinstance(plan, str) and plan:
         found.append({"type": "reasoning", "content": plan})
-    found += [_tool_call(call) for call in seq(get(message, "tool_calls"))]
-    return [{"role": "assistant", "parts": found, "finish_reason": _reason(reason, default)}]
+    return found + [_tool_call(call) for call in seq(get(message, "tool_calls"))]
+
+
+def _tool_result(message: Any) -> dict[str, Any]:
+    content = parts(get(message, "content"))
+    texts = [p["content"] for p in content if p["type"] == "text"]
+    result = {"type": "tool_call_response", "id": get(message, "tool_call_id")}
+    return {
+        "role": "tool",
+        "parts": [{**result, "response": "".join(texts) if len(texts) == len(content) else content}],
+    }
+
+
+def chat_inputs(body: dict[str, Any]) -> Inputs:
+    found = [
+        _tool_result(m) if get(m, "role") == "tool" else {"role": get(m, "role", "user"), "parts": _parts(m)}
+        for m in seq(body.get("messages"))
+    ]
+    tools = [
+        {"type": get(t, "type", "function"), "name": get(get(t, "function"), "name", ""), **_spec(get(t, "function"))}
+        for t in seq(body.get("tools"))
+    ]
+    return Inputs(found, None, tools or None)
+
+
+def _spec(function: Any) -> dict[str, Any]:
+    spec = {"description": get(function, "description", "")}
+    return spec if get(function, "parameters") is None else {**spec, "parameters": get(function, "parameters")}
+
+
+def _output(message: Any, reason: Any, default: str) -> list[Any]:
+    return [{"role": "assistant", "parts": _parts(message), "finish_reason": _reason(reason, default)}]
+
+
+def _id(result: Any, attributes: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(get(result, "id"), str):
+        attributes[gen_ai.GEN_AI_RESPONSE_ID] = get(result, "id")
+    return attributes
 
 
 # --- requests and responses --------------------------------------------------------------------------------------
@@ -170,8 +164,7 @@ def chat_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
 
 
 def chat_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-    attributes: dict[str, Any] = {}
-    _id(result, attributes)
+    attributes = _id(result, {})
     reason = get(result, "finish_reason")
     if isinstance(reason, str):
         attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
@@ -188,9 +181,7 @@ def embed_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
 
 
 def embed_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-    attributes: dict[str, Any] = {}
-    _id(result, attributes)
-    embeddings = get(result, "embeddings")
+    attributes, embeddings = _id(result, {}), get(result, "embeddings")
     for kind in ("float_", "float", "int8", "uint8"):
         vectors = seq(get(embeddings, kind))
         if vectors and isinstance(vectors[0], list):
@@ -200,21 +191,9 @@ def embed_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any
     return attributes, None, None
 
 
-def rerank_request(body: dict[str, Any], attributes: dict[str, Any]) -> None:
-    return None
-
-
 def rerank_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
     """Counted with no tokens, so unpriced (search units have no price in genai-prices)."""
-    attributes = estimated_usage(0, 0)
-    _id(result, attributes)
-    return attributes, None, None
-
-
-def _id(result: Any, attributes: dict[str, Any]) -> None:
-    response_id = get(result, "id")
-    if isinstance(response_id, str):
-        attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
+    return _id(result, estimated_usage(0, 0)), None, None
 
 
 # --- chat_stream -------------------------------------------------------------------------------------------------
@@ -236,32 +215,33 @@ class ChatStreamRecorder(StreamRecorder):
         self.error: Any = None
 
     def feed(self, event: Any) -> bool:
-        kind = get(event, "type")
+        kind, delta = get(event, "type"), get(event, "delta")
+        message = get(delta, "message")
         if kind == "content-delta":
-            content = get(get(get(event, "delta"), "message"), "content")
-            piece = get(content, "text") or get(content, "thinking")
-            if piece:
-                self.text.append(piece)
+            content = get(message, "content")
+            text, thinking = get(content, "text"), get(content, "thinking")
+            if text:
+                self.text.append(text)
+            elif thinking:  # a reasoning model's thoughts: reasoning, like the tool plan
+                self.plan.append(thinking)
         elif kind == "tool-call-delta":
-            piece = get(get(get(get(get(event, "delta"), "message"), "tool_calls"), "function"), "arguments")
+            piece = get(get(get(message, "tool_calls"), "function"), "arguments")
             if piece and self.calls:
                 self.calls[-1][1].append(piece)
         elif kind == "tool-plan-delta":
-            piece = get(get(get(event, "delta"), "message"), "tool_plan")
-            if piece:
-                self.plan.append(piece)
+            plan = get(message, "tool_plan")
+            if plan:
+                self.plan.append(plan)
         elif kind == "tool-call-start":
-            self.calls.append([get(get(get(event, "delta"), "message"), "tool_calls"), []])
+            self.calls.append([get(message, "tool_calls"), []])
         elif kind == "message-start":
             self.id = get(event, "id")
         elif kind == "message-end":
-            delta = get(event, "delta")
             self.reason, self.usage, self.error = get(delta, "finish_reason"), get(delta, "usage"), get(delta, "error")
         return True
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-        attributes: dict[str, Any] = {}
-        _id({"id": self.id}, attributes)
+        attributes = _id({"id": self.id}, {})
         if isinstance(self.reason, str):
             attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = (self.reason,)
         if self.usage is not None:
@@ -269,15 +249,14 @@ class ChatStreamRecorder(StreamRecorder):
         if self.reason == "ERROR":
             attributes[error_attributes.ERROR_TYPE] = "ERROR"
             self.call.span.set_status(Status(StatusCode.ERROR, self.error if isinstance(self.error, str) else None))
-        output = None
-        if self.capture:
-            found: list[Any] = [text_part("".join(self.text))] if self.text else []
-            if self.plan:
-                found.append({"type": "reasoning", "content": "".join(self.plan)})
-            found += [_tool_call(start, "".join(pieces)) for start, pieces in self.calls]
-            default = "stop" if complete else UNFINISHED
-            output = [{"role": "assistant", "parts": found, "finish_reason": _reason(self.reason, default)}]
-        return attributes, output, None
+        if not self.capture:
+            return attributes, None, None
+        found: list[Any] = [text_part("".join(self.text))] if self.text else []
+        if self.plan:
+            found.append({"type": "reasoning", "content": "".join(self.plan)})
+        found += [_tool_call(start, "".join(pieces)) for start, pieces in self.calls]
+        reason = _reason(self.reason, "stop" if complete else UNFINISHED)
+        return attributes, [{"role": "assistant", "parts": found, "finish_reason": reason}], None
 
     def output_pieces(self) -> list[str]:
         return [*self.text, *self.plan, *(piece for _, pieces in self.calls for piece in pieces)]
@@ -287,7 +266,7 @@ class ChatStreamRecorder(StreamRecorder):
 
 CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, ChatStreamRecorder)
 EMBED = Endpoint("embeddings", embed_request, embed_response)
-RERANK = Endpoint("rerank", rerank_request, rerank_response)
+RERANK = Endpoint("rerank", lambda body, attributes: None, rerank_response)
 
 
 def _server(client: Any) -> tuple[str | None, int | None, str]:
