@@ -520,8 +520,27 @@ class TestStream:
         with pytest.raises(cohere.TooManyRequestsError):
             next(iter(stream))
         span = traced.one()
-        assert attrs(span)[error_attributes.ERROR_TYPE] == "cohere.TooManyRequestsError"
+        a = attrs(span)
+        assert a[error_attributes.ERROR_TYPE] == "cohere.TooManyRequestsError"
         assert span.status.status_code is StatusCode.ERROR
+        assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in a  # refused: not counted, as a refused plain call is not
+        assert semconv.MLTRACK_USAGE_COUNTED not in a
+
+    @pytest.mark.parametrize("how", ["close", "drop"])
+    def test_never_iterated_is_never_sent_nor_counted(self, traced, co, fake, how):
+        stream = co.chat_stream(model=MODEL, messages=MESSAGES)  # a generator: the request goes out on next()
+        if how == "close":
+            stream.close()
+        else:
+            del stream
+            gc.collect()
+            guard.drain_deferred()
+        assert fake.requests == []
+        span = traced.one()  # still ended, exactly once
+        a = attrs(span)
+        assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+        assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in a  # no estimate for a request never sent
+        assert semconv.LLM_COST_TOTAL not in a and semconv.MLTRACK_USAGE_COUNTED not in a
 
 
 class TestEmbedRerank:
