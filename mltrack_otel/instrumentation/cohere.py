@@ -216,16 +216,17 @@ class ChatStreamRecorder(StreamRecorder):
         self.error: Any = None
 
     def feed(self, event: Any) -> bool:
-        kind, delta = get(event, "type"), get(event, "delta")
+        kind = event.type
+        if kind == "content-delta":  # the common event, read directly (a malformed one is salvaged by the core)
+            content = event.delta.message.content
+            if content.text:
+                self.text.append(content.text)
+            elif getattr(content, "thinking", None):  # a reasoning model's thoughts: reasoning, like the tool plan
+                self.plan.append(content.thinking)
+            return True
+        delta = get(event, "delta")
         message = get(delta, "message")
-        if kind == "content-delta":
-            content = get(message, "content")
-            text, thinking = get(content, "text"), get(content, "thinking")
-            if text:
-                self.text.append(text)
-            elif thinking:  # a reasoning model's thoughts: reasoning, like the tool plan
-                self.plan.append(thinking)
-        elif kind == "tool-call-delta":
+        if kind == "tool-call-delta":
             piece = get(get(get(message, "tool_calls"), "function"), "arguments")
             if piece and self.calls:
                 self.calls[-1][1].append(piece)
