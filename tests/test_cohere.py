@@ -670,3 +670,29 @@ def test_langchain_cohere_counted_once(fake, settings, sdk_on):
         assert parent.attributes.get(semconv.MLTRACK_USAGE_COUNTED) is not True
     else:
         assert cohere_spans == []
+
+
+class TestNeverBreak:
+    def test_a_failing_response_reader_costs_the_caller_nothing(self, traced, co, monkeypatch):
+        from mltrack_otel.instrumentation import cohere as ci
+
+        def boom(result, capture):
+            raise RuntimeError("reader bug")
+
+        monkeypatch.setattr(ci.CHAT, "response", boom)
+        response = co.chat(model=MODEL, messages=MESSAGES)
+        assert response.message.content[0].text.startswith("Echo:")
+        assert traced.one().name == f"chat {MODEL}"  # the span still ends
+        assert guard.health()["errors.instrumentation.response"] == 1
+
+    def test_a_failing_stream_recorder_costs_the_caller_no_event(self, traced, co, fake, monkeypatch):
+        from mltrack_otel.instrumentation import cohere as ci
+
+        def boom(self, event):
+            raise RuntimeError("recorder bug")
+
+        monkeypatch.setattr(ci.ChatStreamRecorder, "feed", boom)
+        events = list(co.chat_stream(model=MODEL, messages=MESSAGES))
+        assert len(events) == fake.stream_chunks + 4  # message-start, content-start/-end, message-end: all there
+        assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is True
+        assert guard.health()["errors.instrumentation.stream"] == len(events)  # each failure counted, none raised
