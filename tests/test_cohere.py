@@ -696,3 +696,54 @@ class TestNeverBreak:
         assert len(events) == fake.stream_chunks + 4  # message-start, content-start/-end, message-end: all there
         assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is True
         assert guard.health()["errors.instrumentation.stream"] == len(events)  # each failure counted, none raised
+
+
+@pytest.fixture
+def litellm_traced(fake, settings, monkeypatch):
+    """LiteLLM (which calls Cohere's HTTP API itself, not through the SDK) and the cohere instrumentor, both on."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network if litellm is imported here first
+    litellm = pytest.importorskip("litellm")
+    from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor
+
+    fake.clear()
+    guard.reset()
+    recorder = Traced()
+    instrumentor = LiteLLMInstrumentor()
+    instrumentor.instrument(tracer_provider=recorder.provider)
+    instrumentor.set_tracer_provider(recorder.provider)
+    instrument(["cohere"], tracer_provider=recorder.provider)
+    yield (
+        recorder,
+        lambda: litellm.completion(
+            model=f"cohere_chat/{MODEL}", messages=MESSAGES, api_base=fake.url + "/v2/chat", api_key="co", num_retries=0
+        ),
+    )
+    uninstrument(["cohere"])
+    instrumentor.uninstrument()
+
+
+@pytest.mark.frameworks
+def test_litellm_cohere_counted_once(litellm_traced, fake):
+    recorder, complete = litellm_traced
+    response = complete()
+    assert response.choices[0].message.content == echo(PROMPT, fake.stream_chunks)
+    assert fake.requests[-1].path == "/v2/chat"
+    (span,) = recorder.spans()  # LiteLLM's own: the cohere SDK is not in the path
+    a = attrs(span)
+    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "cohere"
+    assert a[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert a[semconv.LLM_COST_TOTAL] > 0
+
+
+@pytest.mark.frameworks
+@pytest.mark.xfail(
+    strict=True,
+    reason="LiteLLM reports Cohere's usage.tokens (prompt template included) as prompt_tokens, not the billed units: "
+    "its span overprices Cohere until litellm.py reads the billed counts",
+)
+def test_litellm_cohere_priced_at_the_billed_units(litellm_traced, fake):
+    recorder, complete = litellm_traced
+    complete()
+    a = attrs(recorder.one())
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens(MESSAGES)
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(MODEL, prompt_tokens(MESSAGES), fake.stream_chunks))
