@@ -346,6 +346,15 @@ class TestChat:
         }
         assert inputs[3]["parts"] == [{"type": "tool_call_response", "id": call.id, "response": "21C sunny"}]
 
+    def test_json_output(self, traced, co):
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        response_format = {"type": "json_object", "json_schema": schema}
+        response = co.chat(model=MODEL, messages=MESSAGES, response_format=response_format)
+        assert json.loads(response.message.content[0].text) == {"city": "example"}  # the fake's example object
+        span = traced.one()
+        assert attrs(span)[gen_ai.GEN_AI_OUTPUT_TYPE] == "json"
+        assert json.loads(output_text(span)) == {"city": "example"}
+
     def test_max_tokens(self, traced, co):
         co.chat(model=MODEL, messages=MESSAGES, max_tokens=3)
         span = traced.one()
