@@ -483,6 +483,16 @@ class TestStream:
         stream.close()
         assert len(traced.spans()) == 1  # exactly once
 
+    def test_closed_after_message_end_is_complete(self, traced, co, fake):
+        stream = co.chat_stream(model=MODEL, messages=MESSAGES)
+        for event in stream:
+            if event.type == "message-end":
+                break
+        stream.close()
+        a = attrs(traced.one())
+        assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+        assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
+
     def test_break_then_garbage_collection(self, traced, co):
         stream = co.chat_stream(model=MODEL, messages=MESSAGES)
         next(iter(stream))

@@ -260,6 +260,9 @@ class ChatStreamRecorder(StreamRecorder):
         reason = _reason(self.reason, "stop" if complete else UNFINISHED)
         return attributes, [{"role": "assistant", "parts": found, "finish_reason": reason}], None
 
+    def complete_at_close(self) -> bool:
+        return self.reason is not None  # message-end, the last event, arrived before the caller closed
+
     def estimate(self) -> dict[str, Any]:
         """chat_stream is a generator: its request goes out on the first next(). Nothing came back: never sent (closed
         or dropped unread) or refused (an HTTP error), so nothing to estimate or count, as for a refused plain call."""
