@@ -37,6 +37,7 @@ from ._base import (
     stop_sequences,
 )
 from ._core import Endpoint, Method, MethodInstrumentor, Request
+from .openai import tool_definitions
 
 _PARAMS = (
     ("max_tokens", gen_ai.GEN_AI_REQUEST_MAX_TOKENS),
@@ -128,16 +129,7 @@ def chat_inputs(body: dict[str, Any]) -> Inputs:
         _tool_result(m) if get(m, "role") == "tool" else {"role": get(m, "role", "user"), "parts": _parts(m)}
         for m in seq(body.get("messages"))
     ]
-    tools = [
-        {"type": get(t, "type", "function"), "name": get(get(t, "function"), "name", ""), **_spec(get(t, "function"))}
-        for t in seq(body.get("tools"))
-    ]
-    return Inputs(found, None, tools or None)
-
-
-def _spec(function: Any) -> dict[str, Any]:
-    spec = {"description": get(function, "description", "")}
-    return spec if get(function, "parameters") is None else {**spec, "parameters": get(function, "parameters")}
+    return Inputs(found, None, tool_definitions(body.get("tools")))  # Cohere's tools are OpenAI chat-shaped
 
 
 def _output(message: Any, reason: Any, default: str) -> list[Any]:
