@@ -608,6 +608,10 @@ class TestLifecycle:
                 co.chat(model=MODEL, messages=MESSAGES)
             with pytest.raises(BudgetExceededError):
                 next(iter(co.chat_stream(model=MODEL, messages=MESSAGES)))
+            with pytest.raises(BudgetExceededError):
+                co.embed(model=EMBED_MODEL, texts=["x"], input_type="search_query")
+            with pytest.raises(BudgetExceededError):
+                co.rerank(model=RERANK_MODEL, query="q", documents=["q"])
         finally:
             ledger.LEDGER.limits = ledger.Limits()
             ledger.LEDGER.reset()
