@@ -36,6 +36,7 @@ LIBRARIES: dict[str, Library] = {
     "dspy": Library("dspy", "mltrack_otel.instrumentation.dspy:DSPyInstrumentor"),
     "google_genai": Library("google.genai", "mltrack_otel.instrumentation.google_genai:GoogleGenAIInstrumentor"),
     "mistralai": Library("mistralai.client", "mltrack_otel.instrumentation.mistralai:MistralInstrumentor"),
+    "cohere": Library("cohere", "mltrack_otel.instrumentation.cohere:CohereInstrumentor"),
 }
 
 _lock = threading.RLock()
