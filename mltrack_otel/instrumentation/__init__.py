@@ -34,6 +34,7 @@ LIBRARIES: dict[str, Library] = {
     "llama_index": Library("llama_index.core", "mltrack_otel.instrumentation.llama_index:LlamaIndexInstrumentor"),
     "litellm": Library("litellm", "mltrack_otel.instrumentation.litellm:LiteLLMInstrumentor"),
     "dspy": Library("dspy", "mltrack_otel.instrumentation.dspy:DSPyInstrumentor"),
+    "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
     "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
 }
 
