@@ -22,9 +22,9 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 
 from .. import budget, config, guard
 from ..errors import BudgetExceededError
-from ..usage import usage_attributes
+from ..usage import read as read_usage
 from . import _base
-from ._base import Call, get, provider_for_host
+from ._base import Call, provider_for_host
 from .openai import (
     ChatRecorder,
     _Choice,
@@ -150,20 +150,7 @@ def resolve(model: str, custom_llm_provider: Any, api_base: Any) -> _Route:
 
 def litellm_usage_attributes(usage: Any) -> dict[str, int]:
     """GenAI usage attributes of a LiteLLM Usage (OpenAI shape; prompt_tokens include cache reads and writes)."""
-    if usage is None:
-        return {}
-    attributes = usage_attributes(usage, "openai")
-    if not attributes:
-        return attributes
-    details = get(usage, "prompt_tokens_details")
-    written = get(usage, "cache_creation_input_tokens") or get(details, "cache_creation_tokens")
-    written = written or get(details, "cache_write_tokens")
-    if type(written) is int and written > 0:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = written
-    read = attributes.get(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) or get(usage, "cache_read_input_tokens")
-    if type(read) is int and read > 0:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = read
-    return attributes
+    return read_usage(usage, "litellm")
 
 
 # --- streams ------------------------------------------------------------------------------------------------
@@ -480,7 +467,7 @@ class Patch:
                     self._ask_stream_usage(kwargs, route, settings)
             else:
                 embeddings_request(kwargs, attributes)
-            call = Call(self.tracer, operation, request_model, attributes, settings, inputs, "openai")
+            call = Call(self.tracer, operation, request_model, attributes, settings, inputs, "litellm")
         except BaseException:
             if reservation is not None:
                 reservation.release()
