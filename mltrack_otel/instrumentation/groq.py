@@ -34,7 +34,6 @@ SDK = Sdk(
         "/openai/v1/embeddings": Endpoint("embeddings", embeddings_request, embeddings_response),
     },
     provider_name=lambda client, host: "groq",
-    usage_shape="openai",
     instruments=("groq >= 0.9",),
 )
 
