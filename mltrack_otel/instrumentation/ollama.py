@@ -64,38 +64,24 @@ def _images(images: Any) -> list[dict[str, Any]]:
 
 def _tool_call(call: Any) -> dict[str, Any]:
     function = get(call, "function")
-    return {
-        "type": "tool_call",
-        "id": get(call, "id"),
-        "name": get(function, "name", ""),
-        "arguments": get(function, "arguments"),
-    }
+    name, arguments = get(function, "name", ""), get(function, "arguments")
+    return {"type": "tool_call", "id": get(call, "id"), "name": name, "arguments": arguments}
 
 
 def chat_messages(messages: Any) -> list[Any]:
     """Ollama messages (role, content, images, thinking, tool_calls, tool_name) as GenAI messages."""
     out: list[Any] = []
     for message in seq(messages):
-        role = get(message, "role", "user")
-        content = get(message, "content")
+        role, content = get(message, "role", "user"), get(message, "content")
         if role == "tool":
-            entry: dict[str, Any] = {
-                "role": "tool",
-                "parts": [{"type": "tool_call_response", "id": None, "response": content}],
-            }
+            result = {"type": "tool_call_response", "id": None, "response": content}
             name = get(message, "tool_name")
-            if isinstance(name, str):
-                entry["name"] = name
-            out.append(entry)
+            out.append({"role": "tool", "parts": [result], **({"name": name} if isinstance(name, str) else {})})
             continue
-        parts: list[Any] = []
         thinking = get(message, "thinking")
-        if thinking:
-            parts.append({"type": "reasoning", "content": thinking})
-        if content:
-            parts.append(text_part(content))
-        parts += _images(get(message, "images"))
-        parts += [_tool_call(c) for c in seq(get(message, "tool_calls"))]
+        parts: list[Any] = [{"type": "reasoning", "content": thinking}] if thinking else []
+        parts += [text_part(content)] if content else []
+        parts += _images(get(message, "images")) + [_tool_call(c) for c in seq(get(message, "tool_calls"))]
         out.append({"role": role, "parts": parts})
     return out
 
@@ -116,41 +102,31 @@ def generate_inputs(body: dict[str, Any]) -> Inputs:
 
 def _output(texts: list[str], thinking: list[str], calls: list[Any], reason: str) -> list[Any]:
     parts: list[Any] = [{"type": "reasoning", "content": "".join(thinking)}] if thinking else []
-    if texts:
-        parts.append(text_part("".join(texts)))
+    parts += [text_part("".join(texts))] if texts else []
     parts += [_tool_call(c) for c in calls]
     return [{"role": "assistant", "parts": parts, "finish_reason": "tool_call" if calls else reason}]
 
 
 def _attributes(result: Any) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
-    model = get(result, "model")
+    model, reason = get(result, "model"), get(result, "done_reason")
     if isinstance(model, str):
         attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model
-    reason = get(result, "done_reason")
     if isinstance(reason, str):
         attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = (reason,)
     return attributes
 
 
-def chat_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+def generation_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+    """chat (text in ``message``) and generate (text in ``response``): the counts are on the result itself."""
     output = None
     if capture:
         message = get(result, "message")
-        content, thinking = get(message, "content"), get(message, "thinking")
+        text = get(message, "content") if message is not None else get(result, "response")
+        thinking = get(message if message is not None else result, "thinking")
+        calls = list(seq(get(message, "tool_calls")))
         reason = finish_reason(get(result, "done_reason"), "stop")
-        output = _output(
-            [content] if content else [], [thinking] if thinking else [], list(seq(get(message, "tool_calls"))), reason
-        )
-    return _attributes(result), output, result
-
-
-def generate_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-    output = None
-    if capture:
-        text, thinking = get(result, "response"), get(result, "thinking")
-        reason = finish_reason(get(result, "done_reason"), "stop")
-        output = _output([text] if text else [], [thinking] if thinking else [], [], reason)
+        output = _output([text] if text else [], [thinking] if thinking else [], calls, reason)
     return _attributes(result), output, result
 
 
@@ -159,22 +135,17 @@ def embed_response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any
     vectors = seq(get(result, "embeddings")) or (get(result, "embedding"),)  # /api/embed, /api/embeddings
     if isinstance(vectors[0], (list, tuple)):
         attributes[gen_ai.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] = len(vectors[0])
-    return attributes, None, result if get(result, "prompt_eval_count") is not None else None
+    return attributes, None, result if get(result, "prompt_eval_count") is not None else None  # embeddings: none
 
 
 # --- streams -------------------------------------------------------------------------------------------------
-
-
-def _refused(error: BaseException) -> bool:
-    """An HTTP error status (ResponseError.status_code; -1 for an error line in a stream already under way)."""
-    status = getattr(error, "status_code", None)
-    return type(status) is int and status >= 400
 
 
 class ChatRecorder(StreamRecorder):
     """Chat chunks: text, thinking and whole tool calls per chunk; the ``done`` chunk has the reason and counts."""
 
     __slots__ = ("calls", "final", "model", "texts", "thinking")
+    chat = True  # GenerateRecorder: the text is the chunk's own ``response``
 
     def __init__(self, call: Call, hide_usage: bool) -> None:
         super().__init__(call, hide_usage)
@@ -189,24 +160,25 @@ class ChatRecorder(StreamRecorder):
             self.final = chunk
         elif self.model is None:
             self.model = chunk.model
-        self.pieces(chunk)
-        return True
-
-    def pieces(self, chunk: Any) -> None:
-        message = chunk.message
-        if message.content:
-            (self.texts if self.capture else self.seen).append(message.content)
-        if message.thinking:
-            self.thinking.append(message.thinking)
-        if message.tool_calls:
+        message = chunk.message if self.chat else chunk
+        text = message.content if self.chat else chunk.response
+        if text:
+            (self.texts if self.capture else self.seen).append(text)
+        thinking = get(message, "thinking")
+        if thinking:
+            self.thinking.append(thinking)
+        if self.chat and message.tool_calls:
             self.calls += message.tool_calls
+        return True
 
     def end(self, complete: bool, error: BaseException | None = None) -> None:
         # The SDK sends a stream's request when the caller first reads it: an HTTP error status then (nothing read)
-        # is a refused call, like a plain call's, not a stream cut short whose usage could be estimated.
-        if error is not None and self.first_at is None and not self.done and _refused(error):
+        # is a refused call, like a plain call's, not a stream cut short whose usage could be estimated. (-1: an
+        # error line in a stream under way.)
+        status = getattr(error, "status_code", None)
+        if self.first_at is None and not self.done and type(status) is int and status >= 400:
             self.done = True
-            self.call.fail(error)
+            self.call.fail(error)  # type: ignore[arg-type]
             return
         super().end(complete, error)
 
@@ -224,23 +196,15 @@ class ChatRecorder(StreamRecorder):
 
 
 class GenerateRecorder(ChatRecorder):
-    """Generate chunks: the text is ``response`` (and ``thinking``) on the chunk itself."""
-
     __slots__ = ()
-
-    def pieces(self, chunk: Any) -> None:
-        if chunk.response:
-            (self.texts if self.capture else self.seen).append(chunk.response)
-        thinking = getattr(chunk, "thinking", None)
-        if thinking:
-            self.thinking.append(thinking)
+    chat = False
 
 
 # --- the declaration -----------------------------------------------------------------------------------------
 
-CHAT = Endpoint("chat", generation_request, chat_response, chat_inputs, ChatRecorder, usage_shape="ollama")
+CHAT = Endpoint("chat", generation_request, generation_response, chat_inputs, ChatRecorder, usage_shape="ollama")
 GENERATE = Endpoint(
-    "text_completion", generation_request, generate_response, generate_inputs, GenerateRecorder, usage_shape="ollama"
+    "text_completion", generation_request, generation_response, generate_inputs, GenerateRecorder, usage_shape="ollama"
 )
 EMBED = Endpoint("embeddings", embed_request, embed_response, usage_shape="ollama")
 ROUTES = {"/api/chat": CHAT, "/api/generate": GENERATE, "/api/embed": EMBED, "/api/embeddings": EMBED}
