@@ -345,3 +345,35 @@ def test_the_instrumentor_is_one_declaration_on_the_stainless_core():
     chat = GroqInstrumentor.sdk.routes["/openai/v1/chat/completions"]
     assert (chat.request, chat.response, chat.inputs) == (oi.chat_request, oi.chat_response, oi.chat_inputs)
     assert issubclass(chat.recorder, oi.ChatRecorder)
+
+
+# --- nested under a framework: counted once ---------------------------------------------------------------------
+
+
+@pytest.mark.frameworks
+async def test_langchain_groq_call_is_counted_once(traced, fake):
+    """ChatGroq drives the groq SDK: LangChain's chat span on top, ours below it, one counted call priced once."""
+    langchain_groq = pytest.importorskip("langchain_groq")
+    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
+
+    framework = LangChainInstrumentor()
+    framework.instrument(tracer_provider=traced.provider)
+    try:
+        model = langchain_groq.ChatGroq(model=MODEL, api_key="gsk-test", base_url=fake.url, max_retries=0)
+        messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
+        answers = [model.invoke(messages), await model.ainvoke(messages)]
+        chunks = list(model.stream(messages))
+    finally:
+        framework.uninstrument()
+    assert "".join(c.content for c in chunks)
+    spans = traced.spans()
+    ours = [s for s in spans if s.instrumentation_scope.name == "mltrack_otel.instrumentation.groq"]
+    counted = [s for s in spans if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
+    assert len(ours) == 3 and counted == ours
+    by_id = {s.context.span_id: s for s in spans}
+    assert all(by_id[s.parent.span_id].instrumentation_scope.name.endswith("langchain") for s in ours)
+    for answer in answers:
+        assert answer.usage_metadata["input_tokens"] == PROMPT_TOKENS
+    one = expected_cost(PROMPT_TOKENS, fake.stream_chunks)
+    assert all(attrs(s)[semconv.LLM_COST_TOTAL] == pytest.approx(one, rel=1e-12) for s in ours)
+    assert float(traced.ledger.process_totals().cost_usd) == pytest.approx(3 * one, rel=1e-9)

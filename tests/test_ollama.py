@@ -591,3 +591,45 @@ def test_the_fake_declared_a_cloud_host_is_still_unpriced(fake, settings):
 def test_the_instrumentor_wraps_the_one_choke_point():
     assert [m.name for m in OllamaInstrumentor.methods] == ["Client._request", "AsyncClient._request"]
     assert list(OllamaInstrumentor().instrumentation_dependencies()) == ["ollama >= 0.4"]
+
+
+# --- nested under a framework: counted once ---------------------------------------------------------------------
+
+
+@pytest.mark.frameworks
+async def test_langchain_ollama_call_is_counted_once(fake, settings):
+    """ChatOllama drives the ollama SDK: LangChain's chat span on top, ours below it, one counted call."""
+    langchain_ollama = pytest.importorskip("langchain_ollama")
+    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
+
+    fake.clear()
+    guard.reset()
+    pipeline = Pipeline(Pricer())
+    instrument(["ollama"], tracer_provider=pipeline.provider)
+    framework = LangChainInstrumentor()
+    framework.instrument(tracer_provider=pipeline.provider)
+    try:
+        model = langchain_ollama.ChatOllama(model=MODEL, base_url=fake.url)
+        messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
+        answers = [model.invoke(messages), await model.ainvoke(messages)]
+        answers.append(next(iter(model.stream(messages))))  # a stream stopped after its first chunk
+    finally:
+        framework.uninstrument()
+        uninstrument(["ollama"])
+    spans = pipeline.spans()
+    ours = [s for s in spans if s.instrumentation_scope.name == "mltrack_otel.instrumentation.ollama"]
+    counted = [s for s in spans if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
+    assert len(ours) == 3 and counted == ours  # each call once, by the span nearest the wire
+    by_id = {s.context.span_id: s for s in spans}
+    for span in ours:
+        parent = by_id[span.parent.span_id]
+        assert (
+            parent.instrumentation_scope.name.endswith("langchain")
+            and attrs(parent)[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
+        )
+        assert attrs(span)[semconv.MLTRACK_COST_LOCAL] is True
+    for answer, span in zip(answers[:2], ours[:2], strict=True):
+        assert attrs(span)[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == answer.usage_metadata["input_tokens"] == PROMPT_TOKENS
+    totals = pipeline.ledger.process_totals()
+    assert totals.calls == 3 and totals.cost_usd == 0
+    assert totals.prompt_tokens == sum(attrs(s)[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] for s in ours)
