@@ -366,9 +366,26 @@ def test_stream_break_in_a_for_loop_over_the_call(traced, client):
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
-def test_stream_never_iterated_then_closed(traced, client):
+def test_stream_never_iterated_then_closed_sent_nothing(traced, client, fake):
     client.chat(model=MODEL, messages=MESSAGES, stream=True).close()
-    assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
+    a = attrs(traced.one())
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+    assert fake.requests == []  # the SDK sends a stream's request on the first read: it never went out
+    assert {k for k in a if k.startswith("gen_ai.usage.")} == set()  # so nothing is estimated or counted
+    assert semconv.MLTRACK_USAGE_COUNTED not in a
+
+
+def test_unreachable_server_is_a_failed_call(traced):
+    client = ollama.Client(host="http://127.0.0.1:9")
+    with pytest.raises(ConnectionError):
+        client.chat(model=MODEL, messages=MESSAGES)
+    with pytest.raises(httpx.ConnectError):  # a stream's request goes out on the first read, unmapped by the SDK
+        list(client.chat(model=MODEL, messages=MESSAGES, stream=True))
+    spans = traced.spans()
+    assert [attrs(s)[error_attributes.ERROR_TYPE] for s in spans] == ["ConnectionError", "httpx.ConnectError"]
+    for span in spans:
+        assert span.status.status_code is StatusCode.ERROR
+        assert {k for k in attrs(span) if k.startswith("gen_ai.usage.")} == set()  # nothing went out: no estimate
 
 
 async def test_async_stream_break_then_aclose(traced, aclient):

@@ -17,6 +17,7 @@ from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from .. import semconv
 from ..content import text_part
 from ._base import UNFINISHED, Call, Inputs, StreamRecorder, copy_params, finish_reason, get, seq, stop_sequences
 from ._core import Endpoint, Method, MethodInstrumentor, Request, argument
@@ -172,13 +173,14 @@ class ChatRecorder(StreamRecorder):
         return True
 
     def end(self, complete: bool, error: BaseException | None = None) -> None:
-        # The SDK sends a stream's request when the caller first reads it: an HTTP error status then (nothing read)
-        # is a refused call, like a plain call's, not a stream cut short whose usage could be estimated. (-1: an
-        # error line in a stream under way.)
-        status = getattr(error, "status_code", None)
-        if self.first_at is None and not self.done and type(status) is int and status >= 400:
+        # The SDK sends a stream's request when the caller first reads it. Ended before any chunk came back, the
+        # call was refused (an HTTP error status), failed to connect, or never went out: nothing to estimate.
+        if self.first_at is None and not self.done:
             self.done = True
-            self.call.fail(error)  # type: ignore[arg-type]
+            if error is not None:
+                self.call.fail(error)
+            else:
+                self.call.finish({semconv.MLTRACK_STREAM_COMPLETE: complete})
             return
         super().end(complete, error)
 
