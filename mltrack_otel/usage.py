@@ -180,8 +180,6 @@ def read(usage: Any, shape: str, *, strict: bool = False) -> dict[str, int]:
 
 # Keys only one shape has, tried in order; usage without any of them is OpenAI Responses-shaped (input_tokens).
 _DETECT: tuple[tuple[str, str], ...] = (
-    ("prompt_tokens", "openai.chat"),
-    ("completion_tokens", "openai.chat"),
     ("cache_read_input_tokens", "anthropic"),
     ("cache_creation_input_tokens", "anthropic"),
     ("input_token_details", "langchain"),
@@ -197,6 +195,12 @@ _DETECT: tuple[tuple[str, str], ...] = (
 
 def detect(usage: Any, provider: str | None = None) -> str:
     """The shape of usage handed over without one (the manual API): by the keys only one shape has."""
+    if get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
+        # OpenAI names; with Anthropic's cache fields beside them, LiteLLM's Usage
+        cache = (
+            get(usage, "cache_read_input_tokens") is not None or get(usage, "cache_creation_input_tokens") is not None
+        )
+        return "litellm" if cache else "openai.chat"
     for key, shape in _DETECT:
         if get(usage, key) is not None:
             return shape
