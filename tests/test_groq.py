@@ -377,3 +377,14 @@ async def test_langchain_groq_call_is_counted_once(traced, fake):
     one = expected_cost(PROMPT_TOKENS, fake.stream_chunks)
     assert all(attrs(s)[semconv.LLM_COST_TOTAL] == pytest.approx(one, rel=1e-12) for s in ours)
     assert float(traced.ledger.process_totals().cost_usd) == pytest.approx(3 * one, rel=1e-9)
+
+
+def test_raw_and_streaming_responses(traced, client, fake):
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+    assert attrs(traced.one())[gen_ai.GEN_AI_RESPONSE_ID] == raw.parse().id
+    traced.exporter.clear()
+    with client.chat.completions.with_streaming_response.create(model=MODEL, messages=MESSAGES, stream=True) as r:
+        text = "".join(c.choices[0].delta.content or "" for c in r.parse() if c.choices)
+    a = attrs(traced.one())
+    assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == fake.stream_chunks and a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert output_text(traced.one()) == text

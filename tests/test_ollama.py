@@ -650,3 +650,13 @@ async def test_langchain_ollama_call_is_counted_once(fake, settings):
     totals = pipeline.ledger.process_totals()
     assert totals.calls == 3 and totals.cost_usd == 0
     assert totals.prompt_tokens == sum(attrs(s)[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] for s in ours)
+
+
+def test_image_input_is_a_blob_part(traced, client):
+    png = "iVBORw0KGgo="  # base64, as the API takes images
+    client.chat(model="llava", messages=[{"role": "user", "content": "what is this?", "images": [png]}])
+    (message,) = validate_content("input", attrs(traced.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
+    assert message["parts"] == [
+        {"type": "text", "content": "what is this?"},
+        {"type": "blob", "modality": "image", "content": png},
+    ]
