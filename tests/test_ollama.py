@@ -660,3 +660,16 @@ def test_image_input_is_a_blob_part(traced, client):
         {"type": "text", "content": "what is this?"},
         {"type": "blob", "modality": "image", "content": png},
     ]
+
+
+def test_num_predict_is_the_budget_worst_case(traced, client, fake):
+    """The hard budget holds input + the output cap: Ollama names it options.num_predict."""
+    ledger.LEDGER.limits = ledger.Limits(token_budget=1000)
+    try:
+        client.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 50})  # ~20 in + 50 out: fits
+        with pytest.raises(BudgetExceededError):  # no cap: an unknown model may write far past 1000 tokens
+            client.chat(model=MODEL, messages=MESSAGES)
+    finally:
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.reset()
+    assert len(fake.requests) == 1 and len(traced.spans()) == 1
