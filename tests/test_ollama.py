@@ -25,6 +25,7 @@ from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer
 from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.testing.fake_provider import DROP_AFTER, prompt_tokens_for_texts
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL  # Ollama's tools take OpenAI's shape
 from tests.instr_fixtures import attrs, use_settings, validate_content
 
 MODEL = "llama3.2"
@@ -32,14 +33,6 @@ MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "Tell me about spans please"},
 ]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
 
 
