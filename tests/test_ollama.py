@@ -585,6 +585,18 @@ def test_a_remote_ollama_is_unpriced_not_local(traced, fake):
     assert "sk-x" not in json.dumps(a)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="pricing.py: with no genai-prices provider for 'ollama', a name another vendor's pattern matches is "
+    "priced as that vendor's API (deepseek-r1:8b -> deepseek-reasoner); pricing's owner to decide",
+)
+def test_a_remote_ollama_model_named_like_a_cloud_model_is_not_charged_that_cloud_price(traced, fake):
+    remote = ollama.Client(host="https://ollama.com", transport=ToFake(fake))
+    remote.chat(model="deepseek-r1:8b", messages=MESSAGES)  # an 8B distill on Ollama, not DeepSeek's API
+    a = attrs(traced.one())
+    assert semconv.LLM_COST_TOTAL not in a and a[semconv.MLTRACK_COST_UNPRICED] is True
+
+
 def test_the_fake_declared_a_cloud_host_is_still_unpriced(fake, settings):
     """Declared a cloud host (as the rest of the suite does), 127.0.0.1 is not local: but no Ollama price exists."""
     pipeline = Pipeline(Pricer(cloud_hosts=[fake.host]))
