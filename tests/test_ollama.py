@@ -3,6 +3,7 @@ instrumentor over it."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import json
@@ -387,6 +388,19 @@ async def test_async_stream_break_then_aclose(traced, aclient):
         break
     await stream.aclose()
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+
+async def test_async_stream_break_then_garbage_collection(traced, aclient):
+    stream = await aclient.chat(model=MODEL, messages=MESSAGES, stream=True)
+    async for _chunk in stream:
+        break
+    del stream, _chunk
+    gc.collect()
+    for _ in range(5):  # the event loop closes an abandoned async generator in a task it schedules
+        await asyncio.sleep(0)
+    guard.drain_deferred()
+    a = attrs(traced.one())
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False and a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
 
 
 def test_mid_stream_error_line(traced, client):
