@@ -37,6 +37,8 @@ LIBRARIES: dict[str, Library] = {
     "google_genai": Library("google.genai", "mltrack_otel.instrumentation.google_genai:GoogleGenAIInstrumentor"),
     "mistralai": Library("mistralai.client", "mltrack_otel.instrumentation.mistralai:MistralInstrumentor"),
     "cohere": Library("cohere", "mltrack_otel.instrumentation.cohere:CohereInstrumentor"),
+    "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
+    "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
 }
 
 _lock = threading.RLock()
