@@ -738,7 +738,7 @@ class WireFormat:
 
 
 # Provider modules under mltrack_otel/testing/wire/, imported on first use.
-WIRE_MODULES: tuple[str, ...] = ()
+WIRE_MODULES: tuple[str, ...] = ("bedrock",)
 _wire_formats: list[WireFormat] | None = None
 
 
