@@ -7,15 +7,30 @@ and fake_provider's docstring), not read from the fake's code.
 
 from __future__ import annotations
 
+import gc
+import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import botocore.exceptions
+import genai_prices
 import pytest
+import urllib3
+from botocore.client import BaseClient
 from botocore.config import Config
+from botocore.parsers import ResponseParserError
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
+from opentelemetry.trace import SpanKind, StatusCode
 
+from mltrack_otel import guard, ledger, semconv
+from mltrack_otel.errors import BudgetExceededError
+from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FakeProvider
+from tests.instr_fixtures import attrs, use_settings, validate_content
+from tests.traced import Traced
 
 N = 30  # FakeProvider() default stream_chunks
 FILLER = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
@@ -81,6 +96,13 @@ def anthropic_body(text: str, **extra: Any) -> str:
         "messages": [{"role": "user", "content": text}],
     }
     return json.dumps(body | extra)
+
+
+def no_ids(value: Any) -> Any:
+    """A chunk without the ids the fake numbers per request."""
+    if isinstance(value, dict):
+        return {k: no_ids(v) for k, v in value.items() if k != "id"}
+    return [no_ids(v) for v in value] if isinstance(value, list) else value
 
 
 def llama_prompt(text: str) -> str:
@@ -216,7 +238,7 @@ def test_converse_stream_error_event(brt):
 def test_converse_stream_drop(brt):
     r = brt.converse_stream(modelId=NOVA, messages=user("x [[scenario:drop]]"))
     seen = []
-    with pytest.raises(Exception):  # noqa: B017 - urllib3/botocore's own connection error type
+    with pytest.raises(urllib3.exceptions.ProtocolError):  # botocore does not wrap the broken event stream
         for event in r["stream"]:
             seen.append(event)
     assert sum("contentBlockDelta" in e for e in seen) == DROP_AFTER
@@ -385,3 +407,429 @@ def test_event_stream_chunk_bytes_decoded(brt):
     first = next(iter(r["body"]))["chunk"]["bytes"]
     assert isinstance(first, bytes) and json.loads(first)["outputText"] == "Echo:"
     assert r["ResponseMetadata"]["HTTPHeaders"]["content-type"] == "application/vnd.amazon.eventstream"
+
+
+def test_invoke_cohere_embedding_counts_only_in_headers(brt):
+    r = brt.invoke_model(modelId="cohere.embed-english-v3", body=json.dumps({"texts": ["a b", "c"], "input_type": "x"}))
+    body = invoke_json(r)
+    assert len(body["embeddings"]) == 2 and "usage" not in body
+    assert r["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"] == str(ptok("a b", "c"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The instrumentation
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bed(fake, settings) -> Iterator[Traced]:
+    """bedrock instrumented into a Traced pipeline (spans priced by the CostSpanProcessor)."""
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    traced = Traced()
+    instrument(["bedrock"], tracer_provider=traced.provider)
+    yield traced
+    uninstrument(["bedrock"])
+
+
+def price(model: str, tokens_in: int, tokens_out: int, read: int = 0, write: int = 0) -> float:
+    usage = genai_prices.Usage(
+        input_tokens=tokens_in, output_tokens=tokens_out, cache_read_tokens=read, cache_write_tokens=write
+    )
+    return float(genai_prices.calc_price(usage, model_ref=model, provider_id="aws").total_price)
+
+
+def output(span) -> dict:
+    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
+    return message
+
+
+def output_text(span) -> str:
+    return "".join(p["content"] for p in output(span)["parts"] if p["type"] == "text")
+
+
+def usage(span) -> tuple[int, int]:
+    a = attrs(span)
+    return a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS], a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS]
+
+
+def test_converse_span(bed, fake):
+    question = "what is the capital of France"
+    r = client(fake).converse(
+        modelId=CLAUDE,
+        system=[{"text": "Be terse."}],
+        messages=user(question),
+        inferenceConfig={"maxTokens": 300, "temperature": 0.5, "topP": 0.9, "stopSequences": ["STOP"]},
+    )
+    span = bed.one()
+    a = attrs(span)
+    assert span.name == f"chat {CLAUDE}" and span.kind is SpanKind.CLIENT
+    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "aws.bedrock" and a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
+    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == CLAUDE
+    assert gen_ai.GEN_AI_RESPONSE_MODEL not in a  # Converse names no model; the request's modelId is priced
+    assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 300 and a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
+    assert a[gen_ai.GEN_AI_REQUEST_TOP_P] == 0.9 and a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("STOP",)
+    assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("end_turn",)
+    assert usage(span) == (r["usage"]["inputTokens"], r["usage"]["outputTokens"]) == (ptok("Be terse.", question), N)
+    assert a[server_attributes.SERVER_ADDRESS] == fake.host and a[server_attributes.SERVER_PORT] == fake.port
+    assert validate_content("system", a[gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS]) == [
+        {"type": "text", "content": "Be terse."}
+    ]
+    assert validate_content("input", a[gen_ai.GEN_AI_INPUT_MESSAGES]) == [
+        {"role": "user", "parts": [{"type": "text", "content": question}]}
+    ]
+    assert output_text(span) == expected_text(question) and output(span)["finish_reason"] == "stop"
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(CLAUDE, ptok("Be terse.", question), N), rel=1e-9)
+
+
+def test_converse_tool_call_and_result(bed, fake):
+    brt = client(fake)
+    first = brt.converse(modelId=NOVA, messages=user("weather? [[scenario:tool]]"), toolConfig=CONVERSE_TOOLS)
+    call = first["output"]["message"]["content"][0]["toolUse"]
+    span = bed.one()
+    a = attrs(span)
+    assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_use",)
+    assert output(span) == {
+        "role": "assistant",
+        "parts": [{"type": "tool_call", "id": call["toolUseId"], "name": "get_weather", "arguments": WEATHER_ARGS}],
+        "finish_reason": "tool_call",
+    }
+    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [
+        {"type": "function", "name": "get_weather", "description": "", "parameters": WEATHER_SCHEMA}
+    ]
+    bed.exporter.clear()
+    result = {"toolResult": {"toolUseId": call["toolUseId"], "content": [{"text": "sunny"}, {"json": {"c": 21}}]}}
+    history = [*user("weather?"), first["output"]["message"], {"role": "user", "content": [result]}]
+    brt.converse(modelId=NOVA, messages=history, toolConfig=CONVERSE_TOOLS)
+    inputs = validate_content("input", attrs(bed.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
+    assert [m["role"] for m in inputs] == ["user", "assistant", "tool"]
+    assert inputs[1]["parts"][0]["type"] == "tool_call"
+    assert inputs[2]["parts"] == [
+        {"type": "tool_call_response", "id": call["toolUseId"], "response": ["sunny", {"c": 21}]}
+    ]
+
+
+@pytest.mark.parametrize("scenario", ["cache-read", "cache-write"])
+def test_converse_cache_tokens_priced(bed, fake, scenario):
+    system = [{"text": "A long reusable system prompt here."}, {"cachePoint": {"type": "default"}}]
+    r = client(fake).converse(modelId=CLAUDE, system=system, messages=user(f"q [[scenario:{scenario}]]"))
+    cached = ptok("A long reusable system prompt here.")
+    total_in = ptok(f"q [[scenario:{scenario}]]") + cached  # the convention's input includes the cache
+    assert r["usage"]["inputTokens"] == total_in - cached
+    a = attrs(bed.one())
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == total_in
+    read, write = (cached, 0) if scenario == "cache-read" else (0, cached)
+    assert a.get(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, 0) == read
+    assert a.get(gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS, 0) == write
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(CLAUDE, total_in, N, read, write), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "eu.anthropic.claude-3-5-haiku-20241022-v1:0",
+        "apac.amazon.nova-pro-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0",
+    ],
+)
+def test_inference_profiles_priced(bed, fake, model):
+    client(fake).converse(modelId=model, messages=user("price me"))
+    a = attrs(bed.one())
+    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == model
+    assert a[semconv.LLM_COST_TOTAL] > 0
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(model, ptok("price me"), N), rel=1e-9)
+
+
+def test_global_profile_priced_apart_from_regional(bed, fake):
+    brt = client(fake)
+    for model in ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"):
+        brt.converse(modelId=model, messages=user("price me"))
+    costs = {s.attributes[gen_ai.GEN_AI_REQUEST_MODEL]: s.attributes[semconv.LLM_COST_TOTAL] for s in bed.spans()}
+    assert (
+        costs["global.anthropic.claude-sonnet-4-5-20250929-v1:0"]
+        < costs["us.anthropic.claude-sonnet-4-5-20250929-v1:0"]
+    )
+
+
+def test_converse_stream_recorded_and_unchanged(bed, fake):
+    brt = client(fake)
+    question = "tell me a story"
+    uninstrument(["bedrock"])
+    plain = list(brt.converse_stream(modelId=CLAUDE, messages=user(question))["stream"])
+    instrument(["bedrock"], tracer_provider=bed.provider)
+    events = list(brt.converse_stream(modelId=CLAUDE, messages=user(question))["stream"])
+    assert events == plain  # the caller sees exactly the SDK's events
+    span = bed.one()
+    a = attrs(span)
+    assert a[gen_ai.GEN_AI_REQUEST_STREAM] is True and a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert usage(span) == (ptok(question), N)
+    assert output_text(span) == expected_text(question) and output(span)["finish_reason"] == "stop"
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(CLAUDE, ptok(question), N), rel=1e-9)
+    assert gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK in a
+
+
+def test_converse_stream_tool_call(bed, fake):
+    r = client(fake).converse_stream(modelId=NOVA, messages=user("w [[scenario:tool]]"), toolConfig=CONVERSE_TOOLS)
+    start = next(e for e in r["stream"] if "contentBlockStart" in e)["contentBlockStart"]["start"]["toolUse"]
+    for _ in r["stream"]:
+        pass
+    span = bed.one()
+    assert output(span)["parts"] == [
+        {"type": "tool_call", "id": start["toolUseId"], "name": "get_weather", "arguments": WEATHER_ARGS}
+    ]
+    assert output(span)["finish_reason"] == "tool_call"
+
+
+def test_converse_stream_break_and_close_ends_once_estimated(bed, fake):
+    r = client(fake).converse_stream(modelId=CLAUDE, messages=user("stop me early"))
+    for i, _ in enumerate(r["stream"]):
+        if i == 3:
+            break
+    r["stream"].close()
+    r["stream"].close()
+    span = bed.one()
+    a = attrs(span)
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated" and a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0
+    assert output(span)["finish_reason"] == "incomplete"
+
+
+def test_converse_stream_dropped_unread_ends_on_collection(bed, fake):
+    r = client(fake).converse_stream(modelId=CLAUDE, messages=user("never read"))
+    stream = r.pop("stream")
+    next(iter(stream))
+    del stream, r
+    gc.collect()
+    guard.drain_deferred()
+    assert attrs(bed.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
+
+
+@pytest.mark.parametrize("name", ["stream-error", "drop"])
+def test_converse_stream_failing_midway(bed, fake, name):
+    r = client(fake).converse_stream(modelId=NOVA, messages=user(f"x [[scenario:{name}]]"))
+    received = []
+    with pytest.raises(Exception) as caught:  # botocore's EventStreamError or urllib3's error
+        for event in r["stream"]:
+            if "contentBlockDelta" in event:
+                received.append(event["contentBlockDelta"]["delta"]["text"])
+    span = bed.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs(span)[semconv.MLTRACK_STREAM_COMPLETE] is False
+    assert output_text(span) == "".join(received) != ""
+    assert span.events[0].attributes["exception.type"].endswith(type(caught.value).__name__)
+    assert attrs(span)[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code"),
+    [
+        ("error-400", "ValidationException"),
+        ("error-429", "ThrottlingException"),
+        ("error-529", "ServiceUnavailableException"),
+    ],
+)
+def test_client_errors(bed, fake, scenario, code):
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        client(fake).converse(modelId=NOVA, messages=user(f"x [[scenario:{scenario}]]"))
+    assert caught.value.response["Error"]["Code"] == code  # the caller's exception, unchanged
+    span = bed.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.events[0].attributes["exception.type"].endswith(code)
+    assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in attrs(span)
+
+
+@pytest.mark.xfail(strict=True, reason="lead: _base.error_type must read botocore's ClientError.response['Error']")
+def test_error_type_is_the_aws_code(bed, fake):
+    with pytest.raises(botocore.exceptions.ClientError):
+        client(fake).converse(modelId=NOVA, messages=user("x [[scenario:error-429]]"))
+    assert attrs(bed.one())[error_attributes.ERROR_TYPE] == "ThrottlingException"
+
+
+def test_invoke_anthropic_body_readable_and_recorded(bed, fake):
+    question = "hello from the invoke api"
+    tools = [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
+    r = client(fake).invoke_model(
+        modelId=CLAUDE, body=anthropic_body(question, system="Be brief.", tools=tools, temperature=0.2)
+    )
+    body = invoke_json(r)  # the caller still reads the whole body
+    assert body["content"] == [{"type": "text", "text": expected_text(question)}]
+    span = bed.one()
+    a = attrs(span)
+    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == CLAUDE and gen_ai.GEN_AI_RESPONSE_MODEL not in a
+    assert a[gen_ai.GEN_AI_RESPONSE_ID] == body["id"] and a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.2
+    assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 512 and a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("end_turn",)
+    assert usage(span) == (ptok("Be brief.", question), N)
+    assert validate_content("input", a[gen_ai.GEN_AI_INPUT_MESSAGES])[0]["parts"][0]["content"] == question
+    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS])[0]["name"] == "get_weather"
+    assert output_text(span) == expected_text(question)
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(CLAUDE, ptok("Be brief.", question), N), rel=1e-9)
+
+
+def test_invoke_anthropic_cache_and_tool(bed, fake):
+    system = [{"type": "text", "text": "Long cached instructions here.", "cache_control": {"type": "ephemeral"}}]
+    tools = [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
+    text = "weather [[scenario:cache-write]]"
+    body = anthropic_body(text, tools=tools, system=system, tool_choice={"type": "any"})
+    invoke_json(client(fake).invoke_model(modelId=CLAUDE, body=body))
+    span = bed.one()
+    a = attrs(span)
+    cached = ptok("Long cached instructions here.")
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == ptok(text) + cached
+    assert a[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] == cached
+    assert output(span)["parts"][-1]["arguments"] == WEATHER_ARGS and output(span)["finish_reason"] == "tool_call"
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "operation", "expected_in", "expected_out", "stop"),
+    [
+        (
+            LLAMA,
+            {"prompt": llama_prompt("hi there"), "max_gen_len": 4},
+            "text_completion",
+            ptok("user hi there assistant"),
+            4,
+            "length",
+        ),
+        (
+            TITAN,
+            {"inputText": "hi there", "textGenerationConfig": {"maxTokenCount": 50, "temperature": 0.1}},
+            "text_completion",
+            ptok("hi there"),
+            N,
+            "FINISH",
+        ),
+        (
+            "us.amazon.nova-pro-v1:0",
+            {"messages": user("hi there"), "inferenceConfig": {"max_new_tokens": 9}},
+            "chat",
+            ptok("hi there"),
+            9,
+            "max_tokens",
+        ),
+    ],
+)
+def test_invoke_native_bodies(bed, fake, model, body, operation, expected_in, expected_out, stop):
+    client(fake).invoke_model(modelId=model, body=json.dumps(body))["body"].read()
+    span = bed.one()
+    a = attrs(span)
+    assert a[gen_ai.GEN_AI_OPERATION_NAME] == operation and a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == (stop,)
+    assert usage(span) == (expected_in, expected_out)
+    assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == (expected_out if stop != "FINISH" else 50)
+    assert output_text(span) == expected_text("hi there", expected_out)
+    assert validate_content("input", a[gen_ai.GEN_AI_INPUT_MESSAGES])
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(model, expected_in, expected_out), rel=1e-9)
+
+
+def test_invoke_embeddings(bed, fake):
+    brt = client(fake)
+    brt.invoke_model(modelId="amazon.titan-embed-text-v2:0", body=json.dumps({"inputText": "embed these words"}))
+    brt.invoke_model(modelId="cohere.embed-english-v3", body=json.dumps({"texts": ["a b", "c"], "input_type": "x"}))
+    titan, cohere = sorted(bed.spans(), key=lambda s: s.start_time)
+    assert attrs(titan)[gen_ai.GEN_AI_OPERATION_NAME] == "embeddings"
+    assert usage(titan) == (ptok("embed these words"), 0)
+    assert usage(cohere) == (ptok("a b", "c"), 0)  # from the X-Amzn-Bedrock-Input-Token-Count header
+    assert gen_ai.GEN_AI_OUTPUT_MESSAGES not in attrs(cohere)
+
+
+def test_invoke_file_body_is_not_consumed(bed, fake):
+    payload = json.dumps({"inputText": "from a file"}).encode()
+    client(fake).invoke_model(modelId=TITAN, body=io.BytesIO(payload))
+    assert fake.requests[-1].json == {"inputText": "from a file"}  # botocore still sent the whole file
+    assert usage(bed.one()) == (ptok("from a file"), N)
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "expected_in"),
+    [
+        (CLAUDE, anthropic_body("stream this"), ptok("stream this")),
+        (LLAMA, json.dumps({"prompt": llama_prompt("stream this")}), ptok("user stream this assistant")),
+        (TITAN, json.dumps({"inputText": "stream this"}), ptok("stream this")),
+        (NOVA, json.dumps({"messages": user("stream this")}), ptok("stream this")),
+    ],
+)
+def test_invoke_stream_families(bed, fake, model, body, expected_in):
+    brt = client(fake)
+    uninstrument(["bedrock"])
+    plain = [e["chunk"]["bytes"] for e in brt.invoke_model_with_response_stream(modelId=model, body=body)["body"]]
+    instrument(["bedrock"], tracer_provider=bed.provider)
+    seen = [e["chunk"]["bytes"] for e in brt.invoke_model_with_response_stream(modelId=model, body=body)["body"]]
+    assert [no_ids(json.loads(c)) for c in seen] == [no_ids(json.loads(c)) for c in plain]  # the same chunks
+    span = bed.one()
+    a = attrs(span)
+    assert usage(span) == (expected_in, N) and a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert semconv.MLTRACK_USAGE_SOURCE not in a or a[semconv.MLTRACK_USAGE_SOURCE] == "provider"
+    assert output_text(span) == expected_text("stream this")
+    assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(model, expected_in, N), rel=1e-9)
+
+
+def test_invoke_stream_break_keeps_reported_input(bed, fake):
+    r = client(fake).invoke_model_with_response_stream(modelId=CLAUDE, body=anthropic_body("a b c d"))
+    for i, _ in enumerate(r["body"]):
+        if i == 4:
+            break
+    r["body"].close()
+    a = attrs(bed.one())
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False and a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == ptok("a b c d")  # message_start reported it before the break
+
+
+def test_invoke_stream_error(bed, fake):
+    r = client(fake).invoke_model_with_response_stream(
+        modelId=LLAMA, body=json.dumps({"prompt": "x [[scenario:stream-error]]"})
+    )
+    with pytest.raises(botocore.exceptions.EventStreamError):
+        for _ in r["body"]:
+            pass
+    span = bed.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs(span)[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == ptok("x [[scenario:stream-error]]")  # first chunk's count
+
+
+def test_capture_off(bed, fake):
+    use_settings(llm_log_prompts=False, llm_log_responses=False)
+    client(fake).converse(modelId=NOVA, system=[{"text": "s"}], messages=user("hi"), toolConfig=CONVERSE_TOOLS)
+    a = attrs(bed.one())
+    keys = {gen_ai.GEN_AI_INPUT_MESSAGES, gen_ai.GEN_AI_OUTPUT_MESSAGES, gen_ai.GEN_AI_SYSTEM_INSTRUCTIONS}
+    assert not (keys | {gen_ai.GEN_AI_TOOL_DEFINITIONS}) & set(a)
+    assert usage(bed.one()) == (ptok("s", "hi"), N)
+
+
+def test_budget_refused_before_sending(bed, fake):
+    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
+    ledger.LEDGER.add(1, None, None, 20, 0, None)
+    brt = client(fake)
+    try:
+        with pytest.raises(BudgetExceededError):
+            brt.converse(modelId=NOVA, messages=user("hi"))
+        with pytest.raises(BudgetExceededError):
+            brt.invoke_model_with_response_stream(modelId=TITAN, body=json.dumps({"inputText": "hi"}))
+    finally:
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.reset()
+    assert fake.requests == [] and bed.spans() == []
+
+
+def test_other_services_untouched(bed, fake):
+    # An STS (query protocol) and an S3 (rest-xml) client pointed at the fake: their calls go straight through.
+    for service, call in (("sts", lambda c: c.get_caller_identity()), ("s3", lambda c: c.list_buckets())):
+        with pytest.raises((botocore.exceptions.ClientError, ResponseParserError)):  # unknown to the fake
+            call(client(fake, service))
+    assert [r.path for r in fake.requests] == ["/", "/"]
+    assert bed.spans() == []
+    bedrock_control = client(fake, "bedrock")  # the control-plane service: not a model call either
+    with pytest.raises(botocore.exceptions.ClientError):
+        bedrock_control.list_foundation_models()
+    assert bed.spans() == []
+
+
+def test_uninstrument_restores_the_original_method(fake, settings):
+    original = BaseClient.__dict__["_make_api_call"]
+    traced = Traced()
+    instrument(["bedrock"], tracer_provider=traced.provider)
+    assert BaseClient.__dict__["_make_api_call"] is not original
+    uninstrument(["bedrock"])
+    assert BaseClient.__dict__["_make_api_call"] is original
+    client(fake).converse(modelId=NOVA, messages=user("hi"))
+    assert traced.spans() == []

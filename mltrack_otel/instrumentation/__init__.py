@@ -34,6 +34,7 @@ LIBRARIES: dict[str, Library] = {
     "llama_index": Library("llama_index.core", "mltrack_otel.instrumentation.llama_index:LlamaIndexInstrumentor"),
     "litellm": Library("litellm", "mltrack_otel.instrumentation.litellm:LiteLLMInstrumentor"),
     "dspy": Library("dspy", "mltrack_otel.instrumentation.dspy:DSPyInstrumentor"),
+    "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
 }
 
 _lock = threading.RLock()

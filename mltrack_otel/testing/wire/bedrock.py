@@ -34,7 +34,8 @@ else by the body's keys)
     "results": [{"tokenCount", "outputText", "completionReason": "FINISH"|"LENGTH"}]}``; stream chunks
     ``{"outputText", "index", "totalOutputTextTokenCount", "completionReason", "inputTextTokenCount"}``.
     Titan embeddings (``amazon.titan-embed*``): ``{"embedding", "inputTextTokenCount"}`` (one segment,
-    ``dimensions`` default 16 here), never streamed.
+    ``dimensions`` default 16 here); Cohere embeddings (``cohere.embed*``, ``texts``): ``{"id", "embeddings",
+    "texts", "response_type"}`` with no usage in the body (each text a segment; the input-count header only).
     Nova (``amazon.nova*``, ``schemaVersion``/``messages``): Converse-shaped request (``inferenceConfig``
     ``maxTokens`` or ``max_new_tokens``); the answer is Converse-shaped with ``usage`` ``inputTokens``,
     ``outputTokens``, ``totalTokens``, ``cacheReadInputTokenCount``, ``cacheWriteInputTokenCount``; stream chunks
@@ -124,6 +125,7 @@ def family(model_id: str, body: Any) -> str:
         ("amazon.titan-embed", "titan-embed"),
         ("amazon.titan-", "titan"),
         ("amazon.nova", "nova"),
+        ("cohere.embed", "cohere-embed"),
     ):
         if model.startswith(prefix):
             return name
@@ -396,8 +398,8 @@ class Bedrock(WireFormat):
             )
             return
         kind = family(model, payload)
-        if kind == "titan-embed":
-            self._embed(handler, payload, model, scenario, rid)
+        if kind in ("titan-embed", "cohere-embed"):
+            self._embed(handler, payload, kind, scenario, rid)
             return
         if kind == "anthropic":
             req = chat_request(model, payload, True)
@@ -433,14 +435,20 @@ class Bedrock(WireFormat):
             content_type=EVENT_STREAM,
         )
 
-    def _embed(self, handler: Any, body: dict, model: str, scenario: Scenario, rid: tuple[str, str]) -> None:
-        text = str(body.get("inputText") or "")
+    def _embed(self, handler: Any, body: dict, kind: str, scenario: Scenario, rid: tuple[str, str]) -> None:
         if scenario.drop:
             handler._abort()
             return
-        vector = embedding(json.dumps(text), int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS))
-        tokens = 3 + len(text.split())
-        out = {"embedding": vector, "inputTextTokenCount": tokens}
+        texts = (
+            [str(body.get("inputText") or "")] if kind == "titan-embed" else [str(t) for t in body.get("texts") or []]
+        )
+        dims = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS)
+        vectors = [embedding(json.dumps(text), dims) for text in texts]
+        tokens = sum(3 + len(text.split()) for text in texts)
+        if kind == "titan-embed":
+            out: dict[str, Any] = {"embedding": vectors[0], "inputTextTokenCount": tokens}
+        else:  # Cohere's body has no usage: only the headers count the tokens
+            out = {"id": "fake-embed", "embeddings": vectors, "texts": texts, "response_type": "embeddings_floats"}
         headers = [rid, ("X-Amzn-Bedrock-Input-Token-Count", str(tokens)), ("X-Amzn-Bedrock-Invocation-Latency", "1")]
         handler._send_json(200, out, headers)
 
