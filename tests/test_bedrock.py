@@ -833,3 +833,33 @@ def test_uninstrument_restores_the_original_method(fake, settings):
     assert BaseClient.__dict__["_make_api_call"] is original
     client(fake).converse(modelId=NOVA, messages=user("hi"))
     assert traced.spans() == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Nested under a framework: counted once
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.frameworks
+def test_langchain_bedrock_converse_counted_once(fake, settings):
+    langchain_aws = pytest.importorskip("langchain_aws")
+    fake.clear()
+    ledger.LEDGER.reset()
+    traced = Traced()
+    instrument(["bedrock", "langchain"], tracer_provider=traced.provider)
+    try:
+        llm = langchain_aws.ChatBedrockConverse(model=CLAUDE, client=client(fake), region_name="us-east-1")
+        message = llm.invoke("hello from langchain")
+    finally:
+        uninstrument(["bedrock", "langchain"])
+    assert message.content == expected_text("hello from langchain")
+    counted = [s for s in traced.spans() if s.attributes.get(semconv.MLTRACK_USAGE_COUNTED) is True]
+    assert [s.instrumentation_scope.name for s in counted] == ["mltrack_otel.instrumentation.bedrock"]
+    (sdk_span,) = counted
+    assert usage(sdk_span) == (message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"])
+    assert usage(sdk_span) == (ptok("hello from langchain"), N)
+    parent = next(s for s in traced.spans() if s.context.span_id == sdk_span.parent.span_id)
+    assert parent.instrumentation_scope.name == "mltrack_otel.instrumentation.langchain"
+    (root,) = [s for s in traced.spans() if s.parent is None]
+    cost = price(CLAUDE, ptok("hello from langchain"), N)
+    assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(cost, rel=1e-9)

@@ -270,7 +270,10 @@ def _parse(name: str, data: Any) -> tuple[list[Any], Any, dict[str, Any], str | 
 
 def invoke_response(name: str) -> Any:
     def response(result: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
-        data = json.loads(_read_body(result) or b"{}")
+        try:
+            data = json.loads(_read_body(result))
+        except ValueError:  # not JSON (an image, audio): the headers still count its tokens
+            data = None
         parts, stop, usage, response_id = _parse(name, data if isinstance(data, dict) else {})
         if not usage:
             headers = get(result.get("ResponseMetadata"), "HTTPHeaders") or {}
