@@ -44,8 +44,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import config, content, guard, ledger, semconv
 from ..content import media_part, parse_arguments, text_part
-from ..usage import attributes as usage_attributes_of
-from ..usage import count as _count
+from ..usage import read as read_usage
 from ..usage import usage_attributes
 from . import _base, when_imported
 
@@ -323,20 +322,11 @@ def usage_from_metadata(usage: Any) -> dict[str, int]:
     """GenAI usage attributes from LangChain's UsageMetadata (input_tokens already include cache)."""
     if not isinstance(usage, Mapping):
         return {}
-    tokens_in, tokens_out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-    if tokens_in is None or tokens_out is None:
-        if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
-            guard.record_error("usage.invalid", ValueError(f"invalid LangChain usage_metadata {usage!r}"))
+    try:
+        return read_usage(usage, "langchain", strict=True)
+    except ValueError as exc:
+        guard.record_error("usage.invalid", exc)
         return {}
-    details_in = usage.get("input_token_details") or {}
-    details_out = usage.get("output_token_details") or {}
-    return usage_attributes_of(
-        tokens_in,
-        tokens_out,
-        _count(details_in.get("cache_read")),
-        _count(details_in.get("cache_creation")),
-        _count(details_out.get("reasoning")),
-    )
 
 
 def _describe_error(span: trace.Span, error: BaseException) -> None:
