@@ -39,6 +39,7 @@ CLAUDE = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 NOVA = "amazon.nova-lite-v1:0"
 LLAMA = "meta.llama3-1-8b-instruct-v1:0"
 TITAN = "amazon.titan-text-express-v1"
+MISTRAL = "mistral.mistral-large-2402-v1:0"
 WEATHER_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -416,6 +417,18 @@ def test_invoke_cohere_embedding_counts_only_in_headers(brt):
     assert r["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"] == str(ptok("a b", "c"))
 
 
+def test_invoke_mistral_has_no_usage_in_body(brt):
+    r = brt.invoke_model(modelId=MISTRAL, body=json.dumps({"prompt": "<s>[INST] tell me [/INST]", "max_tokens": 5}))
+    assert invoke_json(r) == {"outputs": [{"text": expected_text("tell me", 5), "stop_reason": "length"}]}
+    headers = r["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["x-amzn-bedrock-input-token-count"] == str(ptok("tell me"))
+    assert headers["x-amzn-bedrock-output-token-count"] == "5"
+    chunks = stream_chunks(brt.invoke_model_with_response_stream(modelId=MISTRAL, body=json.dumps({"prompt": "hi"})))
+    assert "".join(c["outputs"][0]["text"] for c in chunks) == expected_text("hi")
+    assert chunks[-1]["outputs"][0]["stop_reason"] == "stop"
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == N
+
+
 # ------------------------------------------------------------------------------------------------
 # The instrumentation
 # ------------------------------------------------------------------------------------------------
@@ -731,6 +744,37 @@ def test_invoke_embeddings(bed, fake):
     assert usage(titan) == (ptok("embed these words"), 0)
     assert usage(cohere) == (ptok("a b", "c"), 0)  # from the X-Amzn-Bedrock-Input-Token-Count header
     assert gen_ai.GEN_AI_OUTPUT_MESSAGES not in attrs(cohere)
+
+
+def test_converse_media_content(bed, fake):
+    blocks = [
+        {"text": "what is in these?"},
+        {"image": {"format": "png", "source": {"bytes": b"\x89PNG fake"}}},
+        {"document": {"format": "pdf", "name": "report", "source": {"s3Location": {"uri": "s3://bucket/report.pdf"}}}},
+        {"cachePoint": {"type": "default"}},
+    ]
+    client(fake).converse(modelId=NOVA, messages=[{"role": "user", "content": blocks}])
+    (message,) = validate_content("input", attrs(bed.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
+    assert message["parts"] == [
+        {"type": "text", "content": "what is in these?"},
+        {"type": "blob", "modality": "image", "mime_type": "image/png", "content": "iVBORyBmYWtl"},
+        {"type": "uri", "modality": "document", "uri": "s3://bucket/report.pdf"},
+    ]
+
+
+def test_invoke_mistral_usage_from_headers_and_metrics(bed, fake):
+    brt = client(fake)
+    body = json.dumps({"prompt": "<s>[INST] tell me [/INST]", "max_tokens": 5})
+    assert invoke_json(brt.invoke_model(modelId=MISTRAL, body=body))["outputs"][0]["stop_reason"] == "length"
+    for _ in brt.invoke_model_with_response_stream(modelId=MISTRAL, body=body)["body"]:
+        pass
+    plain, streamed = sorted(bed.spans(), key=lambda s: s.start_time)
+    for span in (plain, streamed):
+        a = attrs(span)
+        assert usage(span) == (ptok("tell me"), 5)  # the headers / the last chunk's invocation metrics
+        assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("length",) and output(span)["finish_reason"] == "length"
+        assert output_text(span) == expected_text("tell me", 5)
+        assert a[semconv.LLM_COST_TOTAL] == pytest.approx(price(MISTRAL, ptok("tell me"), 5), rel=1e-9)
 
 
 def test_invoke_file_body_is_not_consumed(bed, fake):

@@ -82,33 +82,34 @@ def usage_of(*sources: Any) -> dict[str, int]:
 
 
 def blocks(content: Any) -> list[Any]:
+    """Converse (and Nova) content blocks as GenAI parts; cache points are not content."""
     parts: list[Any] = []
     for block in seq(content):
+        if not isinstance(block, dict):
+            continue
         if "text" in block:
             parts.append(text_part(block["text"]))
         elif "toolUse" in block:
             use = block["toolUse"]
-            parts.append(
-                {"type": "tool_call", "id": use.get("toolUseId"), "name": use.get("name", "")}
-                | {"arguments": use.get("input")}
-            )
+            call = {"type": "tool_call", "id": use.get("toolUseId"), "name": use.get("name", "")}
+            parts.append(call | {"arguments": use.get("input")})
         elif "toolResult" in block:
             result = block["toolResult"]
             texts = [b.get("text") if "text" in b else b.get("json") for b in seq(result.get("content"))]
             response = "".join(texts) if all(isinstance(t, str) for t in texts) else texts
             parts.append({"type": "tool_call_response", "id": result.get("toolUseId"), "response": response})
         elif "reasoningContent" in block:
-            parts.append(
-                {"type": "reasoning", "content": get(block["reasoningContent"].get("reasoningText"), "text", "")}
-            )
-        elif "image" in block or "document" in block or "video" in block:
-            modality = next(k for k in ("image", "document", "video") if k in block)
-            media, part = block[modality], {"type": "blob", "modality": modality}
-            data = get(media.get("source"), "bytes")
-            if isinstance(data, (bytes, bytearray)):
-                data = base64.b64encode(data).decode()
-            fmt = media.get("format")
-            parts.append(part | {"content": data or ""} | ({"mime_type": f"{modality}/{fmt}"} if fmt else {}))
+            text = get(block["reasoningContent"].get("reasoningText"), "text", "")
+            parts.append({"type": "reasoning", "content": text})
+        elif modality := next((k for k in ("image", "document", "video") if k in block), None):
+            media = block[modality]
+            source, fmt = media.get("source") or {}, media.get("format")
+            uri = get(source.get("s3Location"), "uri")
+            data = source.get("bytes")  # bytes from boto3, base64 text in a Nova InvokeModel body
+            part = {"type": "uri", "modality": modality, "uri": uri} if uri else {"type": "blob", "modality": modality}
+            if not uri:
+                part["content"] = base64.b64encode(data).decode() if isinstance(data, bytes) else data or ""
+            parts.append(part | ({"mime_type": f"{modality}/{fmt}"} if fmt and modality != "document" else {}))
         elif "cachePoint" not in block:
             parts.append({"type": next(iter(block), "unknown")})
     return parts
@@ -265,6 +266,9 @@ def _parse(name: str, data: Any) -> tuple[list[Any], Any, dict[str, Any], str | 
         if tokens and None not in tokens:
             usage["outputTokens"] = sum(tokens)
         return [text_part(text)], results[0].get("completionReason") if results else None, usage, None
+    first = next(iter(seq(data.get("outputs"))), None)  # Mistral's text completions
+    if isinstance(first, dict):
+        return [text_part(first.get("text", ""))], first.get("stop_reason"), usage_of(data), None
     return [], None, usage_of(data), None
 
 
@@ -398,11 +402,13 @@ class InvokeRecorder(ConverseRecorder):
         elif name == "nova":
             self.converse_event(data)
         else:
-            self.piece(0, "text", data.get("generation", data.get("outputText")))
-            self.stop = data.get("stop_reason") or data.get("completionReason") or self.stop
-            self.usage = usage_of(data, self.usage) | {
-                k: v for k, v in (("outputTokens", count(data.get("totalOutputTextTokenCount"))),) if v is not None
-            }
+            first = next(iter(seq(data.get("outputs"))), None)  # Mistral's chunks
+            source = first if isinstance(first, dict) else data
+            self.piece(0, "text", source.get("generation", source.get("outputText", source.get("text"))))
+            self.stop = source.get("stop_reason") or data.get("completionReason") or self.stop
+            self.usage = usage_of(data, self.usage)
+            if count(data.get("totalOutputTextTokenCount")) is not None:  # Titan's running count
+                self.usage["outputTokens"] = data["totalOutputTextTokenCount"]
         metrics = data.get(_METRICS)
         if metrics:  # the last chunk: Bedrock's own counts for what the body did not report
             self.usage = usage_of(metrics) | self.usage if self.usage else usage_of(metrics)

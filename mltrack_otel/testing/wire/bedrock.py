@@ -33,6 +33,9 @@ else by the body's keys)
     Titan text (``amazon.titan-text*``/``amazon.titan-tg*``, ``inputText``): ``{"inputTextTokenCount",
     "results": [{"tokenCount", "outputText", "completionReason": "FINISH"|"LENGTH"}]}``; stream chunks
     ``{"outputText", "index", "totalOutputTextTokenCount", "completionReason", "inputTextTokenCount"}``.
+    Mistral (``mistral.*``): ``{"prompt", "max_tokens"}`` (``<s>``/``[INST]`` markers are not counted) answered
+    ``{"outputs": [{"text", "stop_reason": "stop"|"length"}]}`` with no usage in the body; stream chunks carry
+    one delta each in the same shape.
     Titan embeddings (``amazon.titan-embed*``): ``{"embedding", "inputTextTokenCount"}`` (one segment,
     ``dimensions`` default 16 here); Cohere embeddings (``cohere.embed*``, ``texts``): ``{"id", "embeddings",
     "texts", "response_type"}`` with no usage in the body (each text a segment; the input-count header only).
@@ -102,6 +105,7 @@ AWS_ERRORS: dict[int, tuple[int, str]] = {
 
 _PREFIXES = ("us-gov.", "us.", "eu.", "apac.", "au.", "jp.", "ca.", "global.")
 _LLAMA_MARKER = re.compile(r"<\|[^|>]*\|>")
+_MISTRAL_MARKER = re.compile(r"</?s>|\[/?INST\]")
 _LLAMA_USER = re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>(.*?)(?:<\|eot_id\|>|$)", re.S)
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 CONVERSE_CACHE = ("cacheReadInputTokens", "cacheWriteInputTokens")
@@ -126,6 +130,7 @@ def family(model_id: str, body: Any) -> str:
         ("amazon.titan-", "titan"),
         ("amazon.nova", "nova"),
         ("cohere.embed", "cohere-embed"),
+        ("mistral.", "mistral"),
     ):
         if model.startswith(prefix):
             return name
@@ -277,6 +282,11 @@ def _llama_request(model: str, body: dict) -> GenerationRequest:
     )
 
 
+def _mistral_request(model: str, body: dict) -> GenerationRequest:
+    text = _MISTRAL_MARKER.sub(" ", str(body.get("prompt") or ""))
+    return GenerationRequest(model=model, segments=[text], user_text=text, tools=[], max_tokens=body.get("max_tokens"))
+
+
 def _titan_request(model: str, body: dict) -> GenerationRequest:
     text = str(body.get("inputText") or "")
     config = body.get("textGenerationConfig") or {}
@@ -348,6 +358,8 @@ class Bedrock(WireFormat):
             return chat_request(model, payload, kind == "anthropic").user_text
         if kind == "llama":
             return _llama_request(model, payload).user_text
+        if kind == "mistral":
+            return _mistral_request(model, payload).user_text
         return str(payload.get("inputText") or "")
 
     def error(self, status: int, message: str) -> Any:
@@ -411,6 +423,9 @@ class Bedrock(WireFormat):
         elif kind == "llama":
             plan = provider._plan(_llama_request(model, payload), scenario)
             build, events = _llama(plan)
+        elif kind == "mistral":
+            plan = provider._plan(_mistral_request(model, payload), scenario)
+            build, events = _mistral(plan)
         else:
             plan = provider._plan(_titan_request(model, payload), scenario)
             build, events = _titan(plan)
@@ -572,6 +587,22 @@ def _anthropic(plan: Plan, model: str, ids: int) -> tuple[Any, Any]:
         delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}}
         yield None, delta | {"usage": {"output_tokens": plan.output_tokens}}, False
         yield None, {"type": "message_stop"}, False
+
+    return build, events
+
+
+def _mistral(plan: Plan) -> tuple[Any, Any]:
+    """Mistral's text-completion body: no usage in it (the headers and invocation metrics count)."""
+    reason = "length" if plan.truncated else "stop"
+
+    def build() -> Any:
+        return {"outputs": [{"text": plan.text, "stop_reason": reason}]}
+
+    def events() -> Events:
+        pieces = plan.pieces or [""]
+        for i, piece in enumerate(pieces):
+            output = {"text": piece, "stop_reason": reason if i == len(pieces) - 1 else None}
+            yield None, {"outputs": [output]}, bool(plan.pieces)
 
     return build, events
 
