@@ -71,10 +71,13 @@ def family(model_id: str, body: Any) -> str:
 def usage_of(*sources: Any) -> dict[str, int]:
     """Counts in Converse's names from any of Bedrock's usage vocabularies (the first source holding one wins)."""
     out: dict[str, int] = {}
-    for key, names in _USAGE.items():
-        value = next((v for s in sources if s for v in (count(get(s, n)) for n in names) if v is not None), None)
-        if value is not None:
-            out[key] = value
+    for source in sources:
+        if isinstance(source, dict):  # JSON, or botocore's parsed response
+            for key, names in _USAGE.items():
+                if key not in out:
+                    value = next((v for n in names if (v := count(source.get(n))) is not None), None)
+                    if value is not None:
+                        out[key] = value
     return out
 
 
@@ -372,15 +375,41 @@ class ConverseRecorder(StreamRecorder):
 
 
 class InvokeRecorder(ConverseRecorder):
-    """InvokeModelWithResponseStream chunks: each a model's native stream event, as JSON bytes."""
+    """InvokeModelWithResponseStream chunks: each a model's native stream event, as JSON bytes. They are kept as
+    they come and parsed together when the stream ends (one json.loads of them all costs a tenth of one per chunk)."""
 
-    __slots__ = ("family",)
+    __slots__ = ("family", "raw")
+
+    def __init__(self, call: Any, hide_usage: bool, family: str) -> None:
+        super().__init__(call, hide_usage)
+        self.family = family
+        self.raw: list[bytes] = []
 
     def feed(self, event: Any) -> bool:
         chunk = event.get("chunk")
-        data = json.loads(chunk["bytes"]) if chunk else None
-        if not isinstance(data, dict):
-            return True
+        if chunk is not None and type(chunk.get("bytes")) is bytes:
+            self.raw.append(chunk["bytes"])
+        return True
+
+    def digest(self) -> None:
+        raw, self.raw = self.raw, []
+        try:
+            chunks = json.loads(b"[" + b",".join(raw) + b"]")
+        except ValueError:  # one chunk is not JSON: the others still count
+            chunks = [c for c in map(_loads, raw) if c is not None]
+        for chunk in chunks:
+            if isinstance(chunk, dict):
+                self.chunk(chunk)
+
+    def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        self.digest()
+        return super().outcome(complete)
+
+    def output_pieces(self) -> list[str]:
+        self.digest()
+        return super().output_pieces()
+
+    def chunk(self, data: dict) -> None:
         name = self.family
         if name == "anthropic":
             kind = data.get("type")
@@ -413,16 +442,17 @@ class InvokeRecorder(ConverseRecorder):
         if metrics:  # the last chunk: Bedrock's own counts for what the body did not report
             self.usage = usage_of(metrics) | self.usage if self.usage else usage_of(metrics)
             self.done_usage = bool(self.usage)
-        return True
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def invoke_recorder(name: str) -> Any:
-    def make(call: Any, hide_usage: bool) -> InvokeRecorder:
-        recorder = InvokeRecorder(call, hide_usage)
-        recorder.family = name
-        return recorder
-
-    return make
+    return lambda call, hide_usage: InvokeRecorder(call, hide_usage, name)
 
 
 def stream_result(result: Any, wrap: Any) -> Any:
