@@ -885,25 +885,43 @@ def test_uninstrument_restores_the_original_method(fake, settings):
 
 
 @pytest.mark.frameworks
-def test_langchain_bedrock_converse_counted_once(fake, settings):
+@pytest.mark.parametrize(
+    ("chat_class", "stream"),
+    [("ChatBedrockConverse", False), ("ChatBedrockConverse", True), ("ChatBedrock", False), ("ChatBedrock", True)],
+)
+def test_langchain_bedrock_counted_once(fake, settings, chat_class, stream):
+    """LangChain's chat span over the instrumented boto3 call: the boto3 span is the one counted (converse /
+    converse_stream for ChatBedrockConverse, invoke_model / its stream for ChatBedrock)."""
     langchain_aws = pytest.importorskip("langchain_aws")
     fake.clear()
     ledger.LEDGER.reset()
     traced = Traced()
     instrument(["bedrock", "langchain"], tracer_provider=traced.provider)
+    question = "hello from langchain"
     try:
-        llm = langchain_aws.ChatBedrockConverse(model=CLAUDE, client=client(fake), region_name="us-east-1")
-        message = llm.invoke("hello from langchain")
+        if chat_class == "ChatBedrockConverse":
+            llm = langchain_aws.ChatBedrockConverse(model=CLAUDE, client=client(fake), region_name="us-east-1")
+        else:
+            llm = langchain_aws.ChatBedrock(model_id=CLAUDE, client=client(fake), region_name="us-east-1")
+        if stream:
+            chunks = list(llm.stream(question))
+            text = "".join(
+                c.content if isinstance(c.content, str) else "".join(p.get("text", "") for p in c.content)
+                for c in chunks
+            )
+        else:
+            text = llm.invoke(question).content
     finally:
         uninstrument(["bedrock", "langchain"])
-    assert message.content == expected_text("hello from langchain")
+    assert text == expected_text(question)
+    operations = {r.path.rsplit("/", 1)[1] for r in fake.requests}
+    expected_op = ("converse" if chat_class == "ChatBedrockConverse" else "invoke") + ("-stream" if stream else "")
+    assert operations == {expected_op.replace("invoke-stream", "invoke-with-response-stream")}
     counted = [s for s in traced.spans() if s.attributes.get(semconv.MLTRACK_USAGE_COUNTED) is True]
     assert [s.instrumentation_scope.name for s in counted] == ["mltrack_otel.instrumentation.bedrock"]
     (sdk_span,) = counted
-    assert usage(sdk_span) == (message.usage_metadata["input_tokens"], message.usage_metadata["output_tokens"])
-    assert usage(sdk_span) == (ptok("hello from langchain"), N)
+    assert usage(sdk_span) == (ptok(question), N)
     parent = next(s for s in traced.spans() if s.context.span_id == sdk_span.parent.span_id)
     assert parent.instrumentation_scope.name == "mltrack_otel.instrumentation.langchain"
     (root,) = [s for s in traced.spans() if s.parent is None]
-    cost = price(CLAUDE, ptok("hello from langchain"), N)
-    assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(cost, rel=1e-9)
+    assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(price(CLAUDE, ptok(question), N), rel=1e-9)
