@@ -925,3 +925,33 @@ def test_langchain_bedrock_counted_once(fake, settings, chat_class, stream):
     assert parent.instrumentation_scope.name == "mltrack_otel.instrumentation.langchain"
     (root,) = [s for s in traced.spans() if s.parent is None]
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(price(CLAUDE, ptok(question), N), rel=1e-9)
+
+
+@pytest.mark.frameworks
+def test_litellm_bedrock_counted_once(fake, settings, monkeypatch):
+    """LiteLLM calls Bedrock over its own HTTP client (botocore only signs): its span is the one call, counted once,
+    with boto3 instrumented too."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = pytest.importorskip("litellm")
+    fake.clear()
+    ledger.LEDGER.reset()
+    traced = Traced()
+    instrument(["bedrock", "litellm"], tracer_provider=traced.provider)
+    try:
+        response = litellm.completion(
+            model=f"bedrock/converse/{CLAUDE}",
+            messages=[{"role": "user", "content": "hello there"}],
+            api_base=fake.url,
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+            aws_region_name="us-east-1",
+            num_retries=0,
+        )
+    finally:
+        uninstrument(["bedrock", "litellm"])
+    assert response.choices[0].message.content == expected_text("hello there")
+    assert [r.path.rsplit("/", 1)[1] for r in fake.requests] == ["converse"]
+    (span,) = traced.spans()
+    assert span.instrumentation_scope.name == "mltrack_otel.instrumentation.litellm"
+    assert span.attributes[semconv.MLTRACK_USAGE_COUNTED] is True
+    assert span.attributes[semconv.LLM_COST_TOTAL] == pytest.approx(price(CLAUDE, ptok("hello there"), N), rel=1e-9)
