@@ -609,6 +609,25 @@ def test_converse_stream_break_and_close_ends_once_estimated(bed, fake):
     assert output(span)["finish_reason"] == "incomplete"
 
 
+@pytest.mark.parametrize("operation", ["converse_stream", "invoke_model_with_response_stream"])
+def test_stream_closed_after_the_last_event_is_complete(bed, fake, operation):
+    brt = client(fake)
+    if operation == "converse_stream":
+        stream = brt.converse_stream(modelId=CLAUDE, messages=user("all of it"))["stream"]
+        last = lambda event: "metadata" in event  # noqa: E731
+    else:
+        stream = brt.invoke_model_with_response_stream(modelId=CLAUDE, body=anthropic_body("all of it"))["body"]
+        last = lambda event: b"amazon-bedrock-invocationMetrics" in event["chunk"]["bytes"]  # noqa: E731
+    for event in stream:
+        if last(event):
+            break  # the provider has said everything; the caller stops before the stream's own end
+    stream.close()
+    a = attrs(bed.one())
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
+    assert semconv.MLTRACK_USAGE_SOURCE not in a or a[semconv.MLTRACK_USAGE_SOURCE] == "provider"
+    assert usage(bed.one()) == (ptok("all of it"), N)
+
+
 def test_converse_stream_dropped_unread_ends_on_collection(bed, fake):
     r = client(fake).converse_stream(modelId=CLAUDE, messages=user("never read"))
     stream = r.pop("stream")

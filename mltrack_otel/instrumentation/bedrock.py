@@ -363,6 +363,10 @@ class ConverseRecorder(StreamRecorder):
     def output_pieces(self) -> list[str]:
         return [piece for entry in self.parts.values() for piece in entry[1]]
 
+    def complete_at_close(self) -> bool:
+        """Closed after the stop reason and the final counts: nothing more was coming."""
+        return self.done_usage and self.stop is not None
+
     def estimate(self) -> dict[str, Any]:
         """The input the stream already reported (Anthropic, Llama, Titan report it first), output estimated."""
         reported = self.usage.get("inputTokens")
@@ -409,6 +413,10 @@ class InvokeRecorder(ConverseRecorder):
         self.digest()
         return super().output_pieces()
 
+    def complete_at_close(self) -> bool:
+        self.digest()
+        return super().complete_at_close()
+
     def chunk(self, data: dict) -> None:
         name = self.family
         if name == "anthropic":
@@ -428,6 +436,7 @@ class InvokeRecorder(ConverseRecorder):
             elif kind == "message_delta":
                 self.stop = get(data.get("delta"), "stop_reason") or self.stop
                 self.usage |= usage_of(data.get("usage"))
+                self.done_usage = "inputTokens" in self.usage and "outputTokens" in self.usage
         elif name == "nova":
             self.converse_event(data)
         else:
