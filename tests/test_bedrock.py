@@ -672,11 +672,31 @@ def test_client_errors(bed, fake, scenario, code):
     assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in attrs(span)
 
 
+@pytest.mark.parametrize("operation", ["converse", "invoke_model"])
+def test_connection_dropped_before_the_answer(bed, fake, operation):
+    brt = client(fake)
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        if operation == "converse":
+            brt.converse(modelId=NOVA, messages=user("x [[scenario:drop]]"))
+        else:
+            brt.invoke_model(modelId=TITAN, body=json.dumps({"inputText": "x [[scenario:drop]]"}))
+    span = bed.one()
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs(span)[error_attributes.ERROR_TYPE] == "botocore.ConnectionClosedError"
+    assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in attrs(span)  # nothing came back: no usage to count
+
+
 @pytest.mark.xfail(strict=True, reason="lead: _base.error_type must read botocore's ClientError.response['Error']")
 def test_error_type_is_the_aws_code(bed, fake):
+    brt = client(fake)
     with pytest.raises(botocore.exceptions.ClientError):
-        client(fake).converse(modelId=NOVA, messages=user("x [[scenario:error-429]]"))
+        brt.converse(modelId=NOVA, messages=user("x [[scenario:error-429]]"))
     assert attrs(bed.one())[error_attributes.ERROR_TYPE] == "ThrottlingException"
+    bed.exporter.clear()
+    with pytest.raises(botocore.exceptions.EventStreamError):  # an exception message inside the event stream
+        for _ in brt.converse_stream(modelId=NOVA, messages=user("x [[scenario:stream-error]]"))["stream"]:
+            pass
+    assert attrs(bed.one())[error_attributes.ERROR_TYPE] == "modelStreamErrorException"
 
 
 def test_invoke_anthropic_body_readable_and_recorded(bed, fake):
