@@ -879,6 +879,22 @@ def test_capture_off(bed, fake):
     assert usage(bed.one()) == (ptok("s", "hi"), N)
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"messages": "not a list"},
+        {"messages": [1, {"role": "user", "content": "not blocks"}]},
+        {"messages": [], "inferenceConfig": ["not", "a", "dict"]},
+    ],
+)
+def test_invalid_params_are_botocore_s_to_refuse(bed, fake, params):
+    with pytest.raises(botocore.exceptions.ParamValidationError):  # raised inside the call, after our route
+        client(fake).converse(modelId=NOVA, **params)
+    assert fake.requests == []
+    assert not [k for k in guard.health() if k.startswith("errors.")]  # nothing of ours failed on the junk
+    assert bed.one().status.status_code is StatusCode.ERROR
+
+
 def test_budget_refused_before_sending(bed, fake):
     ledger.LEDGER.limits = ledger.Limits(token_budget=10)
     ledger.LEDGER.add(1, None, None, 20, 0, None)

@@ -121,6 +121,8 @@ def blocks(content: Any) -> list[Any]:
 def converse_inputs(body: Any) -> Inputs:
     messages = []
     for message in seq(body.get("messages")):
+        if not isinstance(message, dict):  # botocore validates the call after us: junk is the SDK's to refuse
+            continue
         parts = blocks(message.get("content"))
         role = message.get("role", "user")
         if role == "user" and parts and all(p["type"] == "tool_call_response" for p in parts):
@@ -160,9 +162,10 @@ def request(body: Any, attributes: dict[str, Any]) -> None:
         attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
 
 
-def _params(config: Any, max_tokens: Any) -> dict[str, Any]:
+def _params(config: Any, *max_keys: str) -> dict[str, Any]:
     """An inference config's parameters under the names request() and budgets read."""
     config = config if isinstance(config, dict) else {}
+    max_tokens = next((config[k] for k in max_keys if k in config), None)
     out = {"max_tokens": max_tokens, "temperature": config.get("temperature"), "top_p": config.get("topP")}
     return out | {"top_k": config.get("topK"), "stop_sequences": config.get("stopSequences")}
 
@@ -176,8 +179,7 @@ def route(client: Any, args: tuple, kwargs: dict) -> Request | None:
     model = params.get("modelId")
     stream = operation.endswith("Stream")
     if kind == "converse":
-        config = params.get("inferenceConfig") or {}
-        body = {**params, **_params(config, config.get("maxTokens")), "model": model}
+        body = {**params, **_params(params.get("inferenceConfig"), "maxTokens"), "model": model}
         endpoint = CONVERSE
     else:
         raw = params.get("body")
@@ -188,14 +190,12 @@ def route(client: Any, args: tuple, kwargs: dict) -> Request | None:
         native = native if isinstance(native, dict) else {}
         name = family(model or "", native)
         if name == "nova":
-            config = native.get("inferenceConfig") or {}
-            extra = _params(config, config.get("maxTokens", config.get("max_new_tokens")))
+            extra = _params(native.get("inferenceConfig"), "maxTokens", "max_new_tokens")
         elif name == "llama":
             extra = {"prompt": native.get("prompt"), "max_tokens": native.get("max_gen_len")}
             extra |= {"temperature": native.get("temperature"), "top_p": native.get("top_p")}
         elif name == "titan":
-            config = native.get("textGenerationConfig") or {}
-            extra = {"prompt": native.get("inputText")} | _params(config, config.get("maxTokenCount"))
+            extra = {"prompt": native.get("inputText")} | _params(native.get("textGenerationConfig"), "maxTokenCount")
         elif name == "embed":
             extra = {"input": native.get("inputText", native.get("texts"))}
         else:
