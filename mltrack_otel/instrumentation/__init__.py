@@ -39,6 +39,7 @@ LIBRARIES: dict[str, Library] = {
     "cohere": Library("cohere", "mltrack_otel.instrumentation.cohere:CohereInstrumentor"),
     "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
     "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
+    "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
 }
 
 _lock = threading.RLock()

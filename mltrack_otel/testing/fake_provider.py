@@ -743,7 +743,7 @@ class WireFormat:
 
 
 # Provider modules under mltrack_otel/testing/wire/, imported on first use.
-WIRE_MODULES: tuple[str, ...] = ("gemini", "mistral", "cohere", "ollama", "groq")
+WIRE_MODULES: tuple[str, ...] = ("gemini", "mistral", "cohere", "ollama", "groq", "bedrock")
 WIRE_HEADER = "x-fake-wire"  # names the wire format for a client whose User-Agent a `user_agent` wire does not know
 _wire_formats: list[WireFormat] | None = None
 
