@@ -103,6 +103,11 @@ def error_type(exc: BaseException) -> str:
         kind = inner.get("code") or inner.get("type") if isinstance(inner, Mapping) else None
         if isinstance(kind, str) and kind and kind != "error":
             return kind
+    response = getattr(exc, "response", None)  # botocore's ClientError / EventStreamError: the AWS error code
+    error = response.get("Error") if isinstance(response, Mapping) else None
+    aws_code = error.get("Code") if isinstance(error, Mapping) else None
+    if isinstance(aws_code, str) and aws_code:
+        return aws_code
     status = getattr(exc, "status", None)  # google-genai's APIError: RESOURCE_EXHAUSTED, NOT_FOUND...
     if isinstance(status, str) and status:
         return status
@@ -116,6 +121,10 @@ def http_status(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
     if status is None and isinstance(getattr(exc, "status", None), str):
         status = getattr(exc, "code", None)
+    if status is None:  # botocore
+        response = getattr(exc, "response", None)
+        metadata = response.get("ResponseMetadata") if isinstance(response, Mapping) else None
+        status = metadata.get("HTTPStatusCode") if isinstance(metadata, Mapping) else None
     return status if type(status) is int and 100 <= status <= 599 else None
 
 

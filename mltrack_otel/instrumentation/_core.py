@@ -335,7 +335,9 @@ class MethodPatch:
         for cls, attribute, original in reversed(self.originals):
             if getattr(cls.__dict__.get(attribute), "__wrapped__", None) is original:
                 setattr(cls, attribute, original)  # the very function object that was there before
-        self.originals = [o for o in self.originals if getattr(o[0].__dict__.get(o[1]), "__wrapped__", None)]
+        # Kept: only what is still wrapped (by ours under another's wrapper). An original with a __wrapped__ of its
+        # own (functools.wraps, botocore's context decorator) is not a wrapper of ours.
+        self.originals = [o for o in self.originals if o[0].__dict__.get(o[1]) is not o[2]]
 
     def _begin(self, method: Method, instance: Any, args: tuple, kwargs: dict) -> tuple[Call, Request] | None:
         if not self.active:
