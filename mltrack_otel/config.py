@@ -75,7 +75,7 @@ class Settings(BaseModel):
     # Batch export bounds (per exporter).
     export_queue_size: int = Field(default=2048, ge=1, le=_MAX_QUEUE)
     export_batch_size: int = Field(default=256, ge=1, le=_MAX_QUEUE)
-    export_delay_ms: int = Field(default=1000, ge=0, le=int(_MAX_SECONDS * 1000))
+    export_delay_ms: int = Field(default=1000, ge=1, le=int(_MAX_SECONDS * 1000))  # the batch processor needs > 0
     shutdown_timeout_seconds: float = Field(default=5.0, gt=0, le=_MAX_SECONDS)
 
     # Pricing.

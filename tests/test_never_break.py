@@ -119,7 +119,7 @@ INJECTIONS = {
         mp.setattr(ai.MessageRecorder, "outcome", boom),
     ),
     "content encoding": lambda mp: mp.setattr(content, "encode", boom),
-    "usage reading": lambda mp: mp.setattr(_base, "usage_attributes", boom),
+    "usage reading": lambda mp: mp.setattr(_base, "read_usage", boom),
     "provider name": lambda mp: mp.setattr(oi.SDK, "provider_name", boom),
     "configuration": lambda mp: mp.setattr(config, "current", boom),
     "budget reservation": lambda mp: mp.setattr(budget, "reserve", boom),

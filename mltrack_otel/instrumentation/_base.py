@@ -24,9 +24,10 @@ from opentelemetry.trace import SpanKind
 
 from .. import budget, config, content, estimate, guard, hosts, ledger, semconv
 from ..errors import BudgetExceededError
+from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
-from ..usage import count as _count
+from ..usage import read as read_usage
 from ..version import __version__
 from . import when_imported
 
@@ -155,74 +156,6 @@ def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
     return hit
 
 
-def get(obj: Any, name: str, default: Any = None) -> Any:
-    """obj[name] for dicts, obj.name for SDK models; default when missing or None."""
-    if obj is None:
-        return default
-    # dict, not the Mapping ABC: an ABC isinstance check costs ~10x more, and this runs ~20 times per call.
-    if isinstance(obj, dict):
-        value = obj.get(name)
-    else:
-        # SDK models (pydantic v1 and v2) keep their fields in __dict__. Reading there first makes a missing
-        # field a dict miss: getattr() would raise and catch an AttributeError inside pydantic (~3 µs each).
-        state = getattr(obj, "__dict__", None)
-        value = state.get(name) if state is not None else None
-        if value is None and (state is None or name not in state):
-            value = _other_attribute(obj, name)
-    return default if value is None else value
-
-
-_class_has: dict[tuple[type, str], bool] = {}
-
-
-def _other_attribute(obj: Any, name: str) -> Any:
-    """An attribute that is not in obj.__dict__: a pydantic extra field, a property or slot, or None."""
-    extra = getattr(obj, "__pydantic_extra__", None)
-    if isinstance(extra, dict):
-        if name in extra:
-            return extra[name]
-        # Not a property either means missing. Looked up in the class dicts, memoised: hasattr() on a pydantic
-        # class raises inside its metaclass's __getattr__ too.
-        key = (type(obj), name)
-        known = _class_has.get(key)
-        if known is None:
-            known = any(name in klass.__dict__ for klass in type(obj).__mro__)
-            if len(_class_has) < 4096:
-                _class_has[key] = known
-        if not known:
-            return None
-    return getattr(obj, name, None)
-
-
-def usage_attributes(usage: Any, shape: str) -> dict[str, int]:
-    """gen_ai.usage.* from an SDK usage object (or its JSON): input tokens include cache reads and writes.
-
-    shape "openai": chat/completions (prompt_tokens, already including cached tokens) or Responses (input_tokens,
-    likewise); shape "anthropic": input_tokens exclude the cache, so cache reads and writes are added back.
-    """
-    if usage is None:
-        return {}
-    write = reasoning = None
-    if shape == "anthropic":
-        raw_in, raw_out = _count(get(usage, "input_tokens")), _count(get(usage, "output_tokens"))
-        read, write = _count(get(usage, "cache_read_input_tokens")), _count(get(usage, "cache_creation_input_tokens"))
-        total_in = None if raw_in is None else raw_in + (read or 0) + (write or 0)
-        reasoning = _count(get(get(usage, "output_tokens_details"), "thinking_tokens"))
-    elif get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
-        total_in, raw_out = _count(get(usage, "prompt_tokens")), _count(get(usage, "completion_tokens"))
-        details = get(usage, "prompt_tokens_details")
-        read, write = _count(get(details, "cached_tokens")), _count(get(details, "cache_write_tokens"))
-        reasoning = _count(get(get(usage, "completion_tokens_details"), "reasoning_tokens"))
-    else:
-        total_in, raw_out = _count(get(usage, "input_tokens")), _count(get(usage, "output_tokens"))
-        details = get(usage, "input_tokens_details")
-        read, write = _count(get(details, "cached_tokens")), _count(get(details, "cache_write_tokens"))
-        reasoning = _count(get(get(usage, "output_tokens_details"), "reasoning_tokens"))
-    if total_in is None and raw_out is None:
-        return {}
-    return usage_attributes_of(total_in or 0, raw_out or 0, read, write, reasoning)
-
-
 def seq(value: Any) -> list[Any] | tuple[Any, ...]:
     """value if it is a list or tuple, else (): never iterate (and so consume) a caller's other iterables."""
     return value if isinstance(value, (list, tuple)) else ()
@@ -262,6 +195,7 @@ class Call:
         "capture_out",
         "ended",
         "max_bytes",
+        "model",
         "nest",
         "oi",
         "redactor",
@@ -287,6 +221,7 @@ class Call:
         self.capture_out = settings.capture_responses
         self.oi = settings.openinference_attributes
         self.usage_shape = usage_shape
+        self.model = model
         self.ended = False
         self.nest = False  # make the span current during the request (set by instrumentors that need it)
         self.reservation: ledger.Reservation | None = None  # the budget's hold, released once the span has ended
@@ -338,7 +273,7 @@ class Call:
         try:
             attributes[semconv.LLM_LATENCY] = time.perf_counter() - self.t0
             if usage is not None:
-                attributes.update(usage_attributes(usage, self.usage_shape))
+                attributes.update(read_usage(usage, self.usage_shape))
             if output is not None and self.capture_out:
                 self._encode(output, gen_ai.GEN_AI_OUTPUT_MESSAGES, attributes)
             if self.oi:

@@ -13,43 +13,20 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from .. import budget, config, content, guard
+from .. import config, guard
 from ..errors import BudgetExceededError
 from . import _base, mlflow_autolog
-from ._base import Call, Inputs, StreamRecorder
+from ._base import Call, StreamRecorder
+from ._core import Endpoint, Request, finish_safely, invoke, invoke_async, new_recorder, recorded, recorded_async, start
 
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 _RECORDED = "_mltrack_recorded"  # marks a stream whose iterator we already wrap
-
-
-class Endpoint:
-    """What one API route is, declared by a provider module."""
-
-    __slots__ = ("inputs", "operation", "recorder", "request", "response", "usage_option")
-
-    def __init__(
-        self,
-        operation: str,
-        request: Callable[[dict[str, Any], dict[str, Any]], None],
-        response: Callable[[Any, bool], tuple[dict[str, Any], list[Any] | None, Any]],
-        inputs: Callable[[dict[str, Any]], Inputs] | None = None,
-        recorder: Callable[[Call, bool], StreamRecorder] | None = None,
-        usage_option: bool = False,
-    ) -> None:
-        self.operation = operation
-        self.request = request  # (body, attributes): add gen_ai.request.* attributes
-        self.response = response  # (result, capture): (attributes, output messages, usage)
-        self.inputs = inputs  # body -> normalised input content (only called when capture is on)
-        self.recorder = recorder  # (call, hide_usage) -> a recorder for a streamed response
-        self.usage_option = usage_option  # accepts stream_options.include_usage
 
 
 class Sdk:
@@ -60,14 +37,12 @@ class Sdk:
         module: str,
         routes: dict[str, Endpoint],
         provider_name: Callable[[Any, str | None], str],
-        usage_shape: str,
         instruments: tuple[str, ...],
         own_spans: Callable[[Any, Any, dict[str, Any]], bool] | None = None,
     ) -> None:
         self.module = module
         self.routes = routes
         self.provider_name = provider_name  # (client, host) -> gen_ai.provider.name
-        self.usage_shape = usage_shape
         self.instruments = instruments
         # (client, request options, our start attributes) -> whether the SDK itself records a span for the call.
         # For an SDK that traces itself: it switches that span off for the call unless the user asked for it
@@ -170,60 +145,30 @@ class Patch:
     # -- the wrappers ----------------------------------------------------------------------------------------
 
     def _sync_request(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        begun = self._begin(instance, args, kwargs, False)
+        begun = self._begin(instance, args, kwargs)
         if begun is None:
             return wrapped(*args, **kwargs)
-        call, endpoint, recorder, stream = begun
-        # Our span is made current only when the SDK records its own span (to nest it): a context switch per
-        # call is not free, and HTTP-level spans can stay siblings.
-        token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
-        held = budget.hold(call.reservation) if call.reservation is not None else None
+        call, request, recorder = begun
+        result = invoke(call, wrapped, args, kwargs)
         try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            guard.guarded("instrumentation.error", call.fail, exc)
-            raise
-        finally:
-            if held is not None:
-                budget.unhold(held)
-            if token is not None:
-                otel_context.detach(token)
-        try:
-            self._on_result(call, endpoint, recorder, stream, result, False)
+            self._on_result(call, request, recorder, result, False)
         except Exception as exc:
-            guard.record_error("instrumentation.response", exc)
-            guard.guarded("instrumentation.response", call.finish, {})  # the span still ends
+            finish_safely(call, exc)
         return result
 
     async def _async_request(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        begun = self._begin(instance, args, kwargs, True)
+        begun = self._begin(instance, args, kwargs)
         if begun is None:
             return await wrapped(*args, **kwargs)
-        call, endpoint, recorder, stream = begun
-        # Our span is made current only when the SDK records its own span (to nest it): a context switch per
-        # call is not free, and HTTP-level spans can stay siblings.
-        token = otel_context.attach(trace.set_span_in_context(call.span)) if call.nest else None
-        held = budget.hold(call.reservation) if call.reservation is not None else None
+        call, request, recorder = begun
+        result = await invoke_async(call, wrapped, args, kwargs)
         try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            guard.guarded("instrumentation.error", call.fail, exc)
-            raise
-        finally:
-            if held is not None:
-                budget.unhold(held)
-            if token is not None:
-                otel_context.detach(token)
-        try:
-            self._on_result(call, endpoint, recorder, stream, result, True)
+            self._on_result(call, request, recorder, result, True)
         except Exception as exc:
-            guard.record_error("instrumentation.response", exc)
-            guard.guarded("instrumentation.response", call.finish, {})  # the span still ends
+            finish_safely(call, exc)
         return result
 
-    def _begin(
-        self, instance: Any, args: tuple, kwargs: dict, is_async: bool
-    ) -> tuple[Call, Endpoint, StreamRecorder | None, bool] | None:
+    def _begin(self, instance: Any, args: tuple, kwargs: dict) -> tuple[Call, Request, StreamRecorder | None] | None:
         """Start the call's span, or None to pass the request through untouched.
 
         Raises only BudgetExceededError (before anything is sent); every other failure is recorded and the
@@ -244,7 +189,7 @@ class Patch:
             guard.record_error("instrumentation.begin", exc)
             return None
         try:
-            return self._start(instance, options, kwargs, endpoint, settings, is_async)
+            return self._start(instance, options, kwargs, endpoint, settings)
         except BudgetExceededError:
             raise
         except Exception as exc:
@@ -252,14 +197,8 @@ class Patch:
             return None
 
     def _start(
-        self,
-        instance: Any,
-        options: Any,
-        kwargs: dict,
-        endpoint: Endpoint,
-        settings: config.Settings,
-        is_async: bool,
-    ) -> tuple[Call, Endpoint, StreamRecorder | None, bool]:
+        self, instance: Any, options: Any, kwargs: dict, endpoint: Endpoint, settings: config.Settings
+    ) -> tuple[Call, Request, StreamRecorder | None]:
         body = options.json_data if isinstance(options.json_data, dict) else {}
         extra = getattr(options, "extra_json", None)
         if extra and isinstance(extra, dict):  # extra_body parameters are sent too: describe them as well
@@ -270,60 +209,40 @@ class Patch:
                 body = {k: v for k, v in body.items() if type(v) not in sentinels}
                 break
         address, port, provider = self._server(instance)
-        attributes = _base.base_attributes(endpoint.operation, provider, address, port)
-        model = body.get("model")
-        model = content.utf8(model) if isinstance(model, str) and model else settings.default_model(provider)
-        if model:
-            attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model
-        # The budget's hold, as soon as the model and provider are known; until the call holds it, a failure of
-        # ours gives it back (the request then goes out untracked).
-        reservation = _base.reserve_budget(
-            "instrumentation.budget", body, model, provider, endpoint.operation, address, port
-        )
+        stream = bool(kwargs.get("stream"))
+        request = Request(endpoint, body, provider, address, port, stream)
         own_spans = self.sdk.own_spans
         nest = False
-        try:
-            endpoint.request(body, attributes)
-            inputs = endpoint.inputs(body) if endpoint.inputs is not None and settings.capture_prompts else None
+        span_name = getattr(options, "span_name", None)
+
+        def prepare(attributes: dict[str, Any]) -> None:
+            nonlocal nest
             if own_spans is not None:
-                span_name = getattr(options, "span_name", None)
                 nest = guard.guarded(
                     "instrumentation.own_spans", own_spans, instance, options, attributes, default=False
                 )
-            try:
-                headers = options.headers
-                if isinstance(headers, dict) and mlflow_autolog.TRACEPARENT in headers:  # MLflow autolog traces it?
-                    call = _under_mlflow_span(
-                        self.tracer, endpoint, model, attributes, settings, inputs, self.sdk, headers
-                    )
-                else:
-                    call = Call(
-                        self.tracer, endpoint.operation, model, attributes, settings, inputs, self.sdk.usage_shape
-                    )
-            except Exception:
-                if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
-                    options.span_name = span_name
-                raise
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            raise
-        call.reservation = reservation
-        call.nest = bool(nest)
-        stream = bool(kwargs.get("stream"))
-        if not stream or endpoint.recorder is None:
-            return call, endpoint, None, stream
+
+        headers = options.headers
+        adopted = None
+        if isinstance(headers, dict) and mlflow_autolog.TRACEPARENT in headers:  # MLflow autolog traces it?
+            adopted = guard.guarded("instrumentation.mlflow_autolog", mlflow_autolog.parent_of, headers)
         try:
-            hide_usage = endpoint.usage_option and _wants_usage(options, body, address, settings)
-            recorder = endpoint.recorder(call, hide_usage)
-            recorder.request = (body, model)  # for an input estimate, only if the stream's usage never arrives
+            call = start(self.tracer, request, settings, prepare=prepare, parent=adopted[0] if adopted else None)
         except Exception:
-            call.finish({})
+            if own_spans is not None:  # no span of ours after all: the SDK's own may stand in for it
+                options.span_name = span_name
             raise
-        if hide_usage:
+        if adopted is not None:
+            mlflow_autolog.remember(call.span, adopted[1])
+        call.nest = bool(nest)
+        if not stream:
+            return call, request, None
+        hide_usage = endpoint.usage_option and _wants_usage(options, body, address, settings)
+        recorder = new_recorder(call, request, hide_usage)
+        if recorder is not None and hide_usage:
             stream_options = body.get("stream_options") or {}
             options.json_data = {**body, "stream_options": {**stream_options, "include_usage": True}}
-        return call, endpoint, recorder, stream
+        return call, request, recorder
 
     def _server(self, client: Any) -> tuple[str | None, int | None, str]:
         """(server.address, server.port, provider name) of a client, memoised on it per base URL."""
@@ -340,21 +259,16 @@ class Patch:
     # -- results ---------------------------------------------------------------------------------------------
 
     def _on_result(
-        self,
-        call: Call,
-        endpoint: Endpoint,
-        recorder: StreamRecorder | None,
-        stream: bool,
-        result: Any,
-        is_async: bool,
+        self, call: Call, request: Request, recorder: StreamRecorder | None, result: Any, is_async: bool
     ) -> None:
+        endpoint = request.endpoint
         if recorder is not None:
             if isinstance(result, self.raw_types):  # the caller gets the stream from parse(), later
                 _record_when_parsed(result, recorder, is_async)
             else:
                 _record_stream(result, recorder, is_async)
             return
-        if stream:  # a stream of an endpoint without a recorder: the span covers the request only
+        if request.stream:  # a stream of an endpoint without a recorder: the span covers the request only
             call.finish({})
             return
         if isinstance(result, self.raw_types):  # with_raw_response / with_streaming_response
@@ -391,29 +305,6 @@ def _link_above(function: Any, is_target: Callable[[Any], bool]) -> Any:
             return link
         link = inner
     return None
-
-
-def _under_mlflow_span(
-    tracer: trace.Tracer,
-    endpoint: Endpoint,
-    model: str | None,
-    attributes: dict[str, Any],
-    settings: config.Settings,
-    inputs: Inputs | None,
-    sdk: Sdk,
-    headers: dict[str, Any],
-) -> Call:
-    """The call's span, below MLflow's autolog span when the request carries its traceparent (mlflow_autolog)."""
-    adopted = guard.guarded("instrumentation.mlflow_autolog", mlflow_autolog.parent_of, headers)
-    token = otel_context.attach(adopted[0]) if adopted is not None else None
-    try:
-        call = Call(tracer, endpoint.operation, model, attributes, settings, inputs, sdk.usage_shape)
-    finally:
-        if token is not None:
-            otel_context.detach(token)
-    if adopted is not None:
-        mlflow_autolog.remember(call.span, adopted[1])
-    return call
 
 
 def _raw_response_types(module: str) -> tuple[type, ...]:
@@ -514,7 +405,7 @@ def _record_stream(stream: Any, recorder: StreamRecorder, is_async: bool) -> Non
     items = state.get("_iterator")
     if items is None:  # anthropic 2.x makes it lazily (a cached_property): make it now, then replace it
         items = stream._iterator
-    state["_iterator"] = _recorded_async(items, recorder) if is_async else _recorded_sync(items, recorder)
+    state["_iterator"] = recorded_async(items, recorder) if is_async else recorded(items, recorder)
     state[_RECORDED] = True
     recorder.release = _hook_method(
         stream.response, "aclose" if is_async else "close", before=recorder.on_close, is_async=is_async
@@ -546,54 +437,6 @@ def _record_when_parsed(raw: Any, recorder: StreamRecorder, is_async: bool) -> N
     response = getattr(raw, "http_response", None)
     if response is not None:
         unhooks.append(_hook_method(response, "aclose" if is_async else "close", before=closed, is_async=is_async))
-
-
-def _recorded_sync(items: Any, recorder: StreamRecorder) -> Any:
-    recorder.started = True
-    try:
-        for item in items:
-            if recorder.first_at is None:
-                recorder.first_at = time.perf_counter()
-            try:
-                keep = recorder.feed(item)
-            except Exception as exc:  # recording must never cost the caller an item (nor add one)
-                guard.record_error("instrumentation.stream", exc)
-                keep = guard.guarded("instrumentation.stream", recorder.salvage, item, default=True)
-            if keep:
-                recorder.suspended = True
-                yield item
-                recorder.suspended = False
-    except GeneratorExit:
-        guard.guarded("instrumentation.stream", recorder.end, False)
-        raise
-    except BaseException as exc:
-        guard.guarded("instrumentation.stream", recorder.end, False, exc)
-        raise
-    guard.guarded("instrumentation.stream", recorder.end, True)
-
-
-async def _recorded_async(items: Any, recorder: StreamRecorder) -> Any:
-    recorder.started = True
-    try:
-        async for item in items:
-            if recorder.first_at is None:
-                recorder.first_at = time.perf_counter()
-            try:
-                keep = recorder.feed(item)
-            except Exception as exc:
-                guard.record_error("instrumentation.stream", exc)
-                keep = guard.guarded("instrumentation.stream", recorder.salvage, item, default=True)
-            if keep:
-                recorder.suspended = True
-                yield item
-                recorder.suspended = False
-    except GeneratorExit:
-        guard.guarded("instrumentation.stream", recorder.end, False)
-        raise
-    except BaseException as exc:
-        guard.guarded("instrumentation.stream", recorder.end, False, exc)
-        raise
-    guard.guarded("instrumentation.stream", recorder.end, True)
 
 
 # --- the instrumentor class both SDK modules subclass ----------------------------------------------------------

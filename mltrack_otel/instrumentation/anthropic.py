@@ -334,13 +334,12 @@ class MessageRecorder(StreamRecorder):
 
 # --- the declaration -----------------------------------------------------------------------------------------
 
-_MESSAGES = Endpoint("chat", request, response, inputs, MessageRecorder)
+_MESSAGES = Endpoint("chat", request, response, inputs, MessageRecorder, usage_shape="anthropic")
 
 SDK = Sdk(
     module="anthropic",
     routes={"/v1/messages": _MESSAGES},
     provider_name=provider_name,
-    usage_shape="anthropic",
     instruments=("anthropic >= 0.40",),
     own_spans=own_spans,
 )

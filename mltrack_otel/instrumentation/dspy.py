@@ -344,7 +344,7 @@ class Patch:
         if messages is None and isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
         call_inputs = Inputs(chat_messages(messages)) if settings.capture_prompts and messages is not None else None
-        return Call(self.tracer, "chat", model, attributes, settings, call_inputs, "openai")
+        return Call(self.tracer, "chat", model, attributes, settings, call_inputs, "litellm")
 
     def lm_end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
         entry = self._pop(call_id)

@@ -42,8 +42,7 @@ from opentelemetry.semconv.attributes import error_attributes
 
 from .. import config, guard, semconv
 from ..content import media_part, parse_arguments, text_part
-from ..usage import attributes as usage_attributes_of
-from ..usage import count as _count
+from ..usage import read as read_usage
 from ..usage import usage_attributes
 from . import _base, _spans, when_imported
 from ._base import Call, Inputs
@@ -301,20 +300,11 @@ def usage_from_metadata(usage: Any) -> dict[str, int]:
     """GenAI usage attributes from LangChain's UsageMetadata (input_tokens already include cache)."""
     if not isinstance(usage, Mapping):
         return {}
-    tokens_in, tokens_out = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
-    if tokens_in is None or tokens_out is None:
-        if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
-            guard.record_error("usage.invalid", ValueError(f"invalid LangChain usage_metadata {usage!r}"))
+    try:
+        return read_usage(usage, "langchain", strict=True)
+    except ValueError as exc:
+        guard.record_error("usage.invalid", exc)
         return {}
-    details_in = usage.get("input_token_details") or {}
-    details_out = usage.get("output_token_details") or {}
-    return usage_attributes_of(
-        tokens_in,
-        tokens_out,
-        _count(details_in.get("cache_read")),
-        _count(details_in.get("cache_creation")),
-        _count(details_out.get("reasoning")),
-    )
 
 
 # --- the handler --------------------------------------------------------------------------------------------------
@@ -454,8 +444,8 @@ class Tracer:
         call_inputs = Inputs(inputs, None, _tool_definitions(tools)) if inputs is not None else None
         parent_run_id = kwargs.get("parent_run_id")
         context = self.span_context(parent_run_id)  # None: the current context (a root run)
-        # Usage is read from the response into attributes (_response_attributes): the shape is not used.
-        call = Call(self.tracer, operation, model, attributes, settings, call_inputs, "openai", context)
+        # _response_attributes reads the usage (usage_metadata in the "langchain" shape, else the provider's).
+        call = Call(self.tracer, operation, model, attributes, settings, call_inputs, "langchain", context)
         run = self._add("llm", call, run_id, parent_run_id, operation)
         run.provider = provider
         run.tools_bound = bool(tools)

@@ -16,15 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import budget, config, guard
+from .. import config, guard
 from ..errors import BudgetExceededError
-from ..usage import usage_attributes
+from ..usage import read as read_usage
 from . import _base
-from ._base import Call, get, provider_for_host
+from ._base import Call, provider_for_host
+from ._core import Endpoint, Request, invoke, invoke_async, start
 from .openai import (
     ChatRecorder,
     _Choice,
@@ -77,6 +76,9 @@ _DEFAULT_HOSTS: dict[str, str] = {
 }
 # LiteLLM providers that speak the OpenAI chat wire format (stream_options.include_usage is understood).
 _OPENAI_WIRE = frozenset({"openai", "azure", "text-completion-openai", "hosted_vllm", "openai_like", "custom_openai"})
+# Requests are read like OpenAI's (LiteLLM takes OpenAI's parameters); responses are LiteLLM's OpenAI-shaped objects.
+_CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, usage_shape="litellm")
+_EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response, usage_shape="litellm")
 _FUNCTIONS = (("completion", "chat", False), ("acompletion", "chat", True))
 _FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", True))
 
@@ -150,20 +152,7 @@ def resolve(model: str, custom_llm_provider: Any, api_base: Any) -> _Route:
 
 def litellm_usage_attributes(usage: Any) -> dict[str, int]:
     """GenAI usage attributes of a LiteLLM Usage (OpenAI shape; prompt_tokens include cache reads and writes)."""
-    if usage is None:
-        return {}
-    attributes = usage_attributes(usage, "openai")
-    if not attributes:
-        return attributes
-    details = get(usage, "prompt_tokens_details")
-    written = get(usage, "cache_creation_input_tokens") or get(details, "cache_creation_tokens")
-    written = written or get(details, "cache_write_tokens")
-    if type(written) is int and written > 0:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = written
-    read = attributes.get(gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS) or get(usage, "cache_read_input_tokens")
-    if type(read) is int and read > 0:
-        attributes[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = read
-    return attributes
+    return read_usage(usage, "litellm")
 
 
 # --- streams ------------------------------------------------------------------------------------------------
@@ -398,18 +387,7 @@ class Patch:
             call = self._begin(operation, args, kwargs)
             if call is None:
                 return wrapped(*args, **kwargs)
-            token = otel_context.attach(trace.set_span_in_context(call.span))
-            held = budget.hold(call.reservation) if call.reservation is not None else None
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                guard.guarded("instrumentation.litellm.error", call.fail, exc)
-                raise
-            finally:
-                if held is not None:
-                    budget.unhold(held)
-                otel_context.detach(token)
-            return self._on_result(call, operation, result, args, kwargs)
+            return self._on_result(call, operation, invoke(call, wrapped, args, kwargs), args, kwargs)
 
         return wrapper
 
@@ -418,18 +396,7 @@ class Patch:
             call = self._begin(operation, args, kwargs)
             if call is None:
                 return await wrapped(*args, **kwargs)
-            token = otel_context.attach(trace.set_span_in_context(call.span))
-            held = budget.hold(call.reservation) if call.reservation is not None else None
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                guard.guarded("instrumentation.litellm.error", call.fail, exc)
-                raise
-            finally:
-                if held is not None:
-                    budget.unhold(held)
-                otel_context.detach(token)
-            return self._on_result(call, operation, result, args, kwargs)
+            return self._on_result(call, operation, await invoke_async(call, wrapped, args, kwargs), args, kwargs)
 
         return wrapper
 
@@ -441,52 +408,35 @@ class Patch:
             settings = _base.tracking_settings()
             if settings is None:
                 return None
+            request = self._request(operation, args, kwargs, settings)
         except Exception as exc:
             guard.record_error("instrumentation.litellm.begin", exc)
             return None
         try:
-            return self._start(operation, args, kwargs, settings)
+            call = start(self.tracer, request, settings)
         except BudgetExceededError:
             raise
         except Exception as exc:
             guard.record_error("instrumentation.litellm.start", exc)
             return None
+        call.nest = True  # the provider SDK LiteLLM calls below records its span under ours: counted once
+        return call
 
-    def _start(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Call:
+    def _request(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Request:
         model = _argument(args, kwargs, 0, "model")
         model = model if isinstance(model, str) else ""
         api_base = kwargs.get("api_base") or kwargs.get("base_url")
         route = resolve(model, kwargs.get("custom_llm_provider"), api_base)
-        attributes = _base.base_attributes(operation, route.provider, route.address, route.port)
-        request_model = route.model or settings.default_model(route.provider)
-        if request_model:
-            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = request_model
-        inputs = None
-        body = dict(kwargs)
+        body = dict(kwargs)  # what the request describes: read, never sent
+        body["model"] = route.model
         if operation == "chat":
             body["messages"] = _argument(args, kwargs, 1, "messages")
+            if kwargs.get("stream") is True:
+                self._ask_stream_usage(kwargs, route, settings)
         else:
             body["input"] = _argument(args, kwargs, 1, "input")
-        # The budget's hold, as soon as the request is known; until the call holds it, a failure gives it back.
-        reservation = _base.reserve_budget(  # priced where it is served: a local model reserves no cloud price
-            "instrumentation.litellm.budget", body, request_model, route.provider, operation, route.address, route.port
-        )
-        try:
-            if operation == "chat":
-                chat_request(body, attributes)
-                if settings.capture_prompts:
-                    inputs = chat_inputs(body)
-                if kwargs.get("stream") is True:
-                    self._ask_stream_usage(kwargs, route, settings)
-            else:
-                embeddings_request(kwargs, attributes)
-            call = Call(self.tracer, operation, request_model, attributes, settings, inputs, "openai")
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
-            raise
-        call.reservation = reservation
-        return call
+        endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
+        return Request(endpoint, body, route.provider, route.address, route.port, kwargs.get("stream") is True)
 
     @staticmethod
     def _ask_stream_usage(kwargs: dict, route: _Route, settings: config.Settings) -> None:
@@ -511,12 +461,9 @@ class Patch:
                 recorder = StreamRecorder(call, False)
                 recorder.request = _stream_request(args, kwargs)
                 return recorded_stream(result, recorder)
-            if operation == "chat":
-                attributes, output, usage = chat_response(result, call.capture_out)
-            else:
-                attributes, output, usage = embeddings_response(result, call.capture_out)
-            attributes.update(litellm_usage_attributes(usage))
-            call.finish(attributes, output)
+            endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
+            attributes, output, usage = endpoint.response(result, call.capture_out)
+            call.finish(attributes, output, usage)
         except Exception as exc:
             guard.record_error("instrumentation.litellm.response", exc)
             call.finish({})

@@ -249,6 +249,12 @@ def _tool_definitions(tools: Any) -> list[Any] | None:
     return out
 
 
+def usage_shape(provider: str) -> str:
+    """The usage shape of the SDK a LlamaIndex LLM class of this provider calls (OpenAI's classes: chat or
+    Responses, told apart by the usage's own keys)."""
+    return "anthropic" if provider in ("anthropic", "aws.bedrock", "gcp.vertex_ai") else "openai.chat"
+
+
 def _usage(response: Any) -> Any:
     """Usage from a ChatResponse/CompletionResponse: the raw provider response's, else llama-index's counts."""
     raw = get(response, "raw")
@@ -425,7 +431,8 @@ class _Tracker:
             else:
                 prompt = arguments.get("prompt")
                 inputs = Inputs([{"role": "user", "parts": [text_part(prompt)]}] if prompt is not None else [])
-        call = Call(self.tracer, kind, model, attributes, settings, inputs, provider)
+        # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
+        call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(provider))
         return _Open(kind, call, id(instance))
 
     def _start_embeddings(self, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -437,7 +444,7 @@ class _Tracker:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
         texts = arguments.get("texts")
         attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
-        call = Call(self.tracer, "embeddings", model, attributes, settings, None, provider)
+        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(provider))
         return _Open("embeddings", call, id(instance))
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -558,7 +565,8 @@ class _Tracker:
                         text = get(response, "text")
                         parts = [text_part(text)] if text is not None else []
                         output = [{"role": "assistant", "parts": parts, "finish_reason": reason}]
-            if usage is not None and not usage_attributes(usage, call.usage_shape):
+            if usage is not None:  # the raw response's usage: the SDK below the LLM class decides its shape
+                attributes.update(usage_attributes(usage, "anthropic" if call.usage_shape == "anthropic" else None))
                 usage = None
         call.finish(attributes, output, usage, error)
 

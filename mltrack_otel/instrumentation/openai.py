@@ -598,7 +598,9 @@ class CompletionRecorder(ChatRecorder):
 # --- the declaration -----------------------------------------------------------------------------------------
 
 _CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, ChatRecorder, usage_option=True)
-_RESPONSES = Endpoint("chat", responses_request, responses_response, responses_inputs, ResponsesRecorder)
+_RESPONSES = Endpoint(
+    "chat", responses_request, responses_response, responses_inputs, ResponsesRecorder, usage_shape="openai.responses"
+)
 _EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response)
 _COMPLETIONS = Endpoint(
     "text_completion", completion_request, completion_response, completion_inputs, CompletionRecorder, usage_option=True
@@ -613,7 +615,6 @@ SDK = Sdk(
         "/completions": _COMPLETIONS,
     },
     provider_name=provider_name,
-    usage_shape="openai",
     instruments=("openai >= 1.40",),
 )
 
