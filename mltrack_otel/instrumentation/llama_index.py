@@ -356,10 +356,8 @@ class _Tracker:
             if current is not None and current.kind == "execute_tool" and current.instance_id == id(instance):
                 return  # FunctionTool.__call__ -> call: one tool span
         arguments = bound_args.arguments if bound_args is not None else {}
-        if kind in ("chat", "text_completion"):
-            state = self._start_llm(kind, method, instance, arguments, settings)
-        elif kind == "embeddings":
-            state = self._start_embeddings(method, instance, arguments, settings)
+        if kind in ("chat", "text_completion", "embeddings"):
+            state = self._start_model(kind, method, instance, arguments, settings)
         else:
             state = self._start_internal(kind, instance, arguments, settings)
         state.id_ = id_
@@ -407,23 +405,26 @@ class _Tracker:
 
     # -- starting spans --
 
-    def _start_llm(self, kind: str, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
-        provider = _provider(instance)
-        model = _model(instance)
-        address, port = _host(instance)
-        attributes = _base.base_attributes(kind, provider, address, port)
+    def _start_model(self, kind: str, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
+        """A model call's span: chat, text_completion or embeddings."""
+        provider, model = _provider(instance), _model(instance)
+        attributes = _base.base_attributes(kind, provider, *_host(instance))
         if model:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
-        temperature = getattr(instance, "temperature", None)
-        if type(temperature) in (int, float):
-            attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
-        max_tokens = getattr(instance, "max_tokens", None)
-        if type(max_tokens) is int:
-            attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-        if "stream" in method:
-            attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
         inputs = None
-        if settings.capture_prompts:
+        if kind == "embeddings":
+            texts = arguments.get("texts")
+            attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
+        else:
+            temperature = getattr(instance, "temperature", None)
+            if type(temperature) in (int, float):
+                attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
+            max_tokens = getattr(instance, "max_tokens", None)
+            if type(max_tokens) is int:
+                attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+            if "stream" in method:
+                attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+        if settings.capture_prompts and kind != "embeddings":
             extra = arguments.get("kwargs") or {}
             tools = _tool_definitions(extra.get("tools")) if isinstance(extra, dict) else None
             if kind == "chat":
@@ -434,18 +435,6 @@ class _Tracker:
         # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
         call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(provider))
         return _Open(kind, call, id(instance))
-
-    def _start_embeddings(self, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
-        provider = _provider(instance)
-        model = _model(instance)
-        address, port = _host(instance)
-        attributes = _base.base_attributes("embeddings", provider, address, port)
-        if model:
-            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
-        texts = arguments.get("texts")
-        attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
-        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(provider))
-        return _Open("embeddings", call, id(instance))
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
         name = type(instance).__name__
