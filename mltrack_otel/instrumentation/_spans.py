@@ -87,8 +87,8 @@ class Operation:
         self.ended = False
 
     def finish(self, outputs: Mapping[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> None:
-        """End the span once, with its outputs (content policy) and response attributes. ``error.type`` among the
-        attributes, without an exception (a tool that reported an error), marks the span ERROR."""
+        """End the span once, with its outputs (content policy) and response attributes (a dict that is updated).
+        ``error.type`` among the attributes, without an exception (a tool that reported an error), marks it ERROR."""
         self._end(outputs, attributes, None)
 
     def fail(self, error: BaseException, attributes: dict[str, Any] | None = None) -> None:
@@ -101,7 +101,7 @@ class Operation:
         self.ended = True
         span = self.span
         try:
-            attributes = dict(attributes) if attributes else {}
+            attributes = {} if attributes is None else attributes
             if outputs and self.capture_out:
                 _capture(outputs, self.settings, attributes)
             if error is not None:

@@ -552,9 +552,8 @@ class Tracer:
             parent_run_id = kwargs.get("parent_run_id")
             agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
             kind, operation = ("agent", "invoke_agent") if agent else ("chain", None)
-            self._operation(
-                kind, operation, name, run_id, kwargs, inputs={_base.OI_INPUT_VALUE: inputs}, settings=settings
-            )
+            inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
+            self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
             tags = kwargs.get("tags") or ()
             if parent_run_id is not None and any(str(t).startswith("graph:step:") for t in tags):
                 parent = self.runs.get(parent_run_id)  # a LangGraph node: its parent run is the graph
@@ -598,8 +597,8 @@ class Tracer:
             elif run.kind == "retriever":
                 documents = _documents(output) if output is not None and operation.capture_out else None
                 outputs = {gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS: documents}
-            else:
-                outputs = {_base.OI_OUTPUT_VALUE: output}
+            else:  # a chain's outputs have no GenAI attribute: OpenInference's only
+                outputs = {_base.OI_OUTPUT_VALUE: output} if operation.settings.openinference_attributes else None
             operation.finish(outputs, attributes)
         except Exception as exc:
             guard.record_error("langchain.on_run_end", exc)
