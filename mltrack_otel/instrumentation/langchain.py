@@ -603,7 +603,7 @@ class Tracer:
         except Exception as exc:
             guard.record_error("langchain.on_run_end", exc)
             if run is not None:
-                run.handle.finish()  # a no-op if it has ended
+                run.handle.finish(attributes={})  # a no-op if it has ended
 
     @staticmethod
     def _is_agent(run: _Run) -> bool:
