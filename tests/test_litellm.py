@@ -389,7 +389,7 @@ def test_abandoned_stream_ended_outer_first_counts_once(traced, sdk_below, fake_
             break
     # The order the collector may pick, made deterministic: LiteLLM's span ends first, then the SDK's stream
     # below it is closed (as its collection would, later; closing does not depend on what else holds it).
-    litellm_instrumentation._end(stream._self_recorder, False)
+    stream._self_recorder.end(False)
     stream.completion_stream.close()
     del stream, _chunk
     gc.collect()

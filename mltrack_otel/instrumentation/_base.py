@@ -463,10 +463,14 @@ class StreamRecorder:
             attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0
         self.call.finish(attributes, output, usage, error)
 
+    def complete_at_close(self) -> bool:
+        """Whether a stream closed now is complete (the provider finished every choice before the caller closed)."""
+        return False
+
     def on_close(self) -> None:
-        """The HTTP response is being closed: by the caller before the end (early stop), or by the SDK at the end."""
+        """The stream is being closed: by the caller before the end (early stop), or by the SDK at the end."""
         if not self.done and (self.suspended or not self.started):
-            self.end(complete=False)
+            self.end(complete=self.complete_at_close())
 
     def __del__(self) -> None:
         """The stream was dropped unfinished (break, then garbage collection): end the span as incomplete.

@@ -267,25 +267,34 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
         self.__wrapped__.__enter__()
         return self
 
+    # The SDK's stream is closed first: spans inside it (an SDK below a framework) end before ours, their parent.
     def __exit__(self, *exc_info: Any) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return self.__wrapped__.__exit__(*exc_info)
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     async def __aenter__(self) -> Any:
         await self.__wrapped__.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return await self.__wrapped__.__aexit__(*exc_info)
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     def close(self) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return self.__wrapped__.close()
+        try:
+            return self.__wrapped__.close()
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     async def aclose(self) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return await self.__wrapped__.aclose()
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
 
 # --- wrapping SDK methods -----------------------------------------------------------------------------------------

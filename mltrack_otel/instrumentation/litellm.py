@@ -23,7 +23,7 @@ from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from . import _base
 from ._base import Call, provider_for_host
-from ._core import Endpoint, Request, invoke, invoke_async, start
+from ._core import Endpoint, RecordedStream, Request, invoke, invoke_async, start
 from .openai import (
     ChatRecorder,
     _Choice,
@@ -180,7 +180,11 @@ def _add_texts(delta: Any, into: list[str]) -> None:
 class StreamRecorder(ChatRecorder):
     """LiteLLM stream chunks (OpenAI chunk shape); usage from the chunk or from LiteLLM's hidden params."""
 
-    __slots__ = ()
+    __slots__ = ("source",)
+
+    def __init__(self, call: Call, source: Any) -> None:
+        super().__init__(call, False)
+        self.source = source  # LiteLLM's CustomStreamWrapper: it keeps the chunks, usage-only ones it hid included
 
     def feed(self, chunk: Any) -> bool:
         if self.first_at is None:
@@ -207,127 +211,24 @@ class StreamRecorder(ChatRecorder):
                 _add_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True
 
-    def finished(self) -> bool:
+    def complete_at_close(self) -> bool:
         return bool(self.choices) and all(acc.finish for acc in self.choices.values())
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        if complete and self.usage is None:
+            guard.guarded("instrumentation.litellm.stream", self._reported_usage)
         attributes, output, usage = super().outcome(complete)
         attributes.update(litellm_usage_attributes(usage))
         return attributes, output, None
 
-
-def _end(recorder: StreamRecorder, complete: bool, error: BaseException | None = None) -> None:
-    guard.guarded("instrumentation.litellm.stream", recorder.end, complete, error)
-
-
-def _reported_usage(recorder: StreamRecorder, stream: Any) -> None:
-    """At exhaustion: the provider's own usage among the chunks LiteLLM kept (usage-only chunks it hid from the
-    caller included). Only a chunk's `usage` counts: the hidden usage LiteLLM fills in later may be an estimate."""
-    if recorder.usage is not None:
-        return
-    for chunk in reversed(getattr(stream, "chunks", None) or ()):
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            recorder.usage = usage
-            return
-
-
-def _feed(recorder: StreamRecorder, item: Any) -> None:
-    try:
-        recorder.feed(item)
-    except Exception as exc:  # recording must never cost the caller an item
-        guard.record_error("instrumentation.litellm.stream", exc)
-
-
-def _stream_proxy_class() -> type:
-    import wrapt
-
-    class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
-        """The caller's CustomStreamWrapper, recorded: same items, same attributes, same isinstance."""
-
-        def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
-            super().__init__(wrapped)
-            self._self_recorder = recorder
-            guard.finalize_deferred(self, _end, recorder, False)  # abandoned: ends (partial) when collected
-
-        def __iter__(self) -> Any:
-            return self
-
-        def __next__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = self.__wrapped__.__next__()
-            except StopIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        def __aiter__(self) -> Any:
-            return self
-
-        async def __anext__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = await self.__wrapped__.__anext__()
-            except StopAsyncIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        # The wrapped stream is closed first: spans inside it (the SDK's) must end before ours, their parent.
-        def close(self) -> Any:
-            try:
-                return self.__wrapped__.close()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def aclose(self) -> Any:
-            try:
-                return await self.__wrapped__.aclose()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        def __enter__(self) -> Any:
-            self.__wrapped__.__enter__()
-            return self
-
-        def __exit__(self, *exc_info: Any) -> Any:
-            try:
-                return self.__wrapped__.__exit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def __aenter__(self) -> Any:
-            await self.__wrapped__.__aenter__()
-            return self
-
-        async def __aexit__(self, *exc_info: Any) -> Any:
-            try:
-                return await self.__wrapped__.__aexit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-    return RecordedStream
-
-
-_proxy_class: type | None = None
-
-
-def recorded_stream(stream: Any, recorder: StreamRecorder) -> Any:
-    global _proxy_class
-    if _proxy_class is None:
-        _proxy_class = _stream_proxy_class()
-    return _proxy_class(stream, recorder)
+    def _reported_usage(self) -> None:
+        """At exhaustion: the provider's own usage among the chunks LiteLLM kept. Only a chunk's `usage` counts:
+        the hidden usage LiteLLM fills in later may be an estimate."""
+        for chunk in reversed(getattr(self.source, "chunks", None) or ()):
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = usage
+                return
 
 
 # --- the patch ----------------------------------------------------------------------------------------------
@@ -458,9 +359,9 @@ class Patch:
     def _on_result(self, call: Call, operation: str, result: Any, args: tuple, kwargs: dict) -> Any:
         try:
             if operation == "chat" and hasattr(result, "completion_stream") and hasattr(result, "chunks"):
-                recorder = StreamRecorder(call, False)
+                recorder = StreamRecorder(call, result)
                 recorder.request = _stream_request(args, kwargs)
-                return recorded_stream(result, recorder)
+                return RecordedStream(result, recorder)
             endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
             attributes, output, usage = endpoint.response(result, call.capture_out)
             call.finish(attributes, output, usage)
