@@ -1,8 +1,8 @@
 """The lifecycle of non-model GenAI spans (mltrack_otel/instrumentation/_spans.py): exactly-once ending, failures,
 the one content policy (byte budget, redaction, capture settings) and the convention's attribute names.
 
-A real TracerProvider over an in-memory exporter; the framework tests (test_langchain, test_llama_index, test_dspy)
-cover the same lifecycle through LangChain, LlamaIndex and DSPy.
+On the `harness` fixture (tests/traced.py, without the cost pipeline); the framework tests (test_langchain,
+test_llama_index, test_dspy) cover the same lifecycle through LangChain, LlamaIndex and DSPy.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mltrack_otel import config, track_llm_context
 from mltrack_otel.content import REDACTED, TRUNCATION_MARK
 from mltrack_otel.instrumentation import _spans
+from tests.traced import by_name
 
 ARGS = "gen_ai.tool.call.arguments"
 RESULT = "gen_ai.tool.call.result"
@@ -27,18 +25,13 @@ MARK_BYTES = len(TRUNCATION_MARK.encode())
 
 
 @pytest.fixture
-def exporter():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    exporter.tracer = provider.get_tracer("test")
-    yield exporter
-    provider.shutdown()
+def tracer(harness):
+    return harness.provider.get_tracer("test")
 
 
-def tool(exporter, settings=None, arguments=None, **attributes):
+def tool(tracer, settings=None, arguments=None, **attributes):
     return _spans.start(
-        exporter.tracer,
+        tracer,
         "execute_tool",
         "get_weather",
         attributes,
@@ -48,18 +41,13 @@ def tool(exporter, settings=None, arguments=None, **attributes):
     )
 
 
-def only(exporter):
-    (span,) = exporter.get_finished_spans()
-    return span
-
-
 # --- lifecycle -------------------------------------------------------------------------------------------------
 
 
-def test_tool_span_carries_the_convention_names(exporter):
-    tool(exporter, arguments={"city": "Paris"}, **{"gen_ai.tool.call.id": "call_1"}).finish({RESULT: "sunny"})
+def test_tool_span_carries_the_convention_names(tracer, harness):
+    tool(tracer, arguments={"city": "Paris"}, **{"gen_ai.tool.call.id": "call_1"}).finish({RESULT: "sunny"})
 
-    span = only(exporter)
+    span = harness.one()
     assert span.name == "execute_tool get_weather"
     assert span.kind is SpanKind.INTERNAL
     assert dict(span.attributes) == {
@@ -83,23 +71,23 @@ def test_tool_span_carries_the_convention_names(exporter):
         (None, "RunnableSequence", "RunnableSequence", None),  # a framework step with no GenAI operation
     ],
 )
-def test_each_kind_is_named_by_the_convention(exporter, operation, name, span_name, key):
-    _spans.start(exporter.tracer, operation, name, settings=config.Settings()).finish()
+def test_each_kind_is_named_by_the_convention(tracer, harness, operation, name, span_name, key):
+    _spans.start(tracer, operation, name, settings=config.Settings()).finish()
 
-    span = only(exporter)
+    span = harness.one()
     assert span.name == span_name
     assert span.attributes.get("gen_ai.operation.name") == operation
     if key is not None:
         assert span.attributes[key] == name
 
 
-def test_finish_is_exactly_once(exporter):
-    operation = tool(exporter, arguments={"city": "Paris"})
+def test_finish_is_exactly_once(tracer, harness):
+    operation = tool(tracer, arguments={"city": "Paris"})
     operation.finish({RESULT: "first"}, {"gen_ai.tool.call.id": "a"})
     operation.finish({RESULT: "second"}, {"gen_ai.tool.call.id": "b"})
     operation.fail(RuntimeError("late"))
 
-    span = only(exporter)  # one span, ended once (a second end() would log a warning and export nothing more)
+    span = harness.one()  # one span, ended once (a second end() would log a warning and export nothing more)
     assert span.attributes[RESULT] == "first"
     assert span.attributes["gen_ai.tool.call.id"] == "a"
     assert "error.type" not in span.attributes
@@ -114,12 +102,12 @@ class ProviderError(Exception):
 @pytest.mark.parametrize(
     ("error", "expected"), [(ValueError("bad city"), "ValueError"), (ProviderError("slow down"), "rate_limit_exceeded")]
 )
-def test_fail_records_error_type_and_status(exporter, error, expected):
-    operation = tool(exporter, arguments={"city": "Paris"})
+def test_fail_records_error_type_and_status(tracer, harness, error, expected):
+    operation = tool(tracer, arguments={"city": "Paris"})
     operation.fail(error)
     operation.finish({RESULT: "after the failure"})
 
-    span = only(exporter)
+    span = harness.one()
     assert span.attributes["error.type"] == expected
     assert span.status.status_code is StatusCode.ERROR
     assert [e.name for e in span.events] == ["exception"]
@@ -127,36 +115,36 @@ def test_fail_records_error_type_and_status(exporter, error, expected):
     assert RESULT not in span.attributes
 
 
-def test_fail_keeps_the_attributes_it_is_given(exporter):
-    operation = _spans.start(exporter.tracer, None, "AgentExecutor", settings=config.Settings())
+def test_fail_keeps_the_attributes_it_is_given(tracer, harness):
+    operation = _spans.start(tracer, None, "AgentExecutor", settings=config.Settings())
     operation.fail(RuntimeError("boom"), {"gen_ai.operation.name": "invoke_agent"})
 
-    span = only(exporter)
+    span = harness.one()
     assert span.attributes["gen_ai.operation.name"] == "invoke_agent"
     assert span.attributes["error.type"] == "RuntimeError"
 
 
-def test_a_reported_error_without_exception_marks_the_span_failed(exporter):
-    tool(exporter).finish({RESULT: "no such city"}, {"error.type": "tool_error"})
+def test_a_reported_error_without_exception_marks_the_span_failed(tracer, harness):
+    tool(tracer).finish({RESULT: "no such city"}, {"error.type": "tool_error"})
 
-    span = only(exporter)
+    span = harness.one()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "tool_error"
     assert span.events == ()
 
 
-def test_parent_context_and_conversation_of_the_scope(exporter):
+def test_parent_context_and_conversation_of_the_scope(tracer, harness):
     from opentelemetry import trace
 
-    parent = exporter.tracer.start_span("parent")
+    parent = tracer.start_span("parent")
     with track_llm_context("chat-session", conversation_id="conv-7"):
         child = _spans.start(
-            exporter.tracer, "retrieval", "docs", settings=config.Settings(), context=trace.set_span_in_context(parent)
+            tracer, "retrieval", "docs", settings=config.Settings(), context=trace.set_span_in_context(parent)
         )
     child.finish()
     parent.end()
 
-    span = next(s for s in exporter.get_finished_spans() if s.name == "retrieval docs")
+    span = next(s for s in harness.spans() if s.name == "retrieval docs")
     assert span.parent.span_id == parent.get_span_context().span_id
     assert span.attributes["gen_ai.conversation.id"] == "conv-7"
 
@@ -173,48 +161,48 @@ def test_parent_context_and_conversation_of_the_scope(exporter):
         ("x" * 1000, "x" * (BUDGET - MARK_BYTES)),
     ],
 )
-def test_text_is_cut_in_bytes_not_characters(exporter, text, kept):
+def test_text_is_cut_in_bytes_not_characters(tracer, harness, text, kept):
     settings = config.Settings(content_max_bytes=BUDGET)
-    tool(exporter, settings, arguments=text).finish({RESULT: text})
+    tool(tracer, settings, arguments=text).finish({RESULT: text})
 
-    span = only(exporter)
+    span = harness.one()
     for key in (ARGS, RESULT):
         assert span.attributes[key] == kept + TRUNCATION_MARK
         assert len(span.attributes[key].encode()) <= BUDGET
     assert span.attributes[TRUNCATED] is True
 
 
-def test_multibyte_text_within_the_budget_in_bytes_is_kept_whole(exporter):
+def test_multibyte_text_within_the_budget_in_bytes_is_kept_whole(tracer, harness):
     settings = config.Settings(content_max_bytes=BUDGET)
     text = "é" * (BUDGET // 2)  # exactly the budget in bytes, half of it in characters
-    tool(exporter, settings, arguments=text).finish({RESULT: text + "a"})  # one byte over
+    tool(tracer, settings, arguments=text).finish({RESULT: text + "a"})  # one byte over
 
-    span = only(exporter)
+    span = harness.one()
     assert span.attributes[ARGS] == text
     assert span.attributes[RESULT].endswith(TRUNCATION_MARK)
     assert span.attributes[TRUNCATED] is True
 
 
-def test_json_values_and_lists_stay_valid_json_within_the_budget(exporter):
+def test_json_values_and_lists_stay_valid_json_within_the_budget(tracer, harness):
     settings = config.Settings(content_max_bytes=BUDGET)
     documents = [{"id": str(i), "content": "ü" * 100, "score": i / 10} for i in range(5)]
     operation = _spans.start(
-        exporter.tracer, "retrieval", "docs", None, {"gen_ai.retrieval.query.text": "où"}, settings=settings
+        tracer, "retrieval", "docs", None, {"gen_ai.retrieval.query.text": "où"}, settings=settings
     )
     operation.finish({"gen_ai.retrieval.documents": documents})
 
-    spans = {s.name: s for s in exporter.get_finished_spans()}
+    spans = by_name(harness.exporter)
     kept = json.loads(spans["retrieval docs"].attributes["gen_ai.retrieval.documents"])
     assert kept == documents[-len(kept) :] and 0 < len(kept) < len(documents)  # the oldest are dropped whole
     assert len(spans["retrieval docs"].attributes["gen_ai.retrieval.documents"].encode()) <= BUDGET
     assert spans["retrieval docs"].attributes["gen_ai.retrieval.query.text"] == "où"
 
 
-def test_tool_arguments_as_json_are_cut_inside_their_strings(exporter):
+def test_tool_arguments_as_json_are_cut_inside_their_strings(tracer, harness):
     settings = config.Settings(content_max_bytes=BUDGET)
-    tool(exporter, settings, arguments={"city": "Zürich " * 100, "units": "metric"}).finish()
+    tool(tracer, settings, arguments={"city": "Zürich " * 100, "units": "metric"}).finish()
 
-    span = only(exporter)
+    span = harness.one()
     arguments = json.loads(span.attributes[ARGS])
     assert len(span.attributes[ARGS].encode()) <= BUDGET
     assert arguments["units"] == "metric"
@@ -222,62 +210,60 @@ def test_tool_arguments_as_json_are_cut_inside_their_strings(exporter):
     assert span.attributes[TRUNCATED] is True
 
 
-def test_capture_off_records_no_content(exporter):
+def test_capture_off_records_no_content(tracer, harness):
     settings = config.Settings(llm_log_prompts=False, llm_log_responses=False, openinference_attributes=True)
-    operation = tool(exporter, settings, arguments={"city": "secret-city"})
+    operation = tool(tracer, settings, arguments={"city": "secret-city"})
     assert operation.capture_out is False
     operation.finish({RESULT: "secret-result", "output.value": "secret-output"})
-    agent = _spans.start(
-        exporter.tracer, "invoke_agent", "Planner", None, {"input.value": "secret-input"}, settings=settings
-    )
+    agent = _spans.start(tracer, "invoke_agent", "Planner", None, {"input.value": "secret-input"}, settings=settings)
     agent.finish({"gen_ai.output.messages": [{"role": "assistant", "parts": []}]})
 
-    for span in exporter.get_finished_spans():
+    for span in harness.spans():
         text = repr(dict(span.attributes))
         assert "secret" not in text
         assert TRUNCATED not in span.attributes
         assert not {ARGS, RESULT, "input.value", "output.value", "gen_ai.output.messages"} & set(span.attributes)
-    names = {s.name: s for s in exporter.get_finished_spans()}
+    names = by_name(harness.exporter)
     assert names["execute_tool get_weather"].attributes["gen_ai.tool.name"] == "get_weather"  # metadata stays
     assert names["invoke_agent Planner"].attributes["openinference.span.kind"] == "AGENT"
 
 
-def test_prompts_only(exporter):
+def test_prompts_only(tracer, harness):
     settings = config.Settings(llm_log_responses=False)
-    tool(exporter, settings, arguments={"city": "Paris"}).finish({RESULT: "sunny"})
+    tool(tracer, settings, arguments={"city": "Paris"}).finish({RESULT: "sunny"})
 
-    span = only(exporter)
+    span = harness.one()
     assert json.loads(span.attributes[ARGS]) == {"city": "Paris"}
     assert RESULT not in span.attributes
 
 
-def test_redaction_applies_to_text_and_json_keys_and_values(exporter):
+def test_redaction_applies_to_text_and_json_keys_and_values(tracer, harness):
     settings = config.Settings(redact_patterns=(r"sk-[A-Za-z0-9]{8,}",))
     secret = "sk-ABCDEFGH1234"
-    tool(exporter, settings, arguments={"name": secret, secret: 1}).finish({RESULT: f"key {secret} used"})
+    tool(tracer, settings, arguments={"name": secret, secret: 1}).finish({RESULT: f"key {secret} used"})
 
-    span = only(exporter)
+    span = harness.one()
     assert secret not in repr(dict(span.attributes))
     assert json.loads(span.attributes[ARGS]) == {"name": REDACTED, REDACTED: 1}
     assert span.attributes[RESULT] == f"key {REDACTED} used"
 
 
-def test_failure_message_is_redacted(exporter):
+def test_failure_message_is_redacted(tracer, harness):
     settings = config.Settings(redact_patterns=(r"sk-[A-Za-z0-9]{8,}",))
-    tool(exporter, settings).fail(RuntimeError("bad key sk-ABCDEFGH1234"))
+    tool(tracer, settings).fail(RuntimeError("bad key sk-ABCDEFGH1234"))
 
-    span = only(exporter)
+    span = harness.one()
     assert "sk-ABCDEFGH1234" not in repr(span.events[0].attributes) + span.status.description
 
 
-def test_openinference_values_only_when_on(exporter):
+def test_openinference_values_only_when_on(tracer, harness):
     inputs = {"input.value": {"question": "why?"}}
     for oi in (False, True):
         settings = config.Settings(openinference_attributes=oi)
-        operation = _spans.start(exporter.tracer, None, f"chain-{oi}", None, inputs, settings=settings)
+        operation = _spans.start(tracer, None, f"chain-{oi}", None, inputs, settings=settings)
         operation.finish({"output.value": "because"})
 
-    spans = {s.name: s.attributes for s in exporter.get_finished_spans()}
+    spans = {s.name: s.attributes for s in harness.spans()}
     assert not {"input.value", "output.value", "openinference.span.kind"} & set(spans["chain-False"])
     on = spans["chain-True"]
     assert json.loads(on["input.value"]) == {"question": "why?"}

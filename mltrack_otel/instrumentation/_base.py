@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -22,9 +21,11 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, estimate, guard, hosts, ledger, semconv
+from .. import budget, config, content, estimate, guard, ledger, semconv
 from ..errors import BudgetExceededError
 from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
+from ..providers import for_client as provider_for_client  # noqa: F401  (openai.py, anthropic.py import it here)
+from ..providers import for_host as provider_for_host  # noqa: F401  (tests/test_hosts.py imports it here)
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
 from ..usage import read as read_usage
@@ -66,79 +67,6 @@ FINISH_REASONS = {
     "refusal": "content_filter",
 }
 UNFINISHED = "incomplete"  # output of a stream that stopped before the provider finished it
-
-# genai-prices provider ids -> the names the GenAI convention gives them (gen_ai.provider.name); an id missing here
-# is used as it is (together, fireworks, cerebras, openrouter...). Pricing maps them back (BUILTIN_PROVIDER_ALIASES).
-CONVENTION_NAMES: Mapping[str, str] = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "aws": "aws.bedrock",
-    "azure": "azure.ai.openai",
-    "google": "gcp.gen_ai",
-    "mistral": "mistral_ai",
-    "groq": "groq",
-    "deepseek": "deepseek",
-    "perplexity": "perplexity",
-    "x-ai": "x_ai",
-    "cohere": "cohere",
-}
-# Hosts the convention names more finely than genai-prices' API patterns, or that genai-prices does not know:
-# tried first. Every other API host is named from genai-prices' bundled provider data (`api_pattern`).
-HOST_PROVIDERS: tuple[tuple[str, str], ...] = (
-    ("generativelanguage.googleapis.com", "gcp.gemini"),
-    ("*aiplatform.googleapis.com", "gcp.vertex_ai"),
-    ("*.services.ai.azure.com", "azure.ai.inference"),
-    ("*.models.ai.azure.com", "azure.ai.inference"),
-    ("*.inference.ai.azure.com", "azure.ai.inference"),
-    ("bedrock-runtime-fips.*.amazonaws.com", "aws.bedrock"),
-    ("*.ml.cloud.ibm.com", "ibm.watsonx.ai"),
-)
-# Servers on this machine or a private network, by the default port they listen on: a name for what is served
-# there (no convention name exists). Other local servers (vLLM's 8000 is too common a port) keep the SDK's name.
-LOCAL_SERVER_PORTS: Mapping[int, str] = {11434: "ollama", 1234: "lm_studio"}
-_host_cache: dict[tuple[str, int | None, str], str | None] = {}
-
-
-def provider_for_host(host: str, port: int | None = None, path: str = "") -> str | None:
-    """The gen_ai.provider.name of an API host (None when unknown): the convention's name for a provider
-    genai-prices knows by its URL, else genai-prices' id; a local server by its default port. Memoised (per call)."""
-    key = (host, port, path)
-    try:
-        return _host_cache[key]
-    except KeyError:
-        pass
-    name = _name_host(host.strip().lower().rstrip("."), port, path)
-    if len(_host_cache) < 1024:
-        _host_cache[key] = name
-    return name
-
-
-def provider_for_client(client: Any, host: str) -> str | None:
-    """provider_for_host with the port and path of a Stainless SDK client's base_url (an httpx.URL)."""
-    url = getattr(client, "base_url", None)
-    port = getattr(url, "port", None)
-    path = getattr(url, "path", None)
-    return provider_for_host(host, port if type(port) is int else None, path if isinstance(path, str) else "")
-
-
-def _name_host(host: str, port: int | None, path: str) -> str | None:
-    if hosts.is_local(host):  # never matched against cloud URLs, and genai-prices is not imported for it
-        return LOCAL_SERVER_PORTS.get(port) if port is not None else None
-    name = next((p for pattern, p in HOST_PROVIDERS if fnmatch.fnmatchcase(host, pattern)), None)
-    if name is not None:
-        return name
-    from genai_prices.data import providers  # the bundled table; ~0.2 s once, which pricing pays anyway
-
-    origin = f"https://{host}"
-    url = origin + (path if path.startswith("/") else "/" + path)
-    for provider in providers:
-        found = re.match(provider.api_pattern, url)
-        # The pattern must name the whole host (api.openai.com, not api.openai.com.example.org) unless it
-        # ends on a dot to take any domain (api.moonshot. for .ai and .cn).
-        if found is not None and (found.end() >= len(origin) or url[found.end() - 1] == "."):
-            return CONVENTION_NAMES.get(provider.id, provider.id)
-    return None
-
 
 _match_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
 
@@ -620,13 +548,13 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
         return self.dependencies
 
     @classmethod
-    def _the_patch(cls) -> Any:
+    def the_patch(cls) -> Any:
         if cls.__dict__.get("_patch") is None:
             cls._patch = cls.patch_factory()
         return cls._patch
 
     def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
+        patch = self.the_patch()
         tracer_provider = kwargs.get("tracer_provider")
         self.set_tracer_provider(tracer_provider)
         patch.active = True
@@ -642,11 +570,11 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         when_imported(self.module, None, owner=type(self).__name__)  # forget a pending hook
-        self._the_patch().remove()
+        self.the_patch().remove()
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        self._the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
+        self.the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
 
 
 def record_failure(span: Any, error: BaseException) -> None:

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
-from .. import config, guard
+from .. import config, guard, providers
 from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from . import _base
-from ._base import Call, provider_for_host
+from ._base import Call
 from ._core import Endpoint, RecordedStream, Request, invoke, invoke_async, start
 from .openai import (
     ChatRecorder,
-    _Choice,
+    StreamedChoice,
     add_delta_texts,
     chat_inputs,
     chat_request,
@@ -35,34 +35,7 @@ from .openai import (
     embeddings_response,
 )
 
-# LiteLLM provider names -> gen_ai.provider.name (anything else keeps LiteLLM's name).
-PROVIDERS: dict[str, str] = {
-    "openai": "openai",
-    "text-completion-openai": "openai",
-    "chatgpt": "openai",
-    "azure": "azure.ai.openai",
-    "azure_text": "azure.ai.openai",
-    "azure_ai": "azure.ai.inference",
-    "anthropic": "anthropic",
-    "anthropic_text": "anthropic",
-    "bedrock": "aws.bedrock",
-    "bedrock_converse": "aws.bedrock",
-    "bedrock_mantle": "aws.bedrock",
-    "vertex_ai": "gcp.vertex_ai",
-    "vertex_ai_beta": "gcp.vertex_ai",
-    "gemini": "gcp.gemini",
-    "mistral": "mistral_ai",
-    "codestral": "mistral_ai",
-    "text-completion-codestral": "mistral_ai",
-    "groq": "groq",
-    "cohere": "cohere",
-    "cohere_chat": "cohere",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "perplexity": "perplexity",
-    "watsonx": "ibm.watsonx.ai",
-    "watsonx_text": "ibm.watsonx.ai",
-}
+_PROVIDERS = providers.framework_names("litellm")  # the LiteLLM provider names the registry knows
 # Where a provider's API lives when the call names no api_base (server.address / port).
 _DEFAULT_HOSTS: dict[str, str] = {
     "openai": "api.openai.com",
@@ -86,10 +59,10 @@ _FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", 
 def otel_provider(litellm_provider: str | None, host: str | None) -> str:
     """gen_ai.provider.name for a LiteLLM provider (an OpenAI-compatible known host names its own provider)."""
     if not litellm_provider:
-        return (provider_for_host(host) if host else None) or "unknown"
-    name = PROVIDERS.get(litellm_provider, litellm_provider)
+        return (providers.for_host(host) if host else None) or "unknown"
+    name = providers.convention_name(litellm_provider) or litellm_provider
     if name == "openai" and host:
-        return provider_for_host(host) or name
+        return providers.for_host(host) or name
     return name
 
 
@@ -99,7 +72,7 @@ def split_model(model: str) -> tuple[str | None, str]:
     Pure string work (no litellm import), for frameworks such as DSPy that carry LiteLLM model strings.
     """
     prefix, sep, rest = model.partition("/")
-    if sep and (prefix in PROVIDERS or prefix in _OPENAI_WIRE or prefix in _DEFAULT_HOSTS):
+    if sep and (prefix in _PROVIDERS or prefix in _OPENAI_WIRE or prefix in _DEFAULT_HOSTS):
         return prefix, rest
     return None, model
 
@@ -202,11 +175,11 @@ class StreamRecorder(ChatRecorder):
         for choice in getattr(chunk, "choices", None) or ():
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = _Choice()
+                acc = self.choices[choice.index] = StreamedChoice()
             if choice.finish_reason is not None:
                 acc.finish = choice.finish_reason
             if self.capture:
-                self._capture(choice, acc)
+                self.add_deltas(choice, acc)
             else:
                 _add_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True
