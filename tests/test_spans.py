@@ -97,6 +97,7 @@ def test_finish_is_exactly_once(tracer, harness):
 
 class ProviderError(Exception):
     code = "rate_limit_exceeded"
+    status_code = 429
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,7 @@ def test_fail_records_error_type_and_status(tracer, harness, error, expected):
     assert span.status.status_code is StatusCode.ERROR
     assert [e.name for e in span.events] == ["exception"]
     assert span.events[0].attributes["exception.message"] == str(error)
+    assert span.attributes.get("http.response.status_code") == getattr(error, "status_code", None)
     assert RESULT not in span.attributes
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.semconv.attributes import error_attributes, http_attributes
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import config, content, guard, ledger, semconv
@@ -106,6 +106,8 @@ class Operation:
                 _capture(outputs, self.settings, attributes)
             if error is not None:
                 attributes[error_attributes.ERROR_TYPE] = error_type(error)
+                if isinstance(status := getattr(error, "status_code", None), int):  # an HTTP error from below
+                    attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status
             if attributes:
                 span.set_attributes(attributes)
             if error is not None:
