@@ -22,8 +22,8 @@ from opentelemetry.semconv.attributes import server_attributes
 from mltrack_otel import config, guard, hosts, semconv
 from mltrack_otel.errors import ConfigError
 from mltrack_otel.instrumentation import instrument, uninstrument
-from mltrack_otel.instrumentation._base import provider_for_host
 from mltrack_otel.pricing import PriceOverride, Pricer, Usage, override_key
+from mltrack_otel.providers import for_host as provider_for_host
 from mltrack_otel.testing.fake_provider import FakeProvider
 from tests.traced import Traced
 

@@ -24,8 +24,6 @@ from opentelemetry.trace import SpanKind
 from .. import budget, config, content, estimate, guard, ledger, semconv
 from ..errors import BudgetExceededError
 from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
-from ..providers import for_client as provider_for_client  # noqa: F401  (openai.py, anthropic.py import it here)
-from ..providers import for_host as provider_for_host  # noqa: F401  (tests/test_hosts.py imports it here)
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from ..usage import attributes as usage_attributes_of
 from ..usage import read as read_usage
@@ -90,19 +88,35 @@ def seq(value: Any) -> list[Any] | tuple[Any, ...]:
 
 
 def error_type(exc: BaseException) -> str:
-    """error.type: the provider's error code when it sent one, else the exception class."""
+    """error.type: the provider's error code or status when it sent one, else the exception class."""
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code:
         return code
     body = getattr(exc, "body", None)
+    if isinstance(body, str) and body[:1] == "{" and len(body) <= 65536:  # mistralai keeps the JSON body as text
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            body = None
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         kind = inner.get("code") or inner.get("type") if isinstance(inner, Mapping) else None
         if isinstance(kind, str) and kind and kind != "error":
             return kind
+    status = getattr(exc, "status", None)  # google-genai's APIError: RESOURCE_EXHAUSTED, NOT_FOUND...
+    if isinstance(status, str) and status:
+        return status
     cls = type(exc)
     module = cls.__module__.split(".", 1)[0]
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an SDK error carries (status_code; google-genai's int `code`), if it is one."""
+    status = getattr(exc, "status_code", None)
+    if status is None and isinstance(getattr(exc, "status", None), str):
+        status = getattr(exc, "code", None)
+    return status if type(status) is int and 100 <= status <= 599 else None
 
 
 class Inputs:
@@ -225,8 +239,8 @@ class Call:
 
 def _describe_error(error: BaseException, attributes: dict[str, Any]) -> None:
     attributes[error_attributes.ERROR_TYPE] = error_type(error)
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
+    status = http_status(error)
+    if status is not None:
         attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status
 
 

@@ -63,6 +63,7 @@ class Request(NamedTuple):
     address: str | None = None
     port: int | None = None
     stream: bool = False  # the call returns a stream
+    nest: bool = False  # the SDK records a span of its own for the call: ours is made current so it nests under it
 
 
 class Method(NamedTuple):
@@ -348,12 +349,14 @@ class MethodPatch:
             guard.record_error("instrumentation.begin", exc)
             return None
         try:
-            return start(self.tracer, request, settings), request
+            call = start(self.tracer, request, settings)
         except BudgetExceededError:
             raise
         except Exception as exc:
             guard.record_error("instrumentation.start", exc)
             return None
+        call.nest = request.nest
+        return call, request
 
     def _result(self, method: Method, call: Call, request: Request, result: Any) -> Any:
         """The result to hand back: the response read and the span ended, or the stream wrapped to record it."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from .. import providers
 from ..content import media_part, parse_arguments, text_part
 from ._base import (
     UNFINISHED,
@@ -20,7 +21,6 @@ from ._base import (
     copy_params,
     finish_reason,
     get,
-    provider_for_client,
     seq,
     stop_sequences,
 )
@@ -41,7 +41,7 @@ def provider_name(client: Any, host: str | None) -> str:
     """azure.ai.openai for Azure clients, the provider of an OpenAI-compatible host, else openai."""
     if "Azure" in type(client).__name__:
         return "azure.ai.openai"
-    return (provider_for_client(client, host) if host else None) or "openai"
+    return (providers.for_client(client, host) if host else None) or "openai"
 
 
 # --- content: OpenAI message shapes -> GenAI messages -------------------------------------------------------
