@@ -165,6 +165,7 @@ class Call:
         settings: config.Settings,
         inputs: Inputs | None,
         usage_shape: str,
+        context: otel_context.Context | None = None,  # the parent; the current context when None
     ) -> None:
         self.max_bytes = settings.content_max_bytes
         self.redactor = settings.redactor
@@ -180,7 +181,7 @@ class Call:
         if self.oi:
             self._add_openinference_start(operation, model, attributes)
         name = f"{operation} {model}" if model else operation
-        self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        self.span = tracer.start_span(name, context=context, kind=SpanKind.CLIENT, attributes=attributes)
         self.t0 = time.perf_counter()
 
     def _encode(self, items: list[Any], key: str, attributes: dict[str, Any]) -> None:
