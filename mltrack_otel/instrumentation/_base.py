@@ -348,6 +348,7 @@ class StreamRecorder:
         "done",
         "first_at",
         "hide_usage",
+        "lazy",
         "release",
         "request",
         "seen",
@@ -360,6 +361,7 @@ class StreamRecorder:
         self.capture = call.capture_out
         self.hide_usage = hide_usage  # we asked for usage the caller did not: keep the usage-only chunk from them
         self.done = False
+        self.lazy = False  # the request goes out on the first read (a generator method): unread, it was never sent
         self.started = False  # the caller began iterating
         self.suspended = False  # the caller holds an item (we are parked at a yield)
         self.first_at: float | None = None
@@ -407,12 +409,16 @@ class StreamRecorder:
         except Exception as exc:
             guard.record_error("instrumentation.stream", exc)
             attributes, output, usage = {}, None, None
-        if usage is None and not self.call.ended and not _has_usage(attributes):  # sent, so counted: estimated
+        if usage is None and not self.call.ended and not _has_usage(attributes) and self.sent():  # counted: estimated
             attributes.update(guard.guarded("instrumentation.estimate", self.estimate, default=_ABSENT) or _ABSENT)
         attributes[semconv.MLTRACK_STREAM_COMPLETE] = complete
         if self.first_at is not None:
             attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0
         self.call.finish(attributes, output, usage, error)
+
+    def sent(self) -> bool:
+        """Whether the provider may bill the call: a lazy stream that returned nothing was never sent, or refused."""
+        return not self.lazy or self.first_at is not None
 
     def complete_at_close(self) -> bool:
         """Whether a stream closed now is complete (the provider finished every choice before the caller closed)."""

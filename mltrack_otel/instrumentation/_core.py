@@ -326,7 +326,11 @@ class MethodPatch:
             if cls is None or attribute not in cls.__dict__:
                 continue
             original = cls.__dict__[attribute]
-            wrapper = self._async_wrapper(method) if inspect.iscoroutinefunction(original) else self._wrapper(method)
+            lazy = inspect.isgeneratorfunction(original) or inspect.isasyncgenfunction(original)
+            if inspect.iscoroutinefunction(original):
+                wrapper = self._async_wrapper(method)
+            else:
+                wrapper = self._wrapper(method, lazy)
             wrapt.wrap_function_wrapper(cls, attribute, wrapper)
             self.originals.append((cls, attribute, original))
 
@@ -360,7 +364,7 @@ class MethodPatch:
         call.nest = request.nest
         return call, request
 
-    def _result(self, method: Method, call: Call, request: Request, result: Any) -> Any:
+    def _result(self, method: Method, call: Call, request: Request, result: Any, lazy: bool = False) -> Any:
         """The result to hand back: the response read and the span ended, or the stream wrapped to record it."""
         if not request.stream:
             try:
@@ -373,6 +377,7 @@ class MethodPatch:
             if recorder is None:
                 call.finish({})
                 return result
+            recorder.lazy = recorder.lazy or lazy
 
             def wrap(stream: Any) -> Any:
                 return RecordedStream(stream, recorder)
@@ -382,13 +387,15 @@ class MethodPatch:
             finish_safely(call, exc)
             return result
 
-    def _wrapper(self, method: Method) -> Callable[..., Any]:
+    def _wrapper(self, method: Method, lazy: bool) -> Callable[..., Any]:
+        """A sync method's wrapper; `lazy`: it is a generator function, whose request goes out on the first read."""
+
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             begun = self._begin(method, instance, args, kwargs)
             if begun is None:
                 return wrapped(*args, **kwargs)
             call, request = begun
-            return self._result(method, call, request, invoke(call, wrapped, args, kwargs))
+            return self._result(method, call, request, invoke(call, wrapped, args, kwargs), lazy)
 
         return wrapper
 
