@@ -127,6 +127,31 @@ def start(
     return call
 
 
+def begin(
+    tracer: trace.Tracer, describe: Callable[[config.Settings], Request | None], where: str = "instrumentation"
+) -> tuple[Call, Request] | None:
+    """Start a call's span, or None to let the call pass untouched: tracking off or suppressed, not a model call
+    (`describe` returns None), or a failure of ours (recorded under `where`). Raises only BudgetExceededError,
+    before anything is sent."""
+    try:
+        settings = _base.tracking_settings()
+        request = describe(settings) if settings is not None else None
+        if request is None:
+            return None
+    except Exception as exc:
+        guard.record_error(f"{where}.begin", exc)
+        return None
+    try:
+        call = start(tracer, request, settings)
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error(f"{where}.start", exc)
+        return None
+    call.nest = request.nest
+    return call, request
+
+
 def new_recorder(call: Call, request: Request, hide_usage: bool = False) -> StreamRecorder | None:
     """The stream recorder of a streamed call (None: its endpoint records no streams; the span covers the request)."""
     if request.endpoint.recorder is None:
@@ -346,23 +371,7 @@ class MethodPatch:
     def _begin(self, method: Method, instance: Any, args: tuple, kwargs: dict) -> tuple[Call, Request] | None:
         if not self.active:
             return None
-        try:
-            settings = _base.tracking_settings()
-            request = method.route(instance, args, kwargs) if settings is not None else None
-            if request is None:
-                return None
-        except Exception as exc:
-            guard.record_error("instrumentation.begin", exc)
-            return None
-        try:
-            call = start(self.tracer, request, settings)
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.start", exc)
-            return None
-        call.nest = request.nest
-        return call, request
+        return begin(self.tracer, lambda settings: method.route(instance, args, kwargs))
 
     def _result(self, method: Method, call: Call, request: Request, result: Any, lazy: bool = False) -> Any:
         """The result to hand back: the response read and the span ended, or the stream wrapped to record it."""
