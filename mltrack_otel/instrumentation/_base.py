@@ -21,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, estimate, guard, ledger, semconv
+from .. import budget, call_context, config, content, estimate, guard, ledger, semconv
 from ..errors import BudgetExceededError
 from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
@@ -498,10 +498,10 @@ def stop_sequences(value: Any) -> tuple[str, ...] | None:
 
 
 def base_attributes(operation: str, provider: str, address: str | None, port: int | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        gen_ai.GEN_AI_OPERATION_NAME: operation,
-        gen_ai.GEN_AI_PROVIDER_NAME: provider,
-    }
+    extra = call_context.current()  # attribution and prompt identity set around the call (call_context.attached)
+    attributes: dict[str, Any] = {**extra} if extra else {}
+    attributes[gen_ai.GEN_AI_OPERATION_NAME] = operation
+    attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider
     if address:
         attributes[server_attributes.SERVER_ADDRESS] = address
         if port:
