@@ -10,7 +10,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .venv/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv
-	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[providers,mlflow,grpc,dev]'
+	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[providers,mlflow,grpc,plot,dev]'
 	touch $@
 
 # Arize Phoenix, a real OTLP receiver for the export tests; its own venv so its dependencies never mix with ours.

@@ -99,6 +99,7 @@ def _report(args: argparse.Namespace) -> int:
         by=args.by,
         fmt=args.format,
         timeout_seconds=args.timeout,
+        plot=args.plot,
     )
 
 
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_seconds,
         default=None,
         help="seconds to wait for an MLflow server's answer (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10)",
+    )
+    report.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="also draw cost over time, stacked by the --by key, into this image (needs mltrack-otel[plot])",
     )
     report.set_defaults(run=_report)
     return parser

@@ -1,5 +1,7 @@
 """`mltrack-otel demo`: a scripted multi-turn session through the real openai and anthropic SDKs against the bundled
-offline fake provider, exported to an embedded MLflow store, then read back and printed as a cost table.
+offline fake provider, exported to an embedded MLflow store, then read back and printed as a cost table; then the
+same support conversations under two versions of a prompt, compared per version, and a picture of the cost over time
+(mltrack-cost.png, when matplotlib is installed: the `plot` extra).
 
 No API key and no network: the fake provider listens on 127.0.0.1 and the keys below are placeholders.
 """
@@ -18,6 +20,20 @@ QUESTIONS = [
     "How would I measure the savings in production?",
 ]
 SYSTEM = "You are a concise assistant for an observability team."
+# Two versions of one prompt: v2 adds worked examples to the system prompt, so every call sends more tokens.
+PROMPT_NAME = "support-answer"
+PROMPT_VERSIONS = {
+    "v1": "You are a concise assistant for an observability team. Answer {question}",
+    "v2": (
+        "You are a concise assistant for an observability team. Answer with one concrete step the team can take, "
+        "then the metric that shows it worked. Example: Q: Why did our bill double? A: Group yesterday's cost by "
+        "model; the metric is USD per model per day. Example: Q: Is caching worth it? A: Compare cached and "
+        "uncached input tokens per call; the metric is the cache-read share. Now answer {question}"
+    ),
+}
+CONVERSATIONS_PER_VERSION = 4
+PLOT_PATH = "mltrack-cost.png"
+COMPARE_PLOT_PATH = "mltrack-compare.png"
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Current weather for a city",
@@ -61,6 +77,26 @@ def _session(openai_client, anthropic_client) -> None:
         openai_client.embeddings.create(model="text-embedding-3-small", input=QUESTIONS)
 
 
+def _prompt_versions(openai_client) -> None:
+    """The support conversations once per prompt version: the calls carry the prompt's name and version."""
+    import mltrack_otel
+    from mltrack_otel import call_context
+
+    for version, template in PROMPT_VERSIONS.items():
+        for n in range(CONVERSATIONS_PER_VERSION):
+            conversation = f"demo-{version}-{n + 1}"
+            identity = {"gen_ai.prompt.name": PROMPT_NAME, "gen_ai.prompt.version": version}
+            with (
+                mltrack_otel.track_llm_context(PROMPT_NAME, conversation_id=conversation),
+                call_context.attached(identity),
+            ):
+                messages: list[dict[str, str]] = []
+                for question in QUESTIONS[: n % len(QUESTIONS) + 1]:  # conversations of 1, 2, 3 and 1 turns
+                    messages.append({"role": "user", "content": template.format(question=question)})
+                    reply = openai_client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+                    messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+
+
 def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-demo") -> int:
     import anthropic
     import mlflow  # imported here so its logger exists and its schema-creation INFO lines can be quietened
@@ -80,18 +116,21 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
             exporters=["mlflow"],
             mlflow_tracking_uri=uri,
             mlflow_experiment_name=experiment,
+            shutdown_timeout_seconds=120,  # the demo reads back every span: wait for MLflow to create its store
             cloud_hosts=[fake.host],  # the fake on loopback stands for the cloud APIs it imitates: price it so
         )
         mltrack_otel.instrument(["openai", "anthropic"])
         openai_client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-demo-placeholder")
         anthropic_client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-demo-placeholder")
         _session(openai_client, anthropic_client)
+        _prompt_versions(openai_client)
         mltrack_otel.shutdown()  # flush every span to MLflow before reading them back
 
     from datetime import datetime
 
     since = datetime.fromtimestamp(session_start - 1, tz=UTC)
-    calls = list(counted_calls(read_spans(uri, experiment, since)))
+    spans = list(read_spans(uri, experiment, since))
+    calls = list(counted_calls(spans))
     live = mltrack_otel.totals()
     stored_cost = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
     print(f"\nmltrack-otel demo: {live.calls} model calls, read back from MLflow ({uri})\n")
@@ -99,10 +138,68 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     # Span attributes carry float USD; a billionth of a dollar is far below any price's precision.
     same = abs(stored_cost - live.cost_usd) < Decimal("1e-9") and len(calls) == live.calls
     match = "matches" if same else "DIFFERS FROM"
+    print(f"\nPrompt {PROMPT_NAME!r}, version v1 against v2 (read back from MLflow):\n")
+    print(compare_table(spans))
     print(f"\nMLflow total ${stored_cost:.6f} {match} the live ledger total ${live.cost_usd:.6f}")
+    print(_draw(calls, variant_records(spans)))
     print(f"finished in {time.perf_counter() - started:.1f} s")
     print(f"\nBrowse the traces:  {browse_hint(uri)}")
     return 0 if match == "matches" else 1
+
+
+def variant_records(spans, key: str = "gen_ai.prompt.version") -> list[dict]:
+    """Per counted call: its variant (the value of `key`), cost (None when unknown) and latency in seconds.
+    Stand-in for mltrack_otel.compare's reader until it lands on main (then: use compare's records and table)."""
+    from mltrack_otel import semconv
+
+    records = []
+    for span in spans:
+        attrs = span.attributes or {}
+        if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True or attrs.get(key) is None:
+            continue
+        cost = attrs.get(semconv.LLM_COST_TOTAL)
+        records.append(
+            {
+                "variant": str(attrs[key]),
+                "cost_usd": Decimal(str(cost)) if cost is not None else None,
+                "latency_s": ((span.end_time_ns or 0) - (span.start_time_ns or 0)) / 1e9,
+            }
+        )
+    return records
+
+
+def compare_table(spans) -> str:
+    records = variant_records(spans)
+    lines = [f"{'version':<8} {'calls':>5} {'USD/call mean':>14} {'p50':>12} {'p95':>12} {'latency p50':>12}"]
+    lines.append("-" * len(lines[0]))
+    for variant in sorted({r["variant"] for r in records}):
+        mine = [r for r in records if r["variant"] == variant]
+        costs = sorted(float(r["cost_usd"]) for r in mine if r["cost_usd"] is not None)
+        latencies = sorted(r["latency_s"] for r in mine)
+        lines.append(
+            f"{variant:<8} {len(mine):>5} {sum(costs) / len(costs):>14.8f} {_pct(costs, 50):>12.8f} "
+            f"{_pct(costs, 95):>12.8f} {_pct(latencies, 50) * 1000:>9.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def _pct(values: list[float], q: int) -> float:
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+def _draw(calls, records) -> str:
+    """Cost over time stacked by model, and v1 against v2, into PNGs; without matplotlib, one line saying how."""
+    from mltrack_otel.plot import PlotError, compare_distributions, cost_over_time
+
+    try:
+        cost_over_time(calls, by="model", path=PLOT_PATH, title="mltrack-otel demo")
+        compare_distributions(records, path=COMPARE_PLOT_PATH, by="prompt version", title=f"Prompt {PROMPT_NAME!r}")
+    except PlotError as exc:
+        return f"no plots: {exc}"
+    return (
+        f"cost over time, stacked by model:  {Path(PLOT_PATH).resolve()}\n"
+        f"v1 against v2, cost and latency:   {Path(COMPARE_PLOT_PATH).resolve()}"
+    )
 
 
 def browse_hint(tracking_uri: str) -> str:

@@ -69,6 +69,7 @@ class CountedCall:
     cost_usd: Decimal | None
     usage_source: str = "provider"  # provider | estimated | absent (spans older than the attribute: provider)
     local: bool = False
+    started: datetime | None = None  # when the call began (UTC): the time axis of `report --plot`
 
 
 def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
@@ -89,6 +90,7 @@ def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
             cost_usd=Decimal(str(cost)) if cost is not None else None,
             usage_source=str(attrs.get(semconv.MLTRACK_USAGE_SOURCE) or "provider"),
             local=attrs.get(semconv.MLTRACK_COST_LOCAL) is True,
+            started=started,
         )
 
 
@@ -327,11 +329,20 @@ def run_report(
     by: str = "model",
     fmt: str = "table",
     timeout_seconds: int | None = None,
+    plot: str | Path | None = None,
 ) -> int:
     import mlflow
     import requests
     from mlflow.exceptions import MlflowException
 
+    if plot is not None:  # before reading anything: a missing extra is said at once
+        from .plot import PlotError, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except PlotError as exc:
+            print(f"mltrack-otel report: {exc}", file=sys.stderr)
+            return 1
     since_dt = parse_since(since) if isinstance(since, str) else since
     uri = tracking_uri or mlflow.get_tracking_uri()
     timeout = str(timeout_seconds or DEFAULT_TIMEOUT_SECONDS)
@@ -339,7 +350,8 @@ def run_report(
         check_store(uri)
         with bounded_http(timeout_seconds):
             timeout = os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-            rows = aggregate(counted_calls(read_spans(uri, experiment, since_dt)), by)
+            calls = list(counted_calls(read_spans(uri, experiment, since_dt)))
+            rows = aggregate(calls, by)
     except ReportError as exc:
         print(f"mltrack-otel report: {exc}", file=sys.stderr)
         return 1
@@ -347,4 +359,13 @@ def run_report(
         print(f"mltrack-otel report: cannot read traces from {uri}: {_reason(exc, timeout)}", file=sys.stderr)
         return 1
     print(render(rows, by, fmt))
+    if plot is not None:
+        from .plot import PlotError, cost_over_time
+
+        try:
+            cost_over_time(calls, by=by, path=plot)
+        except PlotError as exc:
+            print(f"mltrack-otel report: {exc}", file=sys.stderr)
+            return 1
+        print(f"cost plot written to {plot}", file=sys.stderr)
     return 0
