@@ -23,15 +23,15 @@ SYSTEM = "You are a concise assistant for an observability team."
 # Two versions of one prompt: v2 adds worked examples to the system prompt, so every call sends more tokens.
 PROMPT_NAME = "support-answer"
 PROMPT_VERSIONS = {
-    "v1": "You are a concise assistant for an observability team. Answer {question}",
+    "v1": "You are a concise assistant for an observability team. Answer {{question}}",
     "v2": (
         "You are a concise assistant for an observability team. Answer with one concrete step the team can take, "
         "then the metric that shows it worked. Example: Q: Why did our bill double? A: Group yesterday's cost by "
         "model; the metric is USD per model per day. Example: Q: Is caching worth it? A: Compare cached and "
-        "uncached input tokens per call; the metric is the cache-read share. Now answer {question}"
+        "uncached input tokens per call; the metric is the cache-read share. Now answer {{question}}"
     ),
 }
-CONVERSATIONS_PER_VERSION = 4
+CONVERSATIONS_PER_VERSION = 6
 PLOT_PATH = "mltrack-cost.png"
 COMPARE_PLOT_PATH = "mltrack-compare.png"
 WEATHER_TOOL = {
@@ -78,23 +78,45 @@ def _session(openai_client, anthropic_client) -> None:
 
 
 def _prompt_versions(openai_client) -> None:
-    """The support conversations once per prompt version: the calls carry the prompt's name and version."""
+    """The support conversations once per prompt version: the calls made in `use()` carry its name and version."""
     import mltrack_otel
-    from mltrack_otel import call_context
 
-    for version, template in PROMPT_VERSIONS.items():
+    for version, text in PROMPT_VERSIONS.items():
+        template = _prompt(PROMPT_NAME, text, version=version)
         for n in range(CONVERSATIONS_PER_VERSION):
             conversation = f"demo-{version}-{n + 1}"
-            identity = {"gen_ai.prompt.name": PROMPT_NAME, "gen_ai.prompt.version": version}
-            with (
-                mltrack_otel.track_llm_context(PROMPT_NAME, conversation_id=conversation),
-                call_context.attached(identity),
-            ):
+            with mltrack_otel.track_llm_context(PROMPT_NAME, conversation_id=conversation), template.use():
                 messages: list[dict[str, str]] = []
-                for question in QUESTIONS[: n % len(QUESTIONS) + 1]:  # conversations of 1, 2, 3 and 1 turns
+                for question in QUESTIONS[: n % len(QUESTIONS) + 1]:  # conversations of 1, 2 and 3 turns
                     messages.append({"role": "user", "content": template.format(question=question)})
                     reply = openai_client.chat.completions.create(model="gpt-4o-mini", messages=messages)
                     messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+
+
+def _prompt(name: str, text: str, version: str):
+    try:
+        from mltrack_otel.prompts import prompt
+    except ImportError:  # TODO(issue 14 merge): prompts.py lands on main; then delete this fallback
+        return _StandInPrompt(name, text, version)
+    return prompt(name, text, version=version)
+
+
+class _StandInPrompt:
+    """mltrack_otel.prompt's shape (use(), format()) until prompts.py is merged."""
+
+    def __init__(self, name: str, text: str, version: str) -> None:
+        self.name, self.text, self.version = name, text, version
+
+    def use(self):
+        from mltrack_otel import call_context
+
+        return call_context.attached({"gen_ai.prompt.name": self.name, "gen_ai.prompt.version": self.version})
+
+    def format(self, **variables: str) -> str:
+        text = self.text
+        for key, value in variables.items():
+            text = text.replace("{{" + key + "}}", value)
+        return text
 
 
 def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-demo") -> int:
@@ -139,17 +161,33 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     same = abs(stored_cost - live.cost_usd) < Decimal("1e-9") and len(calls) == live.calls
     match = "matches" if same else "DIFFERS FROM"
     print(f"\nPrompt {PROMPT_NAME!r}, version v1 against v2 (read back from MLflow):\n")
-    print(compare_table(spans))
+    table, records = _compare_versions(spans)
+    print(table)
     print(f"\nMLflow total ${stored_cost:.6f} {match} the live ledger total ${live.cost_usd:.6f}")
-    print(_draw(calls, variant_records(spans)))
+    print(_draw(calls, records))
     print(f"finished in {time.perf_counter() - started:.1f} s")
     print(f"\nBrowse the traces:  {browse_hint(uri)}")
     return 0 if match == "matches" else 1
 
 
+def _compare_versions(spans) -> tuple[str, list]:
+    """The compare table of the prompt's versions, and the per-call records its picture draws."""
+    try:
+        from mltrack_otel.compare import compare_calls, needed_attributes, table
+    except ImportError:  # TODO(issue 14 merge): compare.py lands on main; then delete this fallback
+        records = sorted(variant_records(spans), key=lambda r: r["variant"])
+        return compare_table(records), records
+    from mltrack_otel.report import counted_calls
+
+    where = {"prompt.name": PROMPT_NAME}
+    calls = counted_calls(spans, keep=needed_attributes("prompt.version", where), failed=True)
+    result = compare_calls(calls, "prompt.version", where=where)
+    return table(result), result.records
+
+
 def variant_records(spans, key: str = "gen_ai.prompt.version") -> list[dict]:
-    """Per counted call: its variant (the value of `key`), cost (None when unknown) and latency in seconds.
-    Stand-in for mltrack_otel.compare's reader until it lands on main (then: use compare's records and table)."""
+    """Stand-in for compare.py's records until it is merged: per counted call, its variant (the value of `key`),
+    cost (None when unknown) and latency in seconds."""
     from mltrack_otel import semconv
 
     records = []
@@ -161,20 +199,20 @@ def variant_records(spans, key: str = "gen_ai.prompt.version") -> list[dict]:
         records.append(
             {
                 "variant": str(attrs[key]),
-                "cost_usd": Decimal(str(cost)) if cost is not None else None,
+                "cost_usd": float(cost) if cost is not None else None,
                 "latency_s": ((span.end_time_ns or 0) - (span.start_time_ns or 0)) / 1e9,
             }
         )
     return records
 
 
-def compare_table(spans) -> str:
-    records = variant_records(spans)
+def compare_table(records: list[dict]) -> str:
+    """Stand-in for compare.py's table until it is merged."""
     lines = [f"{'version':<8} {'calls':>5} {'USD/call mean':>14} {'p50':>12} {'p95':>12} {'latency p50':>12}"]
     lines.append("-" * len(lines[0]))
     for variant in sorted({r["variant"] for r in records}):
         mine = [r for r in records if r["variant"] == variant]
-        costs = sorted(float(r["cost_usd"]) for r in mine if r["cost_usd"] is not None)
+        costs = sorted(r["cost_usd"] for r in mine if r["cost_usd"] is not None)
         latencies = sorted(r["latency_s"] for r in mine)
         lines.append(
             f"{variant:<8} {len(mine):>5} {sum(costs) / len(costs):>14.8f} {_pct(costs, 50):>12.8f} "

@@ -238,8 +238,9 @@ def compare_distributions(
     """Two panels, cost per call and latency per call, one box per variant with its mean marked (a white diamond)
     and every call drawn as a point when there are few.
 
-    `records`: per-call records (objects or mappings) with `variant`, `cost_usd` (None when unknown) and
-    `latency_s` (seconds; `latency_ms` is read too).
+    `records`: per-call records (compare.CallRecord, or any object or mapping) with `variant`, `cost_usd` (None when
+    unknown) and `latency_s` (seconds; `latency_ms` is read too); a record with `counted` False or an `error_type`
+    is a failed call, counted under its variant but drawn in neither panel. Variants keep the records' order.
     """
     require_matplotlib()
     from matplotlib.figure import Figure
@@ -247,11 +248,16 @@ def compare_distributions(
     costs: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
     unpriced: dict[str, int] = {}
+    failed: dict[str, int] = {}
     for record in records:
         variant = str(_get(record, "variant") or "-")
         costs.setdefault(variant, [])
         latencies.setdefault(variant, [])
         unpriced.setdefault(variant, 0)
+        failed.setdefault(variant, 0)
+        if _get(record, "counted") is False or _get(record, "error_type") is not None:
+            failed[variant] += 1  # no usage came back (or the call failed): its cost and latency are not the model's
+            continue
         cost = _get(record, "cost_usd", "cost")
         if cost is None:
             unpriced[variant] += 1
@@ -262,7 +268,7 @@ def compare_distributions(
             latency = float(_get(record, "latency_ms")) / 1000
         if latency is not None:
             latencies[variant].append(float(latency))
-    variants = sorted(costs)
+    variants = list(costs)  # in the records' order: compare's puts the baseline first
     if not variants:
         raise PlotError("nothing to compare: no calls")
 
@@ -289,10 +295,13 @@ def compare_distributions(
         ax.set_ylim(bottom=0)
     cost_ax.set_xticks(
         range(1, len(variants) + 1),
-        [f"{v}\nn={len(costs[v])}" + (f" (+{unpriced[v]} unpriced)" if unpriced[v] else "") for v in variants],
+        [f"{v}\nn={len(costs[v])}{_apart(unpriced=unpriced[v], failed=failed[v])}" for v in variants],
     )
-    latency_ax.set_xticks(range(1, len(variants) + 1), [f"{v}\nn={len(latencies[v])}" for v in variants])
-    total_calls = sum(len(costs[v]) + unpriced[v] for v in variants)
+    latency_ax.set_xticks(
+        range(1, len(variants) + 1),
+        [f"{v}\nn={len(latencies[v])}{_apart(failed=failed[v])}" for v in variants],
+    )
+    total_calls = sum(len(costs[v]) + unpriced[v] + failed[v] for v in variants)
     fig.suptitle(
         f"{title or 'Compare by ' + by}: {len(variants)} variants, {total_calls} calls\n"
         "box: middle half of the calls, line: median, diamond: mean, dots: the calls",
@@ -300,6 +309,12 @@ def compare_distributions(
     )
     _save(fig, path)
     return fig
+
+
+def _apart(**counts: int) -> str:
+    """What a panel leaves out, e.g. " (+1 unpriced, +2 failed)"."""
+    said = [f"+{n} {what}" for what, n in counts.items() if n]
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _boxes(ax: Any, data: Sequence[list[float]], labels: Sequence[str], fmt: Any) -> None:

@@ -140,7 +140,7 @@ def variant_records(spans) -> list[dict]:
                     "latency_s": (span.end_time_ns - span.start_time_ns) / 1e9,
                 }
             )
-    return records
+    return sorted(records, key=lambda r: r["variant"])
 
 
 def test_compare_draws_each_variants_cost_and_latency_with_its_mean(store, tmp_path):
@@ -165,16 +165,20 @@ def test_compare_draws_each_variants_cost_and_latency_with_its_mean(store, tmp_p
     pixels(out, 1100, 550)
 
 
-def test_compare_counts_unpriced_calls_apart():
+def test_compare_counts_unpriced_and_failed_calls_apart():
     records = [
         {"variant": "a", "cost_usd": Decimal("0.001"), "latency_ms": 800},
         {"variant": "a", "cost_usd": None, "latency_ms": 900},
         {"variant": "b", "cost_usd": Decimal("0.002"), "latency_ms": 1200},
+        {"variant": "b", "cost_usd": None, "latency_s": 0.05, "counted": False, "error_type": "RateLimitError"},
     ]
     fig = plot.compare_distributions(records)
     cost_ax, latency_ax = fig.axes
-    assert [t.get_text() for t in cost_ax.get_xticklabels()] == ["a\nn=1 (+1 unpriced)", "b\nn=1"]
-    assert [t.get_text() for t in latency_ax.get_xticklabels()] == ["a\nn=2", "b\nn=1"]
+    assert [t.get_text() for t in cost_ax.get_xticklabels()] == ["a\nn=1 (+1 unpriced)", "b\nn=1 (+1 failed)"]
+    assert [t.get_text() for t in latency_ax.get_xticklabels()] == ["a\nn=2", "b\nn=1 (+1 failed)"]
+    # A failed call's 50 ms is not the model's latency: b's only latency drawn is its 1.2 s call.
+    assert [line.get_ydata()[0] for line in latency_ax.lines if line.get_marker() == "D"] == pytest.approx([0.85, 1.2])
+    assert "4 calls" in fig._suptitle.get_text()
     assert latency_ax.get_ylabel() == "seconds"  # a real model call's latency reads in seconds
     with pytest.raises(plot.PlotError, match="no calls"):
         plot.compare_distributions([])
