@@ -186,6 +186,7 @@ def cost_over_time(
                 edgecolor="white", linewidth=0.5,
             )  # fmt: skip
             bottom = [b + h for b, h in zip(bottom, heights[key], strict=True)]
+        bars_ax.set_ylim(0, max(bottom) * 1.08 or 1)  # headroom: the tallest stack is never cut by the frame
 
         # Cumulative cost per key at each call's own time: a stacked step area, read at a glance as "who spent it".
         running = dict.fromkeys(shown, 0.0)
@@ -198,6 +199,7 @@ def cost_over_time(
         ys = [[0.0, *stacks[key], stacks[key][-1]] for key in shown]
         cumulative_ax.stackplot(xs, *ys, step="post", colors=[colors[k] for k in shown], alpha=0.85, labels=shown)
         cumulative_ax.set_xlim(left[0], x(end))
+        cumulative_ax.set_ylim(0, float(total) * 1.08 or 1)
         if relative:
             cumulative_ax.set_xlabel(f"seconds since {origin:%Y-%m-%d %H:%M:%S} UTC")
         else:
