@@ -85,6 +85,14 @@ def _get(record: Any, *names: str) -> Any:
     return None
 
 
+def _key_of(call: Any, by: str) -> str:
+    """The call's group under `by`, as report groups it: CountedCall.key(by) where it has one (user, tag.<key>),
+    else the field or mapping key of that name."""
+    key = getattr(call, "key", None)
+    value = key(by) if callable(key) else _get(call, by)
+    return str(value) if value not in (None, "") else "-"
+
+
 def _usd_text(value: Decimal | float) -> str:
     """Enough decimals to read a demo's fractions of a cent and a month's hundreds of dollars alike."""
     value = float(value)
@@ -148,13 +156,13 @@ def cost_over_time(
 
     by_key: dict[str, Decimal] = {}
     for call in priced:
-        key = str(_get(call, by) or "-")
+        key = _key_of(call, by)
         by_key[key] = by_key.get(key, Decimal(0)) + call.cost_usd
     ranked = sorted(by_key, key=lambda k: (-by_key[k], k))
     shown = ranked if len(ranked) <= MAX_SERIES else [*ranked[: MAX_SERIES - 1], "other"]
 
     def series_of(call: Any) -> str:
-        key = str(_get(call, by) or "-")
+        key = _key_of(call, by)
         return key if key in shown else "other"
 
     fig = Figure(figsize=(10, 6.5), dpi=100, layout="constrained")

@@ -128,6 +128,23 @@ def test_cost_over_time_by_another_key(store):
     assert "by provider" in fig._suptitle.get_text()
 
 
+def test_cost_over_time_groups_as_the_report_does(store):
+    """A record that knows its own groups (report's CountedCall.key(by): user, tag.<key>) is grouped by them."""
+
+    class Tagged:
+        def __init__(self, call, feature):
+            self.call, self.feature = call, feature
+            self.started, self.cost_usd = call.started, call.cost_usd
+
+        def key(self, by):
+            return self.feature if by == "tag.feature" else getattr(self.call, by)
+
+    calls = [Tagged(c, "search" if c.provider == "openai" else "chat") for c in store["calls"]]
+    fig = plot.cost_over_time(calls, by="tag.feature")
+    legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert sorted(legend) == ["chat", "search"]
+
+
 def variant_records(spans) -> list[dict]:
     records = []
     for span in spans:
