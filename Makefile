@@ -62,4 +62,4 @@ bench-quick: .venv-bench/.installed .venv-fw/.installed
 	.venv-bench/bin/python -m benchmarks.overhead --quick
 
 clean:
-	rm -rf .venv .venv-fw .venv-bench .venv-phoenix .pytest_cache .ruff_cache mlflow.db
+	rm -rf .venv .venv-fw .venv-bench .venv-phoenix .pytest_cache .ruff_cache mlflow.db mltrack-cost.png mltrack-compare.png
