@@ -20,6 +20,7 @@ Not covered here:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -48,21 +49,32 @@ def genai_price(provider_id: str, model: str, tokens_in: int, tokens_out: int) -
     return float(genai_prices.calc_price(usage, model_ref=model, provider_id=provider_id).total_price)
 
 
-def chat(llm: Any, stream: bool) -> str:
+MODES = ["chat", "stream", "achat", "astream"]  # chat / stream_chat / achat / astream_chat
+
+
+def chat(llm: Any, mode: str) -> str:
     """One chat call through the LlamaIndex LLM class; a stream is read to its end. Returns the answer text."""
     from llama_index.core.llms import ChatMessage
 
     messages = [ChatMessage(role="user", content=QUESTION)]
-    if stream:
+    if mode == "chat":
+        return llm.chat(messages).message.content
+    if mode == "stream":
         return "".join(r.delta or "" for r in llm.stream_chat(messages))
-    return llm.chat(messages).message.content
+
+    async def call() -> str:
+        if mode == "achat":
+            return (await llm.achat(messages)).message.content
+        return "".join([r.delta or "" async for r in await llm.astream_chat(messages)])
+
+    return asyncio.run(call())
 
 
-def run(instrumented: list[str], make_llm: Callable[[], Any], stream: bool, traced: Traced) -> str:
+def run(instrumented: list[str], make_llm: Callable[[], Any], mode: str, traced: Traced) -> str:
     guard.reset()
     instrument(instrumented, tracer_provider=traced.provider)
     try:
-        return chat(make_llm(), stream)
+        return chat(make_llm(), mode)
     finally:
         uninstrument(instrumented)
 
@@ -103,8 +115,16 @@ def assert_counted_once(traced: Traced, outer: Any, inner: Any, tokens: tuple[in
 CLAUDE = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_bedrock_converse_counted_once(fake, settings, stream):
+BEDROCK_ASTREAM_LOSES_CONTEXT = pytest.mark.xfail(
+    strict=True,
+    reason="double count: without aioboto3, BedrockConverse.astream_chat runs boto3's converse_stream in "
+    "loop.run_in_executor (no contextvars copied), so the bedrock span starts with no parent; it and LlamaIndex's "
+    "chat span are both roots with usage and both counted (ledger: 2 calls, twice the cost)",
+)
+
+
+@pytest.mark.parametrize("mode", [*MODES[:3], pytest.param("astream", marks=BEDROCK_ASTREAM_LOSES_CONTEXT)])
+def test_bedrock_converse_counted_once(fake, settings, mode):
     """BedrockConverse calls boto3's converse / converse_stream: the bedrock span below LlamaIndex's is counted."""
     bedrock_converse = pytest.importorskip("llama_index.llms.bedrock_converse")
 
@@ -120,9 +140,9 @@ def test_bedrock_converse_counted_once(fake, settings, stream):
 
     fake.clear()
     traced = Traced()
-    text = run(["llama_index", "bedrock"], make_llm, stream, traced)
+    text = run(["llama_index", "bedrock"], make_llm, mode, traced)
     assert text.startswith("Echo: hello from llama index")
-    assert [r.path.rsplit("/", 1)[1] for r in fake.requests] == ["converse-stream" if stream else "converse"]
+    assert [r.path.rsplit("/", 1)[1] for r in fake.requests] == ["converse-stream" if "stream" in mode else "converse"]
     outer, inner = nested_pair(traced, "mltrack_otel.instrumentation.bedrock")
     assert attrs(outer)[gen_ai.GEN_AI_PROVIDER_NAME] == attrs(inner)[gen_ai.GEN_AI_PROVIDER_NAME] == "aws.bedrock"
     tokens = (prompt_tokens_for_texts([QUESTION]), fake.stream_chunks)
@@ -134,8 +154,8 @@ def test_bedrock_converse_counted_once(fake, settings, stream):
 MISTRAL = "mistral-small-latest"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_mistralai_counted_once(fake, settings, stream):
+@pytest.mark.parametrize("mode", MODES)
+def test_mistralai_counted_once(fake, settings, mode):
     """MistralAI drives mistralai's Mistral client (server_url = its `endpoint`): the SDK span is counted."""
     mistralai_llms = pytest.importorskip("llama_index.llms.mistralai")
 
@@ -144,7 +164,7 @@ def test_mistralai_counted_once(fake, settings, stream):
 
     fake.clear()
     traced = Traced()
-    text = run(["llama_index", "mistralai"], make_llm, stream, traced)
+    text = run(["llama_index", "mistralai"], make_llm, mode, traced)
     assert text.startswith("Echo: hello from llama index")
     assert len(fake.requests) == 1 and fake.requests[0].path.endswith("/chat/completions")
     outer, inner = nested_pair(traced, "mltrack_otel.instrumentation.mistralai.client")
@@ -158,8 +178,8 @@ def test_mistralai_counted_once(fake, settings, stream):
 OLLAMA = "llama3.2"
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_ollama_counted_once(fake, settings, monkeypatch, stream):
+@pytest.mark.parametrize("mode", MODES)
+def test_ollama_counted_once(fake, settings, monkeypatch, mode):
     """Ollama drives the ollama SDK's Client.chat. The fake stands for a local Ollama here (no cloud hosts): the call
     is counted once, by the SDK span, and is local: no price on either span, nothing in the ledger's cost."""
     ollama_llms = pytest.importorskip("llama_index.llms.ollama")
@@ -171,7 +191,7 @@ def test_ollama_counted_once(fake, settings, monkeypatch, stream):
 
     fake.clear()
     traced = Traced(pricer=Pricer())
-    text = run(["llama_index", "ollama"], make_llm, stream, traced)
+    text = run(["llama_index", "ollama"], make_llm, mode, traced)
     assert text.startswith("Echo: hello from llama index")
     assert [r.path for r in fake.requests] == ["/api/chat"]
     outer, inner = nested_pair(traced, "mltrack_otel.instrumentation.ollama")
@@ -208,7 +228,7 @@ def groq_run(fake: Any, stream: bool) -> Traced:
 
     fake.clear()
     traced = Traced()
-    text = run(["llama_index", "openai"], make_llm, stream, traced)
+    text = run(["llama_index", "openai"], make_llm, "stream" if stream else "chat", traced)
     assert text.startswith("Echo: hello from llama index")
     assert [r.path for r in fake.requests] == ["/openai/v1/chat/completions"]
     return traced
