@@ -15,7 +15,7 @@ Not covered here:
   instrument the v2 client and the fake speaks ``/v2/chat`` only.
 - llama-index-llms-groq is ``OpenAILike``: it drives the openai SDK, not the groq SDK. Its tests keep Groq's real
   base URL (which names the provider) and carry the requests to the fake with an httpx transport, with the
-  openai instrumentation on; two known gaps are strict xfails (stream usage, one LlamaIndex span too many).
+  openai instrumentation on; a known gap is a strict xfail (one LlamaIndex span too many).
 """
 
 from __future__ import annotations
@@ -258,11 +258,6 @@ def test_groq_through_openai_sdk_counted_once(fake, settings, stream):
         assert a[semconv.LLM_COST_TOTAL] == pytest.approx(genai_price("groq", GROQ, *tokens), rel=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the openai instrumentor does not read Groq's stream usage (x_groq.usage on the finish chunk) and does "
-    "not ask api.groq.com for stream_options.include_usage: the counted span's usage is estimated",
-)
 def test_groq_stream_usage_is_groqs(fake, settings):
     traced = groq_run(fake, stream=True)
     (inner,) = [s for s in traced.spans() if s.instrumentation_scope.name == "mltrack_otel.instrumentation.openai"]
