@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -173,7 +173,7 @@ class _Sum:
     __slots__ = ("value", "window")
 
     def __init__(self, window: int) -> None:
-        self.window = window
+        self.window = window  # the window the value is of (-1: none yet)
         self.value: Decimal | int = 0
 
 
@@ -185,6 +185,8 @@ class _Rule:
         self.name = rule.label
         self.when = rule.when
         self.over = rule.over
+        # Token and call sums are ints: compare them with an int (the same answer as with the Decimal, faster).
+        self.limit: Decimal | int = rule.over if rule.when == "cost" else int(rule.over.to_integral_value(ROUND_FLOOR))
         self.per = rule.per
         self.scope = rule.scope
         self.length = _WINDOWS[rule.per]
@@ -195,30 +197,39 @@ class _Rule:
             channels = set(rule.notify)
         self.channels = frozenset(channels)
         self.max_keys = max_keys
-        self.sums: OrderedDict[Any, _Sum] = OrderedDict()  # process (None), conversations, users: an LRU
+        self.total = _Sum(-1)  # scope process
+        self.sums: OrderedDict[str, _Sum] = OrderedDict()  # conversations or users: an LRU of max_keys
         self.scopes: weakref.WeakKeyDictionary[Any, _Sum] = weakref.WeakKeyDictionary()  # live tracking scopes
 
-    def add(self, key: Any, amount: Decimal | int, window: int, weak: bool) -> tuple[Decimal | int, bool]:
-        """Add amount to key's sum in this window (under the engine's lock): (the sum, whether it crossed)."""
-        if weak:
-            entry = self.scopes.get(key)
-            if entry is None:
-                entry = self.scopes[key] = _Sum(window)
+    def entries(self, scope: Any, conversation: str | None, user: Any) -> list[tuple[Any, _Sum]]:
+        """(key, sum) of each sum a call adds to (under the engine's lock)."""
+        kind = self.scope
+        if kind == "process":
+            return [(None, self.total)]
+        if kind == "context":
+            if scope is None:
+                return []
+            out = []
+            for s in scope.chain():
+                entry = self.scopes.get(s)
+                if entry is None:
+                    entry = self.scopes[s] = _Sum(-1)
+                out.append((s, entry))
+            return out
+        key = conversation if kind == "conversation" else user
+        if key is None or isinstance(key, (list, tuple)):
+            return []
+        key = str(key)
+        sums = self.sums
+        entry = sums.get(key)
+        if entry is None:
+            entry = sums[key] = _Sum(-1)
+            if len(sums) > self.max_keys:
+                sums.popitem(last=False)
+                guard.count("alerts.keys_evicted")
         else:
-            sums = self.sums
-            entry = sums.get(key)
-            if entry is None:
-                entry = sums[key] = _Sum(window)
-                if len(sums) > self.max_keys:
-                    sums.popitem(last=False)
-                    guard.count("alerts.keys_evicted")
-            else:
-                sums.move_to_end(key)
-        if entry.window != window:  # a new window: the rule re-arms
-            entry.window, entry.value = window, 0
-        before = entry.value
-        entry.value = after = before + amount
-        return after, before <= self.over < after
+            sums.move_to_end(key)
+        return [(key, entry)]
 
 
 class Engine:
@@ -253,10 +264,12 @@ class Engine:
                 if not amount:  # nothing to add (and an unpriced call adds no cost)
                     continue
                 window = int(now // rule.length) if rule.length else 0
-                for key, weak in _keys(rule.scope, scope, conversation, user):
-                    value, crossed = rule.add(key, amount, window, weak)
-                    if crossed:
-                        fired.append((rule, key, value, window))
+                limit = rule.limit
+                for key, entry in rule.entries(scope, conversation, user):
+                    before = entry.value if entry.window == window else 0  # a new window: the rule re-arms
+                    entry.window, entry.value = window, before + amount
+                    if before <= limit < entry.value:
+                        fired.append((rule, key, entry.value, window))
         if not fired:
             return _NO_EVENTS
         return [self._fire(rule, key, value, window, now, span, attrs) for rule, key, value, window in fired]
@@ -300,19 +313,6 @@ class Engine:
         if label is not None:
             attributes[semconv.MLTRACK_ALERT_KEY] = label
         return Event(semconv.MLTRACK_ALERT_FIRED, attributes, timestamp=span.end_time)
-
-
-def _keys(kind: str, scope: Any, conversation: str | None, user: Any) -> list[tuple[Any, bool]]:
-    """(key, held weakly) of each sum a call adds to for a rule of this scope kind."""
-    if kind == "process":
-        return [(None, False)]
-    if kind == "context":
-        return [(s, True) for s in scope.chain()] if scope is not None else []
-    if kind == "conversation":
-        return [(conversation, False)] if conversation is not None else []
-    if user is None or isinstance(user, (list, tuple)):
-        return []
-    return [(str(user), False)]
 
 
 _engine = Engine(None)
