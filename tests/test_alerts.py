@@ -796,3 +796,13 @@ def test_promtool_checks_the_prometheus_config_with_its_rules(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 6 rules found" in done.stdout
+
+
+def test_the_readme_example_is_a_valid_configuration(isolated_env):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Alerts\n", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    write_config(isolated_env, example)
+    settings = config.load_settings()
+    assert [r.when for r in settings.alerts] == ["cost", "tokens", "unpriced"]
+    assert settings.alert_webhook.format == "slack" and settings.alert_queue_size == 1000
