@@ -241,8 +241,7 @@ class Engine:
         self.rules = tuple(_Rule(rule, settings, max_keys) for rule in settings.alerts) if settings else ()
         self.service = settings.service_name if settings is not None else ""
         self.queue_size = settings.alert_queue_size if settings is not None else 1000
-        self._lock = threading.Lock()
-        guard.renew_lock_after_fork(self)
+        self._lock = threading.Lock()  # a forked child gets a fresh one (_renew_in_child)
 
     def observe(
         self,
@@ -428,7 +427,15 @@ class _Dispatcher:
 
 
 _DISPATCHER = _Dispatcher()
-os.register_at_fork(after_in_child=_DISPATCHER.renew_in_child)
+
+
+def _renew_in_child() -> None:
+    """The parent may have forked while one of its threads held a lock: the child would wait on it forever."""
+    _engine._lock = threading.Lock()
+    _DISPATCHER.renew_in_child()
+
+
+os.register_at_fork(after_in_child=_renew_in_child)
 
 
 def pending() -> int:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
@@ -806,3 +808,48 @@ def test_the_readme_example_is_a_valid_configuration(isolated_env):
     settings = config.load_settings()
     assert [r.when for r in settings.alerts] == ["cost", "tokens", "unpriced"]
     assert settings.alert_webhook.format == "slack" and settings.alert_queue_size == 1000
+
+
+FORK_SCRIPT = """
+import os, sys
+import mltrack_otel
+from mltrack_otel import alerts
+
+mltrack_otel.configure(
+    exporters=["none"],
+    alerts=[{"when": "tokens", "over": 0, "scope": "context", "notify": ["webhook"]}],
+    alert_webhook={"url": sys.argv[1], "retries": 0, "timeout_seconds": 5},
+)
+
+def call(name):
+    with mltrack_otel.track_llm_context(name) as tracker:
+        tracker.log_prompt_response("q", "a", model="gpt-4o", provider="openai",
+                                    token_usage={"prompt_tokens": 5, "completion_tokens": 2})
+
+call("parent")  # the worker runs in the parent before the fork
+pid = os.fork()
+if pid == 0:
+    call("child")
+    os._exit(0 if alerts.flush(10) and mltrack_otel.health().get("alerts.webhook.sent") == 1 else 1)
+_, status = os.waitpid(pid, 0)
+call("parent-after")
+assert alerts.flush(10)
+print("child", os.waitstatus_to_exitcode(status), "parent sent", mltrack_otel.health().get("alerts.webhook.sent"))
+"""
+
+
+def test_a_forked_child_delivers_its_own_alerts(isolated_env, receiver):
+    script = isolated_env / "app.py"
+    script.write_text(FORK_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), receiver.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "child 0 parent sent 2" in done.stdout
+    assert receiver.wait_for(3)
+    assert sorted(b["key"] for b in receiver.bodies()) == ["child", "parent", "parent-after"]
