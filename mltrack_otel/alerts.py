@@ -134,7 +134,7 @@ class Alert:
 
 
 def _number(value: Decimal | int) -> str:
-    return f"{value:f}" if isinstance(value, Decimal) else str(value)
+    return f"{value.normalize():f}" if isinstance(value, Decimal) else str(value)
 
 
 def _iso(seconds: float | None) -> str | None:

@@ -248,6 +248,20 @@ def test_callbacks_run_on_the_alert_worker_and_their_errors_stay_there(alerting,
     assert received[0].value == answer.usage.total_tokens
 
 
+def test_a_failure_inside_the_alert_hook_never_reaches_the_call(alerting, oai, monkeypatch):
+    rules({"when": "tokens", "over": 0})
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("bug in alerts")
+
+    monkeypatch.setattr(alerts.Engine, "observe", broken)
+    answer = chat(oai)
+    assert answer.choices[0].message.content.startswith("Echo:")
+    (span,) = counted(alerting)  # still priced and counted, without an alert event
+    assert span.attributes[semconv.LLM_COST_TOTAL] > 0 and not alert_events(span)
+    assert health("errors.alerts.observe") == 1 and ledger.LEDGER.process_totals().calls == 1
+
+
 # --- windows and re-arming ------------------------------------------------------------------------------------------
 
 
