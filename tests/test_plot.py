@@ -128,6 +128,17 @@ def test_cost_over_time_by_another_key(store):
     assert "by provider" in fig._suptitle.get_text()
 
 
+def test_no_known_cost_is_said_not_drawn_as_zero(store, tmp_path):
+    unpriced = [c for c in store["calls"] if c.cost_usd is None]
+    assert [c.model for c in unpriced] == ["acme-9000"]
+    fig = plot.cost_over_time(unpriced, path=tmp_path / "none.png")
+    bars = fig.axes[0]
+    assert len(bars.patches) == 0 and bars.get_legend() is None
+    assert [t.get_text() for t in bars.texts] == ["no priced calls"]
+    assert "1 call with no known cost not drawn" in bars.get_title()
+    pixels(tmp_path / "none.png", 1000, 650)
+
+
 def test_cost_over_time_groups_as_the_report_does(store):
     """A record that knows its own groups (report's CountedCall.key(by): user, tag.<key>) is grouped by them."""
 
