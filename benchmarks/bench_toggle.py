@@ -46,10 +46,10 @@ print(json.dumps({"added_us": statistics.median(diffs), "q1": q[0], "q3": q[2], 
 
 
 def run(op: str, variant: str, pairs: int, calls: int, bodies: Path) -> dict[str, Any]:
-    from benchmarks.overhead import PEER_ENV
+    from benchmarks.overhead import peer_env
 
     cmd = [sys.executable, "-c", WORKER, op, variant, str(pairs), str(calls), str(bodies)]
-    env = {**os.environ, **PEER_ENV.get(variant, {}), "PYTHONHASHSEED": "0"}
+    env = {**os.environ, **peer_env(variant, op), "PYTHONHASHSEED": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, env=env)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
