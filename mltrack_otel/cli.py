@@ -58,7 +58,7 @@ def _price(args: argparse.Namespace) -> int:
 def _provider_mismatch(pricer: Pricer, provider: str, model: str, source: str | None) -> str | None:
     """Why --provider cannot be right, or None: a name genai-prices and the aliases do not know, or a provider
     whose price list lacks the model that another provider's list priced."""
-    known = pricer._provider(provider, fuzzy=True)  # aliases first, then genai-prices' own provider matching
+    known = pricer.find_provider(provider, fuzzy=True)  # aliases first, then genai-prices' own provider matching
     if known is None:
         import difflib
 

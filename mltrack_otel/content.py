@@ -30,7 +30,7 @@ _MAX_INT_BITS = 2000  # ~600 digits: under the smallest int-to-str limit Python 
 _STRUCTURAL_KEYS = frozenset({"type", "role", "modality", "mime_type", "finish_reason", "id", "name"})
 
 
-def _fallback(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     """json.dumps `default`: bytes become base64, models become dicts, anything else a capped repr."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(obj)).decode("ascii")
@@ -42,7 +42,7 @@ def _fallback(obj: Any) -> Any:
             return dump(mode="json", exclude_none=True)
         except Exception:  # a broken model must not break tracking
             pass
-    return _capped_repr(obj)
+    return capped_repr(obj)
 
 
 def _as_text(obj: Any) -> str:
@@ -53,7 +53,8 @@ def _as_text(obj: Any) -> str:
         return f"<{type(obj).__name__}>"
 
 
-def _capped_repr(obj: Any) -> str:
+def capped_repr(obj: Any) -> str:
+    """repr(obj) cut to the repr cap (the type name when repr itself fails)."""
     try:
         text = repr(obj)
     except Exception:
@@ -62,7 +63,7 @@ def _capped_repr(obj: Any) -> str:
 
 
 def _slow_dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_fallback)
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=json_default)
 
 
 def _make_fast_dumps() -> Any:
@@ -73,7 +74,7 @@ def _make_fast_dumps() -> Any:
         if c_make_encoder is None:
             return _slow_dumps
         # No circular-reference markers: a cycle raises RecursionError, and encode() retries on a sanitised copy.
-        encoder = c_make_encoder(None, _fallback, encode_basestring, None, ":", ",", False, False, False)
+        encoder = c_make_encoder(None, json_default, encode_basestring, None, ":", ",", False, False, False)
         sample = [{"a": "\u00e9\n", "b": [1, 2.5, None, True]}, b"x"]
         if "".join(encoder(sample, 0)) != _slow_dumps(sample):
             return _slow_dumps
@@ -116,7 +117,7 @@ def _sanitize(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any:
         seen.discard(id(obj))
         return out_list
     try:
-        converted = _fallback(obj)
+        converted = json_default(obj)
     except Exception:
         converted = f"<{type(obj).__name__}>"
     if isinstance(converted, str) or converted is obj:
@@ -141,7 +142,7 @@ def redact(obj: Any, pattern: re.Pattern[str], schema: bool = True) -> Any:
         return [redact(v, pattern, schema) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float)):
         return obj
-    return redact(_fallback(obj), pattern, False)  # models, bytes, arbitrary objects: what they serialise to
+    return redact(json_default(obj), pattern, False)  # models, bytes, arbitrary objects: what they serialise to
 
 
 def encode(items: list[Any], max_bytes: int, redactor: re.Pattern[str] | None = None) -> tuple[str, bool]:

@@ -100,12 +100,12 @@ class Scope:
         return out
 
 
-_current_scope: ContextVar[Scope | None] = ContextVar("mltrack_scope", default=None)
+CURRENT_SCOPE: ContextVar[Scope | None] = ContextVar("mltrack_scope", default=None)
 
 
 def current_scope() -> Scope | None:
     """The innermost tracking scope of the running thread / asyncio task."""
-    return _current_scope.get()
+    return CURRENT_SCOPE.get()
 
 
 class LimitCrossing(NamedTuple):
@@ -426,7 +426,7 @@ def check_budget() -> None:
     """Raises BudgetExceededError if a hard budget of the current scope (its process, enclosing scopes or
     conversation) is spent or held in full by calls in flight. Instrumented calls reserve their worst case
     instead (mltrack_otel.budget)."""
-    scope = _current_scope.get()
+    scope = CURRENT_SCOPE.get()
     LEDGER.check_budget(scope, scope.conversation_id if scope is not None else None)
 
 

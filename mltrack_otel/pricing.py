@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import providers
 from .hosts import HostKey, is_local, parse_host
 
 __all__ = ["BUILTIN_PROVIDER_ALIASES", "LOCAL", "Cost", "PriceOverride", "Pricer", "Usage", "override_key"]
@@ -39,54 +40,11 @@ _CACHE_MAX = 4096  # resolved (provider, model) pairs kept; oldest evicted first
 _MAX_MODEL_LEN = 512  # longer "model names" are junk: not looked up, not cached
 _MAX_PRICE_PER_MTOK = 1_000_000  # $1 a token: beyond any real price, and costs stay finite as floats
 
-# gen_ai.provider.name values and LiteLLM provider names -> genai-prices provider ids. Names missing here fall
-# back to an exact genai-prices id, then to genai-prices' own provider matching. "ibm.watsonx.ai" has no
-# genai-prices data: its models are priced only if the model name identifies a provider, or by an override.
-BUILTIN_PROVIDER_ALIASES: Mapping[str, str] = MappingProxyType(
-    {
-        # OpenTelemetry GenAI semantic conventions
-        "openai": "openai",
-        "anthropic": "anthropic",
-        "azure.ai.openai": "azure",
-        "azure.ai.inference": "azure",
-        "aws.bedrock": "aws",
-        "gcp.gemini": "google",
-        "gcp.vertex_ai": "google",
-        "gcp.gen_ai": "google",
-        "mistral_ai": "mistral",
-        "groq": "groq",
-        "deepseek": "deepseek",
-        "perplexity": "perplexity",
-        "x_ai": "x-ai",
-        "cohere": "cohere",
-        # LiteLLM
-        "azure": "azure",
-        "azure_ai": "azure",
-        "azure_text": "azure",
-        "bedrock": "aws",
-        "bedrock_converse": "aws",
-        "sagemaker": "aws",
-        "vertex_ai": "google",
-        "vertex_ai_beta": "google",
-        "gemini": "google",
-        "google": "google",
-        "mistral": "mistral",
-        "codestral": "mistral",
-        "text-completion-openai": "openai",
-        "text-completion-codestral": "mistral",
-        "together_ai": "together",
-        "fireworks_ai": "fireworks",
-        "xai": "x-ai",
-        "cohere_chat": "cohere",
-        "openrouter": "openrouter",
-        "cerebras": "cerebras",
-        "novita": "novita",
-        "moonshot": "moonshotai",
-        "databricks": "databricks",
-        "cloudflare": "cloudflare",
-        "zai": "zai",
-    }
-)
+# Every name of a priced provider (gen_ai.provider.name, LangChain, LlamaIndex and LiteLLM names) -> its genai-prices
+# id, from the provider registry. Names missing here fall back to an exact genai-prices id, then to genai-prices' own
+# provider matching. "ibm.watsonx.ai" has no genai-prices data: its models are priced only if the model name
+# identifies a provider, or by an override.
+BUILTIN_PROVIDER_ALIASES: Mapping[str, str] = MappingProxyType(providers.pricing_aliases())
 
 
 class Usage(NamedTuple):
@@ -524,7 +482,7 @@ class Pricer:
             return None
         prefix, sep, rest = name.partition("/")
         # "openai/gpt-4o", "bedrock/anthropic.claude-...": a known provider before the first slash.
-        prefixed = self._provider(prefix, fuzzy=False) if sep and rest else None
+        prefixed = self.find_provider(prefix, fuzzy=False) if sep and rest else None
         stripped = rest.strip() if prefixed is not None else None
 
         for key in dict.fromkeys(k for k in (model, name, stripped) if k):
@@ -533,7 +491,7 @@ class Pricer:
                 return self._override_entry(key, override)
 
         providers, _ = _genai_data()
-        given = self._provider(provider, fuzzy=True) if provider else None
+        given = self.find_provider(provider, fuzzy=True) if provider else None
         attempts: list[tuple[Any, str]] = []
         if given is not None:
             attempts.append((given, name))
@@ -556,7 +514,8 @@ class Pricer:
                     break
         return None
 
-    def _provider(self, name: str, *, fuzzy: bool) -> Any:
+    def find_provider(self, name: str, *, fuzzy: bool) -> Any:
+        """The genai-prices provider for a name: the aliases first, then its id, then (fuzzy) its own matching."""
         from genai_prices.data_snapshot import find_provider_by_id
 
         providers, by_id = _genai_data()

@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from . import budget, config, content, estimate, guard, semconv
 from .errors import BudgetExceededError
-from .ledger import LEDGER, Reservation, Scope, Totals, _current_scope, budget_limits, current_scope
+from .ledger import CURRENT_SCOPE, LEDGER, Reservation, Scope, Totals, budget_limits, current_scope
 from .usage import usage_attributes
 from .version import __version__
 
@@ -66,13 +66,13 @@ class _Active:
 
     @contextmanager
     def current(self) -> Iterator[None]:
-        scope_token = _current_scope.set(self.scope)
+        scope_token = CURRENT_SCOPE.set(self.scope)
         context_token = otel_context.attach(trace.set_span_in_context(self.span))
         try:
             yield
         finally:
             otel_context.detach(context_token)
-            _current_scope.reset(scope_token)
+            CURRENT_SCOPE.reset(scope_token)
 
     def fail(self, exc: BaseException) -> None:
         content.record_failure(self.span, exc, config.current().redactor)
@@ -81,11 +81,11 @@ class _Active:
 
 def _start(name: str, scope: Scope, kind: SpanKind = SpanKind.INTERNAL, attributes: dict | None = None) -> _Active:
     """Start a span under the caller's current span, with `scope` current so the processor files it there."""
-    token = _current_scope.set(scope)
+    token = CURRENT_SCOPE.set(scope)
     try:
         span = _tracer().start_span(name, kind=kind, attributes=attributes)
     finally:
-        _current_scope.reset(token)
+        CURRENT_SCOPE.reset(token)
     return _Active(span, scope)
 
 
@@ -214,11 +214,11 @@ class LLMTracker:
             attributes[semconv.LLM_LATENCY] = float(duration_seconds)
         end = time.time_ns()
         start = end - int(duration_seconds * 1e9) if duration_seconds else end
-        token = _current_scope.set(self._call_scope())
+        token = CURRENT_SCOPE.set(self._call_scope())
         try:
             _tracer().start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start).end(end_time=end)
         finally:
-            _current_scope.reset(token)
+            CURRENT_SCOPE.reset(token)
 
     def _call_span(self, settings: config.Settings, model: str | None, provider: str | None) -> tuple[str, dict]:
         """Name and identifying attributes of a model-call span."""

@@ -1,14 +1,12 @@
-"""Shared fixtures; each group lives in its own module and is registered here."""
+"""Session setup (environment, which test files to collect); the fixtures are in tests/instr_fixtures.py, the span
+harness in tests/traced.py."""
 
 import importlib.util
 import os
 
-import pytest
-
-from mltrack_otel.testing.fake_provider import FakeProvider
 from tests.traced import FAKE
 
-pytest_plugins = ["tests.pipeline_fixtures", "tests.instr_fixtures"]
+pytest_plugins = ["tests.instr_fixtures"]
 
 # The fake provider on loopback stands for the cloud APIs it imitates: every configure() in the tests (and in the
 # subprocesses they start) prices its calls as cloud calls. tests/test_hosts.py checks the local rule on other
@@ -34,12 +32,3 @@ def _installed(module: str) -> bool:
 
 
 collect_ignore = [name for name, module in _FRAMEWORK_TESTS.items() if not _installed(module)]
-
-
-# `fake_provider`: one loopback OpenAI + Anthropic compatible HTTP server for the whole session
-# (mltrack_otel/testing/fake_provider.py). Point the real SDKs at `.openai_base_url` /
-# `.anthropic_base_url`; call `.clear()` before asserting on `.requests`, the server is shared.
-@pytest.fixture(scope="session")
-def fake_provider():
-    with FakeProvider() as provider:
-        yield provider

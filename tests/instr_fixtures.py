@@ -1,4 +1,5 @@
-"""Fixtures for the instrumentation tests: the fake provider, SDK clients, an in-memory TracerProvider.
+"""The tests' fixtures: the one fake provider server, settings and a clean environment, the `pipeline` that
+configure() builds, SDK clients, and instrumentation into the span harness (tests/traced.py); plus content helpers.
 
 Registered in conftest's pytest_plugins, so every test module can ask for them by name.
 """
@@ -6,19 +7,20 @@ Registered in conftest's pytest_plugins, so every test module can ask for them b
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mltrack_otel import config, guard, ledger
+from mltrack_otel import config, guard, ledger, provider
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FakeProvider
+from tests.traced import FAKE, Traced, attrs, by_name, one_span, spans  # noqa: F401  (test files import them here)
 
 # An OpenAI chat tool definition, for the tests that send tools.
 OPENAI_WEATHER_TOOL = {
@@ -72,9 +74,16 @@ def validate_content(kind: str, text: str) -> list[Any]:
 
 @pytest.fixture(scope="session")
 def fake() -> Iterator[FakeProvider]:
-    """One loopback fake OpenAI/Anthropic server for the session (cleared per test by `fake_clear`)."""
+    """The one loopback fake provider server of the session (mltrack_otel/testing/fake_provider.py). Point the
+    real SDKs at its `*_base_url`; it is shared, so call `.clear()` before asserting on `.requests`."""
     with FakeProvider() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def fake_provider(fake: FakeProvider) -> FakeProvider:
+    """The same server under its older name."""
+    return fake
 
 
 @pytest.fixture
@@ -93,30 +102,85 @@ def use_settings(**values: Any) -> config.Settings:
     return installed
 
 
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
+_ENV_PREFIXES = ("MLTRACK_", "OTEL_", "MLFLOW_TRACKING_URI")
 
 
 @pytest.fixture
-def tracer_provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider
-    provider.shutdown()
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No stray configuration: empty working directory and home, no MLTRACK_/OTEL_ variables."""
+    for key in list(os.environ):
+        if key.startswith(_ENV_PREFIXES):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # The fake provider on loopback stands for the cloud APIs it imitates (tests/test_hosts.py checks the local rule).
+    monkeypatch.setenv("MLTRACK_CLOUD_HOSTS", ",".join(FAKE))
+    return tmp_path
 
 
 @pytest.fixture
-def instrumented(
-    fake: FakeProvider, settings: config.Settings, tracer_provider: TracerProvider, exporter: InMemorySpanExporter
-) -> Iterator[InMemorySpanExporter]:
-    """OpenAI and Anthropic instrumented into the test's TracerProvider; yields its exporter."""
+def pipeline(isolated_env: Path) -> Iterator[Any]:
+    """configure(exporters=["memory"]) on a clean ledger; yields the Runtime (runtime.memory_exporter has spans)."""
+    ledger.LEDGER.reset()
+    guard.reset()
+    provider.configure(exporters=["memory"])
+    rt = provider.runtime()
+    yield rt
+    rt.memory_exporter.clear()
+    ledger.LEDGER.reset()
+    ledger.LEDGER.limits = ledger.Limits()
+    ledger.LEDGER.pricer = None
+    config.set_current(None)
+
+
+@pytest.fixture
+def harness() -> Iterator[Traced]:
+    """The span harness without the cost pipeline: what the instrumentation alone records."""
+    traced = Traced(cost=False)
+    yield traced
+    traced.shutdown()
+
+
+@pytest.fixture
+def exporter(harness: Traced) -> InMemorySpanExporter:
+    return harness.exporter
+
+
+@pytest.fixture
+def tracer_provider(harness: Traced) -> TracerProvider:
+    return harness.provider
+
+
+@pytest.fixture
+def instrumented(fake: FakeProvider, settings: config.Settings, harness: Traced) -> Iterator[InMemorySpanExporter]:
+    """OpenAI and Anthropic instrumented into the harness' TracerProvider; yields its exporter."""
     fake.clear()
     guard.reset()
     ledger.LEDGER.reset()
-    instrument(["openai", "anthropic"], tracer_provider=tracer_provider)
-    yield exporter
+    instrument(["openai", "anthropic"], tracer_provider=harness.provider)
+    yield harness.exporter
     uninstrument(["openai", "anthropic"])
+
+
+@pytest.fixture
+def priced(fake: FakeProvider, settings: config.Settings) -> Iterator[InMemorySpanExporter]:
+    """OpenAI and Anthropic instrumented into the harness, its CostSpanProcessor counting into the process ledger
+    (ledger.LEDGER, reset before and after); yields the exporter."""
+    guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
+    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
+    harness = Traced(ledger=ledger.LEDGER)
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    instrument(["openai", "anthropic"], tracer_provider=harness.provider)
+    try:
+        yield harness.exporter
+    finally:
+        uninstrument(["openai", "anthropic"])
+        harness.shutdown()
+        ledger.LEDGER.reset()
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.pricer = None
 
 
 @pytest.fixture
@@ -145,21 +209,6 @@ def aant(fake: FakeProvider) -> Any:
     import anthropic
 
     return anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
-
-
-def spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
-    return list(exporter.get_finished_spans())
-
-
-def one_span(exporter: InMemorySpanExporter) -> ReadableSpan:
-    """The single finished span (fails if there are more or none)."""
-    finished = spans(exporter)
-    assert len(finished) == 1, [s.name for s in finished]
-    return finished[0]
-
-
-def attrs(span: ReadableSpan) -> dict[str, Any]:
-    return dict(span.attributes or {})
 
 
 def without_ids(model: Any) -> Any:

@@ -13,24 +13,19 @@ import contextvars
 import functools
 import gc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel import estimate, guard
 from mltrack_otel.errors import BudgetExceededError
-from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.ledger import LEDGER, Ledger, Limits
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.testing.fake_provider import MODEL_ALIASES, prompt_tokens_for_texts
-from tests.traced import FAKE
 
 MODEL = "gpt-4o-mini"
 PROVIDER = "openai"
@@ -38,27 +33,6 @@ MAX_TOKENS = 10
 CALLS = 100
 LIMIT = Decimal("0.0001")  # a handful of calls' worst case
 SLOW = {"x-fake-scenario": "slow"}  # 20 ms per output token: every admitted call is still in flight at the barrier
-
-
-@pytest.fixture
-def budgeted(fake, settings) -> Iterator[InMemorySpanExporter]:
-    """OpenAI instrumented into a provider whose CostSpanProcessor writes into the process ledger."""
-    fake.clear()
-    guard.reset()
-    LEDGER.reset()
-    LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
-    instrument(["openai", "anthropic"], tracer_provider=provider)
-    try:
-        yield exporter
-    finally:
-        uninstrument(["openai", "anthropic"])
-        LEDGER.limits = Limits()
-        LEDGER.reset()
-        LEDGER.pricer = None
-        provider.shutdown()
 
 
 def body_of(i: int, max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
@@ -151,7 +125,7 @@ def assert_nothing_held() -> None:
 # --- the process budget under concurrency ----------------------------------------------------------------------
 
 
-def test_hundred_threads_at_once_never_overshoot_the_cost_limit(budgeted, fake, oai):
+def test_hundred_threads_at_once_never_overshoot_the_cost_limit(priced, fake, oai):
     LEDGER.limits = Limits(cost_budget=LIMIT)
     done, refused = run_threads(oai, CALLS)
 
@@ -166,7 +140,7 @@ def test_hundred_threads_at_once_never_overshoot_the_cost_limit(budgeted, fake, 
     assert_nothing_held()
 
 
-def test_hundred_asyncio_tasks_at_once_never_overshoot_the_cost_limit(budgeted, fake, aoai):
+def test_hundred_asyncio_tasks_at_once_never_overshoot_the_cost_limit(priced, fake, aoai):
     LEDGER.limits = Limits(cost_budget=LIMIT)
     done, refused = asyncio.run(run_tasks(aoai, CALLS))
 
@@ -178,7 +152,7 @@ def test_hundred_asyncio_tasks_at_once_never_overshoot_the_cost_limit(budgeted, 
     assert_nothing_held()
 
 
-def test_hundred_threads_at_once_never_overshoot_the_token_limit(budgeted, fake, oai):
+def test_hundred_threads_at_once_never_overshoot_the_token_limit(priced, fake, oai):
     limit = 300
     LEDGER.limits = Limits(token_budget=limit)
     done, refused = run_threads(oai, CALLS)
@@ -194,7 +168,7 @@ def test_hundred_threads_at_once_never_overshoot_the_token_limit(budgeted, fake,
 # --- a tracking scope's own limit, and a conversation's --------------------------------------------------------
 
 
-def test_a_context_limit_holds_for_its_threads(budgeted, fake, oai):
+def test_a_context_limit_holds_for_its_threads(priced, fake, oai):
     from mltrack_otel import track_llm_context
 
     with track_llm_context("batch", cost_limit=LIMIT) as tracker:
@@ -209,7 +183,7 @@ def test_a_context_limit_holds_for_its_threads(budgeted, fake, oai):
     assert_nothing_held()
 
 
-def test_a_conversation_limit_holds_for_its_tasks(budgeted, fake, aoai):
+def test_a_conversation_limit_holds_for_its_tasks(priced, fake, aoai):
     from mltrack_otel import limit_conversation, track_llm_context
 
     limit_conversation("conv-42", cost_limit=LIMIT)
@@ -245,7 +219,7 @@ def test_a_limited_conversations_spend_outlives_the_conversation_lru():
     assert books.conversation_totals("a").calls == 0  # the oldest unlimited conversation went instead
 
 
-def test_other_conversations_are_not_held_to_one_conversations_limit(budgeted, fake, oai):
+def test_other_conversations_are_not_held_to_one_conversations_limit(priced, fake, oai):
     from mltrack_otel import limit_conversation, track_llm_context
 
     limit_conversation("tight", token_limit=1)
@@ -267,7 +241,7 @@ def _worst_cost(body: dict[str, Any]) -> Decimal:
     return Pricer().price(PROVIDER, body["model"], _reserved_usage(body)).total
 
 
-def test_a_failed_call_releases_its_reservation(budgeted, fake, oai):
+def test_a_failed_call_releases_its_reservation(priced, fake, oai):
     LEDGER.limits = Limits(cost_budget=_worst_cost(body_of(0)) * Decimal("1.5"))  # room for one call at a time
     with pytest.raises(openai.InternalServerError):
         oai.chat.completions.create(**body_of(0), extra_headers={"x-fake-scenario": "error-500"})
@@ -277,7 +251,7 @@ def test_a_failed_call_releases_its_reservation(budgeted, fake, oai):
     assert LEDGER.process_totals().calls == 1
 
 
-def test_a_stream_holds_its_worst_case_until_it_ends(budgeted, fake, oai):
+def test_a_stream_holds_its_worst_case_until_it_ends(priced, fake, oai):
     body = body_of(0, max_tokens=100)  # the fake writes 30 tokens: the real cost is well under the worst case
     worst = _worst_cost(body)
     LEDGER.limits = Limits(cost_budget=worst * Decimal("1.9"))  # two worst cases do not fit; one plus a real one do
@@ -295,7 +269,7 @@ def test_a_stream_holds_its_worst_case_until_it_ends(budgeted, fake, oai):
 
 
 @pytest.mark.parametrize("ending", ["break+close", "context exit", "garbage collection"])
-def test_an_abandoned_stream_releases_its_reservation(budgeted, fake, oai, ending):
+def test_an_abandoned_stream_releases_its_reservation(priced, fake, oai, ending):
     LEDGER.limits = Limits(cost_budget=Decimal(1))
     stream = oai.chat.completions.create(**body_of(0, max_tokens=100), stream=True)
     assert LEDGER.held()[0] > 0
@@ -314,7 +288,7 @@ def test_an_abandoned_stream_releases_its_reservation(budgeted, fake, oai, endin
 
 
 @pytest.mark.parametrize("is_async", [False, True])
-def test_a_raw_stream_read_as_bytes_settles_when_its_response_closes(budgeted, fake, oai, aoai, is_async):
+def test_a_raw_stream_read_as_bytes_settles_when_its_response_closes(priced, fake, oai, aoai, is_async):
     """with_streaming_response, read line by line and never parsed: leaving the with block ends the call."""
     LEDGER.limits = Limits(cost_budget=Decimal(1))
     body = body_of(0, max_tokens=100)
@@ -336,7 +310,7 @@ def test_a_raw_stream_read_as_bytes_settles_when_its_response_closes(budgeted, f
     assert (totals.calls, totals.estimated_calls) == (1, 1)  # sent, so counted; nothing of ours read its usage
 
 
-def test_a_deployment_name_reserves_at_the_price_of_the_model_that_answered(budgeted, fake, oai):
+def test_a_deployment_name_reserves_at_the_price_of_the_model_that_answered(priced, fake, oai):
     """A name with no price of its own (an Azure deployment) is reserved as the model its responses named."""
     from mltrack_otel import budget
 
@@ -355,7 +329,7 @@ def test_a_deployment_name_reserves_at_the_price_of_the_model_that_answered(budg
     assert_nothing_held()
 
 
-def test_async_stream_settles(budgeted, fake, aoai):
+def test_async_stream_settles(priced, fake, aoai):
     LEDGER.limits = Limits(cost_budget=Decimal(1))
 
     async def main():
@@ -370,7 +344,7 @@ def test_async_stream_settles(budgeted, fake, aoai):
     assert_nothing_held()
 
 
-def test_an_anthropic_stream_helper_holds_its_worst_case_until_it_ends(budgeted, fake, ant):
+def test_an_anthropic_stream_helper_holds_its_worst_case_until_it_ends(priced, fake, ant):
     LEDGER.limits = Limits(cost_budget=Decimal(1))
     body = {"model": "claude-3-5-haiku-20241022", "max_tokens": 64, "messages": body_of(0)["messages"]}
     with ant.messages.stream(**body) as stream:
@@ -381,7 +355,7 @@ def test_an_anthropic_stream_helper_holds_its_worst_case_until_it_ends(budgeted,
     assert_nothing_held()
 
 
-def test_an_unpriced_model_reserves_tokens_but_no_cost(budgeted, fake, oai):
+def test_an_unpriced_model_reserves_tokens_but_no_cost(priced, fake, oai):
     LEDGER.limits = Limits(cost_budget=Decimal(1), token_budget=10_000)
     body = {**body_of(0), "model": "my-local-model"}
     stream = oai.chat.completions.create(**body, stream=True)
@@ -390,13 +364,13 @@ def test_an_unpriced_model_reserves_tokens_but_no_cost(budgeted, fake, oai):
     assert_nothing_held()
 
 
-def test_no_budget_reserves_nothing(budgeted, fake, oai):
+def test_no_budget_reserves_nothing(priced, fake, oai):
     stream = oai.chat.completions.create(**body_of(0), stream=True)
     assert_nothing_held()
     stream.close()
 
 
-def test_a_spent_budget_still_refuses_a_call_whose_worst_case_is_free(budgeted, fake, oai):
+def test_a_spent_budget_still_refuses_a_call_whose_worst_case_is_free(priced, fake, oai):
     LEDGER.limits = Limits(cost_budget=Decimal("0.000001"))
     LEDGER.add(1, None, None, 100, 100, Decimal("0.000001"))
     with pytest.raises(BudgetExceededError) as info:
@@ -405,7 +379,7 @@ def test_a_spent_budget_still_refuses_a_call_whose_worst_case_is_free(budgeted, 
     assert sent_bodies(fake) == []
 
 
-def test_the_manual_api_reserves_and_an_sdk_call_inside_takes_the_hold_over(budgeted, fake, oai):
+def test_the_manual_api_reserves_and_an_sdk_call_inside_takes_the_hold_over(priced, fake, oai):
     from mltrack_otel import LLMTracker
 
     body = body_of(0)

@@ -97,11 +97,11 @@ def _instrumented_agent_run(rt, base_url: str) -> dict[str, int]:
     return roots
 
 
-def test_mlflow_trace_totals_equal_the_ledgers_through_otlp(otlp_to_mlflow, fake_provider):
+def test_mlflow_trace_totals_equal_the_ledgers_through_otlp(otlp_to_mlflow, fake):
     configure, client, experiment_id = otlp_to_mlflow
     # Only the header MLflow's endpoint reads: that alone turns the MLflow attributes on.
     rt = configure(otlp_headers={"x-mlflow-experiment-id": experiment_id})
-    roots = _instrumented_agent_run(rt, fake_provider.openai_base_url)
+    roots = _instrumented_agent_run(rt, fake.openai_base_url)
     ours = rt.memory_exporter.get_finished_spans()
     totals = mltrack_otel.totals()
     assert totals.calls == 2 and totals.unpriced_calls == 1
@@ -136,11 +136,11 @@ def test_mlflow_trace_totals_equal_the_ledgers_through_otlp(otlp_to_mlflow, fake
     assert sum(t.info.token_usage["total_tokens"] for t in traces) == totals.total_tokens
 
 
-def test_without_the_mlflow_attributes_mlflow_prices_our_spans_itself(otlp_to_mlflow, fake_provider):
+def test_without_the_mlflow_attributes_mlflow_prices_our_spans_itself(otlp_to_mlflow, fake):
     """The problem the setting solves, kept visible: a plain OTLP stream leaves MLflow to its own prices."""
     configure, client, experiment_id = otlp_to_mlflow
     rt = configure(otlp_headers={"x-mlflow-experiment-id": experiment_id}, otlp_for_mlflow=False)
-    roots = _instrumented_agent_run(rt, fake_provider.openai_base_url)
+    roots = _instrumented_agent_run(rt, fake.openai_base_url)
     agent = client.get_trace(f"tr-{roots['agent']:032x}")
     mlflow_total = agent.info.cost["total_cost"]
     assert mlflow_total != pytest.approx(float(mltrack_otel.totals().cost_usd), rel=1e-3)  # MLflow's catalog price

@@ -37,10 +37,10 @@ def _openai_instrumentor():
 
 
 @pytest.fixture
-def traced(isolated_env, fake_provider):
+def traced(isolated_env, fake):
     """DSPy + LiteLLM instrumented into a fresh pipeline; the OpenAI instrumentor off unless a test turns it on."""
     config.set_current(None)
-    fake_provider.clear()
+    fake.clear()
     openai_instrumentor = _openai_instrumentor()
     if openai_instrumentor is not None and openai_instrumentor.is_instrumented_by_opentelemetry:
         openai_instrumentor.uninstrument()
@@ -79,8 +79,8 @@ def root_of(spans):
     return root
 
 
-def test_predict_end_to_end_through_litellm(traced, fake_provider):
-    lm = make_lm(fake_provider)
+def test_predict_end_to_end_through_litellm(traced, fake):
+    lm = make_lm(fake)
     with dspy.context(lm=lm):
         prediction = dspy.Predict("question -> answer")(question="What is 2+2?")
     assert prediction.answer == "Echo: What is 2+2?"
@@ -102,8 +102,8 @@ def test_predict_end_to_end_through_litellm(traced, fake_provider):
     assert predict.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(expected)
 
 
-def test_chain_of_thought_tree_and_totals(traced, fake_provider):
-    lm = make_lm(fake_provider)
+def test_chain_of_thought_tree_and_totals(traced, fake):
+    lm = make_lm(fake)
     with dspy.context(lm=lm):
         prediction = dspy.ChainOfThought("question -> answer: int")(question="What is 2+2?")
     assert prediction.answer == 1 and prediction.reasoning.startswith("Echo:")
@@ -121,11 +121,11 @@ def test_chain_of_thought_tree_and_totals(traced, fake_provider):
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(independent_price(lm.history[-1]))
 
 
-def test_native_engine_counts_the_dspy_lm_span(traced, fake_provider):
-    lm = make_lm(fake_provider, engine="auto")
+def test_native_engine_counts_the_dspy_lm_span(traced, fake):
+    lm = make_lm(fake, engine="auto")
     with dspy.context(lm=lm):
         dspy.ChainOfThought("question -> answer")(question="What is 2+2?")
-    assert fake_provider.requests[-1].headers["user-agent"].startswith("lm15")  # no LiteLLM below
+    assert fake.requests[-1].headers["user-agent"].startswith("lm15")  # no LiteLLM below
     assert traced.tree() == [(0, "invoke_agent ChainOfThought"), (1, "invoke_agent Predict"), (2, "chat gpt-4o-mini")]
     spans = traced.spans()
     lm_span = next(s for s in spans if s.name == "chat gpt-4o-mini")
@@ -133,8 +133,8 @@ def test_native_engine_counts_the_dspy_lm_span(traced, fake_provider):
     assert root_of(spans).attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(independent_price(lm.history[-1]))
 
 
-def test_async_predict(traced, fake_provider):
-    lm = make_lm(fake_provider)
+def test_async_predict(traced, fake):
+    lm = make_lm(fake)
 
     async def run():
         with dspy.context(lm=lm):
@@ -146,8 +146,8 @@ def test_async_predict(traced, fake_provider):
     assert root_of(spans).attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted_cost(spans))
 
 
-def test_streamed_predict(traced, fake_provider):
-    lm = make_lm(fake_provider)
+def test_streamed_predict(traced, fake):
+    lm = make_lm(fake)
     program = dspy.streamify(
         dspy.Predict("question -> answer"),
         stream_listeners=[dspy.streaming.StreamListener(signature_field_name="answer")],
@@ -163,7 +163,7 @@ def test_streamed_predict(traced, fake_provider):
 
     final = asyncio.run(run())
     assert final is not None and final.answer.startswith("Echo:")
-    assert fake_provider.requests[-1].json.get("stream") is True
+    assert fake.requests[-1].json.get("stream") is True
     spans = traced.spans()
     lite = [s for s in spans if s.instrumentation_scope.name.endswith(".litellm")]
     assert len(lite) == 1 and lite[0].attributes[semconv.MLTRACK_STREAM_COMPLETE] is True
@@ -171,7 +171,7 @@ def test_streamed_predict(traced, fake_provider):
     assert root_of(spans).attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted_cost(spans))
 
 
-def test_react_tool_call(traced, fake_provider):
+def test_react_tool_call(traced, fake):
     calls = []
 
     def lookup(city: str) -> str:
@@ -179,7 +179,7 @@ def test_react_tool_call(traced, fake_provider):
         calls.append(city)
         return "sunny"
 
-    lm = make_lm(fake_provider)
+    lm = make_lm(fake)
     with dspy.context(lm=lm):
         dspy.ReAct("question -> answer", tools=[lookup], max_iters=3)(question="weather? [[scenario:tool]]")
     assert calls == ["example"]
@@ -196,8 +196,8 @@ def test_react_tool_call(traced, fake_provider):
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted_cost(spans))
 
 
-def test_provider_error(traced, fake_provider):
-    lm = make_lm(fake_provider, num_retries=0)
+def test_provider_error(traced, fake):
+    lm = make_lm(fake, num_retries=0)
     with dspy.context(lm=lm), pytest.raises(Exception):  # noqa: B017 - DSPy wraps provider errors its own way
         dspy.Predict("question -> answer")(question="fail [[scenario:error-429]]")
     spans = traced.spans()
@@ -207,19 +207,19 @@ def test_provider_error(traced, fake_provider):
     assert all("gen_ai.usage.input_tokens" not in s.attributes for s in spans)
 
 
-def test_budget_raises_before_any_request(traced, fake_provider, monkeypatch):
+def test_budget_raises_before_any_request(traced, fake, monkeypatch):
     monkeypatch.setattr(LEDGER, "limits", Limits(token_budget=1))
     LEDGER.reset()
     LEDGER.add(1, None, None, 5, 5, None)
     try:
-        with dspy.context(lm=make_lm(fake_provider)), pytest.raises(BudgetExceededError):
+        with dspy.context(lm=make_lm(fake)), pytest.raises(BudgetExceededError):
             dspy.Predict("question -> answer")(question="q")
-        assert fake_provider.requests == []
+        assert fake.requests == []
     finally:
         LEDGER.reset()
 
 
-def test_user_callbacks_kept_and_ours_survives_configure(traced, fake_provider):
+def test_user_callbacks_kept_and_ours_survives_configure(traced, fake):
     from dspy.utils.callback import BaseCallback
 
     seen = []
@@ -228,27 +228,27 @@ def test_user_callbacks_kept_and_ours_survives_configure(traced, fake_provider):
         def on_module_start(self, call_id, instance, inputs):
             seen.append(type(instance).__name__)
 
-    with dspy.context(lm=make_lm(fake_provider), callbacks=[Mine()]):
+    with dspy.context(lm=make_lm(fake), callbacks=[Mine()]):
         dspy.Predict("question -> answer")(question="q")
     assert seen == ["Predict"]
     assert len(traced.spans()) == 3
 
 
-def test_uninstrument_removes_the_callback(traced, fake_provider):
+def test_uninstrument_removes_the_callback(traced, fake):
     DSPyInstrumentor().uninstrument()
     assert not any(type(c).__name__ == "MltrackCallback" for c in dspy.settings.get("callbacks", []))
-    with dspy.context(lm=make_lm(fake_provider)):
+    with dspy.context(lm=make_lm(fake)):
         dspy.Predict("question -> answer")(question="q")
     assert [s.instrumentation_scope.name.rsplit(".", 1)[-1] for s in traced.spans()] == ["litellm"]
 
 
-def test_dspy_over_litellm_over_openai_counts_the_innermost(traced, fake_provider):
+def test_dspy_over_litellm_over_openai_counts_the_innermost(traced, fake):
     openai_instrumentor = _openai_instrumentor()
     if openai_instrumentor is None:
         pytest.skip("mltrack_otel.instrumentation.openai is not there yet")
     openai_instrumentor.instrument(tracer_provider=traced.provider)
     openai_instrumentor.set_tracer_provider(traced.provider)
-    lm = make_lm(fake_provider)
+    lm = make_lm(fake)
     try:
         with dspy.context(lm=lm):
             dspy.ChainOfThought("question -> answer")(question="What is 2+2?")
@@ -270,7 +270,7 @@ def test_dspy_over_litellm_over_openai_counts_the_innermost(traced, fake_provide
 
 
 @pytest.mark.parametrize("engine", ["litellm", "auto"])
-def test_budget_reserves_where_the_lm_sends_and_releases_after_the_call(traced, fake_provider, monkeypatch, engine):
+def test_budget_reserves_where_the_lm_sends_and_releases_after_the_call(traced, fake, monkeypatch, engine):
     from decimal import Decimal
 
     from mltrack_otel import budget
@@ -287,11 +287,11 @@ def test_budget_reserves_where_the_lm_sends_and_releases_after_the_call(traced, 
 
     monkeypatch.setattr(budget, "reserve", spy)
     try:
-        with dspy.context(lm=make_lm(fake_provider, engine=engine, max_tokens=50)):
+        with dspy.context(lm=make_lm(fake, engine=engine, max_tokens=50)):
             dspy.Predict("question -> answer")(question="what is the weather like")
         assert seen and seen[0][0] > 50  # the input estimate plus max_tokens
         assert all(own == held for own, held in seen)  # an inner layer's hold replaced the outer one's
         assert LEDGER.held() == (0, Decimal(0))
-        assert len(fake_provider.requests) == 1
+        assert len(fake.requests) == 1
     finally:
         LEDGER.reset()

@@ -70,10 +70,10 @@ ANTHROPIC_TOOLS = [{"name": "get_weather", "description": "Weather.", "input_sch
 
 
 @pytest.fixture
-def oai(fake_provider):
+def oai(fake):
     # strict validation: every response is checked against the SDK's pydantic models
     with openai.OpenAI(
-        base_url=fake_provider.openai_base_url,
+        base_url=fake.openai_base_url,
         api_key="sk-test",
         max_retries=0,
         _strict_response_validation=True,
@@ -82,16 +82,16 @@ def oai(fake_provider):
 
 
 @pytest.fixture
-def oai_loose(fake_provider):
+def oai_loose(fake):
     # for payloads the SDK types reject although the real API sends them (see test comments)
-    with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0) as client:
+    with openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0) as client:
         yield client
 
 
 @pytest.fixture
-def ant(fake_provider):
+def ant(fake):
     with anthropic.Anthropic(
-        base_url=fake_provider.anthropic_base_url,
+        base_url=fake.anthropic_base_url,
         api_key="sk-ant-test",
         max_retries=0,
         _strict_response_validation=True,
@@ -123,8 +123,8 @@ def user(text: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_chat_json(fake_provider, oai):
-    fake_provider.clear()
+def test_chat_json(fake, oai):
+    fake.clear()
     system, question = "You are terse.", "what is the capital of France today please answer"
     r = oai.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "system", "content": system}, *user(question)]
@@ -142,7 +142,7 @@ def test_chat_json(fake_provider, oai):
     assert r.usage.prompt_tokens_details.cached_tokens == 0
     assert r.usage.completion_tokens_details.reasoning_tokens == 0
 
-    [rec] = fake_provider.requests
+    [rec] = fake.requests
     assert (rec.method, rec.path, rec.scenario) == ("POST", "/v1/chat/completions", "ok")
     assert rec.headers["authorization"] == "Bearer sk-test"
     assert rec.json["model"] == "gpt-4o-mini" and rec.json["messages"][1]["content"] == question
@@ -196,8 +196,8 @@ def test_chat_stream_helper(oai):
     assert final.choices[0].message.content == expected_text("helper stream")
 
 
-async def test_chat_async_json_and_stream(fake_provider):
-    async with aoai(fake_provider) as client:
+async def test_chat_async_json_and_stream(fake):
+    async with aoai(fake) as client:
         r = await client.chat.completions.create(model="gpt-4o-mini", messages=user("async hello"))
         assert r.choices[0].message.content == expected_text("async hello")
         stream = await client.chat.completions.create(
@@ -232,7 +232,7 @@ def test_chat_tool_call(oai):
     assert r.usage.completion_tokens == n_fragments(call.function.arguments)
 
 
-def test_chat_tool_call_stream(fake_provider, oai):
+def test_chat_tool_call_stream(fake, oai):
     stream = oai.chat.completions.create(
         model="gpt-4o",
         messages=user("weather?"),
@@ -252,7 +252,7 @@ def test_chat_tool_call_stream(fake_provider, oai):
     assert json.loads(arguments) == WEATHER_ARGS
     assert len(rest) == n_fragments(arguments) == chunks[-1].usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
-    assert fake_provider.requests[-1].scenario == "tool"
+    assert fake.requests[-1].scenario == "tool"
 
 
 def test_chat_tool_stream_helper_reassembles(oai):
@@ -316,7 +316,7 @@ class Person(pydantic.BaseModel):
     nickname: str | None
 
 
-def test_chat_parse_json_schema(fake_provider, oai):
+def test_chat_parse_json_schema(fake, oai):
     r = oai.chat.completions.parse(model="gpt-4o-mini", messages=user("extract"), response_format=Person)
     parsed = r.choices[0].message.parsed
     assert parsed == Person(
@@ -331,7 +331,7 @@ def test_chat_parse_json_schema(fake_provider, oai):
     )
     content = r.choices[0].message.content
     assert r.usage.completion_tokens == n_fragments(content)
-    assert fake_provider.requests[-1].json["response_format"]["type"] == "json_schema"
+    assert fake.requests[-1].json["response_format"]["type"] == "json_schema"
 
 
 def test_chat_json_object_mode(oai):
@@ -386,9 +386,9 @@ def test_responses_stream_event_order(oai):
     assert events[0].response.usage is None and events[0].response.status == "in_progress"
 
 
-async def test_responses_stream_helper_async(fake_provider):
+async def test_responses_stream_helper_async(fake):
     async with (
-        aoai(fake_provider) as client,
+        aoai(fake) as client,
         client.responses.stream(model="gpt-4o-mini", input="async responses") as stream,
     ):
         deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
@@ -425,8 +425,8 @@ def test_responses_max_output_tokens_incomplete(oai):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_embeddings_float_and_base64(fake_provider, oai, oai_loose):
-    fake_provider.clear()
+def test_embeddings_float_and_base64(fake, oai, oai_loose):
+    fake.clear()
     inputs = ["the first text", "second"]
     as_float = oai.embeddings.create(model="text-embedding-3-small", input=inputs, encoding_format="float")
     assert as_float.usage.prompt_tokens == as_float.usage.total_tokens == ptok(*inputs)
@@ -438,7 +438,7 @@ def test_embeddings_float_and_base64(fake_provider, oai, oai_loose):
     # The SDK default asks for base64 and decodes it; strict validation would reject the base64
     # string (the SDK model says List[float]), exactly as with the real API, hence the loose client.
     decoded = oai_loose.embeddings.create(model="text-embedding-3-small", input=inputs)
-    assert fake_provider.requests[-1].json["encoding_format"] == "base64"
+    assert fake.requests[-1].json["encoding_format"] == "base64"
     assert [d.embedding for d in decoded.data] == [d.embedding for d in as_float.data]
 
     raw = oai_loose.embeddings.create(model="text-embedding-3-small", input="the first text", encoding_format="base64")
@@ -449,8 +449,8 @@ def test_embeddings_float_and_base64(fake_provider, oai, oai_loose):
     assert len(small.data[0].embedding) == 4
 
 
-async def test_embeddings_async(fake_provider):
-    async with aoai(fake_provider) as client:
+async def test_embeddings_async(fake):
+    async with aoai(fake) as client:
         r = await client.embeddings.create(model="text-embedding-3-small", input="hello", encoding_format="float")
     assert len(r.data[0].embedding) == 16 and r.usage.prompt_tokens == ptok("hello")
 
@@ -482,10 +482,10 @@ def test_legacy_completions_json_and_stream(oai, oai_loose):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_azure_client(fake_provider):
-    fake_provider.clear()
+def test_azure_client(fake):
+    fake.clear()
     with openai.AzureOpenAI(
-        azure_endpoint=fake_provider.url,
+        azure_endpoint=fake.url,
         api_version="2024-10-21",
         azure_deployment="my-deployment",
         api_key="azure-key",
@@ -501,13 +501,13 @@ def test_azure_client(fake_provider):
     assert r.choices[0].message.content == streamed == expected_text("hi azure")
     assert r.model == "gpt-4o-2024-08-06"
     assert len(e.data[0].embedding) == 16
-    paths = [(rec.path, rec.query.get("api-version")) for rec in fake_provider.requests]
+    paths = [(rec.path, rec.query.get("api-version")) for rec in fake.requests]
     assert paths == [
         ("/openai/deployments/my-deployment/chat/completions", "2024-10-21"),
         ("/openai/deployments/my-deployment/chat/completions", "2024-10-21"),
         ("/openai/deployments/my-deployment/embeddings", "2024-10-21"),
     ]
-    assert fake_provider.requests[0].headers["api-key"] == "azure-key"
+    assert fake.requests[0].headers["api-key"] == "azure-key"
 
 
 def _post(fake, path: str, body: dict, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -520,9 +520,9 @@ def _post(fake, path: str, body: dict, headers: dict | None = None) -> tuple[int
         conn.close()
 
 
-def test_azure_model_defaults_to_deployment(fake_provider):
+def test_azure_model_defaults_to_deployment(fake):
     status, _, raw = _post(
-        fake_provider,
+        fake,
         "/openai/deployments/prod-gpt/chat/completions?api-version=2024-10-21",
         {"messages": user("no model")},
     )
@@ -534,8 +534,8 @@ def test_azure_model_defaults_to_deployment(fake_provider):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_anthropic_create(fake_provider, ant):
-    fake_provider.clear()
+def test_anthropic_create(fake, ant):
+    fake.clear()
     system, q = "Answer like a pirate.", "where is the treasure"
     m = ant.messages.create(model="claude-3-5-haiku-latest", max_tokens=200, system=system, messages=user(q))
     assert m.model == "claude-3-5-haiku-20241022"
@@ -546,16 +546,16 @@ def test_anthropic_create(fake_provider, ant):
     assert m.usage.input_tokens == ptok(system, q)
     assert m.usage.output_tokens == N
     assert m.usage.cache_creation_input_tokens == m.usage.cache_read_input_tokens == 0
-    [rec] = fake_provider.requests
+    [rec] = fake.requests
     # anthropic 2.x sends the key as a bearer token (older SDKs: x-api-key)
     key = rec.headers.get("x-api-key") or rec.headers["authorization"].removeprefix("Bearer ")
     assert rec.path == "/v1/messages" and key == "sk-ant-test"
     assert "anthropic-version" in rec.headers
 
 
-def test_anthropic_raw_sse_framing(fake_provider):
+def test_anthropic_raw_sse_framing(fake):
     status, headers, raw = _post(
-        fake_provider,
+        fake,
         "/v1/messages",
         {"model": "claude-sonnet-4-0", "max_tokens": 100, "stream": True, "messages": user("raw frames")},
     )
@@ -609,8 +609,8 @@ def test_anthropic_stream_helper(ant):
     assert final.stop_reason == "end_turn" and final.content[0].text == "".join(pieces)
 
 
-async def test_anthropic_async_create_and_stream(fake_provider):
-    async with aant(fake_provider) as client:
+async def test_anthropic_async_create_and_stream(fake):
+    async with aant(fake) as client:
         m = await client.messages.create(model="claude-3-7-sonnet-latest", max_tokens=100, messages=user("a"))
         async with client.messages.stream(model="claude-3-7-sonnet-latest", max_tokens=100, messages=user("a")) as s:
             text = "".join([t async for t in s.text_stream])
@@ -751,11 +751,11 @@ def test_errors_sync(oai, ant, scenario, status, openai_exc, anthropic_exc, anth
 
 
 @pytest.mark.parametrize(("scenario", "status", "openai_exc", "anthropic_exc", "anthropic_type"), ERROR_CASES)
-async def test_errors_async_streaming(fake_provider, scenario, status, openai_exc, anthropic_exc, anthropic_type):
-    async with aoai(fake_provider) as client:
+async def test_errors_async_streaming(fake, scenario, status, openai_exc, anthropic_exc, anthropic_type):
+    async with aoai(fake) as client:
         with pytest.raises(openai_exc):
             await client.chat.completions.create(model="gpt-4o", messages=user(f"[[scenario:{scenario}]]"), stream=True)
-    async with aant(fake_provider) as client:
+    async with aant(fake) as client:
         with pytest.raises(anthropic_exc) as aerr:
             async with client.messages.stream(
                 model="claude-3-5-haiku-latest", max_tokens=10, messages=user(f"[[scenario:{scenario}]] x")
@@ -764,9 +764,9 @@ async def test_errors_async_streaming(fake_provider, scenario, status, openai_ex
     assert aerr.value.status_code == status
 
 
-def test_openai_error_body_shape(fake_provider):
+def test_openai_error_body_shape(fake):
     status, headers, raw = _post(
-        fake_provider,
+        fake,
         "/v1/chat/completions",
         {"model": "m", "messages": user("x")},
         {"x-fake-scenario": "error-429"},
@@ -782,21 +782,21 @@ def test_openai_error_body_shape(fake_provider):
     }
 
 
-def test_sdk_retries_are_instant(fake_provider):
-    fake_provider.clear()
-    with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="x", max_retries=2) as client:
+def test_sdk_retries_are_instant(fake):
+    fake.clear()
+    with openai.OpenAI(base_url=fake.openai_base_url, api_key="x", max_retries=2) as client:
         start = time.perf_counter()
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model="m", messages=user("[[scenario:error-429]]"))
         elapsed = time.perf_counter() - start
-    assert len(fake_provider.requests) == 3  # 1 + 2 retries
+    assert len(fake.requests) == 3  # 1 + 2 retries
     assert elapsed < 1.0  # retry-after-ms: 1; the SDK's own backoff for two retries is over 1.1 s
 
 
-def test_unknown_scenario_and_path(oai, fake_provider):
+def test_unknown_scenario_and_path(oai, fake):
     with pytest.raises(openai.BadRequestError, match="Unknown fake scenario"):
         oai.chat.completions.create(model="m", messages=user("[[scenario:nope]]"))
-    status, _, raw = _post(fake_provider, "/v2/whatever", {})
+    status, _, raw = _post(fake, "/v2/whatever", {})
     assert status == 404 and json.loads(raw)["error"]["code"] == "unknown_url"
 
 
@@ -810,8 +810,8 @@ def test_drop_openai_sync(oai):
         oai.chat.completions.create(model="gpt-4o", messages=user("[[scenario:drop]] x"))
 
 
-async def test_drop_openai_async(fake_provider):
-    async with aoai(fake_provider) as client:
+async def test_drop_openai_async(fake):
+    async with aoai(fake) as client:
         events = []
         with pytest.raises(openai.APIConnectionError):
             async for e in await client.responses.create(model="gpt-4o", input="[[scenario:drop]] x", stream=True):
@@ -833,8 +833,8 @@ def test_drop_anthropic_sync(ant):
         ant.messages.create(model="claude-3-5-haiku-latest", max_tokens=100, messages=user("[[scenario:drop]] x"))
 
 
-async def test_drop_anthropic_async_stream_helper(fake_provider):
-    async with aant(fake_provider) as client:
+async def test_drop_anthropic_async_stream_helper(fake):
+    async with aant(fake) as client:
         pieces = []
         with pytest.raises((anthropic.APIConnectionError, httpx2.TransportError)):
             async with client.messages.stream(
@@ -923,8 +923,8 @@ def test_example_from_schema():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_keep_alive_content_length_and_ids(fake_provider):
-    conn = http.client.HTTPConnection("127.0.0.1", fake_provider.port, timeout=5)
+def test_keep_alive_content_length_and_ids(fake):
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
     ids = []
     try:
         for _ in range(3):  # three requests over one connection
@@ -939,13 +939,13 @@ def test_keep_alive_content_length_and_ids(fake_provider):
     assert len(set(ids)) == 3
 
 
-def test_concurrent_requests(fake_provider):
+def test_concurrent_requests(fake):
     results: list[str] = []
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="x", max_retries=0) as client:
+            with openai.OpenAI(base_url=fake.openai_base_url, api_key="x", max_retries=0) as client:
                 for _ in range(5):
                     stream = client.chat.completions.create(model="m", messages=user(f"worker {i}"), stream=True)
                     results.append("".join(c.choices[0].delta.content or "" for c in stream))
@@ -1009,8 +1009,8 @@ def test_start_stop_lifecycle():
         socket.create_connection(("127.0.0.1", fake.port), timeout=1).close()
 
 
-def test_header_beats_token_and_is_recorded(fake_provider, oai):
-    fake_provider.clear()
+def test_header_beats_token_and_is_recorded(fake, oai):
+    fake.clear()
     r = oai.chat.completions.create(
         model="m", messages=user("[[scenario:error-500]] fine"), extra_headers={"x-fake-scenario": "ok"}
     )
@@ -1018,4 +1018,4 @@ def test_header_beats_token_and_is_recorded(fake_provider, oai):
     assert r.usage.prompt_tokens == ptok("[[scenario:error-500]] fine")  # the token is counted as a word
     with pytest.raises(openai.InternalServerError):
         oai.chat.completions.create(model="m", messages=user("[[scenario:error-500]] fine"))
-    assert [rec.scenario for rec in fake_provider.requests] == ["ok", "error-500"]
+    assert [rec.scenario for rec in fake.requests] == ["ok", "error-500"]

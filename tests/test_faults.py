@@ -109,11 +109,11 @@ FAULTS = [
 
 @pytest.mark.parametrize(("exporter", "fault"), FAULTS, ids=[f"{e}-{f}" for e, f in FAULTS])
 def test_a_failing_backend_costs_the_app_nothing_and_every_span_is_accounted_for(
-    clean, receiver, fake_provider, caplog, exporter, fault
+    clean, receiver, fake, caplog, exporter, fault
 ):
     closers: list = []
     endpoint = _fault_endpoint(fault, receiver, closers)
-    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0)
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
     question = [{"role": "user", "content": "Tell me about spans please"}]
     baseline = client.chat.completions.create(model="gpt-4o", messages=question)  # before any tracking
     target = {"otlp_endpoint": endpoint} if exporter == "otlp" else {"mlflow_tracking_uri": endpoint}
@@ -125,7 +125,7 @@ def test_a_failing_backend_costs_the_app_nothing_and_every_span_is_accounted_for
         export_batch_size=BATCH,
         export_delay_ms=10,
         shutdown_timeout_seconds=SHUTDOWN_TIMEOUT,
-        cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud API it imitates
+        cloud_hosts=[fake.host],  # the fake on loopback stands for the cloud API it imitates
     )
     rt = provider.runtime()
     books = rt.deliveries[exporter]

@@ -129,9 +129,9 @@ def _run_app(receiver_url: str, provider_url: str, tmp_path) -> list[dict]:
     return [json.loads(path.read_text()) for path in tmp_path.glob("*.json")]
 
 
-def test_forked_workers_each_export_their_own_spans_and_the_parent_keeps_working(isolated_env, fake_provider):
+def test_forked_workers_each_export_their_own_spans_and_the_parent_keeps_working(isolated_env, fake):
     with OtlpReceiver() as receiver:
-        reports = _run_app(receiver.url, fake_provider.openai_base_url, isolated_env)
+        reports = _run_app(receiver.url, fake.openai_base_url, isolated_env)
         spans = receiver.accepted_spans()
         connection_of = {s.span_id: r.connection for r in receiver.trace_requests() for s in r.spans}
     (parent,) = [r for r in reports if "parent" in r]

@@ -16,20 +16,16 @@ import genai_prices
 import httpx2
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
 from mltrack_otel import config, guard, hosts, semconv
 from mltrack_otel.errors import ConfigError
 from mltrack_otel.instrumentation import instrument, uninstrument
-from mltrack_otel.instrumentation._base import provider_for_host
-from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import PriceOverride, Pricer, Usage, override_key
-from mltrack_otel.processor import CostSpanProcessor
+from mltrack_otel.providers import for_host as provider_for_host
 from mltrack_otel.testing.fake_provider import FakeProvider
+from tests.traced import Traced
 
 TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
 CEREBRAS_MODEL = "llama3.1-8b"
@@ -58,19 +54,14 @@ class ToFake(httpx2.HTTPTransport):
         return super().handle_request(request)
 
 
-class Pipeline:
-    """The openai instrumentor into a TracerProvider whose CostSpanProcessor uses `pricer`; SDK clients for any
+class Pipeline(Traced):
+    """The openai instrumentor into the span harness, its CostSpanProcessor using `pricer`; SDK clients for any
     base URL, served by the fake provider."""
 
     def __init__(self, fake: FakeProvider, pricer: Pricer) -> None:
+        super().__init__(pricer=pricer)
         self.fake = fake
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), pricer=pricer, ledger=self.ledger)
-        )
-        instrument(["openai"], tracer_provider=self.tracer_provider)
+        instrument(["openai"], tracer_provider=self.provider)
 
     def client(self, base_url: str) -> openai.OpenAI:
         http = httpx2.Client(transport=ToFake(self.fake))
@@ -87,7 +78,7 @@ class Pipeline:
 
     def close(self) -> None:
         uninstrument(["openai"])
-        self.tracer_provider.shutdown()
+        self.shutdown()
 
 
 @pytest.fixture
@@ -193,7 +184,7 @@ def test_every_provider_genai_prices_knows_by_url_is_named_from_its_host():
         host, _, path = target.partition("/")
         name = provider_for_host(host, None, "/" + path)
         assert name is not None, (prov.id, target)
-        assert pricer._provider(name, fuzzy=False).id == prov.id, (prov.id, name)  # pricing finds it back
+        assert pricer.find_provider(name, fuzzy=False).id == prov.id, (prov.id, name)  # pricing finds it back
         seen.add(prov.id)
     assert {"together", "fireworks", "cerebras", "groq", "deepseek", "openrouter"} <= seen
 

@@ -9,13 +9,11 @@ import textwrap
 from importlib.metadata import entry_points
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel.instrumentation import LIBRARIES, _base, instrument, uninstrument
 from mltrack_otel.instrumentation.anthropic import AnthropicInstrumentor
 from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+from tests.traced import Traced
 
 
 def run_python(code: str) -> dict:
@@ -146,15 +144,12 @@ def test_a_second_instrument_switches_the_tracer_provider(fake, settings):
     import openai
 
     client = openai.OpenAI(base_url=fake.openai_base_url, api_key="x", max_retries=0)
-    first, second = InMemorySpanExporter(), InMemorySpanExporter()
-    providers = [TracerProvider(), TracerProvider()]
-    providers[0].add_span_processor(SimpleSpanProcessor(first))
-    providers[1].add_span_processor(SimpleSpanProcessor(second))
-    instrument(["openai"], tracer_provider=providers[0])
+    first, second = Traced(cost=False), Traced(cost=False)
+    instrument(["openai"], tracer_provider=first.provider)
     client.embeddings.create(model="text-embedding-3-small", input="a")
-    instrument(["openai"], tracer_provider=providers[1])
+    instrument(["openai"], tracer_provider=second.provider)
     client.embeddings.create(model="text-embedding-3-small", input="b")
-    assert len(first.get_finished_spans()) == 1 and len(second.get_finished_spans()) == 1
+    assert len(first.spans()) == 1 and len(second.spans()) == 1
 
 
 def test_instrumentor_classes_follow_the_otel_interface(fake, settings):
@@ -164,14 +159,12 @@ def test_instrumentor_classes_follow_the_otel_interface(fake, settings):
     assert instrumentor is OpenAIInstrumentor()  # one per class, as BaseInstrumentor
     assert instrumentor is not AnthropicInstrumentor()
     assert list(instrumentor.instrumentation_dependencies()) == ["openai >= 1.40"]
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    harness = Traced(cost=False)
     originals = request_methods("openai")
-    instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
+    instrumentor.instrument(tracer_provider=harness.provider, skip_dep_check=True)
     assert instrumentor.is_instrumented_by_opentelemetry
     openai.OpenAI(base_url=fake.openai_base_url, api_key="x").embeddings.create(model="e", input="a")
-    assert len(exporter.get_finished_spans()) == 1
+    assert len(harness.spans()) == 1
     instrumentor.uninstrument()
     assert not instrumentor.is_instrumented_by_opentelemetry
     assert request_methods("openai") == originals

@@ -32,15 +32,12 @@ from langchain_core.retrievers import BaseRetriever  # noqa: E402
 from langchain_core.tools import BaseTool, tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
-from mltrack_otel import CostSpanProcessor, Pricer, Usage, config, guard  # noqa: E402
+from mltrack_otel import Pricer, Usage, config, guard  # noqa: E402
 from mltrack_otel.instrumentation import langchain as lc  # noqa: E402
 from mltrack_otel.instrumentation.langchain import LangChainInstrumentor  # noqa: E402
-from mltrack_otel.ledger import Ledger  # noqa: E402
+from tests.traced import Traced  # noqa: E402
 
 LC_SCOPE = "mltrack_otel.instrumentation.langchain"
 MODEL = "gpt-4o-mini"
@@ -66,21 +63,11 @@ def _sdk_instrumentor(name: str):
 # --- fixtures ---------------------------------------------------------------------------------------------------
 
 
-class Otel:
-    """A TracerProvider with the cost pipeline over an in-memory exporter, and span-tree helpers."""
-
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.provider = TracerProvider()
-        # The fake provider on loopback stands for the cloud APIs it imitates: its calls keep their cloud price.
-        pricer = Pricer(cloud_hosts=["127.0.0.1"])
-        self.provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=pricer)
-        )
+class Otel(Traced):
+    """The span harness (cost pipeline, own ledger) with span-tree helpers for LangChain."""
 
     @property
-    def spans(self):
+    def spans(self):  # a property here, as this file's tests have always read it
         return self.exporter.get_finished_spans()
 
     def ours(self):
@@ -154,7 +141,7 @@ def sdk_on(request, otel):
 
 
 @pytest.fixture
-async def chat(fake_provider):
+async def chat(fake):
     """ChatOpenAI against the fake server. Async so the per-test async httpx client is closed on its own loop
     (langchain-openai otherwise caches one async client per process, and tests run each on a new event loop)."""
     clients: list[httpx.AsyncClient] = []
@@ -163,7 +150,7 @@ async def chat(fake_provider):
         kwargs.setdefault("model", MODEL)
         clients.append(httpx.AsyncClient())
         kwargs.setdefault("http_async_client", clients[-1])
-        return ChatOpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0, **kwargs)
+        return ChatOpenAI(base_url=fake.openai_base_url, api_key="test", max_retries=0, **kwargs)
 
     yield make
     for client in clients:
@@ -332,10 +319,10 @@ def test_provider_error(otel, sdk_on, chat):
     assert otel.counted() == []
 
 
-def test_anthropic(otel, sdk_on, fake_provider):
+def test_anthropic(otel, sdk_on, fake):
     langchain_anthropic = pytest.importorskip("langchain_anthropic")
     model = langchain_anthropic.ChatAnthropic(
-        model="claude-3-5-haiku-latest", base_url=fake_provider.anthropic_base_url, api_key="test", max_retries=0
+        model="claude-3-5-haiku-latest", base_url=fake.anthropic_base_url, api_key="test", max_retries=0
     )
     result = model.invoke([("system", "be brief"), ("user", "hello claude")])
 

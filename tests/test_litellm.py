@@ -22,7 +22,7 @@ from mltrack_otel.instrumentation import litellm as litellm_instrumentation  # n
 from mltrack_otel.instrumentation._base import error_type  # noqa: E402
 from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor  # noqa: E402
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL  # noqa: E402
-from tests.traced import FAKE, Traced  # noqa: E402
+from tests.traced import Traced  # noqa: E402
 
 pytestmark = pytest.mark.frameworks
 
@@ -39,10 +39,10 @@ def _openai_instrumentor():
 
 
 @pytest.fixture
-def traced(isolated_env, fake_provider):
+def traced(isolated_env, fake):
     """LiteLLM instrumented into a fresh TracerProvider + CostSpanProcessor; the OpenAI instrumentor off."""
     config.set_current(None)
-    fake_provider.clear()
+    fake.clear()
     openai_instrumentor = _openai_instrumentor()
     if openai_instrumentor is not None and openai_instrumentor.is_instrumented_by_opentelemetry:
         openai_instrumentor.uninstrument()
@@ -75,8 +75,8 @@ def price(provider: str, model: str, usage: Usage) -> float:
 # --- plain calls --------------------------------------------------------------------------------------------
 
 
-def test_completion_openai_span_usage_cost(traced, fake_provider):
-    response = litellm.completion(**openai_kwargs(fake_provider, temperature=0.5, max_tokens=50))
+def test_completion_openai_span_usage_cost(traced, fake):
+    response = litellm.completion(**openai_kwargs(fake, temperature=0.5, max_tokens=50))
     span = traced.one()
     a = span.attributes
     assert span.name == "chat gpt-4o-mini"
@@ -98,15 +98,15 @@ def test_completion_openai_span_usage_cost(traced, fake_provider):
     assert "api_key" not in str(dict(a)) and "test" not in a.get("gen_ai.input.messages", "")
 
 
-def test_completion_anthropic_routed_by_litellm(traced, fake_provider):
+def test_completion_anthropic_routed_by_litellm(traced, fake):
     response = litellm.completion(
         model=ANTHROPIC_MODEL,
         messages=[{"role": "user", "content": "hi [[scenario:cache-write]]"}],
-        api_base=fake_provider.anthropic_base_url,
+        api_base=fake.anthropic_base_url,
         api_key="test",
         num_retries=0,
     )
-    assert fake_provider.requests[-1].path == "/v1/messages"
+    assert fake.requests[-1].path == "/v1/messages"
     a = traced.one().attributes
     assert a["gen_ai.provider.name"] == "anthropic"
     assert a["gen_ai.request.model"] == "claude-3-5-haiku-latest"
@@ -118,22 +118,22 @@ def test_completion_anthropic_routed_by_litellm(traced, fake_provider):
     assert a[semconv.LLM_COST_TOTAL] > 0
 
 
-def test_cache_read_tokens(traced, fake_provider):
-    litellm.completion(**openai_kwargs(fake_provider, "one two [[scenario:cache-read]]"))
+def test_cache_read_tokens(traced, fake):
+    litellm.completion(**openai_kwargs(fake, "one two [[scenario:cache-read]]"))
     a = traced.one().attributes
     assert a["gen_ai.usage.cache_read.input_tokens"] > 0
 
 
-def test_acompletion(traced, fake_provider):
-    response = asyncio.run(litellm.acompletion(**openai_kwargs(fake_provider)))
+def test_acompletion(traced, fake):
+    response = asyncio.run(litellm.acompletion(**openai_kwargs(fake)))
     a = traced.one().attributes
     assert a["gen_ai.usage.output_tokens"] == response.usage.completion_tokens
     assert a[semconv.MLTRACK_USAGE_COUNTED] is True
 
 
-def test_tool_call(traced, fake_provider):
+def test_tool_call(traced, fake):
     tools = [OPENAI_WEATHER_TOOL]
-    response = litellm.completion(**openai_kwargs(fake_provider, "weather? [[scenario:tool]]", tools=tools))
+    response = litellm.completion(**openai_kwargs(fake, "weather? [[scenario:tool]]", tools=tools))
     assert response.choices[0].message.tool_calls[0].function.name == "get_weather"
     a = traced.one().attributes
     assert a["gen_ai.response.finish_reasons"] == ("tool_calls",)
@@ -141,11 +141,11 @@ def test_tool_call(traced, fake_provider):
     assert '"tool_call"' in a["gen_ai.output.messages"] and '"city"' in a["gen_ai.output.messages"]
 
 
-def test_embedding(traced, fake_provider):
+def test_embedding(traced, fake):
     response = litellm.embedding(
         model="openai/text-embedding-3-small",
         input=["hello there"],
-        api_base=fake_provider.openai_base_url,
+        api_base=fake.openai_base_url,
         api_key="test",
     )
     span = traced.one()
@@ -155,10 +155,10 @@ def test_embedding(traced, fake_provider):
     assert span.attributes["gen_ai.embeddings.dimension.count"] == 16
 
 
-def test_aembedding(traced, fake_provider):
+def test_aembedding(traced, fake):
     asyncio.run(
         litellm.aembedding(
-            model="openai/text-embedding-3-small", input="x y", api_base=fake_provider.openai_base_url, api_key="t"
+            model="openai/text-embedding-3-small", input="x y", api_base=fake.openai_base_url, api_key="t"
         )
     )
     assert traced.one().attributes["gen_ai.usage.input_tokens"] == 5
@@ -167,11 +167,11 @@ def test_aembedding(traced, fake_provider):
 # --- streams ------------------------------------------------------------------------------------------------
 
 
-def test_stream_sync_same_items_and_provider_usage(traced, fake_provider):
-    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+def test_stream_sync_same_items_and_provider_usage(traced, fake):
+    stream = litellm.completion(**openai_kwargs(fake, stream=True))
     assert isinstance(stream, litellm.CustomStreamWrapper)
     chunks = list(stream)
-    assert fake_provider.requests[-1].json["stream_options"] == {"include_usage": True}  # asked for on the wire
+    assert fake.requests[-1].json["stream_options"] == {"include_usage": True}  # asked for on the wire
     assert all(c.choices for c in chunks)  # ...but no usage-only chunk reached the caller
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     span = traced.one()
@@ -185,17 +185,15 @@ def test_stream_sync_same_items_and_provider_usage(traced, fake_provider):
     assert "gen_ai.response.time_to_first_chunk" in a
 
 
-def test_stream_with_caller_stream_options(traced, fake_provider):
-    chunks = list(
-        litellm.completion(**openai_kwargs(fake_provider, stream=True, stream_options={"include_usage": True}))
-    )
+def test_stream_with_caller_stream_options(traced, fake):
+    chunks = list(litellm.completion(**openai_kwargs(fake, stream=True, stream_options={"include_usage": True})))
     assert chunks[-1].usage is not None  # the caller asked for it: they get it
     assert traced.one().attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens
 
 
-def test_stream_async(traced, fake_provider):
+def test_stream_async(traced, fake):
     async def run():
-        stream = await litellm.acompletion(**openai_kwargs(fake_provider, stream=True))
+        stream = await litellm.acompletion(**openai_kwargs(fake, stream=True))
         return [c async for c in stream]
 
     chunks = asyncio.run(run())
@@ -205,11 +203,11 @@ def test_stream_async(traced, fake_provider):
     assert a["gen_ai.usage.output_tokens"] == 30
 
 
-def test_stream_anthropic(traced, fake_provider):
+def test_stream_anthropic(traced, fake):
     stream = litellm.completion(
         model=ANTHROPIC_MODEL,
         messages=[{"role": "user", "content": "hi"}],
-        api_base=fake_provider.anthropic_base_url,
+        api_base=fake.anthropic_base_url,
         api_key="test",
         stream=True,
     )
@@ -217,11 +215,11 @@ def test_stream_anthropic(traced, fake_provider):
     a = traced.one().attributes
     assert a["gen_ai.provider.name"] == "anthropic"
     assert a["gen_ai.usage.output_tokens"] == 30
-    assert "stream_options" not in fake_provider.requests[-1].json
+    assert "stream_options" not in fake.requests[-1].json
 
 
-def test_stream_closed_early_ends_once_partial(traced, fake_provider):
-    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+def test_stream_closed_early_ends_once_partial(traced, fake):
+    stream = litellm.completion(**openai_kwargs(fake, stream=True))
     next(stream)
     stream.close()
     stream.close()
@@ -230,9 +228,9 @@ def test_stream_closed_early_ends_once_partial(traced, fake_provider):
 
 
 @pytest.mark.parametrize("capture", [True, False])
-def test_stream_closed_early_is_counted_with_estimated_usage(traced, fake_provider, monkeypatch, capture):
+def test_stream_closed_early_is_counted_with_estimated_usage(traced, fake, monkeypatch, capture):
     monkeypatch.setenv("MLTRACK_LLM_LOG_RESPONSES", str(capture).lower())
-    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+    stream = litellm.completion(**openai_kwargs(fake, stream=True))
     seen = [next(stream) for _ in range(5)]
     stream.close()
     a = traced.one().attributes
@@ -246,14 +244,14 @@ def test_stream_closed_early_is_counted_with_estimated_usage(traced, fake_provid
     assert totals.cost_usd == totals.estimated_cost_usd > 0
 
 
-def test_stream_read_to_the_end_keeps_the_provider_usage(traced, fake_provider):
-    list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
+def test_stream_read_to_the_end_keeps_the_provider_usage(traced, fake):
+    list(litellm.completion(**openai_kwargs(fake, stream=True)))
     assert traced.one().attributes[semconv.MLTRACK_USAGE_SOURCE] == "provider"
     assert traced.ledger.process_totals().estimated_calls == 0
 
 
-def test_stream_abandoned_ends_on_gc(traced, fake_provider):
-    stream = litellm.completion(**openai_kwargs(fake_provider, stream=True))
+def test_stream_abandoned_ends_on_gc(traced, fake):
+    stream = litellm.completion(**openai_kwargs(fake, stream=True))
     next(stream)
     del stream
     gc.collect()
@@ -261,8 +259,8 @@ def test_stream_abandoned_ends_on_gc(traced, fake_provider):
     assert traced.one().attributes[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
-def test_stream_context_manager(traced, fake_provider):
-    with litellm.completion(**openai_kwargs(fake_provider, stream=True)) as stream:
+def test_stream_context_manager(traced, fake):
+    with litellm.completion(**openai_kwargs(fake, stream=True)) as stream:
         for _ in stream:
             pass
     assert traced.one().attributes[semconv.MLTRACK_STREAM_COMPLETE] is True
@@ -272,9 +270,9 @@ def test_stream_context_manager(traced, fake_provider):
 
 
 @pytest.mark.parametrize(("scenario", "error"), [("error-429", "RateLimitError"), ("error-500", "InternalServerError")])
-def test_provider_error_mapped(traced, fake_provider, scenario, error):
+def test_provider_error_mapped(traced, fake, scenario, error):
     with pytest.raises(getattr(litellm, error)) as raised:
-        litellm.completion(**openai_kwargs(fake_provider, f"x [[scenario:{scenario}]]"))
+        litellm.completion(**openai_kwargs(fake, f"x [[scenario:{scenario}]]"))
     span = traced.one()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"]
@@ -283,49 +281,49 @@ def test_provider_error_mapped(traced, fake_provider, scenario, error):
     assert "gen_ai.usage.input_tokens" not in span.attributes
 
 
-def test_budget_raises_before_any_request(traced, fake_provider, monkeypatch):
+def test_budget_raises_before_any_request(traced, fake, monkeypatch):
     monkeypatch.setattr(LEDGER, "limits", Limits(token_budget=1))
     LEDGER.reset()
     LEDGER.add(1, None, None, 5, 5, None)
     try:
         with pytest.raises(BudgetExceededError):
-            litellm.completion(**openai_kwargs(fake_provider))
-        assert fake_provider.requests == []
+            litellm.completion(**openai_kwargs(fake))
+        assert fake.requests == []
         assert traced.spans() == []
     finally:
         LEDGER.reset()
 
 
-def test_tracking_disabled_passes_through(traced, fake_provider, monkeypatch):
+def test_tracking_disabled_passes_through(traced, fake, monkeypatch):
     monkeypatch.setenv("MLTRACK_LLM_TRACKING_ENABLED", "false")
     config.set_current(None)
-    litellm.completion(**openai_kwargs(fake_provider))
+    litellm.completion(**openai_kwargs(fake))
     assert traced.spans() == []
 
 
-def test_suppressed_instrumentation_passes_through(traced, fake_provider):
+def test_suppressed_instrumentation_passes_through(traced, fake):
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     with suppress_instrumentation():
-        assert litellm.completion(**openai_kwargs(fake_provider)).choices[0].message.content
+        assert litellm.completion(**openai_kwargs(fake)).choices[0].message.content
     assert traced.spans() == []
 
 
 # --- Router -------------------------------------------------------------------------------------------------
 
 
-def test_router_two_deployments(traced, fake_provider):
+def test_router_two_deployments(traced, fake):
     router = litellm.Router(
         model_list=[
             {
                 "model_name": "fast",
-                "litellm_params": {"model": OPENAI_MODEL, "api_base": fake_provider.openai_base_url, "api_key": "t"},
+                "litellm_params": {"model": OPENAI_MODEL, "api_base": fake.openai_base_url, "api_key": "t"},
             },
             {
                 "model_name": "fast",
                 "litellm_params": {
                     "model": ANTHROPIC_MODEL,
-                    "api_base": fake_provider.anthropic_base_url,
+                    "api_base": fake.anthropic_base_url,
                     "api_key": "t",
                 },
             },
@@ -339,7 +337,7 @@ def test_router_two_deployments(traced, fake_provider):
     assert len(spans) == 5
     assert {s.attributes["gen_ai.provider.name"] for s in spans} <= {"openai", "anthropic"}
     assert all(s.attributes[semconv.MLTRACK_USAGE_COUNTED] is True for s in spans)
-    paths = [r.path for r in fake_provider.requests]
+    paths = [r.path for r in fake.requests]
     for span, path in zip(spans, paths, strict=True):
         assert (span.attributes["gen_ai.provider.name"] == "anthropic") == (path == "/v1/messages")
 
@@ -359,10 +357,10 @@ def sdk_below(traced):
     instrumentor.uninstrument()
 
 
-def test_openai_instrumentor_on_counts_the_innermost_span(traced, sdk_below, fake_provider):
+def test_openai_instrumentor_on_counts_the_innermost_span(traced, sdk_below, fake):
     with traced.provider.get_tracer("test").start_as_current_span("root"):
-        litellm.completion(**openai_kwargs(fake_provider))
-        list(litellm.completion(**openai_kwargs(fake_provider, stream=True)))
+        litellm.completion(**openai_kwargs(fake))
+        list(litellm.completion(**openai_kwargs(fake, stream=True)))
     spans = {s.context.span_id: s for s in traced.spans()}
     assert len(spans) == 5  # root, 2 x (litellm -> openai)
     root = next(s for s in spans.values() if s.name == "root")
@@ -380,16 +378,16 @@ def test_openai_instrumentor_on_counts_the_innermost_span(traced, sdk_below, fak
     assert root.attributes[semconv.LLM_COST_CUMULATIVE] == pytest.approx(counted)
 
 
-def test_abandoned_stream_ended_outer_first_counts_once(traced, sdk_below, fake_provider):
+def test_abandoned_stream_ended_outer_first_counts_once(traced, sdk_below, fake):
     """An abandoned stream carries estimated usage on both layers; garbage collection may end LiteLLM's span
     before the OpenAI SDK's below it. The outer then counts, and the inner, ending later, is its wrapper."""
-    stream = litellm.completion(**openai_kwargs(fake_provider, "tell me a long story", stream=True))
+    stream = litellm.completion(**openai_kwargs(fake, "tell me a long story", stream=True))
     for i, _chunk in enumerate(stream):
         if i == 1:
             break
     # The order the collector may pick, made deterministic: LiteLLM's span ends first, then the SDK's stream
     # below it is closed (as its collection would, later; closing does not depend on what else holds it).
-    litellm_instrumentation._end(stream._self_recorder, False)
+    stream._self_recorder.end(False)
     stream.completion_stream.close()
     del stream, _chunk
     gc.collect()
@@ -422,23 +420,15 @@ def test_provider_mapping():
 
 
 @pytest.fixture
-def budgeted(isolated_env, fake_provider):
+def budgeted(isolated_env, fake):
     """LiteLLM and the OpenAI SDK under it instrumented, the processor writing into the process ledger."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
-    from mltrack_otel.processor import CostSpanProcessor
 
     config.set_current(None)
-    fake_provider.clear()
+    fake.clear()
     LEDGER.reset()
     LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(InMemorySpanExporter()), pricer=Pricer(cloud_hosts=FAKE))
-    )
+    provider = Traced(ledger=LEDGER).provider
     instrumentors = [LiteLLMInstrumentor(), OpenAIInstrumentor()]
     for instrumentor in instrumentors:
         instrumentor.instrument(tracer_provider=provider)
@@ -459,7 +449,7 @@ def _worst_cost(text: str, max_tokens: int) -> float:
     return price("openai", "gpt-4o-mini", Usage(estimate.input_tokens(body, "gpt-4o-mini"), max_tokens))
 
 
-def test_budget_holds_a_litellm_call_once_though_the_sdk_under_it_is_instrumented(budgeted, fake_provider):
+def test_budget_holds_a_litellm_call_once_though_the_sdk_under_it_is_instrumented(budgeted, fake):
     from decimal import Decimal
 
     from mltrack_otel import budget
@@ -477,33 +467,31 @@ def test_budget_holds_a_litellm_call_once_though_the_sdk_under_it_is_instrumente
 
     budget.reserve = spy
     try:
-        litellm.completion(**openai_kwargs(fake_provider, text, max_tokens=10))
+        litellm.completion(**openai_kwargs(fake, text, max_tokens=10))
     finally:
         budget.reserve = original
     assert len(held_by_sdk) == 2  # LiteLLM's reservation, then the SDK's in its place
     assert held_by_sdk[1][1] <= held_by_sdk[0][1] * Decimal("1.01")
     assert LEDGER.held() == (0, Decimal(0))
     assert LEDGER.process_totals().calls == 1
-    assert len(fake_provider.requests) == 1
+    assert len(fake.requests) == 1
 
 
-def test_a_local_model_under_litellm_reserves_no_cloud_price(budgeted, fake_provider):
+def test_a_local_model_under_litellm_reserves_no_cloud_price(budgeted, fake):
     """A model on a local server costs nothing per call: a cost limit below its cloud price still lets it out."""
     from decimal import Decimal
 
     model = "deepseek-chat"  # genai-prices has a cloud price for this name
     assert price("deepseek", model, Usage(1000, 1000)) > 0
     LEDGER.limits = Limits(cost_budget=Decimal("0.000001"))
-    local_base = fake_provider.openai_base_url.replace(fake_provider.host, "localhost")  # not the suite's cloud host
-    litellm.completion(
-        **{**openai_kwargs(fake_provider, max_tokens=10), "model": f"openai/{model}", "api_base": local_base}
-    )
-    assert len(fake_provider.requests) == 1
+    local_base = fake.openai_base_url.replace(fake.host, "localhost")  # not the suite's cloud host
+    litellm.completion(**{**openai_kwargs(fake, max_tokens=10), "model": f"openai/{model}", "api_base": local_base})
+    assert len(fake.requests) == 1
     assert LEDGER.process_totals().calls == 1
     assert LEDGER.held() == (0, Decimal(0))
 
 
-def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_provider):
+def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake):
     import threading
     from decimal import Decimal
 
@@ -519,7 +507,7 @@ def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_prov
         barrier.wait()
         text = f"question number {i + 10} about the weather [[scenario:slow]]"
         try:
-            litellm.completion(**openai_kwargs(fake_provider, text, max_tokens=10))
+            litellm.completion(**openai_kwargs(fake, text, max_tokens=10))
         except BudgetExceededError as exc:
             refused.append(exc)
 
@@ -529,16 +517,16 @@ def test_concurrent_litellm_calls_stay_within_the_cost_limit(budgeted, fake_prov
     for t in threads:
         t.join()
     # Estimation error: none when each input estimate is at least the fake's count (the output is capped alike).
-    for request in fake_provider.requests:
+    for request in fake.requests:
         texts = [m["content"] for m in request.json["messages"]]
         assert estimate.input_tokens(request.json, "gpt-4o-mini") >= prompt_tokens_for_texts(texts)
     assert LEDGER.process_totals().cost_usd <= limit
-    assert refused and len(fake_provider.requests) == 20 - len(refused)
+    assert refused and len(fake.requests) == 20 - len(refused)
     assert LEDGER.held() == (0, Decimal(0))
 
 
 @pytest.mark.parametrize("shape", ["text", "tool_call"])
-def test_stream_without_content_capture_keeps_text_not_deltas(traced, fake_provider, monkeypatch, shape):
+def test_stream_without_content_capture_keeps_text_not_deltas(traced, fake, monkeypatch, shape):
     """A LiteLLM delta object is many times the size of its text: only the text is kept for an estimate, and the
     estimate is the one content capture gives."""
     if shape == "text":
@@ -550,7 +538,7 @@ def test_stream_without_content_capture_keeps_text_not_deltas(traced, fake_provi
         monkeypatch.setenv("MLTRACK_LLM_LOG_RESPONSES", str(capture).lower())
         config.set_current(None)  # read the environment again
         traced.exporter.clear()
-        stream = litellm.completion(**openai_kwargs(fake_provider, stream=True, **kwargs))
+        stream = litellm.completion(**openai_kwargs(fake, stream=True, **kwargs))
         for _ in range(n):
             next(stream)
         if not capture:

@@ -22,18 +22,14 @@ pytest.importorskip("llama_index.core")
 pytest.importorskip("llama_index.llms.openai")
 pytest.importorskip("llama_index.embeddings.openai")
 
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
-import mltrack_otel
 from mltrack_otel import config, guard, semconv
 from mltrack_otel.instrumentation.llama_index import LlamaIndexInstrumentor
-from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
+from tests.traced import Traced
 
 pytestmark = pytest.mark.frameworks
 
@@ -67,40 +63,35 @@ def traced(isolated_env, sdk):
 
     config.set_current(config.load_settings())
     guard.reset()
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    pricer = Pricer(cloud_hosts=["127.0.0.1"])  # the fake provider on loopback stands for the cloud APIs it imitates
-    provider.add_span_processor(
-        mltrack_otel.CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=pricer)
-    )
+    harness = Traced()
     if sdk:
-        OpenAIInstrumentor().instrument(tracer_provider=provider)
-    LlamaIndexInstrumentor().instrument(tracer_provider=provider)
-    yield exporter
+        OpenAIInstrumentor().instrument(tracer_provider=harness.provider)
+    LlamaIndexInstrumentor().instrument(tracer_provider=harness.provider)
+    yield harness.exporter
     LlamaIndexInstrumentor().uninstrument()
     if sdk:
         OpenAIInstrumentor().uninstrument()
-    provider.shutdown()
+    harness.shutdown()
     config.set_current(None)
 
 
 @pytest.fixture
-def llm(fake_provider):
+def llm(fake):
     from llama_index.llms.openai import OpenAI
 
-    fake_provider.clear()
-    return OpenAI(api_base=fake_provider.openai_base_url, api_key="test", model=MODEL, max_retries=0)
+    fake.clear()
+    return OpenAI(api_base=fake.openai_base_url, api_key="test", model=MODEL, max_retries=0)
 
 
 @pytest.fixture
-def index(fake_provider, traced):
+def index(fake, traced):
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.embeddings.openai import OpenAIEmbedding
 
-    embed = OpenAIEmbedding(api_base=fake_provider.openai_base_url, api_key="test", max_retries=0)
+    embed = OpenAIEmbedding(api_base=fake.openai_base_url, api_key="test", max_retries=0)
     built = VectorStoreIndex.from_documents([Document(text=t) for t in DOCS], embed_model=embed)
     traced.clear()
-    fake_provider.clear()
+    fake.clear()
     return built
 
 
@@ -196,7 +187,7 @@ QUERY_TREE = [
 ]
 
 
-def test_query_tree_usage_and_cost(index, llm, traced, fake_provider, sdk):
+def test_query_tree_usage_and_cost(index, llm, traced, fake, sdk):
     response = index.as_query_engine(llm=llm, similarity_top_k=2).query("What is the capital of France?")
     spans = traced.get_finished_spans()
     assert tree(spans) == expected_tree(QUERY_TREE, sdk)
@@ -217,7 +208,7 @@ def test_query_tree_usage_and_cost(index, llm, traced, fake_provider, sdk):
     assert output == [
         {"role": "assistant", "parts": [{"type": "text", "content": str(response)}], "finish_reason": "stop"}
     ]
-    chat_cost = independent_chat_cost(fake_provider, [str(response)])
+    chat_cost = independent_chat_cost(fake, [str(response)])
     assert attrs[semconv.LLM_COST_TOTAL] == pytest.approx(chat_cost)
     root = next(s for s in spans if s.parent is None)
     if not sdk:  # embeddings carry no usage in LlamaIndex: only the chat is priced
@@ -236,7 +227,7 @@ def test_query_tree_usage_and_cost(index, llm, traced, fake_provider, sdk):
     assert embedding.attributes[gen_ai.GEN_AI_EMBEDDINGS_DIMENSION_COUNT] == 16
 
 
-def test_streaming_query_nests_the_llm_call_under_the_query(index, llm, traced, fake_provider, sdk):
+def test_streaming_query_nests_the_llm_call_under_the_query(index, llm, traced, fake, sdk):
     streaming = index.as_query_engine(llm=llm, streaming=True, similarity_top_k=2).query("Capital of Italy?")
     assert not [s for s in traced.get_finished_spans() if s.name.startswith("query")]  # open until consumed
     answer = "".join(streaming.response_gen)
@@ -250,39 +241,35 @@ def test_streaming_query_nests_the_llm_call_under_the_query(index, llm, traced, 
     if sdk:  # the SDK asked for usage on the stream: its span is the counted one
         (counted_span,) = [s for s in counted(spans) if s.name.startswith("chat")]
         assert counted_span.parent.span_id == chat.context.span_id
-        assert counted_span.attributes[semconv.LLM_COST_TOTAL] == pytest.approx(
-            independent_chat_cost(fake_provider, [answer])
-        )
+        assert counted_span.attributes[semconv.LLM_COST_TOTAL] == pytest.approx(independent_chat_cost(fake, [answer]))
     query = next(s for s in spans if s.name.startswith("query"))
     assert query.end_time >= chat.end_time
 
 
-def test_async_query(fake_provider, traced, sdk):
+def test_async_query(fake, traced, sdk):
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.embeddings.openai import OpenAIEmbedding
     from llama_index.llms.openai import OpenAI
 
     async def main() -> str:  # clients bound to this event loop
-        embed = OpenAIEmbedding(api_base=fake_provider.openai_base_url, api_key="test")
-        llm = OpenAI(api_base=fake_provider.openai_base_url, api_key="test", model=MODEL, max_retries=0)
+        embed = OpenAIEmbedding(api_base=fake.openai_base_url, api_key="test")
+        llm = OpenAI(api_base=fake.openai_base_url, api_key="test", model=MODEL, max_retries=0)
         built = VectorStoreIndex.from_documents([Document(text=t) for t in DOCS], embed_model=embed)
         traced.clear()
-        fake_provider.clear()
+        fake.clear()
         return str(await built.as_query_engine(llm=llm, similarity_top_k=2).aquery("Capital of Germany?"))
 
     answer = asyncio.run(main())
     spans = traced.get_finished_spans()
     assert tree(spans) == expected_tree(QUERY_TREE, sdk)
     assert_exactly_once(spans, sdk)
-    assert llm_span(spans).attributes[semconv.LLM_COST_TOTAL] == pytest.approx(
-        independent_chat_cost(fake_provider, [answer])
-    )
+    assert llm_span(spans).attributes[semconv.LLM_COST_TOTAL] == pytest.approx(independent_chat_cost(fake, [answer]))
 
 
 # --- LLM calls -------------------------------------------------------------------------------------------------
 
 
-def test_chat_and_complete(llm, traced, fake_provider, sdk):
+def test_chat_and_complete(llm, traced, fake, sdk):
     from llama_index.core.llms import ChatMessage
 
     reply = llm.chat([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi there")])
@@ -311,15 +298,13 @@ def test_chat_and_complete(llm, traced, fake_provider, sdk):
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
-def test_stream_chat(fake_provider, traced, sdk, include_usage):
+def test_stream_chat(fake, traced, sdk, include_usage):
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai import OpenAI
 
     extra = {"stream_options": {"include_usage": True}} if include_usage else {}
-    llm = OpenAI(
-        api_base=fake_provider.openai_base_url, api_key="test", model=MODEL, max_retries=0, additional_kwargs=extra
-    )
-    fake_provider.clear()
+    llm = OpenAI(api_base=fake.openai_base_url, api_key="test", model=MODEL, max_retries=0, additional_kwargs=extra)
+    fake.clear()
     chunks = list(llm.stream_chat([ChatMessage(role="user", content="Stream me a story")]))
     spans = traced.get_finished_spans()
     assert tree(spans) == expected_tree(["chat gpt-4o-mini"], sdk)
@@ -328,7 +313,7 @@ def test_stream_chat(fake_provider, traced, sdk, include_usage):
     assert chat.attributes[semconv.MLTRACK_STREAM_COMPLETE] is True
     output = json.loads(chat.attributes[gen_ai.GEN_AI_OUTPUT_MESSAGES])
     assert output[0]["parts"][0]["content"] == chunks[-1].message.content
-    expected = independent_chat_cost(fake_provider, [chunks[-1].message.content])
+    expected = independent_chat_cost(fake, [chunks[-1].message.content])
     (counted_span,) = counted(spans) if (sdk or include_usage) else (None,)
     if counted_span is None:  # nobody asked the provider for usage: nothing to price, nothing invented
         assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in chat.attributes
@@ -363,12 +348,12 @@ def test_abandoned_stream_ends_on_garbage_collection(llm, traced):
     assert chat.attributes[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
-def test_async_chat_and_stream(fake_provider, traced, sdk):
+def test_async_chat_and_stream(fake, traced, sdk):
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai import OpenAI
 
     async def main() -> None:
-        llm = OpenAI(api_base=fake_provider.openai_base_url, api_key="test", model=MODEL, max_retries=0)
+        llm = OpenAI(api_base=fake.openai_base_url, api_key="test", model=MODEL, max_retries=0)
         await llm.achat([ChatMessage(role="user", content="async hello")])
         stream = await llm.astream_chat([ChatMessage(role="user", content="async stream")])
         async for _ in stream:

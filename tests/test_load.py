@@ -133,20 +133,20 @@ def _anthropic_loop(base_url: str, deadline: float, books: list[_Book]) -> None:
     asyncio.run(main())
 
 
-def test_sustained_load_totals_exact_no_span_lost_memory_bounded(clean, fake_provider):
+def test_sustained_load_totals_exact_no_span_lost_memory_bounded(clean, fake):
     with OtlpReceiver() as receiver:
         mltrack_otel.configure(
             exporters=["otlp"],
             otlp_endpoint=receiver.url,
             export_queue_size=50_000,
             export_delay_ms=50,
-            cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud APIs it imitates
+            cloud_hosts=[fake.host],  # the fake on loopback stands for the cloud APIs it imitates
         )
         mltrack_otel.instrument(["openai", "anthropic"])
         rt = provider.runtime()
         deadline = time.monotonic() + LOAD_SECONDS
         books = [_Book() for _ in range(3 + 3 + 16)]  # 3 threads calling openai, 3 logging, 16 anthropic tasks
-        openai_url, anthropic_url = fake_provider.openai_base_url, fake_provider.anthropic_base_url
+        openai_url, anthropic_url = fake.openai_base_url, fake.anthropic_base_url
         workers = [threading.Thread(target=_openai_worker, args=(openai_url, deadline, b)) for b in books[:3]]
         workers += [threading.Thread(target=_logging_worker, args=(i, deadline, b)) for i, b in enumerate(books[3:6])]
         workers.append(threading.Thread(target=_anthropic_loop, args=(anthropic_url, deadline, books[6:])))
@@ -223,13 +223,13 @@ def instrumented():
     uninstrument(["openai", "anthropic"])
 
 
-def test_thousands_of_abandoned_streams_end_once_each_and_leave_nothing_behind(pipeline, instrumented, fake_provider):
+def test_thousands_of_abandoned_streams_end_once_each_and_leave_nothing_behind(pipeline, instrumented, fake):
     gc.collect()
     gc.freeze()  # what exists now is not the test's: the many collections below then only walk what it makes
     try:
         before = _rss_mb()
-        _open_and_abandon_sync(fake_provider.openai_base_url)
-        asyncio.run(_open_and_abandon_async(fake_provider.anthropic_base_url))
+        _open_and_abandon_sync(fake.openai_base_url)
+        asyncio.run(_open_and_abandon_async(fake.anthropic_base_url))
         gc.collect()
         assert guard.drain_deferred(30)  # their spans are ended off the collector, by the finalizer worker
         gc.collect()
@@ -250,5 +250,5 @@ def test_thousands_of_abandoned_streams_end_once_each_and_leave_nothing_behind(p
     assert _recorders_alive() == 0
     assert not guard.health().get("errors.caught")
     assert grew < 60, f"RSS grew {grew:.0f} MB over {len(spans)} abandoned streams"
-    fake_provider.clear()  # the shared fake keeps every request it answered
+    fake.clear()  # the shared fake keeps every request it answered
     print(f"\nabandoned streams: {len(spans)}, live table after: {len(pipeline.processor._live)}, RSS +{grew:.1f} MB")

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from mltrack_otel import guard, semconv
 from mltrack_otel.errors import LLMLimitWarning
@@ -27,6 +25,7 @@ from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer, Usage
 from mltrack_otel.processor import CostSpanProcessor, read_usage
 from tests.instr_fixtures import one_span
+from tests.traced import Traced
 
 pytest.importorskip("mlflow")
 
@@ -80,10 +79,8 @@ def test_unreadable_mlflow_token_usage_is_no_usage(raw):
     ],
 )
 def test_processor_prices_and_counts_an_mlflow_autolog_span(attributes, expected):
-    exporter = InMemorySpanExporter()
-    ledger = Ledger()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    harness = Traced(pricer=Pricer())
+    exporter, ledger, tracer_provider = harness.exporter, harness.ledger, harness.provider
     usage = json.dumps({"input_tokens": 5, "output_tokens": 30, "total_tokens": 35})
     with tracer_provider.get_tracer("test").start_as_current_span(
         "Completions", attributes={**attributes, "mlflow.chat.tokenUsage": usage}
@@ -273,10 +270,8 @@ def test_configure_adds_one_mlflow_span_processor_beside_the_users_and_shutdown_
 def test_an_mlflow_span_around_a_call_counted_in_another_trace_is_a_wrapper():
     """Autolog's span is not current, so a span that counts the same call below it (the SDK's own) is in another
     trace: the call counted in the same context during the MLflow span's lifetime makes that span a wrapper."""
-    exporter = InMemorySpanExporter()
-    ledger = Ledger()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    harness = Traced(pricer=Pricer())
+    exporter, ledger, tracer_provider = harness.exporter, harness.ledger, harness.provider
     tracer = tracer_provider.get_tracer("test")
     usage = json.dumps({"input_tokens": 5, "output_tokens": 30, "total_tokens": 35})
     mlflow_span = tracer.start_span(
@@ -323,10 +318,8 @@ def _claude_mlflow_attributes(provider: str | None = "anthropic") -> dict[str, A
 def test_an_unrelated_call_counted_while_an_mlflow_span_is_open_does_not_make_it_a_wrapper(model, provider):
     """Only a counted call of the MLflow span's own model (and provider) is taken for its call: an unrelated call
     that completes while an Anthropic autolog span (a stream, say) is open leaves that span to count its own."""
-    exporter = InMemorySpanExporter()
-    ledger = Ledger()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer()))
+    harness = Traced(pricer=Pricer())
+    exporter, ledger, tracer_provider = harness.exporter, harness.ledger, harness.provider
     tracer = tracer_provider.get_tracer("test")
     mlflow_span = tracer.start_span("Messages.create", attributes=_claude_mlflow_attributes())
     call = {

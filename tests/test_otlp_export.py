@@ -66,18 +66,18 @@ def _log_one_call(name: str) -> None:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_spans_reach_phoenix_with_tokens_model_and_cost(phoenix, otlp_pipeline, fake_provider, protocol):  # noqa: F811
+def test_spans_reach_phoenix_with_tokens_model_and_cost(phoenix, otlp_pipeline, fake, protocol):  # noqa: F811
     endpoint = phoenix.url if protocol == "http/protobuf" else phoenix.grpc_endpoint
     mltrack_otel.configure(
         exporters=["otlp", "memory"],
         otlp_endpoint=endpoint,
         otlp_protocol=protocol,
-        cloud_hosts=[fake_provider.host],  # the fake on loopback stands for the cloud API it imitates
+        cloud_hosts=[fake.host],  # the fake on loopback stands for the cloud API it imitates
     )
     memory = provider.runtime().memory_exporter
     mltrack_otel.instrument(["openai"])
     try:
-        client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0)
+        client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
         with mltrack_otel.track_llm_context("otlp-agent") as tracker:
             tracker.log_prompt_response(
                 "Weather in Paris?", "Sunny.", model="gpt-4o", provider="openai", token_usage=USAGE

@@ -15,6 +15,7 @@ from mltrack_otel.errors import BudgetExceededError, LLMLimitWarning
 from mltrack_otel.ledger import Ledger, Limits
 from mltrack_otel.pricing import PriceOverride, Pricer
 from mltrack_otel.processor import CostSpanProcessor
+from tests.traced import Traced, by_name
 
 # Published prices, USD per 1M tokens (openai.com/api/pricing): gpt-4o $2.50 in / $10.00 out.
 GPT4O_IN, GPT4O_OUT = Decimal("2.50"), Decimal("10.00")
@@ -37,14 +38,8 @@ def usage_attrs(prompt: int, completion: int, model: str = "gpt-4o", provider: s
 
 @pytest.fixture
 def setup():
-    exporter = InMemorySpanExporter()
-    ledger = Ledger()
-    processor = CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer())
-    tp = TracerProvider()
-    tp.add_span_processor(processor)
-    tracer = tp.get_tracer("test")
-    spans = lambda: {s.name: s for s in exporter.get_finished_spans()}  # noqa: E731
-    return tracer, ledger, spans, processor
+    harness = Traced(pricer=Pricer())
+    return harness.provider.get_tracer("test"), harness.ledger, lambda: by_name(harness.exporter), harness.processor
 
 
 def test_prices_a_model_call_and_totals_the_trace(setup):
@@ -189,11 +184,12 @@ def test_implausible_token_counts_are_skipped_not_priced(setup, bad):
 
 
 def test_override_prices_a_custom_model():
-    exporter = InMemorySpanExporter()
     pricer = Pricer({"my-ft": PriceOverride(input_per_mtok=Decimal("3"), output_per_mtok=Decimal("12"))})
-    tp = TracerProvider()
-    tp.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=pricer))
-    with tp.get_tracer("t").start_as_current_span("x", attributes=usage_attrs(2_000_000, 1_000_000, model="my-ft")):
+    harness = Traced(pricer=pricer)
+    exporter = harness.exporter
+    with harness.provider.get_tracer("t").start_as_current_span(
+        "x", attributes=usage_attrs(2_000_000, 1_000_000, model="my-ft")
+    ):
         pass
     attrs = exporter.get_finished_spans()[0].attributes
     assert attrs[semconv.LLM_COST_TOTAL] == pytest.approx(6 + 12)

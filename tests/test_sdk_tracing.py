@@ -15,20 +15,15 @@ import anthropic
 import genai_prices
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from mltrack_otel import config, semconv
 from mltrack_otel.instrumentation import _base, instrument, uninstrument
-from mltrack_otel.ledger import LEDGER, Ledger
+from mltrack_otel.ledger import LEDGER
 from mltrack_otel.ledger import totals as ledger_totals
-from mltrack_otel.pricing import Pricer
-from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
 from tests.instr_fixtures import attrs, use_settings
-from tests.traced import FAKE
+from tests.traced import Traced
 
 MODEL = "claude-haiku-4-5"
 MESSAGES = [{"role": "user", "content": "Tell me about spans please"}]
@@ -155,11 +150,8 @@ def test_who_asks_for_the_sdks_spans_keeps_them_and_the_call_counts_once(global_
 
 def test_own_tracer_provider_counts_as_asking(fake, settings):
     """A client given its own tracer_provider keeps its spans; with ours in the same pipeline, counted once."""
-    exporter, ledger = InMemorySpanExporter(), Ledger()
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=ledger, pricer=Pricer(cloud_hosts=FAKE))
-    )
+    harness = Traced()
+    exporter, provider = harness.exporter, harness.provider
     instrument(["anthropic"], tracer_provider=provider)
     try:
         client = _client(fake, open_telemetry={"tracer_provider": provider})
@@ -169,7 +161,7 @@ def test_own_tracer_provider_counts_as_asking(fake, settings):
     sdk, ours = sorted(exporter.get_finished_spans(), key=lambda s: s.instrumentation_scope.name)
     assert (sdk.instrumentation_scope.name, ours.instrumentation_scope.name) == (SDK_SCOPE, OUR_SCOPE)
     assert sdk.parent.span_id == ours.context.span_id
-    assert ledger.process_totals().calls == 1
+    assert harness.ledger.process_totals().calls == 1
 
 
 def test_one_span_per_openai_call_under_configure(global_pipeline, fake):
@@ -205,11 +197,8 @@ def test_one_model_span_under_langchain_anthropic(global_pipeline, fake):
 
 def test_the_sdks_own_span_prices_cache_writes_at_the_cache_write_price(fake, settings):
     """anthropic's own span names cache writes gen_ai.usage.cache_write.input_tokens: priced as such, not as input."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
-    )
+    harness = Traced()
+    exporter, provider = harness.exporter, harness.provider
     client = _client(fake, open_telemetry={"tracer_provider": provider})  # the SDK alone, not instrumented
     headers = {"x-fake-scenario": "cache-write"}
     message = client.messages.create(
@@ -221,11 +210,8 @@ def test_the_sdks_own_span_prices_cache_writes_at_the_cache_write_price(fake, se
 
 
 def test_a_plain_span_with_the_new_usage_names_is_priced(settings):
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
-    )
+    harness = Traced()
+    exporter, provider = harness.exporter, harness.provider
     usage = {
         gen_ai.GEN_AI_USAGE_INPUT_TOKENS: 3000,
         GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: 2000,
@@ -255,11 +241,8 @@ def test_the_opt_in_is_read_as_the_otel_instrumentations_read_it():
 @pytest.mark.parametrize("latest", [False, True])
 def test_our_cache_write_name_follows_the_opt_in_and_is_priced(fake, settings, latest):
     use_settings(genai_latest_conventions=latest, openinference_attributes=True)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=Ledger(), pricer=Pricer(cloud_hosts=FAKE))
-    )
+    harness = Traced()
+    exporter, provider = harness.exporter, harness.provider
     instrument(["anthropic"], tracer_provider=provider)
     try:
         client = _client(fake, open_telemetry=False)

@@ -339,12 +339,12 @@ def assert_sent(fake: Any) -> None:
 CANARY = "CANARYMARK"
 
 
-def test_no_secret_is_exported_anywhere(fake_provider, export_everywhere, receiver):
-    fake_provider.clear()
+def test_no_secret_is_exported_anywhere(fake, export_everywhere, receiver):
+    fake.clear()
     export_everywhere(otlp_compression="gzip")
-    run_every_operation(fake_provider, CANARY)
+    run_every_operation(fake, CANARY)
     exported = export_everywhere.collect()
-    assert_sent(fake_provider)
+    assert_sent(fake)
 
     # The scan sees what was exported: spans over OTLP (gzip, decoded), metrics, and content in the MLflow store.
     names = [s.name for s in exported.spans()]
@@ -365,10 +365,10 @@ def test_no_secret_is_exported_anywhere(fake_provider, export_everywhere, receiv
 PROMPT_MARK = "PROMPTMARKQ7"
 
 
-def test_content_capture_off_exports_no_prompt_or_response_text(fake_provider, export_everywhere):
-    fake_provider.clear()
+def test_content_capture_off_exports_no_prompt_or_response_text(fake, export_everywhere):
+    fake.clear()
     export_everywhere(llm_log_prompts=False, llm_log_responses=False)
-    run_every_operation(fake_provider, PROMPT_MARK)
+    run_every_operation(fake, PROMPT_MARK)
     exported = export_everywhere.collect()
 
     # Prompts, system instructions, tool arguments, results and definitions all carry the mark; responses echo it
@@ -425,10 +425,10 @@ def _parts(items: list[Any]) -> list[Any]:
     return [part for item in items for part in item.get("parts", [item])]
 
 
-def test_redaction_reaches_every_content_attribute_event_and_status(fake_provider, export_everywhere):
-    fake_provider.clear()
+def test_redaction_reaches_every_content_attribute_event_and_status(fake, export_everywhere):
+    fake.clear()
     export_everywhere(redact_patterns=REDACT_PATTERNS)
-    run_every_operation(fake_provider, REDACT_MARK)
+    run_every_operation(fake, REDACT_MARK)
     exported = export_everywhere.collect()
 
     found = where_redacted(exported.memory, re.compile("|".join(REDACT_PATTERNS)))

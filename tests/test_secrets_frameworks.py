@@ -74,17 +74,17 @@ def run_frameworks(fake) -> None:
     )
 
 
-def test_no_secret_is_exported_from_framework_calls(fake_provider, export_everywhere):  # noqa: F811
-    fake_provider.clear()
+def test_no_secret_is_exported_from_framework_calls(fake, export_everywhere):  # noqa: F811
+    fake.clear()
     export_everywhere()
     mltrack_otel.instrument(["langchain", "litellm"])
     try:
-        run_frameworks(fake_provider)
+        run_frameworks(fake)
     finally:
         uninstrument(["langchain", "litellm"])
     exported = export_everywhere.collect()
 
-    seen = json.dumps([[r.headers, r.json] for r in fake_provider.requests])
+    seen = json.dumps([[r.headers, r.json] for r in fake.requests])
     for label in ("openai api key", "anthropic api key", "default header", "extra header"):
         assert SECRETS[label] in seen, label  # the secrets were in play
     assert base64.b64encode(f"{URL_USER}:{SECRETS['url password']}".encode()).decode() in seen

@@ -17,8 +17,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
@@ -27,10 +25,8 @@ from mltrack_otel import estimate, guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation._base import StreamRecorder
-from mltrack_otel.pricing import Pricer
-from mltrack_otel.processor import CostSpanProcessor
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL, attrs, one_span, use_settings
-from tests.traced import FAKE
+from tests.traced import Traced
 
 OPENAI_MODEL = "gpt-4o"
 ANTHROPIC_MODEL = "claude-haiku-4-5"
@@ -39,26 +35,6 @@ QUESTION = "Tell me about spans please, in a few sentences"
 OPENAI_MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
 ANTHROPIC_MESSAGES = [{"role": "user", "content": QUESTION}]
 ESTIMATED, PROVIDER = "estimated", "provider"
-
-
-@pytest.fixture
-def priced(fake, settings) -> Iterator[InMemorySpanExporter]:
-    """OpenAI and Anthropic instrumented into a provider whose CostSpanProcessor counts into the process ledger."""
-    guard.drain_deferred()  # streams other tests dropped end now, not in this test's ledger
-    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(CostSpanProcessor(SimpleSpanProcessor(exporter), pricer=Pricer(cloud_hosts=FAKE)))
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    instrument(["openai", "anthropic"], tracer_provider=provider)
-    yield exporter
-    uninstrument(["openai", "anthropic"])
-    provider.shutdown()
-    ledger.LEDGER.reset()
-    ledger.LEDGER.limits = ledger.Limits()
-    ledger.LEDGER.pricer = None
 
 
 def open_stream(kind: str, client: Any, **kwargs: Any) -> Any:
@@ -359,14 +335,9 @@ def test_abandoned_streams_are_seen_by_the_hard_budget(priced, oai, fake):
 
 @pytest.fixture
 def processor_pipeline() -> Iterator[tuple[Any, ledger.Ledger, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    own = ledger.Ledger()
-    provider = TracerProvider()
-    provider.add_span_processor(
-        CostSpanProcessor(SimpleSpanProcessor(exporter), ledger=own, pricer=Pricer(cloud_hosts=FAKE))
-    )
-    yield provider.get_tracer("test"), own, exporter
-    provider.shutdown()
+    harness = Traced()
+    yield harness.provider.get_tracer("test"), harness.ledger, harness.exporter
+    harness.shutdown()
 
 
 def _usage(tokens_in: int, tokens_out: int, **extra: Any) -> dict[str, Any]:

@@ -11,8 +11,7 @@ import pytest
 import mltrack_otel
 from mltrack_otel import semconv
 from mltrack_otel.ledger import current_scope
-
-from .pipeline_fixtures import finished
+from tests.traced import by_name
 
 M = Decimal(1_000_000)
 # Published prices per 1M tokens: gpt-4o $2.50 / $10.00; claude-3-haiku $0.25 / $1.25.
@@ -35,7 +34,7 @@ def test_the_issue_example(pipeline):
         )
         assert tracker.totals.total_tokens == 92
         assert tracker.totals.cost_usd == cost(GPT4O, 12, 80)
-    spans = finished(pipeline)
+    spans = by_name(pipeline.memory_exporter)
     call, scope = spans["chat gpt-4o"], spans["chat-analysis"]
     assert call.parent.span_id == scope.context.span_id
     assert call.attributes["gen_ai.usage.input_tokens"] == 12
@@ -65,7 +64,7 @@ def test_nested_contexts_roll_up_and_keep_their_own_totals(pipeline):
         assert inner.totals.cost_usd == cost(HAIKU, 200, 20)
         assert outer.totals.cost_usd == cost(GPT4O, 100, 10) + cost(HAIKU, 200, 20)
         assert outer.totals.calls == 2
-    spans = finished(pipeline)
+    spans = by_name(pipeline.memory_exporter)
     assert spans["inner"].parent.span_id == spans["outer"].context.span_id
     assert spans["inner"].attributes[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] == 220
     assert spans["outer"].attributes[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] == 330
@@ -235,7 +234,7 @@ def test_track_decorates_every_function_kind_and_records_time_and_errors(pipelin
     assert asyncio.run(drive()) == [1, 2]
     with pytest.raises(KeyError):
         asyncio.run(boom())
-    spans = finished(pipeline)
+    spans = by_name(pipeline.memory_exporter)
     assert set(spans) >= {
         "test_track_decorates_every_function_kind_and_records_time_and_errors.<locals>.plain",
         "gen",
@@ -352,11 +351,11 @@ def test_parameters_record_known_request_settings_never_keys_or_headers(pipeline
     assert "SECRETKEY" not in repr(dict(span.attributes))
 
 
-def test_track_llm_call_over_an_instrumented_sdk_call_counts_it_once(pipeline, fake_provider):
+def test_track_llm_call_over_an_instrumented_sdk_call_counts_it_once(pipeline, fake):
     import openai
 
     tracker = mltrack_otel.LLMTracker()
-    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="test", max_retries=0)
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="test", max_retries=0)
 
     @tracker.track_llm_call(
         model="gpt-4o-mini",
@@ -400,6 +399,6 @@ def test_track_generator_is_current_only_while_it_runs(pipeline):
     with trace.get_tracer("t").start_as_current_span("unrelated"):
         pass
     assert list(g) == [2]
-    spans = finished(pipeline)
+    spans = by_name(pipeline.memory_exporter)
     assert spans["gen"].context.span_id == inner_span_id
     assert spans["unrelated"].parent is None or spans["unrelated"].parent.span_id != inner_span_id

@@ -11,8 +11,8 @@ from opentelemetry import trace
 import mltrack_otel
 from mltrack_otel import config, guard, ledger, provider, semconv
 from tests.mlflow_server import mlflow_server  # noqa: F401  (module-scoped fixture)
-from tests.pipeline_fixtures import finished
 from tests.test_metrics import points
+from tests.traced import by_name
 
 GPT4O_USAGE = {"prompt_tokens": 100, "completion_tokens": 20}
 UNKNOWN_USAGE = {"prompt_tokens": 7, "completion_tokens": 3}
@@ -43,7 +43,7 @@ def test_context_root_marks_its_cumulative_cost_incomplete(pipeline):
     _all_unpriced_and_mixed_contexts()
     with mltrack_otel.track_llm_context("all-priced") as tracker:
         _priced_call(tracker)
-    spans = finished(pipeline)
+    spans = by_name(pipeline.memory_exporter)
 
     all_unpriced = spans["all-unpriced"].attributes
     assert all_unpriced[semconv.LLM_COST_CUMULATIVE] == 0.0
@@ -75,7 +75,7 @@ def test_a_local_root_under_a_remote_parent_gets_the_unpriced_trace_tag(pipeline
         with mltrack_otel.track_llm_context("served") as tracker:
             _priced_call(tracker)
             _unpriced_call(tracker)
-    served = finished(pipeline)["served"]
+    served = by_name(pipeline.memory_exporter)["served"]
     assert served.parent is not None and served.parent.is_remote
     assert served.attributes[semconv.LLM_COST_CUMULATIVE_UNPRICED_CALLS] == 1
     (copy,) = for_mlflow([served])

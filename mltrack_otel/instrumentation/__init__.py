@@ -34,6 +34,12 @@ LIBRARIES: dict[str, Library] = {
     "llama_index": Library("llama_index.core", "mltrack_otel.instrumentation.llama_index:LlamaIndexInstrumentor"),
     "litellm": Library("litellm", "mltrack_otel.instrumentation.litellm:LiteLLMInstrumentor"),
     "dspy": Library("dspy", "mltrack_otel.instrumentation.dspy:DSPyInstrumentor"),
+    "google_genai": Library("google.genai", "mltrack_otel.instrumentation.google_genai:GoogleGenAIInstrumentor"),
+    "mistralai": Library("mistralai.client", "mltrack_otel.instrumentation.mistralai:MistralInstrumentor"),
+    "cohere": Library("cohere", "mltrack_otel.instrumentation.cohere:CohereInstrumentor"),
+    "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
+    "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
+    "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
 }
 
 _lock = threading.RLock()

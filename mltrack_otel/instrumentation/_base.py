@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, estimate, guard, hosts, ledger, semconv
+from .. import budget, config, content, estimate, guard, ledger, semconv
 from ..errors import BudgetExceededError
 from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
@@ -67,79 +66,6 @@ FINISH_REASONS = {
 }
 UNFINISHED = "incomplete"  # output of a stream that stopped before the provider finished it
 
-# genai-prices provider ids -> the names the GenAI convention gives them (gen_ai.provider.name); an id missing here
-# is used as it is (together, fireworks, cerebras, openrouter...). Pricing maps them back (BUILTIN_PROVIDER_ALIASES).
-CONVENTION_NAMES: Mapping[str, str] = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "aws": "aws.bedrock",
-    "azure": "azure.ai.openai",
-    "google": "gcp.gen_ai",
-    "mistral": "mistral_ai",
-    "groq": "groq",
-    "deepseek": "deepseek",
-    "perplexity": "perplexity",
-    "x-ai": "x_ai",
-    "cohere": "cohere",
-}
-# Hosts the convention names more finely than genai-prices' API patterns, or that genai-prices does not know:
-# tried first. Every other API host is named from genai-prices' bundled provider data (`api_pattern`).
-HOST_PROVIDERS: tuple[tuple[str, str], ...] = (
-    ("generativelanguage.googleapis.com", "gcp.gemini"),
-    ("*aiplatform.googleapis.com", "gcp.vertex_ai"),
-    ("*.services.ai.azure.com", "azure.ai.inference"),
-    ("*.models.ai.azure.com", "azure.ai.inference"),
-    ("*.inference.ai.azure.com", "azure.ai.inference"),
-    ("bedrock-runtime-fips.*.amazonaws.com", "aws.bedrock"),
-    ("*.ml.cloud.ibm.com", "ibm.watsonx.ai"),
-)
-# Servers on this machine or a private network, by the default port they listen on: a name for what is served
-# there (no convention name exists). Other local servers (vLLM's 8000 is too common a port) keep the SDK's name.
-LOCAL_SERVER_PORTS: Mapping[int, str] = {11434: "ollama", 1234: "lm_studio"}
-_host_cache: dict[tuple[str, int | None, str], str | None] = {}
-
-
-def provider_for_host(host: str, port: int | None = None, path: str = "") -> str | None:
-    """The gen_ai.provider.name of an API host (None when unknown): the convention's name for a provider
-    genai-prices knows by its URL, else genai-prices' id; a local server by its default port. Memoised (per call)."""
-    key = (host, port, path)
-    try:
-        return _host_cache[key]
-    except KeyError:
-        pass
-    name = _name_host(host.strip().lower().rstrip("."), port, path)
-    if len(_host_cache) < 1024:
-        _host_cache[key] = name
-    return name
-
-
-def provider_for_client(client: Any, host: str) -> str | None:
-    """provider_for_host with the port and path of a Stainless SDK client's base_url (an httpx.URL)."""
-    url = getattr(client, "base_url", None)
-    port = getattr(url, "port", None)
-    path = getattr(url, "path", None)
-    return provider_for_host(host, port if type(port) is int else None, path if isinstance(path, str) else "")
-
-
-def _name_host(host: str, port: int | None, path: str) -> str | None:
-    if hosts.is_local(host):  # never matched against cloud URLs, and genai-prices is not imported for it
-        return LOCAL_SERVER_PORTS.get(port) if port is not None else None
-    name = next((p for pattern, p in HOST_PROVIDERS if fnmatch.fnmatchcase(host, pattern)), None)
-    if name is not None:
-        return name
-    from genai_prices.data import providers  # the bundled table; ~0.2 s once, which pricing pays anyway
-
-    origin = f"https://{host}"
-    url = origin + (path if path.startswith("/") else "/" + path)
-    for provider in providers:
-        found = re.match(provider.api_pattern, url)
-        # The pattern must name the whole host (api.openai.com, not api.openai.com.example.org) unless it
-        # ends on a dot to take any domain (api.moonshot. for .ai and .cn).
-        if found is not None and (found.end() >= len(origin) or url[found.end() - 1] == "."):
-            return CONVENTION_NAMES.get(provider.id, provider.id)
-    return None
-
-
 _match_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
 
 
@@ -162,19 +88,35 @@ def seq(value: Any) -> list[Any] | tuple[Any, ...]:
 
 
 def error_type(exc: BaseException) -> str:
-    """error.type: the provider's error code when it sent one, else the exception class."""
+    """error.type: the provider's error code or status when it sent one, else the exception class."""
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code:
         return code
     body = getattr(exc, "body", None)
+    if isinstance(body, str) and body[:1] == "{" and len(body) <= 65536:  # mistralai keeps the JSON body as text
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            body = None
     if isinstance(body, Mapping):
         inner = body.get("error", body)
         kind = inner.get("code") or inner.get("type") if isinstance(inner, Mapping) else None
         if isinstance(kind, str) and kind and kind != "error":
             return kind
+    status = getattr(exc, "status", None)  # google-genai's APIError: RESOURCE_EXHAUSTED, NOT_FOUND...
+    if isinstance(status, str) and status:
+        return status
     cls = type(exc)
     module = cls.__module__.split(".", 1)[0]
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an SDK error carries (status_code; google-genai's int `code`), if it is one."""
+    status = getattr(exc, "status_code", None)
+    if status is None and isinstance(getattr(exc, "status", None), str):
+        status = getattr(exc, "code", None)
+    return status if type(status) is int and 100 <= status <= 599 else None
 
 
 class Inputs:
@@ -296,8 +238,8 @@ class Call:
 
 def _describe_error(error: BaseException, attributes: dict[str, Any]) -> None:
     attributes[error_attributes.ERROR_TYPE] = error_type(error)
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
+    status = http_status(error)
+    if status is not None:
         attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status
 
 
@@ -462,10 +404,14 @@ class StreamRecorder:
             attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0
         self.call.finish(attributes, output, usage, error)
 
+    def complete_at_close(self) -> bool:
+        """Whether a stream closed now is complete (the provider finished every choice before the caller closed)."""
+        return False
+
     def on_close(self) -> None:
-        """The HTTP response is being closed: by the caller before the end (early stop), or by the SDK at the end."""
+        """The stream is being closed: by the caller before the end (early stop), or by the SDK at the end."""
         if not self.done and (self.suspended or not self.started):
-            self.end(complete=False)
+            self.end(complete=self.complete_at_close())
 
     def __del__(self) -> None:
         """The stream was dropped unfinished (break, then garbage collection): end the span as incomplete.
@@ -615,13 +561,13 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
         return self.dependencies
 
     @classmethod
-    def _the_patch(cls) -> Any:
+    def the_patch(cls) -> Any:
         if cls.__dict__.get("_patch") is None:
             cls._patch = cls.patch_factory()
         return cls._patch
 
     def _instrument(self, **kwargs: Any) -> None:
-        patch = self._the_patch()
+        patch = self.the_patch()
         tracer_provider = kwargs.get("tracer_provider")
         self.set_tracer_provider(tracer_provider)
         patch.active = True
@@ -637,11 +583,11 @@ class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         when_imported(self.module, None, owner=type(self).__name__)  # forget a pending hook
-        self._the_patch().remove()
+        self.the_patch().remove()
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        self._the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
+        self.the_patch().tracer = get_tracer(self.tracer_name, tracer_provider)
 
 
 def record_failure(span: Any, error: BaseException) -> None:

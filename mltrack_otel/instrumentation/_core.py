@@ -63,6 +63,7 @@ class Request(NamedTuple):
     address: str | None = None
     port: int | None = None
     stream: bool = False  # the call returns a stream
+    nest: bool = False  # the SDK records a span of its own for the call: ours is made current so it nests under it
 
 
 class Method(NamedTuple):
@@ -267,25 +268,34 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
         self.__wrapped__.__enter__()
         return self
 
+    # The SDK's stream is closed first: spans inside it (an SDK below a framework) end before ours, their parent.
     def __exit__(self, *exc_info: Any) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return self.__wrapped__.__exit__(*exc_info)
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     async def __aenter__(self) -> Any:
         await self.__wrapped__.__aenter__()
         return self
 
     async def __aexit__(self, *exc_info: Any) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return await self.__wrapped__.__aexit__(*exc_info)
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     def close(self) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return self.__wrapped__.close()
+        try:
+            return self.__wrapped__.close()
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
     async def aclose(self) -> Any:
-        guard.guarded("instrumentation.stream", self._self_recorder.on_close)
-        return await self.__wrapped__.aclose()
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            guard.guarded("instrumentation.stream", self._self_recorder.on_close)
 
 
 # --- wrapping SDK methods -----------------------------------------------------------------------------------------
@@ -339,12 +349,14 @@ class MethodPatch:
             guard.record_error("instrumentation.begin", exc)
             return None
         try:
-            return start(self.tracer, request, settings), request
+            call = start(self.tracer, request, settings)
         except BudgetExceededError:
             raise
         except Exception as exc:
             guard.record_error("instrumentation.start", exc)
             return None
+        call.nest = request.nest
+        return call, request
 
     def _result(self, method: Method, call: Call, request: Request, result: Any) -> Any:
         """The result to hand back: the response read and the span ended, or the stream wrapped to record it."""

@@ -14,7 +14,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import estimate
+from .. import estimate, providers
 from ..content import media_part, parse_arguments, text_part
 from ..usage import count
 from ._base import (
@@ -26,7 +26,6 @@ from ._base import (
     estimated_usage,
     finish_reason,
     get,
-    provider_for_client,
     seq,
     stop_sequences,
 )
@@ -50,7 +49,7 @@ def provider_name(client: Any, host: str | None) -> str:
         return "gcp.vertex_ai"
     if "Foundry" in kind:
         return "azure.ai.inference"
-    return (provider_for_client(client, host) if host else None) or "anthropic"
+    return (providers.for_client(client, host) if host else None) or "anthropic"
 
 
 # --- the SDK's own spans (anthropic >= 2) ------------------------------------------------------------------------

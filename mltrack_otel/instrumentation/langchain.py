@@ -42,7 +42,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .. import config, content, guard, ledger, semconv
+from .. import config, content, guard, ledger, providers, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import read as read_usage
 from ..usage import usage_attributes
@@ -56,44 +56,6 @@ _RETRIEVERS_HOOK = "langchain:retrievers"
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
-# LangChain's ls_provider -> gen_ai.provider.name (others pass through unchanged).
-PROVIDERS = {
-    "openai": "openai",
-    "azure": "azure.ai.openai",
-    "azure_openai": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "google_genai": "gcp.gemini",
-    "google_vertexai": "gcp.vertex_ai",
-    "google_anthropic_vertex": "gcp.vertex_ai",
-    "vertexai": "gcp.vertex_ai",
-    "bedrock": "aws.bedrock",
-    "amazon_bedrock": "aws.bedrock",
-    "bedrock_converse": "aws.bedrock",
-    "mistralai": "mistral_ai",
-    "mistral": "mistral_ai",
-    "groq": "groq",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "cohere": "cohere",
-    "perplexity": "perplexity",
-    "ibm": "ibm.watsonx.ai",
-    "watsonx": "ibm.watsonx.ai",
-    "openrouter": "openrouter",
-}
-# Chat model class -> provider, when the model does not report ls_provider.
-_CLASS_PROVIDERS = (
-    ("AzureChatOpenAI", "azure.ai.openai"),
-    ("AzureOpenAI", "azure.ai.openai"),
-    ("OpenAI", "openai"),
-    ("Anthropic", "anthropic"),
-    ("Bedrock", "aws.bedrock"),
-    ("VertexAI", "gcp.vertex_ai"),
-    ("GoogleGenerativeAI", "gcp.gemini"),
-    ("Mistral", "mistral_ai"),
-    ("Groq", "groq"),
-    ("DeepSeek", "deepseek"),
-    ("Cohere", "cohere"),
-)
 _PARAMS = (
     ("temperature", gen_ai.GEN_AI_REQUEST_TEMPERATURE),
     ("top_p", gen_ai.GEN_AI_REQUEST_TOP_P),
@@ -183,9 +145,9 @@ def _text(value: Any, settings: config.Settings, max_bytes: int | None = None) -
         text = value
     else:
         try:
-            text = json.dumps(value, ensure_ascii=False, default=content._fallback)
+            text = json.dumps(value, ensure_ascii=False, default=content.json_default)
         except (TypeError, ValueError):
-            text = content._capped_repr(value)
+            text = content.capped_repr(value)
     if settings.redactor is not None:
         text = settings.redactor.sub(content.REDACTED, text)
     limit = max_bytes or settings.content_max_bytes
@@ -292,13 +254,10 @@ def provider_name(serialized: Any, metadata: Mapping[str, Any] | None, params: M
     """gen_ai.provider.name from ls_provider metadata, else from the model class name."""
     raw = (metadata or {}).get("ls_provider") or params.get("model_provider")
     if isinstance(raw, str) and raw:
-        return PROVIDERS.get(raw, raw)
+        return providers.convention_name(raw) or raw
     ids = _base.get(serialized, "id")
     cls = ids[-1] if isinstance(ids, list) and ids else str(params.get("_type", ""))
-    for needle, provider in _CLASS_PROVIDERS:
-        if needle.lower() in str(cls).lower():
-            return provider
-    return "langchain"
+    return providers.for_class(cls) or "langchain"
 
 
 def _request_attributes(params: Mapping[str, Any], metadata: Mapping[str, Any], attributes: dict[str, Any]) -> None:

@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
-from .. import config, guard
+from .. import config, guard, providers
 from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from . import _base
-from ._base import Call, provider_for_host
-from ._core import Endpoint, Request, invoke, invoke_async, start
+from ._base import Call
+from ._core import Endpoint, RecordedStream, Request, invoke, invoke_async, start
 from .openai import (
     ChatRecorder,
-    _Choice,
+    StreamedChoice,
     add_delta_texts,
     chat_inputs,
     chat_request,
@@ -35,34 +35,7 @@ from .openai import (
     embeddings_response,
 )
 
-# LiteLLM provider names -> gen_ai.provider.name (anything else keeps LiteLLM's name).
-PROVIDERS: dict[str, str] = {
-    "openai": "openai",
-    "text-completion-openai": "openai",
-    "chatgpt": "openai",
-    "azure": "azure.ai.openai",
-    "azure_text": "azure.ai.openai",
-    "azure_ai": "azure.ai.inference",
-    "anthropic": "anthropic",
-    "anthropic_text": "anthropic",
-    "bedrock": "aws.bedrock",
-    "bedrock_converse": "aws.bedrock",
-    "bedrock_mantle": "aws.bedrock",
-    "vertex_ai": "gcp.vertex_ai",
-    "vertex_ai_beta": "gcp.vertex_ai",
-    "gemini": "gcp.gemini",
-    "mistral": "mistral_ai",
-    "codestral": "mistral_ai",
-    "text-completion-codestral": "mistral_ai",
-    "groq": "groq",
-    "cohere": "cohere",
-    "cohere_chat": "cohere",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "perplexity": "perplexity",
-    "watsonx": "ibm.watsonx.ai",
-    "watsonx_text": "ibm.watsonx.ai",
-}
+_PROVIDERS = providers.framework_names("litellm")  # the LiteLLM provider names the registry knows
 # Where a provider's API lives when the call names no api_base (server.address / port).
 _DEFAULT_HOSTS: dict[str, str] = {
     "openai": "api.openai.com",
@@ -86,10 +59,10 @@ _FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", 
 def otel_provider(litellm_provider: str | None, host: str | None) -> str:
     """gen_ai.provider.name for a LiteLLM provider (an OpenAI-compatible known host names its own provider)."""
     if not litellm_provider:
-        return (provider_for_host(host) if host else None) or "unknown"
-    name = PROVIDERS.get(litellm_provider, litellm_provider)
+        return (providers.for_host(host) if host else None) or "unknown"
+    name = providers.convention_name(litellm_provider) or litellm_provider
     if name == "openai" and host:
-        return provider_for_host(host) or name
+        return providers.for_host(host) or name
     return name
 
 
@@ -99,7 +72,7 @@ def split_model(model: str) -> tuple[str | None, str]:
     Pure string work (no litellm import), for frameworks such as DSPy that carry LiteLLM model strings.
     """
     prefix, sep, rest = model.partition("/")
-    if sep and (prefix in PROVIDERS or prefix in _OPENAI_WIRE or prefix in _DEFAULT_HOSTS):
+    if sep and (prefix in _PROVIDERS or prefix in _OPENAI_WIRE or prefix in _DEFAULT_HOSTS):
         return prefix, rest
     return None, model
 
@@ -180,7 +153,11 @@ def _add_texts(delta: Any, into: list[str]) -> None:
 class StreamRecorder(ChatRecorder):
     """LiteLLM stream chunks (OpenAI chunk shape); usage from the chunk or from LiteLLM's hidden params."""
 
-    __slots__ = ()
+    __slots__ = ("source",)
+
+    def __init__(self, call: Call, source: Any) -> None:
+        super().__init__(call, False)
+        self.source = source  # LiteLLM's CustomStreamWrapper: it keeps the chunks, usage-only ones it hid included
 
     def feed(self, chunk: Any) -> bool:
         if self.first_at is None:
@@ -198,136 +175,33 @@ class StreamRecorder(ChatRecorder):
         for choice in getattr(chunk, "choices", None) or ():
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = _Choice()
+                acc = self.choices[choice.index] = StreamedChoice()
             if choice.finish_reason is not None:
                 acc.finish = choice.finish_reason
             if self.capture:
-                self._capture(choice, acc)
+                self.add_deltas(choice, acc)
             else:
                 _add_texts(getattr(choice, "delta", None), self.seen)  # the text only, for an estimate
         return True
 
-    def finished(self) -> bool:
+    def complete_at_close(self) -> bool:
         return bool(self.choices) and all(acc.finish for acc in self.choices.values())
 
     def outcome(self, complete: bool) -> tuple[dict[str, Any], list[Any] | None, Any]:
+        if complete and self.usage is None:
+            guard.guarded("instrumentation.litellm.stream", self._reported_usage)
         attributes, output, usage = super().outcome(complete)
         attributes.update(litellm_usage_attributes(usage))
         return attributes, output, None
 
-
-def _end(recorder: StreamRecorder, complete: bool, error: BaseException | None = None) -> None:
-    guard.guarded("instrumentation.litellm.stream", recorder.end, complete, error)
-
-
-def _reported_usage(recorder: StreamRecorder, stream: Any) -> None:
-    """At exhaustion: the provider's own usage among the chunks LiteLLM kept (usage-only chunks it hid from the
-    caller included). Only a chunk's `usage` counts: the hidden usage LiteLLM fills in later may be an estimate."""
-    if recorder.usage is not None:
-        return
-    for chunk in reversed(getattr(stream, "chunks", None) or ()):
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            recorder.usage = usage
-            return
-
-
-def _feed(recorder: StreamRecorder, item: Any) -> None:
-    try:
-        recorder.feed(item)
-    except Exception as exc:  # recording must never cost the caller an item
-        guard.record_error("instrumentation.litellm.stream", exc)
-
-
-def _stream_proxy_class() -> type:
-    import wrapt
-
-    class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
-        """The caller's CustomStreamWrapper, recorded: same items, same attributes, same isinstance."""
-
-        def __init__(self, wrapped: Any, recorder: StreamRecorder) -> None:
-            super().__init__(wrapped)
-            self._self_recorder = recorder
-            guard.finalize_deferred(self, _end, recorder, False)  # abandoned: ends (partial) when collected
-
-        def __iter__(self) -> Any:
-            return self
-
-        def __next__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = self.__wrapped__.__next__()
-            except StopIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        def __aiter__(self) -> Any:
-            return self
-
-        async def __anext__(self) -> Any:
-            recorder = self._self_recorder
-            try:
-                item = await self.__wrapped__.__anext__()
-            except StopAsyncIteration:
-                guard.guarded("instrumentation.litellm.stream", _reported_usage, recorder, self.__wrapped__)
-                _end(recorder, True)
-                raise
-            except BaseException as exc:
-                _end(recorder, False, exc)
-                raise
-            _feed(recorder, item)
-            return item
-
-        # The wrapped stream is closed first: spans inside it (the SDK's) must end before ours, their parent.
-        def close(self) -> Any:
-            try:
-                return self.__wrapped__.close()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def aclose(self) -> Any:
-            try:
-                return await self.__wrapped__.aclose()
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        def __enter__(self) -> Any:
-            self.__wrapped__.__enter__()
-            return self
-
-        def __exit__(self, *exc_info: Any) -> Any:
-            try:
-                return self.__wrapped__.__exit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-        async def __aenter__(self) -> Any:
-            await self.__wrapped__.__aenter__()
-            return self
-
-        async def __aexit__(self, *exc_info: Any) -> Any:
-            try:
-                return await self.__wrapped__.__aexit__(*exc_info)
-            finally:
-                _end(self._self_recorder, self._self_recorder.finished())
-
-    return RecordedStream
-
-
-_proxy_class: type | None = None
-
-
-def recorded_stream(stream: Any, recorder: StreamRecorder) -> Any:
-    global _proxy_class
-    if _proxy_class is None:
-        _proxy_class = _stream_proxy_class()
-    return _proxy_class(stream, recorder)
+    def _reported_usage(self) -> None:
+        """At exhaustion: the provider's own usage among the chunks LiteLLM kept. Only a chunk's `usage` counts:
+        the hidden usage LiteLLM fills in later may be an estimate."""
+        for chunk in reversed(getattr(self.source, "chunks", None) or ()):
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self.usage = usage
+                return
 
 
 # --- the patch ----------------------------------------------------------------------------------------------
@@ -458,9 +332,9 @@ class Patch:
     def _on_result(self, call: Call, operation: str, result: Any, args: tuple, kwargs: dict) -> Any:
         try:
             if operation == "chat" and hasattr(result, "completion_stream") and hasattr(result, "chunks"):
-                recorder = StreamRecorder(call, False)
+                recorder = StreamRecorder(call, result)
                 recorder.request = _stream_request(args, kwargs)
-                return recorded_stream(result, recorder)
+                return RecordedStream(result, recorder)
             endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
             attributes, output, usage = endpoint.response(result, call.capture_out)
             call.finish(attributes, output, usage)

@@ -33,11 +33,11 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind
 
-from .. import config, content, guard, semconv
+from .. import config, content, guard, providers, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import usage_attributes
 from . import _base
-from ._base import Call, Inputs, finish_reason, get, provider_for_host, seq
+from ._base import Call, Inputs, finish_reason, get, seq
 
 __all__ = ["LlamaIndexInstrumentor"]
 
@@ -50,28 +50,6 @@ _LLM_COMPLETE = ("complete", "acomplete", "stream_complete", "astream_complete")
 _STREAM_METHODS = ("stream_chat", "astream_chat", "stream_complete", "astream_complete")
 _EMBED_ONE = ("get_query_embedding", "aget_query_embedding", "get_text_embedding", "aget_text_embedding")
 _EMBED_MANY = ("get_text_embedding_batch", "aget_text_embedding_batch")
-
-# llama_index.llms.<package> / llama_index.embeddings.<package> -> gen_ai.provider.name
-_PACKAGE_PROVIDERS = {
-    "openai": "openai",
-    "openai_like": "openai",
-    "azure_openai": "azure.ai.openai",
-    "anthropic": "anthropic",
-    "bedrock": "aws.bedrock",
-    "bedrock_converse": "aws.bedrock",
-    "vertex": "gcp.vertex_ai",
-    "gemini": "gcp.gemini",
-    "google_genai": "gcp.gemini",
-    "mistralai": "mistral_ai",
-    "groq": "groq",
-    "cohere": "cohere",
-    "deepseek": "deepseek",
-    "perplexity": "perplexity",
-    "ibm": "ibm.watsonx.ai",
-    "watsonx": "ibm.watsonx.ai",
-    "openrouter": "openrouter",
-    "ollama": "ollama",
-}
 
 
 def _detach(token: Any, ctx: Any) -> None:
@@ -138,15 +116,19 @@ def _classify(types: _Types, instance: Any, method: str) -> str | None:
     return None
 
 
+def _package(instance: Any) -> str:
+    """The integration package of a llama-index class: "openai" for llama_index.llms.openai.base.OpenAI."""
+    parts = (type(instance).__module__ or "").split(".")
+    return parts[2] if len(parts) > 2 and parts[0] == "llama_index" else ""
+
+
 def _provider(instance: Any) -> str:
-    module = type(instance).__module__ or ""
-    parts = module.split(".")
-    package = parts[2] if len(parts) > 2 and parts[0] == "llama_index" else ""
+    package = _package(instance)
     host = _host(instance)[0]
-    by_host = provider_for_host(host) if host else None
-    if package in ("openai", "openai_like") and by_host:
-        return by_host
-    return _PACKAGE_PROVIDERS.get(package) or by_host or (package or type(instance).__name__.lower())
+    by_host = providers.for_host(host) if host else None
+    if package in ("openai", "openai_like"):  # OpenAI's client: the provider of the host it is pointed at
+        return by_host or "openai"
+    return providers.convention_name(package) or by_host or (package or type(instance).__name__.lower())
 
 
 def _host(instance: Any) -> tuple[str | None, int | None]:
@@ -251,10 +233,24 @@ def _tool_definitions(tools: Any) -> list[Any] | None:
     return out
 
 
-def usage_shape(provider: str) -> str:
-    """The usage shape of the SDK a LlamaIndex LLM class of this provider calls (OpenAI's classes: chat or
-    Responses, told apart by the usage's own keys)."""
-    return "anthropic" if provider in ("anthropic", "aws.bedrock", "gcp.vertex_ai") else "openai.chat"
+# llama_index.llms.<package> -> the usage shape of the SDK it calls (usage.SHAPES); others call OpenAI-shaped APIs.
+_PACKAGE_USAGE = {
+    "anthropic": "anthropic",
+    "bedrock": "anthropic",
+    "bedrock_converse": "bedrock.converse",
+    "gemini": "gemini",
+    "google_genai": "gemini",
+    "vertex": "gemini",
+    "cohere": "cohere",
+    "ollama": "ollama",
+}
+
+
+def usage_shape(instance: Any) -> str:
+    """The usage shape of the SDK a LlamaIndex LLM class calls, by its integration package, not by the provider it
+    names (an OpenAI class pointed at Anthropic's OpenAI-compatible API reports OpenAI usage). OpenAI's classes:
+    chat or Responses, told apart by the usage's own keys."""
+    return _PACKAGE_USAGE.get(_package(instance), "openai.chat")
 
 
 def _usage(response: Any) -> Any:
@@ -432,7 +428,7 @@ class _Tracker:
                 prompt = arguments.get("prompt")
                 inputs = Inputs([{"role": "user", "parts": [text_part(prompt)]}] if prompt is not None else [])
         # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
-        call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(provider))
+        call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(instance))
         return _Open(kind, call.span, call, id(instance))
 
     def _start_embeddings(self, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -444,7 +440,7 @@ class _Tracker:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
         texts = arguments.get("texts")
         attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
-        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(provider))
+        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(instance))
         return _Open("embeddings", call.span, call, id(instance))
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
@@ -898,7 +894,7 @@ class LlamaIndexInstrumentor(_base.PatchInstrumentor):
 
     def set_tracer_provider(self, tracer_provider: Any) -> None:
         """Record into another TracerProvider from now on."""
-        self._the_patch().tracer_provider = tracer_provider
+        self.the_patch().tracer_provider = tracer_provider
         with _lock:
             if _installed is not None:
                 _installed.tracker.tracer = _base.get_tracer(__name__, tracer_provider)

@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
+from .. import providers
 from ..content import media_part, parse_arguments, text_part
 from ._base import (
     UNFINISHED,
@@ -20,7 +21,6 @@ from ._base import (
     copy_params,
     finish_reason,
     get,
-    provider_for_client,
     seq,
     stop_sequences,
 )
@@ -41,7 +41,7 @@ def provider_name(client: Any, host: str | None) -> str:
     """azure.ai.openai for Azure clients, the provider of an OpenAI-compatible host, else openai."""
     if "Azure" in type(client).__name__:
         return "azure.ai.openai"
-    return (provider_for_client(client, host) if host else None) or "openai"
+    return (providers.for_client(client, host) if host else None) or "openai"
 
 
 # --- content: OpenAI message shapes -> GenAI messages -------------------------------------------------------
@@ -368,7 +368,9 @@ def responses_response(result: Any, capture: bool) -> tuple[dict[str, Any], list
 # --- streams -------------------------------------------------------------------------------------------------
 
 
-class _Choice:
+class StreamedChoice:
+    """What one choice of a chat stream has said so far: text, refusal, tool-call fragments, finish reason."""
+
     __slots__ = ("finish", "refusal", "role", "text", "tools")
 
     def __init__(self) -> None:
@@ -388,7 +390,7 @@ def _unset(model: Any, field: str) -> None:
         fields_set.discard(field)
 
 
-def _add_tool_deltas(acc: _Choice, tool_calls: Any) -> None:
+def _add_tool_deltas(acc: StreamedChoice, tool_calls: Any) -> None:
     for tool in tool_calls:
         slot = acc.tools.get(tool.index)
         if slot is None:
@@ -420,7 +422,7 @@ class ChatRecorder(StreamRecorder):
 
     def __init__(self, call: Call, hide_usage: bool) -> None:
         super().__init__(call, hide_usage)
-        self.choices: dict[int, _Choice] = {}
+        self.choices: dict[int, StreamedChoice] = {}
         self.fields: dict[str, Any] = {}
         self.usage: Any = None
 
@@ -443,12 +445,12 @@ class ChatRecorder(StreamRecorder):
         for choice in choices:
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = _Choice()
+                acc = self.choices[choice.index] = StreamedChoice()
             reason = choice.finish_reason
             if reason is not None:
                 acc.finish = reason
             if self.capture:
-                self._capture(choice, acc)
+                self.add_deltas(choice, acc)
             else:  # only the text, for an estimate should the usage never arrive: the delta itself is ~10x bigger
                 delta = choice.delta
                 text = delta.content
@@ -471,7 +473,7 @@ class ChatRecorder(StreamRecorder):
         return pieces
 
     @staticmethod
-    def _capture(choice: Any, acc: _Choice) -> None:
+    def add_deltas(choice: Any, acc: StreamedChoice) -> None:
         """Append one choice's deltas (text, tool-call fragments, refusal) to its accumulator."""
         delta = choice.delta
         text = delta.content
@@ -587,7 +589,7 @@ class CompletionRecorder(ChatRecorder):
         for choice in choices:
             acc = self.choices.get(choice.index)
             if acc is None:
-                acc = self.choices[choice.index] = _Choice()
+                acc = self.choices[choice.index] = StreamedChoice()
             if choice.finish_reason is not None:
                 acc.finish = choice.finish_reason
             if choice.text:

@@ -20,6 +20,8 @@ Endpoints
     ``/v1/completions`` (legacy). Azure paths ``/openai/deployments/{deployment}/{chat/completions,
     completions,embeddings}?api-version=...`` plus ``/openai/responses`` and ``/openai/v1/...``.
     Anthropic: ``POST /v1/messages`` and ``/v1/messages/count_tokens``.
+    Other providers: one module each in ``testing/wire/`` (see there). Mistral's paths are OpenAI's, so its wire
+    answers only the mistralai SDK's User-Agent, or a request naming it in ``x-fake-wire: mistral``.
 
 Scenarios (see :data:`SCENARIOS`)
     Chosen per request by the ``x-fake-scenario`` header or, for callers that cannot set headers,
@@ -704,6 +706,9 @@ class WireFormat:
     name: str = ""
     paths: re.Pattern[str]
     request_id_header: str = "x-request-id"
+    # For a provider whose paths are another's (Mistral's are OpenAI's; the real APIs differ by host, which one
+    # fake address cannot): answer only requests whose User-Agent matches, or that name this wire in x-fake-wire.
+    user_agent: re.Pattern[str] | None = None
 
     def user_text(self, payload: Any, match: re.Match[str]) -> str:
         return ""
@@ -738,17 +743,21 @@ class WireFormat:
 
 
 # Provider modules under mltrack_otel/testing/wire/, imported on first use.
-WIRE_MODULES: tuple[str, ...] = ()
+WIRE_MODULES: tuple[str, ...] = ("gemini", "mistral", "cohere", "ollama", "groq", "bedrock")
+WIRE_HEADER = "x-fake-wire"  # names the wire format for a client whose User-Agent a `user_agent` wire does not know
 _wire_formats: list[WireFormat] | None = None
 
 
-def _wire_format(path: str) -> tuple[WireFormat, re.Match[str]] | None:
+def _wire_format(path: str, headers: dict[str, str]) -> tuple[WireFormat, re.Match[str]] | None:
     global _wire_formats
     if _wire_formats is None:
         import importlib
 
         _wire_formats = [importlib.import_module(f"{__package__}.wire.{name}").WIRE for name in WIRE_MODULES]
     for wire in _wire_formats:
+        named = headers.get(WIRE_HEADER) == wire.name
+        if wire.user_agent is not None and not named and not wire.user_agent.search(headers.get("user-agent", "")):
+            continue
         found = wire.paths.match(path)
         if found is not None:
             return wire, found
@@ -865,7 +874,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload = None
         headers = {k.lower(): v for k, v in self.headers.items()}
         rec = RecordedRequest(self.command, parts.path, headers, payload, dict(parse_qsl(parts.query)))
-        wire = _wire_format(parts.path)
+        wire = _wire_format(parts.path, headers)
         if wire is not None:
             wire[0].serve(self, rec, wire[1], payload)
             return
