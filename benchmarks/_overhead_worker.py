@@ -633,7 +633,9 @@ def profile_text(stats: pstats.Stats, n: int) -> str:
     """The functions of mltrack_otel and of the OTel SDK, in µs per operation (cProfile inflates all of them)."""
     rows = []
     for (file, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        where = file.split("site-packages/")[-1]
+        if "/mltrack_otel/" in where:  # any checkout (a worktree too), not only /work/main
+            where = "mltrack_otel/" + where.split("/mltrack_otel/", 1)[1]
         rows.append((where, line, name, ncalls / n, tottime / n * 1e6, cumtime / n * 1e6))
     total = sum(r[4] for r in rows)
     out = io.StringIO()
