@@ -532,7 +532,11 @@ def paired_failures(paired: dict[str, dict[str, Any]]) -> list[str]:
             failures.append(f"{op}: mltrack adds {ours['added_us']:.0f} µs > {goal:.0f} µs")
         ratio = ours.get("ratio_to_best_peer")
         if ratio is not None and ratio > GOAL_PEER_RATIO:
-            failures.append(f"{op}: mltrack is {ratio:.2f}x the best peer > {GOAL_PEER_RATIO}x")
+            floor = rows.get(FLOOR, {}).get("ratio_to_best_peer")
+            out_of_reach = (
+                f" (out of reach: the floor, a bare span, is {floor:.2f}x)" if floor and floor > GOAL_PEER_RATIO else ""
+            )
+            failures.append(f"{op}: mltrack is {ratio:.2f}x the best peer > {GOAL_PEER_RATIO}x{out_of_reach}")
     return failures
 
 
