@@ -198,9 +198,12 @@ def _cut_to_fit(item: Any, budget: int) -> str:
         holder, key, value = _longest_string(item)
         if holder is None or len(value) <= len(TRUNCATION_MARK):
             break
+        added = len(TRUNCATION_MARK)
+        if value.endswith(TRUNCATION_MARK):  # cut before: cut its text further (else only the mark would go)
+            value, added = value[:-added], 0
         # Bytes per character of this string once JSON-escaped, to turn the excess into characters to cut.
         ratio = max(1.0, _utf8_size(dumps(value)) / max(1, len(value)))
-        cut = int((size - budget + len(TRUNCATION_MARK)) / ratio) + 1
+        cut = int((size - budget + added) / ratio) + 1
         keep = max(0, len(value) - cut)
         holder[key] = value[:keep] + TRUNCATION_MARK
     return _stub(item, budget)

@@ -41,8 +41,21 @@ BYTES_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4  # role and separators per chat message
 _MAX_DEPTH = 12
 # Request fields that hold the prompt, in the providers' request schemas (OpenAI chat / Responses / completions /
-# embeddings, Anthropic messages).
-_PROMPT_FIELDS = ("messages", "input", "prompt", "system", "instructions", "tools", "functions")
+# embeddings, Anthropic messages, Bedrock Converse, Gemini contents, Cohere embed texts and rerank query/documents).
+_PROMPT_FIELDS = (
+    "messages",
+    "input",
+    "prompt",
+    "system",
+    "instructions",
+    "tools",
+    "functions",
+    "contents",
+    "system_instruction",
+    "texts",
+    "query",
+    "documents",
+)
 _TEXT_KEYS = frozenset(
     (
         "text",
@@ -56,6 +69,7 @@ _TEXT_KEYS = frozenset(
         "input_schema",
         "function",
         "tool_calls",
+        "parts",
     )
 )
 _JSON_KEYS = ("parameters", "input_schema", "input")  # tool schemas and tool-call inputs: sent as JSON text
@@ -100,15 +114,24 @@ def max_output_tokens(body: Mapping[str, Any]) -> int | None:
 
 
 def _collect(value: Any, depth: int, out: list[str]) -> None:
-    """Append the text a prompt value holds to `out`: strings, and the text-bearing fields of message and part
-    dicts. Appends into one list, dicts and lists checked first: this runs over every message of a budgeted call."""
+    """Append the text a prompt value holds to `out`: strings, and the text-bearing fields of message and part dicts
+    or SDK objects. One list, plain types checked first: this runs over every message of a budgeted call."""
     if depth > _MAX_DEPTH:
         return
     if type(value) is str:
         out.append(value)
-    elif isinstance(value, dict) or (not isinstance(value, (str, list, tuple)) and isinstance(value, Mapping)):
-        # Over the dict's own keys (a message has two or three), not over every key we know.
-        for key, inner in value.items():
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, depth + 1, out)
+    elif isinstance(value, str):  # a str subclass
+        out.append(value)
+    else:
+        # A dict, or an SDK's message object (pydantic keeps the fields in __dict__): over its own keys (a message
+        # has two or three), not over every key we know.
+        fields = value if type(value) is dict or isinstance(value, Mapping) else getattr(value, "__dict__", None)
+        if not isinstance(fields, Mapping):
+            return
+        for key, inner in fields.items():
             if key not in _TEXT_KEYS or inner is None:
                 continue
             if key == "function" and not isinstance(inner, Mapping):  # a tool call's {name, arguments} only
@@ -119,11 +142,6 @@ def _collect(value: Any, depth: int, out: list[str]) -> None:
                 out.append(_compact(inner))
             else:
                 _collect(inner, depth + 1, out)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect(item, depth + 1, out)
-    elif isinstance(value, str):  # a str subclass
-        out.append(value)
 
 
 def _compact(schema: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import providers
 from .hosts import HostKey, is_local, parse_host
+from .providers import serves_its_own_models
 
 __all__ = ["BUILTIN_PROVIDER_ALIASES", "LOCAL", "Cost", "PriceOverride", "Pricer", "Usage", "override_key"]
 
@@ -503,6 +504,8 @@ class Pricer:
             found = prov.find_model(ref, all_providers=providers)
             if found is not None:
                 return _compile_model(prov, found)
+        if provider and serves_its_own_models(provider):
+            return None
         # As genai-prices does without a provider: the first provider whose model pattern matches the name.
         # Also used when the given provider lacks the model (e.g. an OpenAI SDK pointed at another vendor).
         for ref in dict.fromkeys(r.lower() for r in (name, stripped) if r):

@@ -149,6 +149,13 @@ def pricing_id(name: Any) -> str | None:
     return None if row is None else row.prices
 
 
+def serves_its_own_models(name: Any) -> bool:
+    """A server that runs open-weight models itself (Ollama, LM Studio): no other vendor's API price applies to a
+    model it serves, however the model is named (deepseek-r1:8b there is not DeepSeek's API)."""
+    row = _row(name)
+    return row is not None and row.port is not None and row.prices is None
+
+
 def pricing_aliases() -> dict[str, str]:
     """Every name of every priced provider -> its genai-prices id (pricing's built-in provider aliases)."""
     return {name: row.prices for row in PROVIDERS if row.prices is not None for name in (*row.names, row.prices)}

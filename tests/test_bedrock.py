@@ -686,7 +686,6 @@ def test_connection_dropped_before_the_answer(bed, fake, operation):
     assert gen_ai.GEN_AI_USAGE_INPUT_TOKENS not in attrs(span)  # nothing came back: no usage to count
 
 
-@pytest.mark.xfail(strict=True, reason="lead: _base.error_type must read botocore's ClientError.response['Error']")
 def test_error_type_is_the_aws_code(bed, fake):
     brt = client(fake)
     with pytest.raises(botocore.exceptions.ClientError):

@@ -101,3 +101,23 @@ def test_the_output_cap_is_read_under_each_name_and_a_bad_one_is_ignored():
     assert estimate.max_output_tokens({"max_tokens": True}) is None
     assert estimate.max_output_tokens({"max_tokens": -1}) is None
     assert estimate.max_output_tokens({}) is None
+
+
+def test_gemini_contents_and_system_instruction_are_input_even_as_sdk_objects():
+    types = pytest.importorskip("google.genai.types")
+    words = "twelve words of prompt text for the estimate to count here"
+    system = "be brief"
+    as_dicts = {"contents": [{"role": "user", "parts": [{"text": words}]}], "system_instruction": system}
+    as_objects = {
+        "contents": [types.Content(role="user", parts=[types.Part(text=words)])],
+        "system_instruction": types.Content(parts=[types.Part(text=system)]),
+    }
+    expected = estimate.text_tokens(words + "\n" + system)
+    assert estimate.input_tokens(as_dicts) == expected
+    assert estimate.input_tokens(as_objects) == expected
+
+
+def test_cohere_embed_texts_and_rerank_query_and_documents_are_input():
+    assert estimate.input_tokens({"texts": ["a" * 40, "b" * 40]}) == estimate.text_tokens("a" * 40 + "\n" + "b" * 40)
+    rerank = {"query": "q" * 8, "documents": ["d" * 16]}
+    assert estimate.input_tokens(rerank) == estimate.text_tokens("q" * 8 + "\n" + "d" * 16)

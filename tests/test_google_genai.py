@@ -610,10 +610,8 @@ async def test_embeddings_vertex_reported(traced, vertex):
 
 # google.genai.errors.APIError carries the provider's status as `status` ("RESOURCE_EXHAUSTED") and the HTTP code as an
 # int `code`; _base.error_type / _describe_error read neither yet (the lead's files). strict: remove once they do.
-NEEDS_STATUS = pytest.mark.xfail(strict=True, reason="_base.error_type does not read APIError.status yet")
 
 
-@NEEDS_STATUS
 @pytest.mark.parametrize(
     ("name", "error_class", "status"),
     [
@@ -632,7 +630,6 @@ def test_errors(traced, gem, name, error_class, status):
     assert a[http_attributes.HTTP_RESPONSE_STATUS_CODE] == int(name[-3:])
 
 
-@NEEDS_STATUS
 def test_stream_error_status(traced, gem):
     with pytest.raises(errors.ClientError):
         list(gem.models.generate_content_stream(model=MODEL, contents="x [[scenario:error-429]]"))

@@ -603,3 +603,29 @@ async def test_langgraph_astream_messages(otel, sdk_on, chat):
     assert len(otel.counted()) == 2
     (counted_root_total,) = {root.attributes["llm.cost.cumulative"]}
     assert math.isclose(counted_root_total, sum(s.attributes["llm.cost.total"] for s in otel.counted()))
+
+
+def test_chat_span_is_a_call_span(otel, chat):
+    """A chat span is made by _base.Call, like every SDK's: the OpenInference mirror, llm.latency, usage and
+    content come from the same code (before, LangChain's chat spans had no OpenInference attributes)."""
+    config.set_current(config.load_settings(env={}, openinference_attributes=True))
+    result = chat().invoke("hello call")
+
+    (span,) = otel.ours()
+    attrs = span.attributes
+    usage = result.usage_metadata
+    assert attrs["openinference.span.kind"] == "LLM"
+    assert attrs["llm.model_name"] == MODEL
+    assert attrs["llm.provider"] == "openai"
+    assert attrs["input.value"] == attrs["gen_ai.input.messages"]
+    assert attrs["input.mime_type"] == "application/json"
+    assert attrs["llm.input_messages.0.message.role"] == "user"
+    assert attrs["llm.input_messages.0.message.content"] == "hello call"
+    assert attrs["output.value"] == attrs["gen_ai.output.messages"]
+    assert attrs["llm.output_messages.0.message.role"] == "assistant"
+    assert attrs["llm.output_messages.0.message.content"] == result.content
+    assert attrs["llm.token_count.prompt"] == attrs["gen_ai.usage.input_tokens"] == usage["input_tokens"]
+    assert attrs["llm.token_count.completion"] == attrs["gen_ai.usage.output_tokens"] == usage["output_tokens"]
+    assert attrs["llm.token_count.total"] == usage["input_tokens"] + usage["output_tokens"]
+    assert attrs["llm.latency"] > 0
+    otel.assert_ledger([("openai", SNAPSHOT, _usage(result))])

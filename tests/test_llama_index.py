@@ -217,6 +217,7 @@ def test_query_tree_usage_and_cost(index, llm, traced, fake, sdk):
     retrieval = next(s for s in spans if s.name.startswith("retrieval"))
     assert retrieval.attributes[gen_ai.GEN_AI_OPERATION_NAME] == "retrieval"
     assert retrieval.attributes[gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT] == "What is the capital of France?"
+    assert retrieval.attributes[gen_ai.GEN_AI_DATA_SOURCE_ID] == index.index_id
     documents = json.loads(retrieval.attributes[gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS])
     assert len(documents) == 2 and all("id" in d and "score" in d for d in documents)
     embedding = next(
@@ -480,3 +481,27 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_tool_content_is_cut_in_bytes(traced):
+    """Tool arguments and results follow the one content policy: the budget is in UTF-8 bytes (LlamaIndex's spans
+    used to compare characters with it, so 200 two-byte characters passed a 256-byte budget whole)."""
+    from llama_index.core.tools import FunctionTool
+
+    from mltrack_otel.content import TRUNCATION_MARK
+
+    config.set_current(config.load_settings(content_max_bytes=256))
+
+    def describe(city: str) -> str:
+        """Describe a city."""
+        return "é" * 200
+
+    assert FunctionTool.from_defaults(fn=describe).call(city="Zürich" * 60).content == "é" * 200
+
+    (span,) = traced.get_finished_spans()
+    assert span.name == "execute_tool describe"
+    result = span.attributes[gen_ai.GEN_AI_TOOL_CALL_RESULT]
+    assert result == "é" * ((256 - len(TRUNCATION_MARK)) // 2) + TRUNCATION_MARK
+    arguments = span.attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS]
+    assert len(arguments.encode()) <= 256 and json.loads(arguments)["city"].endswith(TRUNCATION_MARK)
+    assert span.attributes[semconv.MLTRACK_CONTENT_TRUNCATED] is True

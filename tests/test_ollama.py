@@ -615,11 +615,6 @@ def test_a_remote_ollama_is_unpriced_not_local(traced, fake):
     assert "sk-x" not in json.dumps(a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pricing.py: with no genai-prices provider for 'ollama', a name another vendor's pattern matches is "
-    "priced as that vendor's API (deepseek-r1:8b -> deepseek-reasoner); pricing's owner to decide",
-)
 def test_a_remote_ollama_model_named_like_a_cloud_model_is_not_charged_that_cloud_price(traced, fake):
     remote = ollama.Client(host="https://ollama.com", transport=ToFake(fake))
     remote.chat(model="deepseek-r1:8b", messages=MESSAGES)  # an 8B distill on Ollama, not DeepSeek's API

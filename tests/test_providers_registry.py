@@ -94,7 +94,7 @@ def test_pricing_aliases_are_the_registry_and_price_through_it():
     assert dict(pricing.BUILTIN_PROVIDER_ALIASES) == providers.pricing_aliases()
     pricer = Pricer()
     for alias, genai_id in pricing.BUILTIN_PROVIDER_ALIASES.items():
-        assert pricer._provider(alias, fuzzy=False).id == genai_id, alias
+        assert pricer.find_provider(alias, fuzzy=False).id == genai_id, alias
     # the same model priced under every name of its provider costs the same
     usage = pricing.Usage(1_000, 100)
     costs = {name: pricer.price(name, "mistral-small-latest", usage) for name in ("mistral_ai", "mistral", "mistralai")}

@@ -21,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, estimate, guard, ledger, semconv
+from .. import budget, call_context, config, content, estimate, guard, ledger, semconv
 from ..errors import BudgetExceededError
 from ..fields import get as get  # re-exported: every provider module reads SDK objects with it
 from ..usage import GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS
@@ -103,6 +103,11 @@ def error_type(exc: BaseException) -> str:
         kind = inner.get("code") or inner.get("type") if isinstance(inner, Mapping) else None
         if isinstance(kind, str) and kind and kind != "error":
             return kind
+    response = getattr(exc, "response", None)  # botocore's ClientError / EventStreamError: the AWS error code
+    error = response.get("Error") if isinstance(response, Mapping) else None
+    aws_code = error.get("Code") if isinstance(error, Mapping) else None
+    if isinstance(aws_code, str) and aws_code:
+        return aws_code
     status = getattr(exc, "status", None)  # google-genai's APIError: RESOURCE_EXHAUSTED, NOT_FOUND...
     if isinstance(status, str) and status:
         return status
@@ -116,6 +121,10 @@ def http_status(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
     if status is None and isinstance(getattr(exc, "status", None), str):
         status = getattr(exc, "code", None)
+    if status is None:  # botocore
+        response = getattr(exc, "response", None)
+        metadata = response.get("ResponseMetadata") if isinstance(response, Mapping) else None
+        status = metadata.get("HTTPStatusCode") if isinstance(metadata, Mapping) else None
     return status if type(status) is int and 100 <= status <= 599 else None
 
 
@@ -156,6 +165,7 @@ class Call:
         settings: config.Settings,
         inputs: Inputs | None,
         usage_shape: str,
+        context: otel_context.Context | None = None,  # the parent; the current context when None
     ) -> None:
         self.max_bytes = settings.content_max_bytes
         self.redactor = settings.redactor
@@ -171,7 +181,7 @@ class Call:
         if self.oi:
             self._add_openinference_start(operation, model, attributes)
         name = f"{operation} {model}" if model else operation
-        self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+        self.span = tracer.start_span(name, context=context, kind=SpanKind.CLIENT, attributes=attributes)
         self.t0 = time.perf_counter()
 
     def _encode(self, items: list[Any], key: str, attributes: dict[str, Any]) -> None:
@@ -338,6 +348,7 @@ class StreamRecorder:
         "done",
         "first_at",
         "hide_usage",
+        "lazy",
         "release",
         "request",
         "seen",
@@ -350,6 +361,7 @@ class StreamRecorder:
         self.capture = call.capture_out
         self.hide_usage = hide_usage  # we asked for usage the caller did not: keep the usage-only chunk from them
         self.done = False
+        self.lazy = False  # the request goes out on the first read (a generator method): unread, it was never sent
         self.started = False  # the caller began iterating
         self.suspended = False  # the caller holds an item (we are parked at a yield)
         self.first_at: float | None = None
@@ -397,12 +409,16 @@ class StreamRecorder:
         except Exception as exc:
             guard.record_error("instrumentation.stream", exc)
             attributes, output, usage = {}, None, None
-        if usage is None and not self.call.ended and not _has_usage(attributes):  # sent, so counted: estimated
+        if usage is None and not self.call.ended and not _has_usage(attributes) and self.sent():  # counted: estimated
             attributes.update(guard.guarded("instrumentation.estimate", self.estimate, default=_ABSENT) or _ABSENT)
         attributes[semconv.MLTRACK_STREAM_COMPLETE] = complete
         if self.first_at is not None:
             attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = self.first_at - self.call.t0
         self.call.finish(attributes, output, usage, error)
+
+    def sent(self) -> bool:
+        """Whether the provider may bill the call: a lazy stream that returned nothing was never sent, or refused."""
+        return not self.lazy or self.first_at is not None
 
     def complete_at_close(self) -> bool:
         """Whether a stream closed now is complete (the provider finished every choice before the caller closed)."""
@@ -482,10 +498,10 @@ def stop_sequences(value: Any) -> tuple[str, ...] | None:
 
 
 def base_attributes(operation: str, provider: str, address: str | None, port: int | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        gen_ai.GEN_AI_OPERATION_NAME: operation,
-        gen_ai.GEN_AI_PROVIDER_NAME: provider,
-    }
+    extra = call_context.current()  # attribution and prompt identity set around the call (call_context.attached)
+    attributes: dict[str, Any] = {**extra} if extra else {}
+    attributes[gen_ai.GEN_AI_OPERATION_NAME] = operation
+    attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider
     if address:
         attributes[server_attributes.SERVER_ADDRESS] = address
         if port:

@@ -127,6 +127,31 @@ def start(
     return call
 
 
+def begin(
+    tracer: trace.Tracer, describe: Callable[[config.Settings], Request | None], where: str = "instrumentation"
+) -> tuple[Call, Request] | None:
+    """Start a call's span, or None to let the call pass untouched: tracking off or suppressed, not a model call
+    (`describe` returns None), or a failure of ours (recorded under `where`). Raises only BudgetExceededError,
+    before anything is sent."""
+    try:
+        settings = _base.tracking_settings()
+        request = describe(settings) if settings is not None else None
+        if request is None:
+            return None
+    except Exception as exc:
+        guard.record_error(f"{where}.begin", exc)
+        return None
+    try:
+        call = start(tracer, request, settings)
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error(f"{where}.start", exc)
+        return None
+    call.nest = request.nest
+    return call, request
+
+
 def new_recorder(call: Call, request: Request, hide_usage: bool = False) -> StreamRecorder | None:
     """The stream recorder of a streamed call (None: its endpoint records no streams; the span covers the request)."""
     if request.endpoint.recorder is None:
@@ -326,7 +351,11 @@ class MethodPatch:
             if cls is None or attribute not in cls.__dict__:
                 continue
             original = cls.__dict__[attribute]
-            wrapper = self._async_wrapper(method) if inspect.iscoroutinefunction(original) else self._wrapper(method)
+            lazy = inspect.isgeneratorfunction(original) or inspect.isasyncgenfunction(original)
+            if inspect.iscoroutinefunction(original):
+                wrapper = self._async_wrapper(method)
+            else:
+                wrapper = self._wrapper(method, lazy)
             wrapt.wrap_function_wrapper(cls, attribute, wrapper)
             self.originals.append((cls, attribute, original))
 
@@ -335,30 +364,16 @@ class MethodPatch:
         for cls, attribute, original in reversed(self.originals):
             if getattr(cls.__dict__.get(attribute), "__wrapped__", None) is original:
                 setattr(cls, attribute, original)  # the very function object that was there before
-        self.originals = [o for o in self.originals if getattr(o[0].__dict__.get(o[1]), "__wrapped__", None)]
+        # Kept: only what is still wrapped (by ours under another's wrapper). An original with a __wrapped__ of its
+        # own (functools.wraps, botocore's context decorator) is not a wrapper of ours.
+        self.originals = [o for o in self.originals if o[0].__dict__.get(o[1]) is not o[2]]
 
     def _begin(self, method: Method, instance: Any, args: tuple, kwargs: dict) -> tuple[Call, Request] | None:
         if not self.active:
             return None
-        try:
-            settings = _base.tracking_settings()
-            request = method.route(instance, args, kwargs) if settings is not None else None
-            if request is None:
-                return None
-        except Exception as exc:
-            guard.record_error("instrumentation.begin", exc)
-            return None
-        try:
-            call = start(self.tracer, request, settings)
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.start", exc)
-            return None
-        call.nest = request.nest
-        return call, request
+        return begin(self.tracer, lambda settings: method.route(instance, args, kwargs))
 
-    def _result(self, method: Method, call: Call, request: Request, result: Any) -> Any:
+    def _result(self, method: Method, call: Call, request: Request, result: Any, lazy: bool = False) -> Any:
         """The result to hand back: the response read and the span ended, or the stream wrapped to record it."""
         if not request.stream:
             try:
@@ -371,6 +386,7 @@ class MethodPatch:
             if recorder is None:
                 call.finish({})
                 return result
+            recorder.lazy = recorder.lazy or lazy
 
             def wrap(stream: Any) -> Any:
                 return RecordedStream(stream, recorder)
@@ -380,13 +396,15 @@ class MethodPatch:
             finish_safely(call, exc)
             return result
 
-    def _wrapper(self, method: Method) -> Callable[..., Any]:
+    def _wrapper(self, method: Method, lazy: bool) -> Callable[..., Any]:
+        """A sync method's wrapper; `lazy`: it is a generator function, whose request goes out on the first read."""
+
         def wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
             begun = self._begin(method, instance, args, kwargs)
             if begun is None:
                 return wrapped(*args, **kwargs)
             call, request = begun
-            return self._result(method, call, request, invoke(call, wrapped, args, kwargs))
+            return self._result(method, call, request, invoke(call, wrapped, args, kwargs), lazy)
 
         return wrapper
 

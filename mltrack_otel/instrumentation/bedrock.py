@@ -26,7 +26,7 @@ from ..content import parse_arguments, text_part
 from ..usage import count
 from . import _base, anthropic
 from ._base import Inputs, StreamRecorder, get, seq
-from ._core import Endpoint, Method, MethodInstrumentor, MethodPatch, Request, argument
+from ._core import Endpoint, Method, MethodInstrumentor, Request, argument
 
 PROVIDER = "aws.bedrock"
 _PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "au.", "jp.", "ca.")
@@ -485,16 +485,6 @@ _OPERATIONS = {"Converse": "converse", "ConverseStream": "converse", "InvokeMode
 _OPERATIONS["InvokeModelWithResponseStream"] = "invoke"
 
 
-class _Patch(MethodPatch):
-    """MethodPatch, but a restored method is forgotten even when its own decorator sets ``__wrapped__`` (botocore's
-    ``@with_current_context()``): _core's remove() keeps such an entry, so a second instrument() wrapped nothing.
-    TODO(lead): make _core's filter ``o[0].__dict__.get(o[1]) is not o[2]`` and delete this class."""
-
-    def remove(self) -> None:
-        super().remove()
-        self.originals = [o for o in self.originals if o[0].__dict__.get(o[1]) is not o[2]]
-
-
 class BedrockInstrumentor(MethodInstrumentor):
     """Instruments boto3's bedrock-runtime client (entry point `opentelemetry_instrumentor: bedrock`)."""
 
@@ -502,7 +492,3 @@ class BedrockInstrumentor(MethodInstrumentor):
     tracer_name = "mltrack_otel.instrumentation.bedrock"
     dependencies = ("botocore >= 1.34",)
     methods = (Method("botocore.client", "BaseClient._make_api_call", route, stream_result),)
-
-    @classmethod
-    def patch_factory(cls) -> MethodPatch:
-        return _Patch(cls.methods, cls.tracer_name)

@@ -20,7 +20,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Status, StatusCode
 
-from .. import semconv
+from .. import providers
 from ..content import media_part, parse_arguments, text_part
 from ..usage import attributes as usage_of
 from ._base import (
@@ -32,7 +32,6 @@ from ._base import (
     estimated_usage,
     finish_reason,
     get,
-    provider_for_host,
     seq,
     stop_sequences,
 )
@@ -255,13 +254,6 @@ class ChatStreamRecorder(StreamRecorder):
     def complete_at_close(self) -> bool:
         return self.reason is not None  # message-end, the last event, arrived before the caller closed
 
-    def estimate(self) -> dict[str, Any]:
-        """chat_stream is a generator: its request goes out on the first next(). Nothing came back: never sent (closed
-        or dropped unread) or refused (an HTTP error), so nothing to estimate or count, as for a refused plain call."""
-        if self.first_at is None:
-            return {semconv.MLTRACK_STREAM_COMPLETE: False}  # no usage (an empty dict would count it usage-absent)
-        return super().estimate()
-
     def output_pieces(self) -> list[str]:
         return [*self.text, *self.plan, *(piece for _, pieces in self.calls for piece in pieces)]
 
@@ -283,7 +275,7 @@ def _server(client: Any) -> tuple[str | None, int | None, str]:
     url = urlsplit(base_url)
     host, port = url.hostname, url.port or {"https": 443, "http": 80}.get(url.scheme)
     kind = type(client).__name__
-    provider = "aws.bedrock" if "Bedrock" in kind else (provider_for_host(host, port) if host else None) or "cohere"
+    provider = "aws.bedrock" if "Bedrock" in kind else (providers.for_host(host, port) if host else None) or "cohere"
     server = (host, port, provider)
     wrapper.__dict__["_mltrack_server"] = (base_url, server)
     return server

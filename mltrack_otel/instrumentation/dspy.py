@@ -20,10 +20,9 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.trace import SpanKind
 
-from .. import budget, config, content, guard, ledger, semconv
-from . import _base, when_imported
+from .. import budget, config, content, guard, ledger
+from . import _base, _spans, when_imported
 from ._base import Call, Inputs, get, seq
 from .litellm import litellm_usage_attributes, otel_provider, split_model
 from .openai import chat_messages, chat_request
@@ -73,10 +72,12 @@ def _lm_route(lm: Any) -> tuple[str, str | None, str | None, int | None]:
 
 
 class _Open:
-    __slots__ = ("call", "result", "span", "token")
+    __slots__ = ("call", "operation", "result", "span", "token")
 
-    def __init__(self, span: Any, token: Any, call: Call | None = None) -> None:
-        self.span, self.token, self.call = span, token, call
+    def __init__(self, handle: Call | _spans.Operation, token: Any) -> None:
+        self.span, self.token = handle.span, token
+        self.call = handle if isinstance(handle, Call) else None  # an LM call
+        self.operation = handle if isinstance(handle, _spans.Operation) else None  # a module or a tool
         self.result: Any = None
 
 
@@ -260,9 +261,9 @@ class Patch:
             return None
         return _base.tracking_settings()
 
-    def _push(self, call_id: str, span: Any, call: Call | None = None) -> None:
-        token = otel_context.attach(trace.set_span_in_context(span))
-        self.open[call_id] = _Open(span, token, call)
+    def _push(self, call_id: str, handle: Call | _spans.Operation) -> None:
+        token = otel_context.attach(trace.set_span_in_context(handle.span))
+        self.open[call_id] = _Open(handle, token)
 
     def _pop(self, call_id: str) -> _Open | None:
         entry = self.open.pop(call_id, None)
@@ -278,71 +279,44 @@ class Patch:
         settings = self._enabled()
         if settings is None:
             return
-        name = type(instance).__name__
-        attributes: dict[str, Any] = {
-            gen_ai.GEN_AI_OPERATION_NAME: "invoke_agent",
-            gen_ai.GEN_AI_AGENT_NAME: name,
-        }
-        scope = ledger.current_scope()
-        if scope is not None and scope.conversation_id:
-            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+        captured = None
         if settings.capture_prompts and inputs:
             message = {"role": "user", "parts": [content.text_part(_json(inputs))]}
-            self._encode([message], gen_ai.GEN_AI_INPUT_MESSAGES, attributes, settings)
-        if settings.openinference_attributes:
-            attributes[_base.OI_SPAN_KIND] = "CHAIN"
-            if gen_ai.GEN_AI_INPUT_MESSAGES in attributes:
-                attributes[_base.OI_INPUT_VALUE] = _json(inputs)
-                attributes[_base.OI_INPUT_MIME] = "application/json"
-        span = self.tracer.start_span(f"invoke_agent {name}", kind=SpanKind.INTERNAL, attributes=attributes)
-        self._push(call_id, span)
+            captured = {gen_ai.GEN_AI_INPUT_MESSAGES: [message], _base.OI_INPUT_VALUE: inputs}
+        name = type(instance).__name__
+        self._push(call_id, _spans.start(self.tracer, "invoke_agent", name, None, captured, settings=settings))
 
     def module_end(self, call_id: str, outputs: Any, exception: BaseException | None) -> None:
+        """The end of a module or a tool."""
         entry = self._pop(call_id)
-        if entry is None:
+        operation = entry.operation if entry is not None else None
+        if operation is None:
             return
-        span = entry.span
-        try:
-            settings = config.current()
-            attributes: dict[str, Any] = {}
-            if exception is None and outputs is not None and settings.capture_responses:
-                data = _outputs_dict(outputs)
-                if span.attributes.get(gen_ai.GEN_AI_OPERATION_NAME) == "execute_tool":
-                    text, _ = content.encode([data], settings.content_max_bytes, settings.redactor)
-                    attributes[gen_ai.GEN_AI_TOOL_CALL_RESULT] = text[1:-1]
-                else:
-                    message = {"role": "assistant", "parts": [content.text_part(_json(data))], "finish_reason": "stop"}
-                    self._encode([message], gen_ai.GEN_AI_OUTPUT_MESSAGES, attributes, settings)
-                if settings.openinference_attributes:
-                    attributes[_base.OI_OUTPUT_VALUE] = _json(data)
-                    attributes[_base.OI_OUTPUT_MIME] = "application/json"
-            if exception is not None:
-                attributes["error.type"] = _base.error_type(exception)
-            span.set_attributes(attributes)
-            if exception is not None:
-                _base.record_failure(span, exception)
-        finally:
-            span.end()
+        if exception is not None:
+            operation.fail(exception)
+            return
+        captured = None
+        if outputs is not None and operation.capture_out:
+            data = _outputs_dict(outputs)
+            if operation.operation == "execute_tool":
+                captured = {gen_ai.GEN_AI_TOOL_CALL_RESULT: data}
+            else:
+                message = {"role": "assistant", "parts": [content.text_part(_json(data))], "finish_reason": "stop"}
+                captured = {gen_ai.GEN_AI_OUTPUT_MESSAGES: [message], _base.OI_OUTPUT_VALUE: data}
+        operation.finish(captured)
 
     def tool_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         settings = self._enabled()
         if settings is None:
             return
+        arguments = inputs.get("kwargs", inputs) if isinstance(inputs, dict) else inputs
         name = get(instance, "name") or type(instance).__name__
-        attributes: dict[str, Any] = {
-            gen_ai.GEN_AI_OPERATION_NAME: "execute_tool",
-            gen_ai.GEN_AI_TOOL_NAME: str(name),
-            gen_ai.GEN_AI_TOOL_TYPE: "function",
-        }
-        description = get(instance, "desc")
-        if isinstance(description, str):
-            attributes[gen_ai.GEN_AI_TOOL_DESCRIPTION] = description
-        if settings.capture_prompts:
-            arguments = inputs.get("kwargs", inputs) if isinstance(inputs, dict) else inputs
-            text, _ = content.encode([arguments], settings.content_max_bytes, settings.redactor)
-            attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] = text[1:-1]
-        span = self.tracer.start_span(f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes)
-        self._push(call_id, span)
+        captured = {gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS: arguments}
+        desc = get(instance, "desc")
+        self._push(
+            call_id,
+            _spans.start(self.tracer, "execute_tool", name, None, captured, settings=settings, description=desc),
+        )
 
     def lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         try:
@@ -353,7 +327,7 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.dspy.lm", exc)
             return
-        self._push(call_id, call.span, call)
+        self._push(call_id, call)
 
     def _lm_call(self, instance: Any, inputs: dict[str, Any], settings: config.Settings) -> Call:
         provider, model, address, port = _lm_route(instance)
@@ -402,13 +376,6 @@ class Patch:
                     parts.append({**part, "arguments": arguments})
                 output.append({"role": "assistant", "parts": parts, "finish_reason": "stop"})
         call.finish(attributes, output)
-
-    @staticmethod
-    def _encode(items: list[Any], key: str, attributes: dict[str, Any], settings: config.Settings) -> None:
-        text, truncated = content.encode(items, settings.content_max_bytes, settings.redactor)
-        attributes[key] = text
-        if truncated:
-            attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
 
 
 class DSPyInstrumentor(_base.PatchInstrumentor):

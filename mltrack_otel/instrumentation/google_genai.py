@@ -302,6 +302,9 @@ def _route(kind: str) -> Any:
         cap = get(config, "max_output_tokens")
         if cap is not None:
             body["max_output_tokens"] = cap  # the output cap, by the name budgets read
+        system = get(config, "system_instruction")
+        if system is not None:
+            body["system_instruction"] = system  # a top-level field on the wire, and part of the input estimate
         if kind == "stream":
             body["stream"] = True
         endpoint = GENERATE

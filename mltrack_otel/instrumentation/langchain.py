@@ -28,7 +28,6 @@ ends (abandoned stream) is ended, marked incomplete, when its parent ends or whe
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -40,13 +39,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .. import config, content, guard, ledger, providers, semconv
+from .. import config, guard, providers, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import read as read_usage
 from ..usage import usage_attributes
-from . import _base, when_imported
+from . import _base, _spans, when_imported
+from ._base import Call, Inputs
 
 __all__ = ["LangChainInstrumentor"]
 
@@ -69,7 +68,6 @@ _PARAMS = (
 )
 _CONVERSATION_KEYS = ("thread_id", "conversation_id", "session_id")
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
-_OI_KIND = {"llm": "LLM", "chain": "CHAIN", "agent": "AGENT", "tool": "TOOL", "retriever": "RETRIEVER"}
 
 
 # --- the open runs --------------------------------------------------------------------------------------------
@@ -84,25 +82,23 @@ class _Run:
         "context",
         "first_token_at",
         "graph",
+        "handle",
         "kind",
         "llm_below",
         "name",
         "parent",
         "provider",
-        "span",
-        "t0",
         "tool_below",
         "tools_bound",
     )
 
-    def __init__(self, kind: str, span: trace.Span, parent: Any, name: str) -> None:
+    def __init__(self, kind: str, handle: Call | _spans.Operation, parent: Any, name: str) -> None:
         self.kind = kind  # llm | chain | agent | tool | retriever
-        self.span = span
+        self.handle = handle  # a Call for model runs, else an Operation: either ends the span exactly once
         self.parent = parent  # parent run_id (None for a root run)
         self.name = name
         self.children: list[Any] = []
         self.context: otel_context.Context | None = None  # the span as current context, made on first use
-        self.t0 = time.perf_counter()
         self.first_token_at: float | None = None
         self.provider: str | None = None
         self.graph = False  # a LangGraph graph (its children carry langgraph_node metadata)
@@ -110,7 +106,7 @@ class _Run:
 
     def as_context(self) -> otel_context.Context:
         if self.context is None:
-            self.context = trace.set_span_in_context(self.span)
+            self.context = trace.set_span_in_context(self.handle.span)
         return self.context
 
 
@@ -137,24 +133,6 @@ class _Slot:
 
 
 _SLOT: ContextVar[_Slot | None] = ContextVar("mltrack_langchain_slot", default=None)
-
-
-def _text(value: Any, settings: config.Settings, max_bytes: int | None = None) -> tuple[str, bool]:
-    """A bounded, redacted string for a value (strings as they are, anything else as JSON)."""
-    if isinstance(value, str):
-        text = value
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=content.json_default)
-        except (TypeError, ValueError):
-            text = content.capped_repr(value)
-    if settings.redactor is not None:
-        text = settings.redactor.sub(content.REDACTED, text)
-    limit = max_bytes or settings.content_max_bytes
-    if len(text.encode("utf-8", "replace")) <= limit:
-        return text, False
-    cut = text.encode("utf-8", "replace")[: max(0, limit - len(content.TRUNCATION_MARK))]
-    return cut.decode("utf-8", "ignore") + content.TRUNCATION_MARK, True
 
 
 # --- messages: LangChain -> GenAI JSON ---------------------------------------------------------------------------
@@ -288,14 +266,6 @@ def usage_from_metadata(usage: Any) -> dict[str, int]:
         return {}
 
 
-def _describe_error(span: trace.Span, error: BaseException) -> None:
-    span.set_attribute(error_attributes.ERROR_TYPE, _base.error_type(error))
-    status = getattr(error, "status_code", None)
-    if isinstance(status, int):
-        span.set_attribute("http.response.status_code", status)
-    _base.record_failure(span, error)
-
-
 # --- the handler --------------------------------------------------------------------------------------------------
 
 
@@ -319,21 +289,19 @@ class Tracer:
         run = self.runs.get(run_id)
         return run.as_context() if run is not None else None
 
-    def _start(
-        self,
-        kind: str,
-        name: str,
-        run_id: Any,
-        parent_run_id: Any,
-        attributes: dict[str, Any],
-        span_kind: SpanKind = SpanKind.INTERNAL,
+    def _operation(
+        self, kind: str, operation: str | None, name: str, run_id: Any, kwargs: dict[str, Any], **start: Any
     ) -> _Run:
+        """Start a non-model run's span under its parent run's: _spans.start with `start` (inputs, attributes...)."""
+        start["attributes"] = self._conversation(kwargs.get("metadata") or {}, start.get("attributes") or {})
+        parent_run_id = kwargs.get("parent_run_id")
+        handle = _spans.start(self.tracer, operation, name, context=self.span_context(parent_run_id), **start)
+        return self._add(kind, handle, run_id, parent_run_id, name)
+
+    def _add(self, kind: str, handle: Call | _spans.Operation, run_id: Any, parent_run_id: Any, name: str) -> _Run:
+        """Remember a started run (the oldest open one is ended past _MAX_RUNS), and fill the open slot."""
         parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
-        parent_ctx = parent.as_context() if parent is not None else None  # None: the current context (root run)
-        if config.current().openinference_attributes:
-            attributes[_base.OI_SPAN_KIND] = _OI_KIND[kind]
-        span = self.tracer.start_span(name, context=parent_ctx, kind=span_kind, attributes=attributes)
-        run = _Run(kind, span, parent_run_id if parent is not None else None, name)
+        run = _Run(kind, handle, parent_run_id if parent is not None else None, name)
         evicted = None
         with self.lock:
             self.runs[run_id] = run
@@ -372,9 +340,7 @@ class Tracer:
             orphans = [self.runs.pop(c) for c in run.children if c in self.runs]
         for orphan in orphans:
             self._abandon(orphan)
-        with contextlib.suppress(Exception):
-            run.span.set_attribute(_INCOMPLETE, False)
-        run.span.end()
+        run.handle.finish(attributes={_INCOMPLETE: False})
         guard.count("langchain.runs.abandoned")
 
     def end_all(self) -> None:
@@ -383,8 +349,7 @@ class Tracer:
             self.runs.clear()
         for run in runs:
             with contextlib.suppress(Exception):
-                run.span.set_attribute(_INCOMPLETE, False)
-                run.span.end()
+                run.handle.finish(attributes={_INCOMPLETE: False})
 
     def _enabled(self) -> config.Settings | None:
         if not self.active:
@@ -430,22 +395,17 @@ class Tracer:
             params.get("model") or params.get("model_name") or params.get("model_id") or metadata.get("ls_model_name")
         )
         model = model if isinstance(model, str) and model else None
-        attributes: dict[str, Any] = {
-            gen_ai.GEN_AI_OPERATION_NAME: operation,
-            gen_ai.GEN_AI_PROVIDER_NAME: provider,
-        }
+        attributes = self._conversation(metadata, _base.base_attributes(operation, provider, None, None))
         if model:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
         _request_attributes(params, metadata, attributes)
-        self._conversation(metadata, attributes)
         tools = params.get("tools") or params.get("functions")
-        if inputs is not None:
-            self._encode(inputs, gen_ai.GEN_AI_INPUT_MESSAGES, settings, attributes)
-            definitions = _tool_definitions(tools)
-            if definitions:
-                self._encode(definitions, gen_ai.GEN_AI_TOOL_DEFINITIONS, settings, attributes)
-        name = f"{operation} {model}" if model else operation
-        run = self._start("llm", name, run_id, kwargs.get("parent_run_id"), attributes, SpanKind.CLIENT)
+        call_inputs = Inputs(inputs, None, _tool_definitions(tools)) if inputs is not None else None
+        parent_run_id = kwargs.get("parent_run_id")
+        context = self.span_context(parent_run_id)  # None: the current context (a root run)
+        # _response_attributes reads the usage (usage_metadata in the "langchain" shape, else the provider's).
+        call = Call(self.tracer, operation, model, attributes, settings, call_inputs, "langchain", context)
+        run = self._add("llm", call, run_id, parent_run_id, operation)
         run.provider = provider
         run.tools_bound = bool(tools)
 
@@ -474,28 +434,24 @@ class Tracer:
             guard.record_error("langchain.on_llm_error", exc)
 
     def _finish_model(self, run: _Run, response: Any, error: BaseException | None) -> None:
-        span = run.span
+        call = run.handle
         try:
-            attributes = self._response_attributes(run, response)
-            now = time.perf_counter()
-            attributes[semconv.LLM_LATENCY] = now - run.t0
-            if run.first_token_at is not None:
-                attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = run.first_token_at - run.t0
-                attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
-            if isinstance(error, GeneratorExit):  # the caller stopped reading the stream: incomplete, not failed
-                attributes[_INCOMPLETE] = False
-                error = None
-            elif run.first_token_at is not None:
-                attributes[_INCOMPLETE] = error is None
-            span.set_attributes(attributes)
-            if error is not None:
-                _describe_error(span, error)
-        except Exception as exc:
+            attributes, output = self._response_attributes(run, response, call.capture_out)
+        except Exception as exc:  # the span still ends, with what it has
             guard.record_error("langchain.finish_model", exc)
-        finally:
-            span.end()
+            attributes, output = {}, None
+        if run.first_token_at is not None:
+            attributes[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = run.first_token_at - call.t0
+            attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+        if isinstance(error, GeneratorExit):  # the caller stopped reading the stream: incomplete, not failed
+            attributes[_INCOMPLETE] = False
+            error = None
+        elif run.first_token_at is not None:
+            attributes[_INCOMPLETE] = error is None
+        call.finish(attributes, output, None, error)
 
-    def _response_attributes(self, run: _Run, response: Any) -> dict[str, Any]:
+    def _response_attributes(self, run: _Run, response: Any, capture: bool) -> tuple[dict[str, Any], list[Any] | None]:
+        """(response attributes with usage, output messages when captured)."""
         attributes: dict[str, Any] = {}
         generations = _base.get(response, "generations")
         batch = generations[0] if generations and isinstance(generations[0], list) else []
@@ -520,6 +476,8 @@ class Tracer:
                     response_id = message_id
             if not usage and message is not None:
                 usage = usage_from_metadata(_base.get(message, "usage_metadata"))
+            if not capture:
+                continue
             if message is not None:
                 output.append({**message_json(message), "role": "assistant", "finish_reason": reason})
             else:
@@ -538,10 +496,7 @@ class Tracer:
             attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
         if reasons:
             attributes[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] = tuple(reasons)
-        settings = config.current()
-        if output and settings.capture_responses:
-            self._encode(output, gen_ai.GEN_AI_OUTPUT_MESSAGES, settings, attributes)
-        return attributes
+        return attributes, output or None
 
     # -- chains and agents -----------------------------------------------------------------------------------------
 
@@ -553,17 +508,11 @@ class Tracer:
             ids = _base.get(serialized, "id")
             cls = ids[-1] if isinstance(ids, list) and ids else None
             name = kwargs.get("name") or _base.get(serialized, "name") or cls or "chain"
-            metadata = kwargs.get("metadata") or {}
             parent_run_id = kwargs.get("parent_run_id")
-            attributes: dict[str, Any] = {}
             agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
-            if agent:
-                attributes.update({gen_ai.GEN_AI_OPERATION_NAME: "invoke_agent", gen_ai.GEN_AI_AGENT_NAME: name})
-            self._conversation(metadata, attributes)
-            if settings.openinference_attributes and settings.capture_prompts:
-                attributes[_base.OI_INPUT_VALUE], _ = _text(inputs, settings)
-            span_name = f"invoke_agent {name}" if agent else name
-            self._start("agent" if agent else "chain", span_name, run_id, parent_run_id, attributes)
+            kind, operation = ("agent", "invoke_agent") if agent else ("chain", None)
+            inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
+            self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
             tags = kwargs.get("tags") or ()
             if parent_run_id is not None and any(str(t).startswith("graph:step:") for t in tags):
                 parent = self.runs.get(parent_run_id)  # a LangGraph node: its parent run is the graph
@@ -572,36 +521,48 @@ class Tracer:
         except Exception as exc:
             guard.record_error("langchain.on_chain_start", exc)
 
-    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_chain(run_id, outputs, None)
+    def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:  # and tools', retrievers'
+        self._end(run_id, outputs, None)
 
     def on_chain_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_chain(run_id, None, error)
+        self._end(run_id, None, error)
 
-    def _end_chain(self, run_id: Any, outputs: Any, error: BaseException | None) -> None:
+    on_tool_end = on_retriever_end = on_chain_end
+    on_tool_error = on_retriever_error = on_chain_error
+
+    def _end(self, run_id: Any, output: Any, error: BaseException | None) -> None:
+        """The end of a chain, agent, tool or retriever run (a model run's is _finish_model)."""
+        run = None
         try:
             run = self._pop(run_id)
             if run is None:
                 return
-            span = run.span
-            try:
-                if run.kind == "chain" and self._is_agent(run):
-                    run.kind = "agent"
-                    span.update_name(f"invoke_agent {run.name}")
-                    span.set_attribute(gen_ai.GEN_AI_OPERATION_NAME, "invoke_agent")
-                    span.set_attribute(gen_ai.GEN_AI_AGENT_NAME, run.name)
-                    if config.current().openinference_attributes:
-                        span.set_attribute(_base.OI_SPAN_KIND, "AGENT")
-                    self._bubble_agent(run)
-                settings = config.current()
-                if outputs is not None and settings.openinference_attributes and settings.capture_responses:
-                    span.set_attribute(_base.OI_OUTPUT_VALUE, _text(outputs, settings)[0])
-                if error is not None and not _is_control_flow(error):
-                    _describe_error(span, error)
-            finally:
-                span.end()
+            operation, attributes = run.handle, {}
+            if run.kind == "chain" and self._is_agent(run):
+                run.kind = "agent"
+                operation.span.update_name(f"invoke_agent {run.name}")
+                attributes = {gen_ai.GEN_AI_OPERATION_NAME: "invoke_agent", gen_ai.GEN_AI_AGENT_NAME: run.name}
+                if operation.settings.openinference_attributes:
+                    attributes[_base.OI_SPAN_KIND] = "AGENT"
+                self._bubble_agent(run)
+            if error is not None and not _is_control_flow(error):
+                operation.fail(error, attributes)
+                return
+            if run.kind == "tool":
+                if _base.get(output, "status") == "error":  # a ToolMessage reporting the tool's failure
+                    attributes[error_attributes.ERROR_TYPE] = "tool_error"
+                result = _base.get(output, "content", output) if hasattr(output, "tool_call_id") else output
+                outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: result}
+            elif run.kind == "retriever":
+                documents = _documents(output) if output is not None and operation.capture_out else None
+                outputs = {gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS: documents}
+            else:  # a chain's outputs have no GenAI attribute: OpenInference's only
+                outputs = {_base.OI_OUTPUT_VALUE: output} if operation.settings.openinference_attributes else None
+            operation.finish(outputs, attributes)
         except Exception as exc:
-            guard.record_error("langchain.on_chain_end", exc)
+            guard.record_error("langchain.on_run_end", exc)
+            if run is not None:
+                run.handle.finish(attributes={})  # a no-op if it has ended
 
     @staticmethod
     def _is_agent(run: _Run) -> bool:
@@ -623,56 +584,17 @@ class Tracer:
             if settings is None:
                 return
             name = kwargs.get("name") or _base.get(serialized, "name") or "tool"
-            attributes: dict[str, Any] = {
-                gen_ai.GEN_AI_OPERATION_NAME: "execute_tool",
-                gen_ai.GEN_AI_TOOL_NAME: name,
-                gen_ai.GEN_AI_TOOL_TYPE: "function",
-            }
-            description = _base.get(serialized, "description")
-            if isinstance(description, str) and description:
-                attributes[gen_ai.GEN_AI_TOOL_DESCRIPTION] = description[:1024]
+            attributes: dict[str, Any] = {}
             call_id = kwargs.get("tool_call_id")
             if isinstance(call_id, str) and call_id:
                 attributes[gen_ai.GEN_AI_TOOL_CALL_ID] = call_id
-            self._conversation(kwargs.get("metadata") or {}, attributes)
-            if settings.capture_prompts:
-                arguments = kwargs.get("inputs")
-                text, truncated = _text(arguments if arguments is not None else input_str, settings)
-                attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] = text
-                if truncated:
-                    attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
-            self._start("tool", f"execute_tool {name}", run_id, kwargs.get("parent_run_id"), attributes)
+            arguments = kwargs.get("inputs")
+            inputs = {gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS: input_str if arguments is None else arguments}
+            description = _base.get(serialized, "description")
+            start = {"attributes": attributes, "inputs": inputs, "settings": settings, "description": description}
+            self._operation("tool", "execute_tool", name, run_id, kwargs, **start)
         except Exception as exc:
             guard.record_error("langchain.on_tool_start", exc)
-
-    def on_tool_end(self, output: Any, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_tool(run_id, output, None)
-
-    def on_tool_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_tool(run_id, None, error)
-
-    def _end_tool(self, run_id: Any, output: Any, error: BaseException | None) -> None:
-        try:
-            run = self._pop(run_id)
-            if run is None:
-                return
-            try:
-                settings = config.current()
-                if output is not None and settings.capture_responses:
-                    result = _base.get(output, "content", output) if hasattr(output, "tool_call_id") else output
-                    text, truncated = _text(result, settings)
-                    run.span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_RESULT, text)
-                    if truncated:
-                        run.span.set_attribute(semconv.MLTRACK_CONTENT_TRUNCATED, True)
-                if _base.get(output, "status") == "error":
-                    run.span.set_status(Status(StatusCode.ERROR, "tool reported an error"))
-                    run.span.set_attribute(error_attributes.ERROR_TYPE, "tool_error")
-                if error is not None:
-                    _describe_error(run.span, error)
-            finally:
-                run.span.end()
-        except Exception as exc:
-            guard.record_error("langchain.on_tool_end", exc)
 
     # -- retrievers --------------------------------------------------------------------------------------------
 
@@ -685,67 +607,38 @@ class Tracer:
             name = (
                 kwargs.get("name") or _base.get(serialized, "name") or metadata.get("ls_retriever_name") or "retriever"
             )
-            attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: "retrieval"}
-            if settings.capture_prompts and isinstance(query, str):
-                attributes[gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT] = _text(query, settings)[0]
-            self._conversation(metadata, attributes)
-            self._start("retriever", f"retrieval {name}", run_id, kwargs.get("parent_run_id"), attributes)
+            inputs = {gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT: query if isinstance(query, str) else None}
+            self._operation("retriever", "retrieval", name, run_id, kwargs, inputs=inputs, settings=settings)
         except Exception as exc:
             guard.record_error("langchain.on_retriever_start", exc)
-
-    def on_retriever_end(self, documents: Any, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_retriever(run_id, documents, None)
-
-    def on_retriever_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-        self._end_retriever(run_id, None, error)
-
-    def _end_retriever(self, run_id: Any, documents: Any, error: BaseException | None) -> None:
-        try:
-            run = self._pop(run_id)
-            if run is None:
-                return
-            try:
-                settings = config.current()
-                if documents is not None and settings.capture_responses:
-                    docs = []
-                    for doc in _base.seq(documents):
-                        item: dict[str, Any] = {"content": _base.get(doc, "page_content", "")}
-                        doc_id = _base.get(doc, "id")
-                        if doc_id is not None:
-                            item["id"] = str(doc_id)
-                        score = (_base.get(doc, "metadata") or {}).get("score")
-                        if isinstance(score, (int, float)):
-                            item["score"] = score
-                        docs.append(item)
-                    attributes: dict[str, Any] = {}
-                    self._encode(docs, gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS, settings, attributes)
-                    run.span.set_attributes(attributes)
-                if error is not None:
-                    _describe_error(run.span, error)
-            finally:
-                run.span.end()
-        except Exception as exc:
-            guard.record_error("langchain.on_retriever_end", exc)
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _encode(items: list[Any], key: str, settings: config.Settings, attributes: dict[str, Any]) -> None:
-        text, truncated = content.encode(items, settings.content_max_bytes, settings.redactor)
-        attributes[key] = text
-        if truncated:
-            attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
-
-    @staticmethod
-    def _conversation(metadata: Mapping[str, Any], attributes: dict[str, Any]) -> None:
+    def _conversation(metadata: Mapping[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
+        """attributes, with the run's conversation id (thread_id...) from its metadata; start() and base_attributes
+        take the tracking scope's otherwise."""
         for key in _CONVERSATION_KEYS:
             value = metadata.get(key)
             if isinstance(value, str) and value:
                 attributes[gen_ai.GEN_AI_CONVERSATION_ID] = value
-                return
-        scope = ledger.current_scope()
-        if scope is not None and scope.conversation_id:
-            attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
+                break
+        return attributes
+
+
+def _documents(documents: Any) -> list[dict[str, Any]]:
+    """Retrieved LangChain Documents as the convention's gen_ai.retrieval.documents items."""
+    out = []
+    for doc in _base.seq(documents):
+        item: dict[str, Any] = {"content": _base.get(doc, "page_content", "")}
+        doc_id = _base.get(doc, "id")
+        if doc_id is not None:
+            item["id"] = str(doc_id)
+        score = (_base.get(doc, "metadata") or {}).get("score")
+        if isinstance(score, (int, float)):
+            item["score"] = score
+        out.append(item)
+    return out
 
 
 def _is_control_flow(error: BaseException) -> bool:

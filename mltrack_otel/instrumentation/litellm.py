@@ -19,11 +19,10 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 
 from .. import config, guard, providers
-from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from . import _base
 from ._base import Call
-from ._core import Endpoint, RecordedStream, Request, invoke, invoke_async, start
+from ._core import Endpoint, RecordedStream, Request, begin, invoke, invoke_async
 from .openai import (
     ChatRecorder,
     StreamedChoice,
@@ -52,6 +51,7 @@ _OPENAI_WIRE = frozenset({"openai", "azure", "text-completion-openai", "hosted_v
 # Requests are read like OpenAI's (LiteLLM takes OpenAI's parameters); responses are LiteLLM's OpenAI-shaped objects.
 _CHAT = Endpoint("chat", chat_request, chat_response, chat_inputs, usage_shape="litellm")
 _EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response, usage_shape="litellm")
+_WHERE = "instrumentation.litellm"
 _FUNCTIONS = (("completion", "chat", False), ("acompletion", "chat", True))
 _FUNCTIONS += (("embedding", "embeddings", False), ("aembedding", "embeddings", True))
 
@@ -278,23 +278,8 @@ class Patch:
         """Start the call's span (None: pass through untouched). Raises only BudgetExceededError."""
         if not self.active:
             return None
-        try:
-            settings = _base.tracking_settings()
-            if settings is None:
-                return None
-            request = self._request(operation, args, kwargs, settings)
-        except Exception as exc:
-            guard.record_error("instrumentation.litellm.begin", exc)
-            return None
-        try:
-            call = start(self.tracer, request, settings)
-        except BudgetExceededError:
-            raise
-        except Exception as exc:
-            guard.record_error("instrumentation.litellm.start", exc)
-            return None
-        call.nest = True  # the provider SDK LiteLLM calls below records its span under ours: counted once
-        return call
+        begun = begin(self.tracer, lambda settings: self._request(operation, args, kwargs, settings), _WHERE)
+        return begun[0] if begun is not None else None
 
     def _request(self, operation: str, args: tuple, kwargs: dict, settings: config.Settings) -> Request:
         model = _argument(args, kwargs, 0, "model")
@@ -310,7 +295,9 @@ class Patch:
         else:
             body["input"] = _argument(args, kwargs, 1, "input")
         endpoint = _CHAT if operation == "chat" else _EMBEDDINGS
-        return Request(endpoint, body, route.provider, route.address, route.port, kwargs.get("stream") is True)
+        # nest: the provider SDK LiteLLM calls below records its span under ours, counted once
+        stream = kwargs.get("stream") is True
+        return Request(endpoint, body, route.provider, route.address, route.port, stream, nest=True)
 
     @staticmethod
     def _ask_stream_usage(kwargs: dict, route: _Route, settings: config.Settings) -> None:

@@ -30,13 +30,11 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
-from opentelemetry.trace import SpanKind
 
-from .. import config, content, guard, providers, semconv
+from .. import config, guard, providers, semconv
 from ..content import media_part, parse_arguments, text_part
 from ..usage import usage_attributes
-from . import _base
+from . import _base, _spans
 from ._base import Call, Inputs, finish_reason, get, seq
 
 __all__ = ["LlamaIndexInstrumentor"]
@@ -287,20 +285,22 @@ class _Open:
         "instance_id",
         "kind",
         "lock",
+        "operation",
         "response",
         "span",
         "stream",
         "token",
     )
 
-    def __init__(self, kind: str, span: Any, call: Call | None, instance_id: int) -> None:
+    def __init__(self, kind: str, handle: Call | _spans.Operation, instance_id: int) -> None:
         self.id_ = ""
         self.first_at: float | None = None
         self.kind = kind
-        self.span = span
-        self.call = call
+        self.span = handle.span
+        self.call = handle if isinstance(handle, Call) else None  # a model call (chat, completion, embeddings)
+        self.operation = handle if isinstance(handle, _spans.Operation) else None  # any other span
         self.instance_id = instance_id
-        self.ctx = trace.set_span_in_context(span)
+        self.ctx = trace.set_span_in_context(self.span)
         self.token: Any = None
         self.response: Any = None
         self.stream = False  # the method returned a generator: the span outlives the dispatcher span
@@ -352,10 +352,8 @@ class _Tracker:
             if current is not None and current.kind == "execute_tool" and current.instance_id == id(instance):
                 return  # FunctionTool.__call__ -> call: one tool span
         arguments = bound_args.arguments if bound_args is not None else {}
-        if kind in ("chat", "text_completion"):
-            state = self._start_llm(kind, method, instance, arguments, settings)
-        elif kind == "embeddings":
-            state = self._start_embeddings(method, instance, arguments, settings)
+        if kind in ("chat", "text_completion", "embeddings"):
+            state = self._start_model(kind, method, instance, arguments, settings)
         else:
             state = self._start_internal(kind, instance, arguments, settings)
         state.id_ = id_
@@ -403,23 +401,26 @@ class _Tracker:
 
     # -- starting spans --
 
-    def _start_llm(self, kind: str, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
-        provider = _provider(instance)
-        model = _model(instance)
-        address, port = _host(instance)
-        attributes = _base.base_attributes(kind, provider, address, port)
+    def _start_model(self, kind: str, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
+        """A model call's span: chat, text_completion or embeddings."""
+        provider, model = _provider(instance), _model(instance)
+        attributes = _base.base_attributes(kind, provider, *_host(instance))
         if model:
             attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
-        temperature = getattr(instance, "temperature", None)
-        if type(temperature) in (int, float):
-            attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
-        max_tokens = getattr(instance, "max_tokens", None)
-        if type(max_tokens) is int:
-            attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
-        if "stream" in method:
-            attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
         inputs = None
-        if settings.capture_prompts:
+        if kind == "embeddings":
+            texts = arguments.get("texts")
+            attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
+        else:
+            temperature = getattr(instance, "temperature", None)
+            if type(temperature) in (int, float):
+                attributes[gen_ai.GEN_AI_REQUEST_TEMPERATURE] = float(temperature)
+            max_tokens = getattr(instance, "max_tokens", None)
+            if type(max_tokens) is int:
+                attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+            if "stream" in method:
+                attributes[gen_ai.GEN_AI_REQUEST_STREAM] = True
+        if settings.capture_prompts and kind != "embeddings":
             extra = arguments.get("kwargs") or {}
             tools = _tool_definitions(extra.get("tools")) if isinstance(extra, dict) else None
             if kind == "chat":
@@ -429,70 +430,38 @@ class _Tracker:
                 inputs = Inputs([{"role": "user", "parts": [text_part(prompt)]}] if prompt is not None else [])
         # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
         call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(instance))
-        return _Open(kind, call.span, call, id(instance))
-
-    def _start_embeddings(self, method: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
-        provider = _provider(instance)
-        model = _model(instance)
-        address, port = _host(instance)
-        attributes = _base.base_attributes("embeddings", provider, address, port)
-        if model:
-            attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
-        texts = arguments.get("texts")
-        attributes[semconv.MLTRACK_EMBEDDINGS_INPUT_COUNT] = len(texts) if isinstance(texts, list) else 1
-        call = Call(self.tracer, "embeddings", model, attributes, settings, None, usage_shape(instance))
-        return _Open("embeddings", call.span, call, id(instance))
+        return _Open(kind, call, id(instance))
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
-        cls_name = type(instance).__name__
+        name = type(instance).__name__
         attributes: dict[str, Any] = {}
+        inputs: dict[str, Any] | None = None
+        description = None
         if kind == "retrieval":
-            attributes[gen_ai.GEN_AI_OPERATION_NAME] = "retrieval"
             query = arguments.get("str_or_query_bundle")
-            query = query if isinstance(query, str) else getattr(query, "query_str", None)
-            if settings.capture_prompts and isinstance(query, str):
-                attributes[gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT] = self._bounded(query, settings)
-            name = f"retrieval {cls_name}"
+            inputs = {gen_ai.GEN_AI_RETRIEVAL_QUERY_TEXT: query if isinstance(query, str) else get(query, "query_str")}
+            index_id = getattr(getattr(instance, "_index", None), "index_id", None)  # a vector index's retriever
+            if isinstance(index_id, str) and index_id:
+                attributes[gen_ai.GEN_AI_DATA_SOURCE_ID] = index_id
         elif kind == "execute_tool":
             metadata = getattr(instance, "metadata", None)
-            tool_name = getattr(metadata, "name", None) or cls_name
-            attributes[gen_ai.GEN_AI_OPERATION_NAME] = "execute_tool"
-            attributes[gen_ai.GEN_AI_TOOL_NAME] = tool_name
-            attributes[gen_ai.GEN_AI_TOOL_TYPE] = "function"
+            name = getattr(metadata, "name", None) or name
             description = getattr(metadata, "description", None)
-            if isinstance(description, str) and description:
-                attributes[gen_ai.GEN_AI_TOOL_DESCRIPTION] = self._bounded(description, settings)
             if settings.capture_prompts:
                 args = {k: v for k, v in arguments.items() if k != "self"}
                 call_args = {**dict(args.get("kwargs") or {}), **{k: v for k, v in args.items() if k != "kwargs"}}
                 if call_args.get("args") == ():
                     call_args.pop("args")
-                text, truncated = content.encode([call_args], settings.content_max_bytes, settings.redactor)
-                attributes[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] = text[1:-1] if text.startswith("[{") else text
-                if truncated:
-                    attributes[semconv.MLTRACK_CONTENT_TRUNCATED] = True
-            name = f"execute_tool {tool_name}"
+                inputs = {gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS: call_args}
         elif kind == "invoke_agent":
-            agent_name = getattr(instance, "name", None) or cls_name
-            attributes[gen_ai.GEN_AI_OPERATION_NAME] = "invoke_agent"
-            attributes[gen_ai.GEN_AI_AGENT_NAME] = agent_name
-            name = f"invoke_agent {agent_name}"
-        elif kind == "invoke_workflow":
-            attributes[gen_ai.GEN_AI_OPERATION_NAME] = "invoke_workflow"
-            attributes[gen_ai.GEN_AI_WORKFLOW_NAME] = cls_name
-            name = f"invoke_workflow {cls_name}"
-        else:  # query, synthesize: framework steps with no GenAI operation of their own
-            name = f"{kind} {cls_name}"
-        span = self.tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
-        return _Open(kind, span, None, id(instance))
-
-    @staticmethod
-    def _bounded(text: str, settings: config.Settings) -> str:
-        if settings.redactor is not None:
-            text = content.redact(text, settings.redactor)
-        if len(text) > settings.content_max_bytes:
-            text = text[: settings.content_max_bytes] + content.TRUNCATION_MARK
-        return text
+            name = getattr(instance, "name", None) or name
+        operation: str | None = kind
+        if kind in ("query", "synthesize"):  # framework steps with no GenAI operation of their own
+            operation, name = None, f"{kind} {name}"
+        handle = _spans.start(
+            self.tracer, operation, name, attributes, inputs, settings=settings, description=description
+        )
+        return _Open(kind, handle, id(instance))
 
     # -- events --
 
@@ -535,10 +504,11 @@ class _Tracker:
         if state.stream:
             self.streams.pop(state.id_, None)
         try:
-            if state.call is not None:
-                self._finish_model(state, result, error, complete)
+            if state.operation is not None:
+                response = state.response if state.response is not None and state.kind == "retrieval" else result
+                self._finish_internal(state.operation, state.kind, response, error)
             else:
-                self._finish_internal(state, result, error)
+                self._finish_model(state, result, error, complete)
         except Exception as exc:
             guard.record_error("instrumentation.llama_index.finish", exc)
             if state.span.is_recording():
@@ -585,30 +555,25 @@ class _Tracker:
                 usage = None
         call.finish(attributes, output, usage, error)
 
-    def _finish_internal(self, state: _Open, result: Any, error: BaseException | None) -> None:
-        span = state.span
-        settings = config.current()
-        try:
-            if error is None and settings.capture_responses:
-                if state.kind == "retrieval":
-                    nodes = state.response if state.response is not None else result
-                    documents = [
-                        {"id": get(get(n, "node"), "node_id") or get(n, "node_id"), "score": get(n, "score")}
-                        for n in seq(nodes)
-                    ]
-                    text, _ = content.encode(documents, settings.content_max_bytes, None)
-                    span.set_attribute(gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS, text)
-                elif state.kind == "execute_tool":
-                    output = get(result, "content")
-                    if output is None and result is not None:
-                        output = str(result)
-                    if isinstance(output, str):
-                        span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_RESULT, self._bounded(output, settings))
-            if error is not None:
-                span.set_attribute(ERROR_TYPE, _base.error_type(error))
-                _base.record_failure(span, error)
-        finally:
-            span.end()
+    def _finish_internal(
+        self, operation: _spans.Operation, kind: str, result: Any, error: BaseException | None
+    ) -> None:
+        if error is not None:
+            operation.fail(error)
+            return
+        outputs = None
+        if operation.capture_out and kind == "retrieval":
+            documents = [
+                {"id": get(get(n, "node"), "node_id") or get(n, "node_id"), "score": get(n, "score")}
+                for n in seq(result)
+            ]
+            outputs = {gen_ai.GEN_AI_RETRIEVAL_DOCUMENTS: documents}
+        elif operation.capture_out and kind == "execute_tool":
+            output = get(result, "content")
+            if output is None and result is not None:
+                output = str(result)
+            outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: output if isinstance(output, str) else None}
+        operation.finish(outputs)
 
     def close(self) -> None:
         for state in list(self.open.values()):

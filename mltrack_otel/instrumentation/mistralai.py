@@ -19,7 +19,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from .. import guard
 from ..content import media_part, parse_arguments, text_part
 from ._base import UNFINISHED, Call, Inputs, StreamRecorder, copy_params, finish_reason, get, seq, stop_sequences
-from ._core import Endpoint, Method, MethodInstrumentor, MethodPatch, Request
+from ._core import Endpoint, Method, MethodInstrumentor, Request
 from .openai import tool_definitions
 
 PROVIDER = "mistral_ai"
@@ -76,7 +76,8 @@ def _route(endpoint: Endpoint, stream: bool | None) -> Any:
             body["stream"] = stream
         url = kwargs.get("server_url") or instance.sdk_configuration.get_server_details()[0]
         address, port = _server(url) if isinstance(url, str) else (None, None)
-        return Request(endpoint, body, PROVIDER, address, port, stream=bool(stream))
+        nest = guard.guarded("instrumentation.begin", _records_own_spans, instance, default=False)
+        return Request(endpoint, body, PROVIDER, address, port, stream=bool(stream), nest=bool(nest))
 
     return route
 
@@ -285,23 +286,8 @@ _EMBEDDINGS = Endpoint("embeddings", embeddings_request, embeddings_response, us
 _CHAT_MODULE, _EMBEDDINGS_MODULE = "mistralai.client.chat", "mistralai.client.embeddings"
 
 
-class _Patch(MethodPatch):
-    """The core's, making our span current around a request whose SDK records its own span (see _records_own_spans).
-    (A `nest` field on Request would make this one declaration in the route.)"""
-
-    def _begin(self, method: Method, instance: Any, args: tuple, kwargs: dict) -> tuple[Call, Request] | None:
-        begun = super()._begin(method, instance, args, kwargs)
-        if begun is not None:
-            begun[0].nest = guard.guarded("instrumentation.begin", _records_own_spans, instance, default=False)
-        return begun
-
-
 class MistralInstrumentor(MethodInstrumentor):
     """Instruments the mistralai SDK (entry point `opentelemetry_instrumentor: mistralai`)."""
-
-    @classmethod
-    def patch_factory(cls) -> MethodPatch:  # type: ignore[override]
-        return _Patch(cls.methods, cls.tracer_name)
 
     module = "mistralai.client"
     dependencies = ("mistralai >= 2.0",)

@@ -17,7 +17,6 @@ from typing import Any
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import semconv
 from ..content import text_part
 from ._base import UNFINISHED, Call, Inputs, StreamRecorder, copy_params, finish_reason, get, seq, stop_sequences
 from ._core import Endpoint, Method, MethodInstrumentor, Request, argument
@@ -155,6 +154,7 @@ class ChatRecorder(StreamRecorder):
         self.calls: list[Any] = []
         self.final: Any = None
         self.model: Any = None
+        self.lazy = True  # the SDK sends a stream's request when the caller first reads it
 
     def feed(self, chunk: Any) -> bool:
         if chunk.done:
@@ -171,18 +171,6 @@ class ChatRecorder(StreamRecorder):
         if self.chat and message.tool_calls:
             self.calls += message.tool_calls
         return True
-
-    def end(self, complete: bool, error: BaseException | None = None) -> None:
-        # The SDK sends a stream's request when the caller first reads it. Ended before any chunk came back, the
-        # call was refused (an HTTP error status), failed to connect, or never went out: nothing to estimate.
-        if self.first_at is None and not self.done:
-            self.done = True
-            if error is not None:
-                self.call.fail(error)
-            else:
-                self.call.finish({semconv.MLTRACK_STREAM_COMPLETE: complete})
-            return
-        super().end(complete, error)
 
     def output_pieces(self) -> list[str]:
         arguments = [str(get(get(c, "function"), "arguments", "")) for c in self.calls]
