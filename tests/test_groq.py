@@ -13,15 +13,22 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import openai as oi
 from mltrack_otel.instrumentation.groq import GroqInstrumentor
 from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
-from tests.instr_fixtures import attrs, use_settings, validate_content
-from tests.traced import Traced
+from tests.instr_fixtures import (
+    attrs,
+    output_message,
+    output_text,
+    token_budget,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
 
 MODEL = "llama-3.1-8b-instant"
 MESSAGES = [
@@ -80,25 +87,7 @@ def test_wire_errors_are_openai_shaped(client):
 # --- the instrumentor ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def traced(fake, settings):
-    """groq instrumented into a TracerProvider whose CostSpanProcessor prices the fake as Groq's cloud."""
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    t = Traced()
-    instrument(["groq"], tracer_provider=t.provider)
-    yield t
-    uninstrument(["groq"])
-
-
-def output_message(span) -> dict:
-    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-    return message
-
-
-def output_text(span) -> str:
-    return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+traced = traced_fixture("groq")  # the fake priced as Groq's cloud
 
 
 def expected_cost(input_tokens: int, output_tokens: int) -> float:
@@ -304,16 +293,11 @@ async def test_http_error_async(traced, aclient):
 
 
 def test_budget_exceeded_raises_before_sending(traced, client, fake):
-    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-    ledger.LEDGER.add(1, None, None, 20, 0, None)
-    try:
+    with token_budget(10, spent=20):
         with pytest.raises(BudgetExceededError):
             client.chat.completions.create(model=MODEL, messages=MESSAGES)
         with pytest.raises(BudgetExceededError):
             client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert fake.requests == []  # nothing reached the provider
     assert traced.spans() == []
 
