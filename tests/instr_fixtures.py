@@ -6,6 +6,7 @@ Registered in conftest's pytest_plugins, so every test module can ask for them b
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.trace import SpanKind, StatusCode
 
 from mltrack_otel import config, guard, ledger, provider
 from mltrack_otel.instrumentation import instrument, uninstrument
@@ -268,6 +270,29 @@ def aant(fake: FakeProvider) -> Any:
     return anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
 
 
+def abandon_stream(open_stream: Callable[[], Any], reads: int = 1) -> None:
+    """Open a stream, read `reads` items and drop it unclosed; then collect garbage and wait for the deferred work
+    (an abandoned stream's span may be ended off the collector, by the guard's finalizer worker)."""
+    stream = open_stream()
+    for _ in range(reads):
+        next(iter(stream))
+    del stream
+    gc.collect()
+    guard.drain_deferred()
+
+
+def model_call_attrs(span: Any, operation: str, provider: str, model: str) -> dict[str, Any]:
+    """Assert `span` is a successful model call's ("<operation> <model>", CLIENT, status unset, with those
+    gen_ai.operation.name, gen_ai.provider.name and gen_ai.request.model); return its attributes."""
+    a = attrs(span)
+    assert span.name == f"{operation} {model}" and span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.UNSET
+    assert a[gen_ai.GEN_AI_OPERATION_NAME] == operation
+    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == provider
+    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == model
+    return a
+
+
 def output_messages(span: Any) -> list[Any]:
     """The span's gen_ai.output.messages, validated against the convention's schema."""
     return validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
@@ -282,6 +307,17 @@ def output_message(span: Any) -> dict[str, Any]:
 def output_text(span: Any) -> str:
     """The text parts of the span's one output message, joined."""
     return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+
+
+def tool_call_message(span: Any, call: Any) -> dict[str, Any]:
+    """Assert the span recorded an OpenAI-shaped tool `call` (the SDK's: id, function.name, function.arguments) as
+    the answer (finish reason tool_calls, one tool_call part); return the output message."""
+    assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
+    out = output_message(span)
+    assert out["finish_reason"] == "tool_call"
+    arguments = json.loads(call.function.arguments)
+    assert out["parts"] == [{"type": "tool_call", "id": call.id, "name": call.function.name, "arguments": arguments}]
+    return out
 
 
 def without_ids(model: Any) -> Any:

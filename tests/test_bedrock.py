@@ -7,7 +7,6 @@ and fake_provider's docstring), not read from the fake's code.
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 from typing import Any
@@ -22,7 +21,7 @@ from botocore.config import Config
 from botocore.parsers import ResponseParserError
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
@@ -30,9 +29,11 @@ from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import FakeProvider
 from tests.instr_fixtures import STREAM_CHUNKS as N
 from tests.instr_fixtures import (
+    abandon_stream,
     attrs,
     echo_text,
     instrumented_library,
+    model_call_attrs,
     output_message,
     output_text,
     token_budget,
@@ -459,10 +460,7 @@ def test_converse_span(bed, fake):
         inferenceConfig={"maxTokens": 300, "temperature": 0.5, "topP": 0.9, "stopSequences": ["STOP"]},
     )
     span = bed.one()
-    a = attrs(span)
-    assert span.name == f"chat {CLAUDE}" and span.kind is SpanKind.CLIENT
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "aws.bedrock" and a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == CLAUDE
+    a = model_call_attrs(span, "chat", "aws.bedrock", CLAUDE)
     assert gen_ai.GEN_AI_RESPONSE_MODEL not in a  # Converse names no model; the request's modelId is priced
     assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 300 and a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
     assert a[gen_ai.GEN_AI_REQUEST_TOP_P] == 0.9 and a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("STOP",)
@@ -612,12 +610,7 @@ def test_stream_closed_after_the_last_event_is_complete(bed, fake, operation):
 
 
 def test_converse_stream_dropped_unread_ends_on_collection(bed, fake):
-    r = client(fake).converse_stream(modelId=CLAUDE, messages=user("never read"))
-    stream = r.pop("stream")
-    next(iter(stream))
-    del stream, r
-    gc.collect()
-    guard.drain_deferred()
+    abandon_stream(lambda: client(fake).converse_stream(modelId=CLAUDE, messages=user("never read"))["stream"])
     assert attrs(bed.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
@@ -23,9 +23,11 @@ from mltrack_otel.testing.wire.cohere import TEMPLATE_TOKENS, relevance, search_
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 from tests.instr_fixtures import (
     WEATHER_TOOL_DEFINITION,
+    abandon_stream,
     attrs,
     echo_text,
     instrumented_library,
+    model_call_attrs,
     output_message,
     output_text,
     token_budget,
@@ -251,12 +253,7 @@ class TestChat:
             model=MODEL, messages=MESSAGES, max_tokens=300, temperature=0.5, p=0.9, k=40, seed=7, stop_sequences=["X"]
         )
         span = traced.one()
-        a = attrs(span)
-        assert span.name == f"chat {MODEL}"
-        assert span.kind is SpanKind.CLIENT
-        assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "cohere"
-        assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-        assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+        a = model_call_attrs(span, "chat", "cohere", MODEL)
         assert gen_ai.GEN_AI_RESPONSE_MODEL not in a  # Cohere's responses name no model
         assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 300
         assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
@@ -465,11 +462,7 @@ class TestStream:
         assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
 
     def test_break_then_garbage_collection(self, traced, co):
-        stream = co.chat_stream(model=MODEL, messages=MESSAGES)
-        next(iter(stream))
-        del stream
-        gc.collect()
-        guard.drain_deferred()  # the span may be ended off the collector, by the finalizer worker
+        abandon_stream(lambda: co.chat_stream(model=MODEL, messages=MESSAGES))
         assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
     async def test_async_break_then_close(self, traced, aco):

@@ -13,7 +13,7 @@ import ollama
 import pytest
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
 from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
@@ -24,8 +24,10 @@ from mltrack_otel.testing.fake_provider import DROP_AFTER, prompt_tokens_for_tex
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL  # Ollama's tools take OpenAI's shape
 from tests.instr_fixtures import (
     WEATHER_TOOL_DEFINITION,
+    abandon_stream,
     attrs,
     instrumented_library,
+    model_call_attrs,
     output_message,
     output_text,
     token_budget,
@@ -197,12 +199,7 @@ def test_chat(traced, client, fake):
     options = {"temperature": 0.2, "top_k": 5, "seed": 7, "num_predict": 200, "stop": ["END"]}
     response = client.chat(model=MODEL, messages=MESSAGES, options=options)
     span = traced.one()
-    a = attrs(span)
-    assert span.name == f"chat {MODEL}" and span.kind is SpanKind.CLIENT
-    assert span.status.status_code is StatusCode.UNSET
-    assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "ollama"
-    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+    a = model_call_attrs(span, "chat", "ollama", MODEL)
     assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.2 and a[gen_ai.GEN_AI_REQUEST_TOP_K] == 5
     assert a[gen_ai.GEN_AI_REQUEST_SEED] == 7 and a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 200
     assert a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("END",)
@@ -310,11 +307,7 @@ def test_stream_break_then_close_ends_once_with_an_estimate(traced, client):
 
 
 def test_stream_break_then_garbage_collection(traced, client):
-    stream = client.chat(model=MODEL, messages=MESSAGES, stream=True)
-    next(iter(stream))
-    del stream
-    gc.collect()
-    guard.drain_deferred()
+    abandon_stream(lambda: client.chat(model=MODEL, messages=MESSAGES, stream=True))
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
