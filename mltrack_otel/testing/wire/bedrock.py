@@ -73,7 +73,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -573,6 +573,14 @@ def _anthropic(plan: Plan, model: str, ids: int) -> tuple[Any, Any]:
     return build, events
 
 
+def _per_piece(plan: Plan, chunk: Callable[[int, str, bool], dict[str, Any]]) -> Events:
+    """A text-completion stream: one chunk(index, piece, is_last) per piece of the answer (one empty chunk when
+    there is none)."""
+    pieces = plan.pieces or [""]
+    for i, piece in enumerate(pieces):
+        yield None, chunk(i, piece, i == len(pieces) - 1), bool(plan.pieces)
+
+
 def _mistral(plan: Plan) -> tuple[Any, Any]:
     """Mistral's text-completion body: no usage in it (the headers and invocation metrics count)."""
     reason = "length" if plan.truncated else "stop"
@@ -580,11 +588,11 @@ def _mistral(plan: Plan) -> tuple[Any, Any]:
     def build() -> Any:
         return {"outputs": [{"text": plan.text, "stop_reason": reason}]}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {"outputs": [{"text": piece, "stop_reason": reason if last else None}]}
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            output = {"text": piece, "stop_reason": reason if i == len(pieces) - 1 else None}
-            yield None, {"outputs": [output]}, bool(plan.pieces)
+        return _per_piece(plan, chunk)
 
     return build, events
 
@@ -596,20 +604,16 @@ def _llama(plan: Plan) -> tuple[Any, Any]:
         out = {"generation": plan.text, "prompt_token_count": plan.prompt_tokens}
         return out | {"generation_token_count": plan.output_tokens, "stop_reason": reason}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {
+            "generation": piece,
+            "prompt_token_count": plan.prompt_tokens if i == 0 else None,
+            "generation_token_count": i + 1 if plan.pieces else 0,
+            "stop_reason": reason if last else None,
+        }
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            yield (
-                None,
-                {
-                    "generation": piece,
-                    "prompt_token_count": plan.prompt_tokens if i == 0 else None,
-                    "generation_token_count": i + 1 if plan.pieces else 0,
-                    "stop_reason": reason if last else None,
-                },
-                bool(plan.pieces),
-            )
+        return _per_piece(plan, chunk)
 
     return build, events
 
@@ -621,21 +625,17 @@ def _titan(plan: Plan) -> tuple[Any, Any]:
         result = {"tokenCount": plan.output_tokens, "outputText": plan.text, "completionReason": reason}
         return {"inputTextTokenCount": plan.prompt_tokens, "results": [result]}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {
+            "outputText": piece,
+            "index": 0,
+            "totalOutputTextTokenCount": i + 1 if plan.pieces else 0,
+            "completionReason": reason if last else None,
+            "inputTextTokenCount": plan.prompt_tokens if i == 0 else None,
+        }
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            yield (
-                None,
-                {
-                    "outputText": piece,
-                    "index": 0,
-                    "totalOutputTextTokenCount": i + 1 if plan.pieces else 0,
-                    "completionReason": reason if last else None,
-                    "inputTextTokenCount": plan.prompt_tokens if i == 0 else None,
-                },
-                bool(plan.pieces),
-            )
+        return _per_piece(plan, chunk)
 
     return build, events
 
