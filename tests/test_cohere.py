@@ -685,26 +685,18 @@ def litellm_traced(fake, settings, monkeypatch):
     """LiteLLM (which calls Cohere's HTTP API itself, not through the SDK) and the cohere instrumentor, both on."""
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network if litellm is imported here first
     litellm = pytest.importorskip("litellm")
-    from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor
-
     fake.clear()
-    with instrumented_library("cohere") as recorder:
-        instrumentor = LiteLLMInstrumentor()
-        instrumentor.instrument(tracer_provider=recorder.provider)
-        instrumentor.set_tracer_provider(recorder.provider)
-        try:
-            yield (
-                recorder,
-                lambda: litellm.completion(
-                    model=f"cohere_chat/{MODEL}",
-                    messages=MESSAGES,
-                    api_base=fake.url + "/v2/chat",
-                    api_key="co",
-                    num_retries=0,
-                ),
-            )
-        finally:
-            instrumentor.uninstrument()
+    with instrumented_library("litellm", "cohere") as recorder:
+        yield (
+            recorder,
+            lambda: litellm.completion(
+                model=f"cohere_chat/{MODEL}",
+                messages=MESSAGES,
+                api_base=fake.url + "/v2/chat",
+                api_key="co",
+                num_retries=0,
+            ),
+        )
 
 
 @pytest.mark.frameworks

@@ -759,18 +759,11 @@ def test_instrument_detects_google_genai_on_import():
 def test_langchain_google_genai_call_is_counted_once(fake, settings):
     """LangChain's chat span over google-genai's: both record the call, the cost pipeline counts it once."""
     chat_models = pytest.importorskip("langchain_google_genai")
-    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-
     fake.clear()
-    with instrumented_library("google_genai") as found:
-        langchain = LangChainInstrumentor()
-        langchain.instrument(tracer_provider=found.provider)
-        try:
-            model = chat_models.ChatGoogleGenerativeAI(model=MODEL, google_api_key="test-key", base_url=fake.url)
-            message = model.invoke(PROMPT)
-            chunks = list(model.stream(PROMPT))
-        finally:
-            langchain.uninstrument()
+    with instrumented_library("google_genai", "langchain") as found:
+        model = chat_models.ChatGoogleGenerativeAI(model=MODEL, google_api_key="test-key", base_url=fake.url)
+        message = model.invoke(PROMPT)
+        chunks = list(model.stream(PROMPT))
     assert message.content == "".join(c.content for c in chunks) == echo_text(PROMPT)
     assert len(fake.requests) == 2
     by_id = {s.context.span_id: s for s in found.spans()}

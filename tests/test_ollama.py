@@ -589,19 +589,12 @@ def test_the_instrumentor_wraps_the_one_choke_point():
 async def test_langchain_ollama_call_is_counted_once(fake, settings):
     """ChatOllama drives the ollama SDK: LangChain's chat span on top, ours below it, one counted call."""
     langchain_ollama = pytest.importorskip("langchain_ollama")
-    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-
     fake.clear()
-    with instrumented_library("ollama", pricer=Pricer()) as pipeline:
-        framework = LangChainInstrumentor()
-        framework.instrument(tracer_provider=pipeline.provider)
-        try:
-            model = langchain_ollama.ChatOllama(model=MODEL, base_url=fake.url)
-            messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
-            answers = [model.invoke(messages), await model.ainvoke(messages)]
-            answers.append(next(iter(model.stream(messages))))  # a stream stopped after its first chunk
-        finally:
-            framework.uninstrument()
+    with instrumented_library("ollama", "langchain", pricer=Pricer()) as pipeline:
+        model = langchain_ollama.ChatOllama(model=MODEL, base_url=fake.url)
+        messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
+        answers = [model.invoke(messages), await model.ainvoke(messages)]
+        answers.append(next(iter(model.stream(messages))))  # a stream stopped after its first chunk
     spans = pipeline.spans()
     ours = [s for s in spans if s.instrumentation_scope.name == "mltrack_otel.instrumentation.ollama"]
     counted = [s for s in spans if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
