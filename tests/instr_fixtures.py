@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mltrack_otel import config, guard, ledger, provider
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer
-from mltrack_otel.testing.fake_provider import FakeProvider
+from mltrack_otel.testing.fake_provider import FakeProvider, prompt_tokens_for_texts
 from tests.traced import FAKE, Traced, attrs, by_name, one_span, spans  # noqa: F401  (test files import them here)
 
 # An OpenAI chat tool definition, for the tests that send tools.
@@ -36,6 +36,13 @@ OPENAI_WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+# The chat the OpenAI-shaped provider tests send (Groq, Ollama, Mistral), and its prompt tokens by the fake's formula.
+MESSAGES = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "Tell me about spans please"},
+]
+PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
+
 # The same tool as gen_ai.tool.definitions records it.
 WEATHER_TOOL_DEFINITION = {"type": "function", **OPENAI_WEATHER_TOOL["function"]}
 

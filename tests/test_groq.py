@@ -18,8 +18,9 @@ from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import openai as oi
 from mltrack_otel.instrumentation.groq import GroqInstrumentor
 from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
-from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
     abandon_stream,
     attrs,
     model_call_attrs,
@@ -31,13 +32,9 @@ from tests.instr_fixtures import (
     use_settings,
     validate_content,
 )
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 
 MODEL = "llama-3.1-8b-instant"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
 
 
 def scenario(name: str) -> dict:

@@ -14,8 +14,9 @@ from opentelemetry.trace import StatusCode
 from mltrack_otel import semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import DROP_AFTER, FakeProvider, prompt_tokens_for_texts
-from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
     WEATHER_TOOL_DEFINITION,
     abandon_stream,
     attrs,
@@ -30,17 +31,13 @@ from tests.instr_fixtures import (
     use_settings,
     validate_content,
 )
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 
 mistral_client = pytest.importorskip("mistralai.client")
 from mistralai.client import Mistral, errors  # noqa: E402
 
 MODEL = "mistral-small-latest"
 EMBED = "mistral-embed"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])  # the fake's documented formula
 
 
 def ask(text: str) -> list[dict[str, Any]]:

@@ -21,8 +21,9 @@ from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation.ollama import OllamaInstrumentor
 from mltrack_otel.pricing import Pricer
 from mltrack_otel.testing.fake_provider import DROP_AFTER, prompt_tokens_for_texts
-from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL  # Ollama's tools take OpenAI's shape
 from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
     WEATHER_TOOL_DEFINITION,
     abandon_stream,
     attrs,
@@ -35,13 +36,9 @@ from tests.instr_fixtures import (
     use_settings,
     validate_content,
 )
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL  # Ollama's tools take OpenAI's shape
 
 MODEL = "llama3.2"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
 
 
 def user(text: str) -> list[dict]:
