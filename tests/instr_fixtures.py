@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mltrack_otel import config, guard, ledger, provider
+from mltrack_otel import config, guard, ledger, provider, semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer
 from mltrack_otel.testing.fake_provider import FakeProvider, prompt_tokens_for_texts
@@ -297,6 +297,16 @@ def model_call_attrs(span: Any, operation: str, provider: str, model: str) -> di
     assert a[gen_ai.GEN_AI_OPERATION_NAME] == operation
     assert a[gen_ai.GEN_AI_PROVIDER_NAME] == provider
     assert a[gen_ai.GEN_AI_REQUEST_MODEL] == model
+    return a
+
+
+def stopped_early_attrs(span: Any) -> dict[str, Any]:
+    """Assert `span` is a stream's that stopped before its usage came (incomplete, usage estimated from what was
+    seen: input and output both counted); return its attributes."""
+    a = attrs(span)
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
     return a
 
 

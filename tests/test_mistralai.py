@@ -25,6 +25,7 @@ from tests.instr_fixtures import (
     output_message,
     output_text,
     spans,
+    stopped_early_attrs,
     token_budget,
     tool_call_message,
     traced_fixture,
@@ -333,15 +334,6 @@ def test_stream_tool_call(traced, mis):
     ]
 
 
-def _assert_stopped_early(traced) -> dict[str, Any]:
-    span = traced.one()
-    a = attrs(span)
-    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
-    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # no usage chunk came: still counted
-    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    return a
-
-
 def test_stream_break_then_close_ends_once(traced, mis):
     stream = mis.chat.stream(model=MODEL, messages=MESSAGES)
     for i, _event in enumerate(stream):
@@ -349,7 +341,7 @@ def test_stream_break_then_close_ends_once(traced, mis):
             break
     assert traced.spans() == []  # the caller may still resume
     stream.close()
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
     assert output_text(traced.one()).startswith("Echo:")
     stream.close()
     assert len(traced.spans()) == 1
@@ -359,7 +351,7 @@ def test_stream_context_exit_before_the_end(traced, mis):
     with mis.chat.stream(model=MODEL, messages=MESSAGES) as stream:
         next(iter(stream))
         next(iter(stream))
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
     assert output_message(traced.one())["finish_reason"] == "incomplete"
 
 
@@ -377,7 +369,7 @@ def test_stream_closed_at_the_finish_reason_is_complete(traced, mis, fake):
 
 def test_stream_break_then_garbage_collection(traced, mis):
     abandon_stream(lambda: mis.chat.stream(model=MODEL, messages=MESSAGES), reads=2)
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
 
 
 def test_stream_never_iterated_then_closed(traced, mis):
@@ -392,7 +384,7 @@ async def test_async_stream_break_then_close(traced, mis):
         if event.data.choices[0].delta.content:
             break
     await stream.close()
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
 
 
 @pytest.mark.parametrize("name", ["drop", "stream-error"])
@@ -402,7 +394,7 @@ def test_stream_failing_midway(traced, mis, name):
         for event in mis.chat.stream(model=MODEL, messages=MESSAGES, **scenario(name)):
             received.append(event.data.choices[0].delta.content or "")
     span = traced.one()
-    a = _assert_stopped_early(traced)
+    a = stopped_early_attrs(traced.one())
     assert span.status.status_code is StatusCode.ERROR
     assert a[error_attributes.ERROR_TYPE]
     assert output_text(span) == "".join(received) != ""
@@ -559,7 +551,7 @@ def test_reasoning_stream_cut_short_estimates_the_thinking_too(traced, mis, fake
         for i, _event in enumerate(stream):
             if i == fake.stream_chunks:  # the role chunk, then thinking only
                 break
-    a = _assert_stopped_early(traced)
+    a = stopped_early_attrs(traced.one())
     assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0  # from the thinking seen, although no text came
 
 
@@ -569,13 +561,13 @@ async def test_async_stream_context_exit_before_the_end_and_midway_error(traced,
         async for event in stream:
             if event.data.choices[0].delta.content:
                 break
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
     traced.exporter.clear()
     with pytest.raises(errors.ResponseValidationError):
         async for _event in await mis.chat.stream_async(model=MODEL, messages=MESSAGES, **scenario("stream-error")):
             pass
     span = traced.one()
-    assert span.status.status_code is StatusCode.ERROR and _assert_stopped_early(traced)
+    assert span.status.status_code is StatusCode.ERROR and stopped_early_attrs(traced.one())
 
 
 @pytest.mark.frameworks
