@@ -1,5 +1,6 @@
 """The tests' fixtures: the one fake provider server, settings and a clean environment, the `pipeline` that
-configure() builds, SDK clients, and instrumentation into the span harness (tests/traced.py); plus content helpers.
+configure() builds, SDK clients, and instrumentation into the span harness (tests/traced.py: `instrumented_library`,
+`traced_fixture` for the provider test modules); plus content and assertion helpers the provider tests share.
 
 Registered in conftest's pytest_plugins, so every test module can ask for them by name.
 """
@@ -36,15 +37,15 @@ OPENAI_WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+# The same tool as gen_ai.tool.definitions records it.
+WEATHER_TOOL_DEFINITION = {"type": "function", **OPENAI_WEATHER_TOOL["function"]}
+
 # The chat the OpenAI-shaped provider tests send (Groq, Ollama, Mistral), and its prompt tokens by the fake's formula.
 MESSAGES = [
     {"role": "system", "content": "You answer briefly."},
     {"role": "user", "content": "Tell me about spans please"},
 ]
 PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
-
-# The same tool as gen_ai.tool.definitions records it.
-WEATHER_TOOL_DEFINITION = {"type": "function", **OPENAI_WEATHER_TOOL["function"]}
 
 STREAM_CHUNKS = 30  # FakeProvider()'s default stream_chunks: deltas (output tokens) of an answer
 FILLER = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
