@@ -141,6 +141,7 @@ class Difference:
     relative: float | None  # difference / the baseline's value (None when that is 0 or unknown)
     ci_low: float | None
     ci_high: float | None
+    missing: str | None = None  # why there is no difference or interval, when there is none
 
     @property
     def significant(self) -> bool | None:
@@ -195,7 +196,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def mean(values: Sequence[float]) -> float:
-    return math.fsum(values) / len(values)
+    """The mean, exact for equal values (the sum of n copies of c over n can miss c by an ulp, and an interval of
+    [+4e-22, +4e-22] would call two equal prices different): deviations from the first value are averaged."""
+    shift = values[0]
+    return shift + math.fsum([x - shift for x in values]) / len(values)
 
 
 def median(values: Sequence[float]) -> float:
@@ -316,7 +320,9 @@ def differ(
     for metric, statistic in _STATISTIC.items():
         base, var = _samples(grouped[baseline], metric), _samples(grouped[variant], metric)
         if not base or not var:
-            out.append(Difference(variant, baseline, metric, None, None, None, None))
+            without = ", ".join(name for name, sample in ((baseline, base), (variant, var)) if not sample)
+            what = {"cost_per_call": "no priced calls", "latency_p50": "no succeeded calls with a latency"}[metric]
+            out.append(Difference(variant, baseline, metric, None, None, None, None, f"{what} in {without}"))
             continue
         base_value, var_value = statistic(base), statistic(var)
         # Its own stream per (variant, statistic): another variant or statistic does not move this interval.
@@ -331,6 +337,7 @@ def differ(
                 (var_value - base_value) / base_value if base_value else None,
                 interval[0] if interval else None,
                 interval[1] if interval else None,
+                None if interval else "too few calls for an interval (2 or more on each side)",
             )
         )
     return out
@@ -372,7 +379,7 @@ def compare_calls(
             raise CompareError(f"no model calls{' with ' + filters if filters else ''} to compare")
         hint = ""
         if attribute not in FIELDS and attribute not in known_attributes:
-            close = difflib.get_close_matches(attribute, sorted({*known_attributes, *ALIASES}), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(attribute, sorted({*known_attributes, *ALIASES}), n=1, cutoff=0.8)
             hint = f": no span has that attribute{f' (did you mean {close[0]!r}?)' if close else ''}"
         raise CompareError(
             f"none of the {matched} model calls{' with ' + filters if filters else ''} carries {attribute}{hint}"
@@ -545,7 +552,7 @@ def table(result: Comparison) -> str:
             label, _ = METRICS[d.metric]
             fmt = usd if d.metric == "cost_per_call" else seconds if d.metric == "latency_p50" else _points
             relative = f"({d.relative:+.1%})" if d.relative is not None else ""
-            verdict = {True: "differs", False: "within noise", None: "too few calls"}[d.significant]
+            verdict = {True: "differs", False: "within noise", None: d.missing or ""}[d.significant]
             interval = f"[{fmt(d.ci_low, True)}, {fmt(d.ci_high, True)}]" if d.ci_low is not None else ""
             diff_rows.append([f"  {d.variant}", label, fmt(d.difference, True), relative, interval, verdict])
         lines.extend(_grid(diff_rows, left=2))
