@@ -38,7 +38,7 @@ STICKY = ("user", "conversation")
 T = TypeVar("T")
 
 _random = random.Random()
-_warned: set[str] = set()  # experiments already warned about a missing sticky key (one log line each)
+_warned: set[str] = set()  # what was already warned about (one log line each)
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Choice(Generic[T]):
 
 def ab(
     name: str,
-    variants: Mapping[str, T] | Sequence[str],
+    variants: Mapping[str, T] | Sequence[str] | None = None,
     split: Mapping[str, float] | None = None,
     sticky: Literal["user", "conversation"] | None = None,
     *,
@@ -82,6 +82,11 @@ def ab(
     rng: random.Random | None = None,
 ) -> Choice[T]:
     """Pick one of `variants` ({name: value}, or a list of names that are their own values) for experiment `name`.
+
+    `.mltrack.yml` can set the experiment under ``ab_tests: {name: {variants, split, sticky, force}}``: its
+    variants serve when the code passes none, and its split, sticky and force (every call gets that variant) win
+    over the code's, so a split changes without a deploy. A configured split or force that does not fit the
+    code's variants is logged once and ignored: a configuration change never breaks the call.
 
     split:  {variant name: weight}, the same names as `variants`, every weight positive (they need not sum to 1);
             None splits evenly.
@@ -94,7 +99,19 @@ def ab(
     Raises ValueError or TypeError for an empty name, no variants, split names that differ from the variants',
     or a weight that is not a positive number.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"ab(): the experiment name must be a non-empty string, not {name!r}")
+    configured = _configured(name)
+    if configured is not None and variants is None:
+        variants = configured.variants  # type: ignore[assignment]
+    if variants is None:
+        raise ValueError(
+            f"ab({name!r}): no variants: pass variants=..., or set ab_tests.{name}.variants in .mltrack.yml"
+        )
     names, values = _variants(name, variants)
+    force = None
+    if configured is not None:
+        split, sticky, force = _apply(name, names, configured, split, sticky)
     weights = _weights(names, split)
     if sticky is not None and sticky not in STICKY:
         raise ValueError(f"ab({name!r}): sticky must be None, 'user' or 'conversation', not {sticky!r}")
@@ -104,17 +121,61 @@ def ab(
     if stick_to is not None:
         u = _unit(name, stick_to)
     else:
-        if (sticky is not None) and name not in _warned:
-            _warned.add(name)
-            log.warning(
+        if sticky is not None:
+            _warn_once(
+                f"{name}.sticky",
                 "mltrack_otel.ab(%r, sticky=%r): no %s id here, so this pick (and any other without one) is random",
                 name,
                 sticky,
                 sticky,
             )
         u = (rng or _random).random()
-    index = _index(weights, u)
+    index = names.index(force) if force is not None else _index(weights, u)
     return Choice(name, names[index], values[index], sticky=stick_to is not None)
+
+
+def _configured(name: str) -> Any:
+    """The `ab_tests` entry of the active settings for `name`, or None (also when the settings cannot be read)."""
+    try:
+        from . import config
+
+        return config.current().ab_tests.get(name)
+    except Exception as exc:  # the settings' own errors are reported where they load; never break the pick
+        from . import guard
+
+        guard.record_error("ab.settings", exc)
+        return None
+
+
+def _apply(
+    name: str, names: list[str], configured: Any, split: Mapping[str, float] | None, sticky: Any
+) -> tuple[Mapping[str, float] | None, Any, str | None]:
+    """The configured split, sticky and force over the code's; a configured split or force that names other
+    variants than the code's is logged once and left out."""
+    force = configured.force
+    if configured.split is not None:
+        if set(configured.split) == set(names):
+            split = configured.split
+        else:
+            _warn_once(
+                f"{name}.split",
+                "ab_tests.%s.split names %s, the code's variants are %s: split ignored",
+                name,
+                sorted(configured.split),
+                names,
+            )
+    if force is not None and force not in names:
+        _warn_once(
+            f"{name}.force", "ab_tests.%s.force %r is not among the code's variants %s: ignored", name, force, names
+        )
+        force = None
+    return split, configured.sticky or sticky, force
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
 
 
 def _variants(name: Any, variants: Any) -> tuple[list[str], list[Any]]:

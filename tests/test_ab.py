@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 
 import mltrack_otel
-from mltrack_otel import call_context, semconv
+from mltrack_otel import call_context, config, semconv
 from mltrack_otel.ab import ab
-from tests.instr_fixtures import attrs
+from tests.instr_fixtures import attrs, use_settings
 
 EXPERIMENT, VARIANT = semconv.MLTRACK_AB_EXPERIMENT, semconv.MLTRACK_AB_VARIANT
 
@@ -219,3 +219,62 @@ def test_async_calls_in_tasks_started_inside_the_block_carry_the_choice(instrume
     name = asyncio.run(main())
     span = instrumented.get_finished_spans()[-1]
     assert (attrs(span)[EXPERIMENT], attrs(span)[VARIANT]) == ("async-exp", name)
+
+
+# --- from .mltrack.yml ------------------------------------------------------------------------------------------------
+
+
+def test_a_configured_split_wins_over_the_codes(settings):
+    use_settings(ab_tests={"checkout": {"split": {"a": 0.9, "b": 0.1}}})
+    rng, n = random.Random(8), 10_000
+    counts = Counter(ab("checkout", ["a", "b"], {"a": 0.5, "b": 0.5}, rng=rng).name for _ in range(n))
+    assert within_binomial(counts["b"], n, 0.1)
+
+
+def test_configured_variants_serve_when_the_code_passes_none(settings):
+    use_settings(ab_tests={"tone": {"variants": {"short": "Say hi.", "warm": "Greet warmly."}, "sticky": "user"}})
+    with call_context.attached({"user.id": "u-9"}):
+        picks = {(c.name, c.value, c.sticky) for c in (ab("tone") for _ in range(10))}
+    assert len(picks) == 1
+    name, value, sticky = picks.pop()
+    assert sticky and value == {"short": "Say hi.", "warm": "Greet warmly."}[name]
+    with pytest.raises(ValueError, match=r"no variants: pass variants=\.\.\., or set ab_tests\.other\.variants"):
+        ab("other")
+
+
+def test_force_sends_every_call_to_one_variant(settings):
+    use_settings(ab_tests={"tone": {"force": "warm"}})
+    assert {ab("tone", ["short", "warm"], rng=random.Random(i)).name for i in range(30)} == {"warm"}
+
+
+def test_a_configured_split_that_does_not_fit_the_code_is_ignored_not_raised(settings, caplog):
+    use_settings(ab_tests={"mismatch": {"split": {"x": 1, "y": 1}, "force": "x"}})
+    with caplog.at_level(logging.WARNING, logger="mltrack_otel.ab"):
+        picks = {ab("mismatch", {"a": 1, "b": 2}, {"a": 1, "b": 1}, rng=random.Random(i)).name for i in range(40)}
+    assert picks == {"a", "b"}
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "ab_tests.mismatch.split names ['x', 'y']" in said and "ab_tests.mismatch.force 'x'" in said
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("{variants: [a, b], split: {a: 1, c: 1}}", "split names ['a', 'c'] must be the variants' names ['a', 'b']"),
+        ("{split: {a: 0, b: 1}}", "ab_tests.greeting.split.a': Input should be greater than 0"),
+        ("{variants: [a], force: z}", "force 'z' is not one of the variants ['a']"),
+        ("{variants: [a], sticky: tenant}", "ab_tests.greeting.sticky'"),
+        ("{variants: [a], spilt: {a: 1}}", "ab_tests.greeting.spilt': unknown key"),
+        ("{variants: []}", "variants must be non-empty names"),
+    ],
+)
+def test_a_bad_ab_tests_entry_is_a_config_error_naming_the_key(isolated_env, entry, message):
+    (isolated_env / config.CONFIG_FILENAME).write_text(f"ab_tests:\n  greeting: {entry}\n")
+    with pytest.raises(mltrack_otel.ConfigError) as error:
+        config.load_settings()
+    assert message in str(error.value) and config.CONFIG_FILENAME in str(error.value)
+
+
+def test_ab_tests_come_from_the_environment_too(isolated_env, monkeypatch):
+    monkeypatch.setenv("MLTRACK_AB_TESTS", '{"greeting": {"split": {"a": 3, "b": 1}, "sticky": "user"}}')
+    loaded = config.load_settings().ab_tests["greeting"]
+    assert (loaded.split, loaded.sticky) == ({"a": 3.0, "b": 1.0}, "user")
