@@ -103,6 +103,19 @@ def store(tmp_path_factory, fake) -> dict[str, Any]:
                 with mltrack_otel.ab("speed", ["fast", "slow"], key=f"s{i}") as choice:
                     slow = {"extra_headers": {"x-fake-scenario": "slow"}} if choice.name == "slow" else {}
                     chat(6, max_tokens=SLOW_TOKENS, **slow)
+            # A/B "wrapped": 3 calls that fail, one inside a framework-like span that fails with it: 3 calls.
+            tracer = provider.runtime().tracer_provider.get_tracer("a-framework")
+            for i in range(3):
+                with mltrack_otel.ab("wrapped", ["only"]) as choice:
+                    with pytest.raises(openai.RateLimitError):
+                        if i:
+                            chat(5, extra_headers={"x-fake-scenario": "error-429"})
+                            continue
+                        with tracer.start_as_current_span(
+                            "chat wrapper", attributes={"gen_ai.operation.name": "chat", **choice.attributes}
+                        ) as wrapper:
+                            wrapper.set_attribute("error.type", "RateLimitError")
+                            chat(5, extra_headers={"x-fake-scenario": "error-429"})
             spans = list(memory.get_finished_spans())
             mltrack_otel.shutdown()
         finally:
@@ -239,6 +252,14 @@ def test_ab_variants_count_unpriced_calls_and_never_price_them_at_zero(store, ca
     assert "no priced calls in custom" in out and "unpriced calls have no known cost (never $0)" in out
 
 
+def test_a_failed_call_inside_a_failed_wrapper_is_one_call(store, capsys):
+    (row,) = as_json(store, capsys, "--by", "variant", "--ab", "wrapped")["variants"]
+    assert (row["variant"], row["calls"], row["errors"], row["error_rate"]) == ("only", 3, 3, 1.0)
+    wrappers = [s for s in store["spans"] if s.name == "chat wrapper"]
+    assert len(wrappers) == 1 and wrappers[0].status.is_ok is False  # the wrapper failed too, and is not counted
+    assert row["latency_p50_s"] is None and row["cost_per_call_mean"] is None
+
+
 def test_by_model_reads_the_model_that_answered(store, capsys):
     result = as_json(store, capsys, "--by", "model", "--ab", "model-choice")
     assert {row["variant"] for row in result["variants"]} == {"acme-9000", "gpt-4o-mini-2024-07-18"}
@@ -265,7 +286,7 @@ def test_mixed_prompts_are_named_and_calls_without_the_key_are_counted(store, ca
     code, out, _ = run(store, capsys, "--by", "prompt.version")
     assert code == 0
     assert "versions of 2 prompts are mixed (greeting, other): pick one with --prompt NAME" in out
-    assert "40 model calls without gen_ai.prompt.version left out" in out  # the two A/B experiments' calls
+    assert "43 model calls without gen_ai.prompt.version left out" in out  # the A/B experiments' calls
 
 
 def test_csv_has_a_row_per_variant_with_its_difference(store, capsys):
@@ -292,7 +313,7 @@ def test_the_python_api_gives_per_call_records_for_a_plot(store):
     ("args", "message"),
     [
         (["--by", "gen_ai.prompt.versoin"], "carries gen_ai.prompt.versoin: no span has that attribute (did you mean "),
-        (["--by", "mltrack.tag.team"], "none of the 107 model calls carries mltrack.tag.team: no span has that"),
+        (["--by", "mltrack.tag.team"], "none of the 110 model calls carries mltrack.tag.team: no span has that"),
         (["--by", "prompt.version", "--prompt", "nope"], "no model calls with gen_ai.prompt.name=nope to compare"),
         (["--by", "prompt.version", "--baseline", "v9"], "--baseline 'v9' is not a value of gen_ai.prompt.version"),
     ],
