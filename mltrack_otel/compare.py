@@ -202,6 +202,10 @@ def mean(values: Sequence[float]) -> float:
     return shift + math.fsum([x - shift for x in values]) / len(values)
 
 
+def _plain_mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
@@ -225,6 +229,12 @@ def bootstrap_interval(
     samples anew with replacement, at their own sizes. None when either side has fewer than 2 values."""
     if len(baseline) < 2 or len(variant) < 2 or resamples < 1:
         return None
+    # Both samples less the baseline's first value: the difference of means or medians is the same, equal values
+    # become exact zeros (no ulp of difference between equal prices), and the mean needs no shift of its own.
+    shift = baseline[0]
+    baseline, variant = [x - shift for x in baseline], [x - shift for x in variant]
+    if statistic is mean:
+        statistic = _plain_mean
     choices, n_base, n_var = rng.choices, len(baseline), len(variant)
     differences = sorted(
         statistic(choices(variant, k=n_var)) - statistic(choices(baseline, k=n_base)) for _ in range(resamples)
