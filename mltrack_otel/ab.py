@@ -45,13 +45,14 @@ _warned: set[str] = set()  # what was already warned about (one log line each)
 class Choice(Generic[T]):
     """The variant picked: `name` (a key of `variants`), `value` (its value). Use it as a context manager so the
     model calls made inside carry the experiment and variant; `sticky` is False when a sticky experiment found
-    no id to stick to and picked at random."""
+    no id to stick to and picked at random. One choice is one pick: enter it from one thread or task at a time
+    (call ab() again for another call, as `with mltrack_otel.ab(...) as choice:` does)."""
 
     experiment: str
     name: str
     value: T
     sticky: bool = False
-    _blocks: list[ExitStack] = field(default_factory=list, repr=False, compare=False)
+    _blocks: list[ExitStack] = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def attributes(self) -> dict[str, str]:
