@@ -404,3 +404,16 @@ def test_usd_keeps_three_significant_digits_without_exponents():
     assert comparing.usd(12.3) == "12.30"
     assert comparing.usd(-0.00000031, sign=True) == "-0.000000310"
     assert comparing.usd(None) == "-"
+
+
+def test_a_server_that_refuses_is_one_clear_line(capsys, isolated_env):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert cli.main(["compare", "--tracking-uri", f"http://127.0.0.1:{port}", "--by", "model", "--timeout", "2"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"mltrack-otel compare: cannot read traces from http://127.0.0.1:{port}: connection refused "
+        "(is the server running, and is the port right?)"
+    )
