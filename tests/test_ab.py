@@ -278,3 +278,13 @@ def test_ab_tests_come_from_the_environment_too(isolated_env, monkeypatch):
     monkeypatch.setenv("MLTRACK_AB_TESTS", '{"greeting": {"split": {"a": 3, "b": 1}, "sticky": "user"}}')
     loaded = config.load_settings().ab_tests["greeting"]
     assert (loaded.split, loaded.sticky) == ({"a": 3.0, "b": 1.0}, "user")
+
+
+def test_the_readme_example_is_a_valid_configuration(isolated_env):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## A/B comparison\n", 1)[1].split("\n## ", 1)[0]
+    (isolated_env / config.CONFIG_FILENAME).write_text(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    greeting = config.load_settings().ab_tests["greeting"]
+    assert (greeting.split, greeting.sticky, greeting.variants) == ({"short": 0.9, "warm": 0.1}, "user", None)
