@@ -19,6 +19,7 @@ from .version import __version__
 # Loaded on first use, so `import mltrack_otel` stays cheap: pydantic, PyYAML, the OTel SDK and the price data
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
+    "ab": "ab",
     "on_alert": "alerts",
     "Settings": "config",
     "load_settings": "config",
@@ -64,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .ab import ab
     from .alerts import on_alert
     from .config import Settings, load_settings
     from .guard import health
@@ -98,6 +100,7 @@ __all__ = [
     "Totals",
     "Usage",
     "__version__",
+    "ab",
     "anthropic_prompt_extractor",
     "anthropic_response_extractor",
     "anthropic_token_extractor",

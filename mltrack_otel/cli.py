@@ -1,4 +1,4 @@
-"""The `mltrack-otel` command: `demo`, `price`, `report`."""
+"""The `mltrack-otel` command: `demo`, `price`, `report`, `compare`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .pricing import Pricer
 
 # What each command needs beyond the core install, module -> the extra that brings it.
-_NEEDS = {"report": ("mlflow",), "demo": ("mlflow", "openai", "anthropic")}
+_NEEDS = {"report": ("mlflow",), "compare": ("mlflow",), "demo": ("mlflow", "openai", "anthropic")}
 
 
 def _price(args: argparse.Namespace) -> int:
@@ -103,6 +103,42 @@ def _report(args: argparse.Namespace) -> int:
     )
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare
+
+    where = dict(args.where)
+    if args.prompt is not None:
+        where["gen_ai.prompt.name"] = args.prompt
+    if args.ab is not None:
+        where["mltrack.ab.experiment"] = args.ab
+    return run_compare(
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        since=args.since,
+        by=args.by,
+        where=where,
+        baseline=args.baseline,
+        resamples=args.resamples,
+        seed=args.seed,
+        fmt=args.format,
+        timeout_seconds=args.timeout,
+        plot=args.plot,
+    )
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ATTRIBUTE=VALUE, e.g. gen_ai.request.model=gpt-4o")
+    return key.strip(), value
+
+
+def _resamples(text: str) -> int:
+    if not text.isdigit() or not 100 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 100 to 1000000")
+    return int(text)
+
+
 def _since(text: str) -> datetime:
     from .report import parse_since
 
@@ -169,6 +205,58 @@ def build_parser() -> argparse.ArgumentParser:
         help="also draw cost over time, stacked by the --by key, into this image (needs mltrack-otel[plot])",
     )
     report.set_defaults(run=_report)
+
+    compare = commands.add_parser(
+        "compare",
+        help="variants side by side (prompt versions, models, A/B variants), with bootstrap confidence intervals",
+        description="Per variant of --by: calls, tokens, cost per call, latency, errors and unpriced calls, read "
+        "back from MLflow traces as report does; then each variant against the baseline with a bootstrap CI.",
+    )
+    compare.add_argument("--tracking-uri", default=None)
+    compare.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
+    compare.add_argument(
+        "--since",
+        type=_since,
+        default=None,
+        help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
+    )
+    compare.add_argument(
+        "--by",
+        required=True,
+        help="what tells the variants apart: prompt.version, model, provider, variant (mltrack.ab.variant), user, "
+        "tag.KEY, or any span attribute (gen_ai.request.model, ...)",
+    )
+    compare.add_argument(
+        "--prompt", default=None, metavar="NAME", help="only calls of this prompt (gen_ai.prompt.name)"
+    )
+    compare.add_argument(
+        "--ab", default=None, metavar="NAME", help="only calls of this A/B experiment (mltrack.ab.experiment)"
+    )
+    compare.add_argument(
+        "--where",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="ATTR=VALUE",
+        help="only calls whose attribute has this value (repeatable)",
+    )
+    compare.add_argument("--baseline", default=None, help="the variant the others are compared with (default: first)")
+    compare.add_argument("--resamples", type=_resamples, default=2000, help="bootstrap resamples (default 2000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0: the same data, same CI)")
+    compare.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    compare.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        help="seconds to wait for an MLflow server's answer (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10)",
+    )
+    compare.add_argument(
+        "--plot",
+        metavar="PNG",
+        default=None,
+        help="also draw each variant's cost and latency per call into this image (needs mltrack-otel[plot])",
+    )
+    compare.set_defaults(run=_compare)
     return parser
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,6 +35,29 @@ ExporterName = Literal["mlflow", "otlp", "console", "memory", "none"]
 class ProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     default_model: str | None = None
+
+
+class ABTestSettings(BaseModel):
+    """One `ab_tests:` entry, for `mltrack_otel.ab(name)`: the variants (when the code passes none), and the split,
+    stickiness or forced variant, which win over the code's so a split changes without a deploy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    variants: dict[str, Any] | tuple[str, ...] | None = None  # {name: value}, or names that are their own values
+    split: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
+    sticky: Literal["user", "conversation"] | None = None
+    force: str | None = None  # every call gets this variant (a winner, or a kill switch)
+
+    @model_validator(mode="after")
+    def _names_agree(self) -> ABTestSettings:
+        names = list(self.variants) if self.variants is not None else None
+        if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"variants must be non-empty names, at least one: got {names!r}")
+        if names is not None and self.split is not None and set(self.split) != set(names):
+            raise ValueError(f"split names {sorted(self.split)} must be the variants' names {sorted(names)}")
+        known = names if names is not None else list(self.split) if self.split is not None else None
+        if self.force is not None and known is not None and self.force not in known:
+            raise ValueError(f"force {self.force!r} is not one of the variants {sorted(known)}")
+        return self
 
 
 # --- alerts (alerts.py evaluates them) ---------------------------------------------------------------------------
@@ -164,6 +187,8 @@ class Settings(BaseModel):
     # Ledger memory bound.
     max_conversations: int = Field(default=10_000, ge=1)
 
+    # A/B experiments of mltrack_otel.ab(name): {name: {variants, split, sticky, force}}.
+    ab_tests: dict[str, ABTestSettings] = Field(default_factory=dict)
     # Alerts (alerts.py): rules, and the webhook they notify unless a rule names its own.
     alerts: tuple[AlertRule, ...] = ()
     alert_webhook: WebhookSettings | None = None

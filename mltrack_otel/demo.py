@@ -172,57 +172,13 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
 
 def _compare_versions(spans) -> tuple[str, list]:
     """The compare table of the prompt's versions, and the per-call records its picture draws."""
-    try:
-        from mltrack_otel.compare import compare_calls, needed_attributes, table
-    except ImportError:  # TODO(issue 14 merge): compare.py lands on main; then delete this fallback
-        records = sorted(variant_records(spans), key=lambda r: r["variant"])
-        return compare_table(records), records
+    from mltrack_otel.compare import compare_calls, needed_attributes, table
     from mltrack_otel.report import counted_calls
 
     where = {"prompt.name": PROMPT_NAME}
     calls = counted_calls(spans, keep=needed_attributes("prompt.version", where), failed=True)
     result = compare_calls(calls, "prompt.version", where=where)
     return table(result), result.records
-
-
-def variant_records(spans, key: str = "gen_ai.prompt.version") -> list[dict]:
-    """Stand-in for compare.py's records until it is merged: per counted call, its variant (the value of `key`),
-    cost (None when unknown) and latency in seconds."""
-    from mltrack_otel import semconv
-
-    records = []
-    for span in spans:
-        attrs = span.attributes or {}
-        if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True or attrs.get(key) is None:
-            continue
-        cost = attrs.get(semconv.LLM_COST_TOTAL)
-        records.append(
-            {
-                "variant": str(attrs[key]),
-                "cost_usd": float(cost) if cost is not None else None,
-                "latency_s": ((span.end_time_ns or 0) - (span.start_time_ns or 0)) / 1e9,
-            }
-        )
-    return records
-
-
-def compare_table(records: list[dict]) -> str:
-    """Stand-in for compare.py's table until it is merged."""
-    lines = [f"{'version':<8} {'calls':>5} {'USD/call mean':>14} {'p50':>12} {'p95':>12} {'latency p50':>12}"]
-    lines.append("-" * len(lines[0]))
-    for variant in sorted({r["variant"] for r in records}):
-        mine = [r for r in records if r["variant"] == variant]
-        costs = sorted(r["cost_usd"] for r in mine if r["cost_usd"] is not None)
-        latencies = sorted(r["latency_s"] for r in mine)
-        lines.append(
-            f"{variant:<8} {len(mine):>5} {sum(costs) / len(costs):>14.8f} {_pct(costs, 50):>12.8f} "
-            f"{_pct(costs, 95):>12.8f} {_pct(latencies, 50) * 1000:>9.1f} ms"
-        )
-    return "\n".join(lines)
-
-
-def _pct(values: list[float], q: int) -> float:
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
 
 
 def _draw(calls, records) -> str:

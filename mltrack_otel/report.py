@@ -15,8 +15,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -69,29 +70,71 @@ class CountedCall:
     cost_usd: Decimal | None
     usage_source: str = "provider"  # provider | estimated | absent (spans older than the attribute: provider)
     local: bool = False
+    # For `compare` (read by counted_calls; report's totals do not use them):
+    latency_s: float | None = None  # llm.latency, else the span's duration
+    error_type: str | None = None  # error.type, or "ERROR" for a span with an error status and no error.type
+    attributes: Mapping[str, Any] = dataclass_field(default_factory=dict)  # the attributes counted_calls(keep=) named
+    counted: bool = True  # False: a model call that failed before any usage came back (counted_calls(failed=True))
     started: datetime | None = None  # when the call began (UTC): the time axis of `report --plot`
 
 
-def counted_calls(spans: Iterable[Any]) -> Iterator[CountedCall]:
-    """Counted model calls among MLflow spans (anything with `.attributes` and `.start_time_ns`)."""
+def counted_calls(spans: Iterable[Any], keep: Collection[str] = (), failed: bool = False) -> Iterator[CountedCall]:
+    """Counted model calls among MLflow spans (anything with `.attributes` and `.start_time_ns`), keeping the
+    attributes named in `keep`. With `failed`, also the model calls that failed before any usage came back (no
+    tokens, no cost, counted=False; the innermost span of a failed call, as the ledger counts the innermost
+    span), after the counted ones."""
+    failures: list[tuple[Any, Any, CountedCall]] = []  # (trace, span id, call) of uncounted failed model calls
+    callers: set[tuple[Any, Any]] = set()  # (trace, parent id) of every model-call span: its parent wraps a call
     for span in spans:
         attrs = span.attributes or {}
+        if failed and gen_ai.GEN_AI_OPERATION_NAME in attrs:
+            trace_id = getattr(span, "trace_id", None)
+            callers.add((trace_id, getattr(span, "parent_id", None)))
+            if semconv.MLTRACK_USAGE_COUNTED not in attrs and _error_of(span, attrs) is not None:
+                failures.append((trace_id, getattr(span, "span_id", None), _call(span, attrs, keep, counted=False)))
         if attrs.get(semconv.MLTRACK_USAGE_COUNTED) is not True:
             continue
-        cost = attrs.get(semconv.LLM_COST_TOTAL)
-        started = datetime.fromtimestamp((span.start_time_ns or 0) / 1e9, tz=UTC)
-        yield CountedCall(
-            model=str(attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL) or attrs.get(gen_ai.GEN_AI_REQUEST_MODEL) or "?"),
-            provider=str(attrs.get(gen_ai.GEN_AI_PROVIDER_NAME) or "?"),
-            day=started.date().isoformat(),
-            conversation=str(attrs.get(gen_ai.GEN_AI_CONVERSATION_ID) or "-"),
-            prompt_tokens=int(attrs.get(semconv.LLM_TOKENS_PROMPT) or 0),
-            completion_tokens=int(attrs.get(semconv.LLM_TOKENS_COMPLETION) or 0),
-            cost_usd=Decimal(str(cost)) if cost is not None else None,
-            usage_source=str(attrs.get(semconv.MLTRACK_USAGE_SOURCE) or "provider"),
-            local=attrs.get(semconv.MLTRACK_COST_LOCAL) is True,
-            started=started,
-        )
+        yield _call(span, attrs, keep)
+    for trace_id, span_id, call in failures:
+        if (trace_id, span_id) not in callers:
+            yield call
+
+
+def _call(span: Any, attrs: Mapping[str, Any], keep: Collection[str], counted: bool = True) -> CountedCall:
+    cost = attrs.get(semconv.LLM_COST_TOTAL)
+    started = datetime.fromtimestamp((span.start_time_ns or 0) / 1e9, tz=UTC)
+    return CountedCall(
+        model=str(attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL) or attrs.get(gen_ai.GEN_AI_REQUEST_MODEL) or "?"),
+        provider=str(attrs.get(gen_ai.GEN_AI_PROVIDER_NAME) or "?"),
+        day=started.date().isoformat(),
+        conversation=str(attrs.get(gen_ai.GEN_AI_CONVERSATION_ID) or "-"),
+        prompt_tokens=int(attrs.get(semconv.LLM_TOKENS_PROMPT) or 0),
+        completion_tokens=int(attrs.get(semconv.LLM_TOKENS_COMPLETION) or 0),
+        cost_usd=Decimal(str(cost)) if cost is not None else None,
+        usage_source=str(attrs.get(semconv.MLTRACK_USAGE_SOURCE) or "provider"),
+        local=attrs.get(semconv.MLTRACK_COST_LOCAL) is True,
+        latency_s=_latency(span, attrs),
+        error_type=_error_of(span, attrs),
+        attributes={key: attrs[key] for key in keep if key in attrs},
+        counted=counted,
+        started=started,
+    )
+
+
+def _latency(span: Any, attrs: Mapping[str, Any]) -> float | None:
+    latency = attrs.get(semconv.LLM_LATENCY)
+    if isinstance(latency, int | float) and not isinstance(latency, bool) and latency >= 0:
+        return float(latency)
+    start, end = getattr(span, "start_time_ns", None), getattr(span, "end_time_ns", None)
+    return (end - start) / 1e9 if isinstance(start, int) and isinstance(end, int) and end >= start else None
+
+
+def _error_of(span: Any, attrs: Mapping[str, Any]) -> str | None:
+    error = attrs.get("error.type")
+    if error:
+        return str(error)
+    code = getattr(getattr(span, "status", None), "status_code", None)
+    return "ERROR" if str(getattr(code, "value", code)).upper().endswith("ERROR") else None
 
 
 def aggregate(calls: Iterable[CountedCall], by: str) -> list[Row]:

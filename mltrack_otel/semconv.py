@@ -66,6 +66,12 @@ MLFLOW_LLM_PROVIDER: Final = "mlflow.llm.provider"
 MLFLOW_SPANTYPE: Final = "mlflow.spanType"
 """MLflow's span type (CHAT_MODEL, LLM, EMBEDDING, TOOL, ...), JSON-encoded on MLflow's own spans."""
 
+MLTRACK_AB_EXPERIMENT: Final = "mltrack.ab.experiment"
+"""Name of the A/B experiment (`mltrack_otel.ab(name, ...)`) the call was made under."""
+
+MLTRACK_AB_VARIANT: Final = "mltrack.ab.variant"
+"""Name of the variant the A/B experiment picked for the call (a key of its `variants`)."""
+
 MLTRACK_ALERT_KEY: Final = "mltrack.alert.key"
 """Which context, conversation or user crossed (absent for the process scope)."""
 
