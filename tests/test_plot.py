@@ -247,7 +247,6 @@ def test_report_plot_writes_the_picture_and_keeps_stdout_for_the_data(store, tmp
 
 
 def test_compare_plot_draws_the_variants_of_the_table(store, tmp_path, capsys):
-    pytest.importorskip("mltrack_otel.compare")  # issue 14's compare lands on main beside this file
     out = tmp_path / "compare.png"
     args = ["compare", "--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--by", "prompt.version"]
     assert cli.main([*args, "--format", "json", "--plot", str(out)]) == 0
@@ -258,17 +257,14 @@ def test_compare_plot_draws_the_variants_of_the_table(store, tmp_path, capsys):
     pixels(out, 1100, 550)
 
 
-def test_without_matplotlib_one_line_names_the_extra(store, tmp_path):
+@pytest.mark.parametrize("command", [["report"], ["compare", "--by", "prompt.version"]])
+def test_without_matplotlib_one_line_names_the_extra(store, tmp_path, command):
     line = "drawing a plot needs matplotlib, not installed here: pip install 'mltrack-otel[plot]'"
-    out = tmp_path / "cost.png"
-    code = (
-        "from mltrack_otel.cli import main\n"
-        f"sys.exit(main(['report', '--tracking-uri', {store['uri']!r}, '--experiment', {EXPERIMENT!r}, "
-        f"'--plot', {str(out)!r}]))"
-    )
-    result = without(["matplotlib"], code, tmp_path)
+    out = tmp_path / "picture.png"
+    args = [*command, "--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--plot", str(out)]
+    result = without(["matplotlib"], f"from mltrack_otel.cli import main\nsys.exit(main({args!r}))", tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"mltrack-otel report: {line}"
+    assert result.stderr.strip() == f"mltrack-otel {command[0]}: {line}"
     assert result.stdout == "" and not out.exists()  # said before reading anything
 
     api = without(
