@@ -33,6 +33,10 @@ _LAZY = {
     "Pricer": "pricing",
     "Usage": "pricing",
     "CostSpanProcessor": "processor",
+    "PromptError": "prompts",
+    "PromptTemplate": "prompts",
+    "load_prompt": "prompts",
+    "prompt": "prompts",
     "configure": "provider",
     "shutdown": "provider",
     "LLMTracker": "tracking",
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
     from .ledger import Totals, check_budget, limit_conversation, totals
     from .pricing import Cost, PriceOverride, Pricer, Usage
     from .processor import CostSpanProcessor
+    from .prompts import PromptError, PromptTemplate, load_prompt, prompt
     from .provider import configure, shutdown
     from .tracking import (
         LLMTracker,
@@ -92,6 +97,8 @@ __all__ = [
     "MltrackError",
     "PriceOverride",
     "Pricer",
+    "PromptError",
+    "PromptTemplate",
     "Settings",
     "Totals",
     "Usage",
@@ -104,10 +111,12 @@ __all__ = [
     "health",
     "instrument",
     "limit_conversation",
+    "load_prompt",
     "load_settings",
     "openai_prompt_extractor",
     "openai_response_extractor",
     "openai_token_extractor",
+    "prompt",
     "shutdown",
     "totals",
     "track",
