@@ -26,6 +26,7 @@ _offline_tokenizer = tli._offline_tokenizer
 sdk = tli.sdk
 traced = tli.traced
 llm = tli.llm
+index = tli.index
 
 NAME, VERSION, HASH = gen_ai.GEN_AI_PROMPT_NAME, semconv.GEN_AI_PROMPT_VERSION, semconv.MLTRACK_PROMPT_HASH
 
@@ -113,3 +114,12 @@ def test_a_built_in_prompt_is_named_by_its_prompt_type():
 
     found = li.prompt_identity(DEFAULT_TEXT_QA_PROMPT)
     assert found[NAME] == "text_qa" and found[VERSION] == found[HASH]
+
+
+def test_a_query_engine_attributes_its_answer_to_the_built_in_qa_prompt(index, sdk, traced, llm):
+    index.as_query_engine(llm=llm, similarity_top_k=2).query("What is the capital of France?")
+    spans = model_spans(traced)
+    assert len(spans) == (2 if sdk else 1)
+    assert all(identity(s)[NAME] == "text_qa" for s in spans)
+    embeddings = [s for s in traced.get_finished_spans() if s.name.startswith("embeddings")]
+    assert embeddings and all(identity(s) == {} for s in embeddings)  # the retrieval is not the prompt's
