@@ -37,6 +37,14 @@ class ProviderSettings(BaseModel):
     default_model: str | None = None
 
 
+class PromptSettings(BaseModel):
+    """One named prompt template under `prompts:` (mltrack_otel.prompt(name) with no template uses it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: str | tuple[dict[str, str], ...]
+    version: str | int | None = None
+
+
 class Settings(BaseModel):
     """Everything mltrack-otel can be told. Field names are the `.mltrack.yml` keys."""
 
@@ -102,6 +110,10 @@ class Settings(BaseModel):
     # Ledger memory bound.
     max_conversations: int = Field(default=10_000, ge=1)
 
+    # Prompt templates by name: `prompts: {summarize: {template: "Summarize {{text}}", version: 3}}`;
+    # mltrack_otel.prompt("summarize") with no template gives this one (see mltrack_otel/prompts.py).
+    prompts: dict[str, PromptSettings] = Field(default_factory=dict)
+
     @field_validator("redact_patterns")
     @classmethod
     def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -121,6 +133,16 @@ class Settings(BaseModel):
     def _override_keys_parse(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
         for key, override in value.items():
             override_key(key, override)  # ValueError naming the key and the syntax expected
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_templates(cls, value: dict[str, PromptSettings]) -> dict[str, PromptSettings]:
+        from .prompts import PromptTemplate  # the same checks as prompt(); imported only when prompts are set
+
+        for name, spec in value.items():
+            template = [dict(m) for m in spec.template] if isinstance(spec.template, tuple) else spec.template
+            PromptTemplate(name, template, spec.version)  # PromptError (a ValueError) naming the prompt
         return value
 
     @field_validator("cloud_hosts")

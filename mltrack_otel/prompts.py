@@ -269,15 +269,27 @@ def scope() -> Iterator[None]:
 
 def prompt(
     name: str,
-    template: str | Sequence[Mapping[str, str]],
+    template: str | Sequence[Mapping[str, str]] | None = None,
     version: str | int | None = None,
     *,
     register: bool = False,
     tracking_uri: str | None = None,
 ) -> PromptTemplate:
     """A prompt template named `name`: `template` is a str or a list of {"role", "content"} dicts with
-    ``{{variable}}`` placeholders. `version` defaults to the template's content hash. With ``register=True``
-    it is registered in the MLflow prompt registry (see PromptTemplate.register) and gets MLflow's version."""
+    ``{{variable}}`` placeholders; None takes the one `.mltrack.yml` defines under ``prompts: {name: ...}`` (and
+    its version unless `version` is given). `version` defaults to the template's content hash. With
+    ``register=True`` it is registered in the MLflow prompt registry (see PromptTemplate.register) and gets
+    MLflow's version."""
+    if template is None:
+        from . import config
+
+        spec = config.current().prompts.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise PromptError(
+                f"prompt {name!r} has no template: pass one, or define it under `prompts:` in .mltrack.yml"
+            )
+        template = [dict(m) for m in spec.template] if isinstance(spec.template, tuple) else spec.template
+        version = spec.version if version is None else version
     made = PromptTemplate(name, template, version)
     return made.register(tracking_uri=tracking_uri) if register else made
 

@@ -295,3 +295,53 @@ def test_the_registry_without_mlflow_says_what_to_install(monkeypatch):
         mltrack_otel.prompt("p", "x").register()
     with pytest.raises(PromptError, match="needs mlflow"):
         mltrack_otel.load_prompt("prompts:/p/1")
+
+
+# --- templates from .mltrack.yml ---------------------------------------------------------------------------------
+
+
+def test_a_template_defined_in_the_config_file_is_used_by_name(isolated_env, settings, instrumented, oai):
+    from mltrack_otel import config
+
+    (isolated_env / ".mltrack.yml").write_text(
+        "prompts:\n"
+        "  summarize:\n"
+        "    template: 'Summarize {{text}}'\n"
+        "    version: 3\n"
+        "  assistant:\n"
+        "    template:\n"
+        "      - {role: system, content: 'Be {{tone}}.'}\n"
+        "      - {role: user, content: '{{question}}'}\n"
+    )
+    config.set_current(config.load_settings(env={}))
+    summarize = mltrack_otel.prompt("summarize")
+    assert (summarize.version, summarize.template) == ("3", "Summarize {{text}}")
+    assert mltrack_otel.prompt("summarize", version="4").version == "4"  # the caller's version wins
+    assistant = mltrack_otel.prompt("assistant")
+    assert assistant.template == [
+        {"role": "system", "content": "Be {{tone}}."},
+        {"role": "user", "content": "{{question}}"},
+    ]
+    with assistant.use():
+        oai.chat.completions.create(model=MODEL, messages=assistant.format(tone="brief", question="q"))
+    (span,) = spans(instrumented)
+    assert identity(span) == {NAME: "assistant", VERSION: assistant.hash, HASH: assistant.hash}
+    with pytest.raises(PromptError, match=r"prompt 'other' has no template: .*under `prompts:` in \.mltrack\.yml"):
+        mltrack_otel.prompt("other")
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("prompts:\n  p: {template: [{role: robot, content: x}]}\n", r"'prompts': .*'p': message 0 has role"),
+        ("prompts:\n  p: {template: x, versoin: 2}\n", r"key 'prompts\.p\.versoin': unknown key"),
+        ("prompts:\n  p: {version: 2}\n", r"key 'prompts\.p\.template': Field required"),
+        ("prompts:\n  p: {template: '  '}\n", r"prompt 'p': the template is empty"),
+    ],
+)
+def test_a_bad_prompt_in_the_config_file_names_the_key(isolated_env, yaml, message):
+    from mltrack_otel import ConfigError, config
+
+    (isolated_env / ".mltrack.yml").write_text(yaml)
+    with pytest.raises(ConfigError, match=message):
+        config.load_settings(env={})
