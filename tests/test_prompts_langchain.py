@@ -74,6 +74,11 @@ def test_metadata_names_the_version_and_a_plain_prompt_without_name_gets_only_th
     assert identity(first)[NAME] == "summarize" and identity(first)[VERSION] == "3"
     assert NAME not in identity(second) and identity(second)[VERSION] == identity(second)[HASH]
     assert identity(first)[HASH] != identity(second)[HASH]
+    relabelled = PromptTemplate.from_template("Summarize: {text}")
+    relabelled.metadata = {"prompt_name": "summarize", "prompt_version": "4"}
+    relabelled.name = "other-label"
+    (relabelled | chat()).invoke({"text": "spans"})
+    assert identity(model_spans(otel)[-1])[HASH] == identity(first)[HASH]  # labels are not content
 
 
 def test_a_prompt_invoked_on_its_own_marks_the_model_call_given_its_messages(otel, sdk_on, chat):

@@ -68,6 +68,7 @@ _PARAMS = (
     ("seed", gen_ai.GEN_AI_REQUEST_SEED),
 )
 _CONVERSATION_KEYS = ("thread_id", "conversation_id", "session_id")
+_NOT_CONTENT = frozenset({"metadata", "tags", "name"})  # a prompt's labels: they do not change what it sends
 _RECENT_PROMPTS = 256  # outputs of root prompt runs remembered until a model run takes them
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
@@ -286,8 +287,9 @@ def prompt_identity(
     kwargs = _base.get(serialized, "kwargs")
     if not isinstance(kwargs, Mapping):
         return None
+    content = {k: v for k, v in kwargs.items() if k not in _NOT_CONTENT}
     try:
-        digest = _prompts.content_hash(kwargs)
+        digest = _prompts.content_hash(content)
     except (TypeError, ValueError):  # a field dumpd could not make JSON: no identity rather than a wrong one
         return None
     metadata = metadata or {}
