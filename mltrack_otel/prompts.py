@@ -219,15 +219,9 @@ class PromptTemplate:
             call_context.attach(self._attributes)  # undone when the innermost block around us exits
         return result
 
-    @contextmanager
-    def use(self) -> Iterator[PromptTemplate]:
-        """Every model call made inside the block carries this template's identity."""
-        token = _in_scope.set(True)
-        try:
-            with call_context.attached(self._attributes):
-                yield self
-        finally:
-            _in_scope.reset(token)
+    def use(self) -> _InUse:
+        """``with template.use():`` every model call made inside the block carries this template's identity."""
+        return _InUse(self)
 
     # -- the MLflow prompt registry ----------------------------------------------------------------------------
 
@@ -253,6 +247,29 @@ class PromptTemplate:
         else:
             registered = mlflow.genai.register_prompt(self.name, template, commit_message=commit_message, tags=all_tags)
         return _from_mlflow(registered)
+
+
+class _InUse:
+    """The block of ``template.use()`` (a class, not a generator: entered around calls, so kept cheap)."""
+
+    __slots__ = ("_template", "_tokens")
+
+    def __init__(self, template: PromptTemplate) -> None:
+        self._template = template
+        self._tokens: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> PromptTemplate:
+        if self._tokens is not None:
+            raise RuntimeError("this use() block is already entered; call template.use() again for another")
+        self._tokens = (_in_scope.set(True), call_context.attach(self._template._attributes))
+        return self._template
+
+    def __exit__(self, *exc_info: object) -> None:
+        tokens, self._tokens = self._tokens, None
+        if tokens is not None:
+            scope, attached = tokens
+            call_context.detach(attached)  # also undoes what format() attached inside
+            _in_scope.reset(scope)
 
 
 @contextmanager
