@@ -346,3 +346,15 @@ def test_a_bad_prompt_in_the_config_file_names_the_key(isolated_env, yaml, messa
     (isolated_env / ".mltrack.yml").write_text(yaml)
     with pytest.raises(ConfigError, match=message):
         config.load_settings(env={})
+
+
+def test_one_use_block_is_entered_once():
+    tpl = mltrack_otel.prompt("p", "Q {{x}}")
+    block = tpl.use()
+    with block:
+        with pytest.raises(RuntimeError, match="already entered"):
+            block.__enter__()
+        assert call_context.current()[NAME] == "p"
+    assert call_context.current() == {}
+    with block:  # usable again once exited
+        assert call_context.current()[VERSION] == tpl.version
