@@ -19,6 +19,7 @@ from .version import __version__
 # Loaded on first use, so `import mltrack_otel` stays cheap: pydantic, PyYAML, the OTel SDK and the price data
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
+    "on_alert": "alerts",
     "Settings": "config",
     "load_settings": "config",
     "health": "guard",
@@ -67,6 +68,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .alerts import on_alert
     from .config import Settings, load_settings
     from .guard import health
     from .instrumentation import instrument, uninstrument
@@ -113,6 +115,7 @@ __all__ = [
     "limit_conversation",
     "load_prompt",
     "load_settings",
+    "on_alert",
     "openai_prompt_extractor",
     "openai_response_extractor",
     "openai_token_extractor",

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from . import estimate, guard, semconv
+from . import alerts, estimate, guard, semconv
 from .budget import note_served_model
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
@@ -515,6 +515,18 @@ class CostSpanProcessor(SpanProcessor):
         )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
+        # Alert rules over the same addition (alerts.py): the events of those it made fire go on this span.
+        events.extend(
+            alerts.observe(
+                span,
+                attrs,
+                scope,
+                conversation if isinstance(conversation, str) else None,
+                tokens_in + tokens_out,
+                cost.total if cost is not None else None,
+                cost is None and self._track_costs,
+            )
+        )
         return running
 
     @staticmethod

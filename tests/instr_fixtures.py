@@ -1,14 +1,17 @@
 """The tests' fixtures: the one fake provider server, settings and a clean environment, the `pipeline` that
-configure() builds, SDK clients, and instrumentation into the span harness (tests/traced.py); plus content helpers.
+configure() builds, SDK clients, and instrumentation into the span harness (tests/traced.py: `instrumented_library`,
+`traced_fixture` for the provider test modules); plus content and assertion helpers the provider tests share.
 
 Registered in conftest's pytest_plugins, so every test module can ask for them by name.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +19,13 @@ import jsonschema
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.trace import SpanKind, StatusCode
 
-from mltrack_otel import config, guard, ledger, provider
+from mltrack_otel import config, guard, ledger, provider, semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
-from mltrack_otel.testing.fake_provider import FakeProvider
+from mltrack_otel.pricing import Pricer
+from mltrack_otel.testing.fake_provider import FakeProvider, prompt_tokens_for_texts
 from tests.traced import FAKE, Traced, attrs, by_name, one_span, spans  # noqa: F401  (test files import them here)
 
 # An OpenAI chat tool definition, for the tests that send tools.
@@ -31,6 +37,28 @@ OPENAI_WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
+# The same tool as gen_ai.tool.definitions records it.
+WEATHER_TOOL_DEFINITION = {"type": "function", **OPENAI_WEATHER_TOOL["function"]}
+
+# The chat the OpenAI-shaped provider tests send (Groq, Ollama, Mistral), and its prompt tokens by the fake's formula.
+MESSAGES = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "Tell me about spans please"},
+]
+PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
+
+STREAM_CHUNKS = 30  # FakeProvider()'s default stream_chunks: deltas (output tokens) of an answer
+FILLER = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
+
+
+def echo_text(user_text: str, n: int = STREAM_CHUNKS) -> str:
+    """The fake's documented answer: "Echo:", the first 8 words of the user text (without ``[[scenario:...]]``
+    tokens), then lorem-ipsum filler: n words in all."""
+    words = [w for w in user_text.split() if not (w.startswith("[[scenario:") and w.endswith("]]"))]
+    seq = ["Echo:", *words[:8]]
+    seq += [FILLER[i % len(FILLER)] for i in range(n - len(seq))]
+    return " ".join(seq[:n])
+
 
 SCHEMAS = Path(__file__).parent / "schemas"
 _SCHEMA_FILES = {
@@ -78,12 +106,6 @@ def fake() -> Iterator[FakeProvider]:
     real SDKs at its `*_base_url`; it is shared, so call `.clear()` before asserting on `.requests`."""
     with FakeProvider() as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def fake_provider(fake: FakeProvider) -> FakeProvider:
-    """The same server under its older name."""
-    return fake
 
 
 @pytest.fixture
@@ -162,6 +184,51 @@ def instrumented(fake: FakeProvider, settings: config.Settings, harness: Traced)
     uninstrument(["openai", "anthropic"])
 
 
+@contextmanager
+def instrumented_library(*libraries: str, cost: bool = True, pricer: Pricer | None = None) -> Iterator[Traced]:
+    """`libraries` instrumented into a fresh Traced harness (`cost`, `pricer`: see Traced), the guard and the
+    process ledger reset first; uninstrumented after. The harness stays open: its spans can be read after the
+    block, and a stream the test dropped may still end into it."""
+    guard.reset()
+    ledger.LEDGER.reset()
+    traced = Traced(cost=cost, pricer=pricer)
+    assert instrument(libraries, tracer_provider=traced.provider) == list(libraries)
+    try:
+        yield traced
+    finally:
+        uninstrument(libraries)
+
+
+def traced_fixture(*libraries: str, cost: bool = True, local: bool = False) -> Callable[..., Iterator[Traced]]:
+    """A provider test module's fixture (`traced = traced_fixture("groq")`): the fake cleared, default settings,
+    `libraries` instrumented into a Traced harness whose CostSpanProcessor prices the fake as the cloud. `local`:
+    the fake on 127.0.0.1 is NOT declared a cloud host (a local server, e.g. Ollama): priced by a plain Pricer()."""
+
+    @pytest.fixture
+    def fixture(fake: FakeProvider, settings: config.Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Traced]:
+        if local:
+            monkeypatch.delenv("MLTRACK_CLOUD_HOSTS", raising=False)
+        fake.clear()
+        with instrumented_library(*libraries, cost=cost, pricer=Pricer() if local else None) as traced:
+            yield traced
+
+    return fixture
+
+
+@contextmanager
+def token_budget(limit: int, spent: int = 0) -> Iterator[ledger.Ledger]:
+    """The process ledger under a hard `limit` of tokens, `spent` of them already counted; limits and totals
+    reset after."""
+    ledger.LEDGER.limits = ledger.Limits(token_budget=limit)
+    try:
+        if spent:
+            ledger.LEDGER.add(1, None, None, spent, 0, None)
+        yield ledger.LEDGER
+    finally:
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.reset()
+
+
 @pytest.fixture
 def priced(fake: FakeProvider, settings: config.Settings) -> Iterator[InMemorySpanExporter]:
     """OpenAI and Anthropic instrumented into the harness, its CostSpanProcessor counting into the process ledger
@@ -209,6 +276,66 @@ def aant(fake: FakeProvider) -> Any:
     import anthropic
 
     return anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
+
+
+def abandon_stream(open_stream: Callable[[], Any], reads: int = 1) -> None:
+    """Open a stream, read `reads` items and drop it unclosed; then collect garbage and wait for the deferred work
+    (an abandoned stream's span may be ended off the collector, by the guard's finalizer worker)."""
+    stream = open_stream()
+    for _ in range(reads):
+        next(iter(stream))
+    del stream
+    gc.collect()
+    guard.drain_deferred()
+
+
+def model_call_attrs(span: Any, operation: str, provider: str, model: str) -> dict[str, Any]:
+    """Assert `span` is a successful model call's ("<operation> <model>", CLIENT, status unset, with those
+    gen_ai.operation.name, gen_ai.provider.name and gen_ai.request.model); return its attributes."""
+    a = attrs(span)
+    assert span.name == f"{operation} {model}" and span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.UNSET
+    assert a[gen_ai.GEN_AI_OPERATION_NAME] == operation
+    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == provider
+    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == model
+    return a
+
+
+def stopped_early_attrs(span: Any) -> dict[str, Any]:
+    """Assert `span` is a stream's that stopped before its usage came (incomplete, usage estimated from what was
+    seen: input and output both counted); return its attributes."""
+    a = attrs(span)
+    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
+    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
+    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+    return a
+
+
+def output_messages(span: Any) -> list[Any]:
+    """The span's gen_ai.output.messages, validated against the convention's schema."""
+    return validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
+
+
+def output_message(span: Any) -> dict[str, Any]:
+    """The span's one output message."""
+    (message,) = output_messages(span)
+    return message
+
+
+def output_text(span: Any) -> str:
+    """The text parts of the span's one output message, joined."""
+    return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+
+
+def tool_call_message(span: Any, call: Any) -> dict[str, Any]:
+    """Assert the span recorded an OpenAI-shaped tool `call` (the SDK's: id, function.name, function.arguments) as
+    the answer (finish reason tool_calls, one tool_call part); return the output message."""
+    assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
+    out = output_message(span)
+    assert out["finish_reason"] == "tool_call"
+    arguments = json.loads(call.function.arguments)
+    assert out["parts"] == [{"type": "tool_call", "id": call.id, "name": call.function.name, "arguments": arguments}]
+    return out
 
 
 def without_ids(model: Any) -> Any:

@@ -13,14 +13,29 @@ import httpx
 import pytest
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import DROP_AFTER, embedding, prompt_tokens_for_texts
 from mltrack_otel.testing.wire.cohere import TEMPLATE_TOKENS, relevance, search_units
-from tests.instr_fixtures import attrs, use_settings, validate_content
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
+from tests.instr_fixtures import (
+    WEATHER_TOOL_DEFINITION,
+    abandon_stream,
+    attrs,
+    echo_text,
+    instrumented_library,
+    model_call_attrs,
+    output_message,
+    output_text,
+    stopped_early_attrs,
+    token_budget,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
 from tests.traced import Traced
 
 MODEL = "command-r-08-2024"
@@ -28,14 +43,6 @@ EMBED_MODEL = "embed-v4.0"
 RERANK_MODEL = "rerank-v3.5"
 PROMPT = "Tell me about spans please"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 ARGUMENTS = json.dumps({"city": "example"})  # the fake's example object for the tool's schema
 
 
@@ -45,14 +52,6 @@ def scenario(name: str) -> dict:
 
 def prompt_tokens(messages: list[dict]) -> int:
     return prompt_tokens_for_texts([m["content"] for m in messages])
-
-
-def echo(prompt: str, n: int) -> str:
-    """The fake's documented answer: "Echo:" + the first words of the prompt, lorem-ipsum filler up to n words."""
-    filler = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit"]
-    words = ["Echo:", *prompt.split()[:8]]
-    words += [filler[i % len(filler)] for i in range(max(0, n - len(words)))]
-    return " ".join(words[:n])
 
 
 def client(cls: type, fake) -> object:
@@ -81,7 +80,7 @@ class TestWire:
     def test_chat(self, co, fake):
         response = co.chat(model=MODEL, messages=MESSAGES)
         assert response.finish_reason == "COMPLETE"
-        assert response.message.content[0].text == echo(PROMPT, fake.stream_chunks)
+        assert response.message.content[0].text == echo_text(PROMPT, fake.stream_chunks)
         billed, tokens = response.usage.billed_units, response.usage.tokens
         assert billed.input_tokens == prompt_tokens(MESSAGES)
         assert billed.output_tokens == tokens.output_tokens == fake.stream_chunks
@@ -112,7 +111,7 @@ class TestWire:
     def test_max_tokens(self, co):
         response = co.chat(model=MODEL, messages=MESSAGES, max_tokens=3)
         assert response.finish_reason == "MAX_TOKENS"
-        assert response.message.content[0].text == echo(PROMPT, 3)
+        assert response.message.content[0].text == echo_text(PROMPT, 3)
         assert response.usage.billed_units.output_tokens == 3
 
     def test_cache_read(self, co):
@@ -125,7 +124,7 @@ class TestWire:
         n = fake.stream_chunks
         assert types == ["message-start", "content-start", *["content-delta"] * n, "content-end", "message-end"]
         text = "".join(e.delta.message.content.text for e in events if e.type == "content-delta")
-        assert text == echo(PROMPT, n)
+        assert text == echo_text(PROMPT, n)
         end = events[-1].delta
         assert end.finish_reason == "COMPLETE"
         assert end.usage.billed_units.input_tokens == prompt_tokens(MESSAGES)
@@ -221,7 +220,7 @@ class TestWire:
 
     async def test_async(self, aco, fake):
         response = await aco.chat(model=MODEL, messages=MESSAGES)
-        assert response.message.content[0].text == echo(PROMPT, fake.stream_chunks)
+        assert response.message.content[0].text == echo_text(PROMPT, fake.stream_chunks)
         types = [e.type async for e in aco.chat_stream(model=MODEL, messages=MESSAGES)]
         assert types[0] == "message-start" and types[-1] == "message-end"
         ranked = await aco.rerank(model=RERANK_MODEL, query="q", documents=["q", "r"])
@@ -233,30 +232,12 @@ class TestWire:
 # --- the instrumentor ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def traced(fake, settings):
-    """cohere instrumented into a TracerProvider whose CostSpanProcessor prices every span."""
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    recorder = Traced()
-    instrument(["cohere"], tracer_provider=recorder.provider)
-    yield recorder
-    uninstrument(["cohere"])
+traced = traced_fixture("cohere")
 
 
 def price(model: str, tokens_in: int, tokens_out: int, cache_read: int = 0) -> float:
     usage = genai_prices.Usage(input_tokens=tokens_in, output_tokens=tokens_out, cache_read_tokens=cache_read)
     return float(genai_prices.calc_price(usage, model_ref=model, provider_id="cohere").total_price)
-
-
-def output(span) -> dict:
-    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-    return message
-
-
-def output_text(span) -> str:
-    return "".join(p["content"] for p in output(span)["parts"] if p["type"] == "text")
 
 
 def assert_billed_and_priced(a: dict, model: str, tokens_in: int, tokens_out: int) -> None:
@@ -273,12 +254,7 @@ class TestChat:
             model=MODEL, messages=MESSAGES, max_tokens=300, temperature=0.5, p=0.9, k=40, seed=7, stop_sequences=["X"]
         )
         span = traced.one()
-        a = attrs(span)
-        assert span.name == f"chat {MODEL}"
-        assert span.kind is SpanKind.CLIENT
-        assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "cohere"
-        assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-        assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+        a = model_call_attrs(span, "chat", "cohere", MODEL)
         assert gen_ai.GEN_AI_RESPONSE_MODEL not in a  # Cohere's responses name no model
         assert a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 300
         assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
@@ -296,7 +272,7 @@ class TestChat:
             {"role": "user", "parts": [{"type": "text", "content": PROMPT}]},
         ]
         assert output_text(span) == response.message.content[0].text
-        assert output(span)["finish_reason"] == "stop"
+        assert output_message(span)["finish_reason"] == "stop"
 
     async def test_chat_async(self, traced, aco, fake):
         response = await aco.chat(model=MODEL, messages=MESSAGES)
@@ -315,20 +291,13 @@ class TestChat:
         span = traced.one()
         a = attrs(span)
         assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("TOOL_CALL",)
-        message = output(span)
+        message = output_message(span)
         assert message["finish_reason"] == "tool_call"
         assert message["parts"] == [
             {"type": "reasoning", "content": "Calling get_weather."},
             {"type": "tool_call", "id": call.id, "name": "get_weather", "arguments": json.loads(ARGUMENTS)},
         ]
-        assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [
-            {
-                "type": "function",
-                "name": "get_weather",
-                "description": "Weather for a city",
-                "parameters": WEATHER_TOOL["function"]["parameters"],
-            }
-        ]
+        assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [WEATHER_TOOL_DEFINITION]
         traced.exporter.clear()
         history = [
             *MESSAGES,
@@ -359,7 +328,7 @@ class TestChat:
         co.chat(model=MODEL, messages=MESSAGES, max_tokens=3)
         span = traced.one()
         assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("MAX_TOKENS",)
-        assert output(span)["finish_reason"] == "length"
+        assert output_message(span)["finish_reason"] == "length"
         assert_billed_and_priced(attrs(span), MODEL, prompt_tokens(MESSAGES), 3)
 
     def test_cache_read(self, traced, co, fake):
@@ -430,8 +399,8 @@ class TestStream:
         assert a[gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] > 0
         assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
         assert semconv.MLTRACK_USAGE_SOURCE not in a or a[semconv.MLTRACK_USAGE_SOURCE] == "provider"
-        assert output_text(span) == echo(PROMPT, fake.stream_chunks)
-        assert output(span)["finish_reason"] == "stop"
+        assert output_text(span) == echo_text(PROMPT, fake.stream_chunks)
+        assert output_message(span)["finish_reason"] == "stop"
 
     async def test_async(self, traced, aco, fake):
         texts = [
@@ -447,7 +416,7 @@ class TestStream:
     def test_tool_call(self, traced, co):
         events = list(co.chat_stream(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], **scenario("tool")))
         call_id = next(e for e in events if e.type == "tool-call-start").delta.message.tool_calls.id
-        message = output(traced.one())
+        message = output_message(traced.one())
         assert message["finish_reason"] == "tool_call"
         assert message["parts"] == [
             {"type": "reasoning", "content": "Calling get_weather."},
@@ -459,8 +428,8 @@ class TestStream:
         list(co.chat_stream(model=MODEL, messages=MESSAGES, max_tokens=2))
         span = traced.one()
         assert attrs(span)[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("MAX_TOKENS",)
-        assert output(span)["finish_reason"] == "length"
-        assert output_text(span) == echo(PROMPT, 2)
+        assert output_message(span)["finish_reason"] == "length"
+        assert output_text(span) == echo_text(PROMPT, 2)
 
     def test_break_then_close(self, traced, co):
         stream = co.chat_stream(model=MODEL, messages=MESSAGES)
@@ -473,13 +442,10 @@ class TestStream:
         assert traced.spans() == []  # still open: the caller may resume
         stream.close()
         span = traced.one()
-        a = attrs(span)
-        assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
-        assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # message-end never came: estimated, still counted
-        assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+        a = stopped_early_attrs(span)  # message-end never came: estimated, still counted
         assert a[semconv.MLTRACK_USAGE_COUNTED] is True
         assert output_text(span) == "".join(texts)
-        assert output(span)["finish_reason"] == "incomplete"
+        assert output_message(span)["finish_reason"] == "incomplete"
         stream.close()
         assert len(traced.spans()) == 1  # exactly once
 
@@ -494,11 +460,7 @@ class TestStream:
         assert_billed_and_priced(a, MODEL, prompt_tokens(MESSAGES), fake.stream_chunks)
 
     def test_break_then_garbage_collection(self, traced, co):
-        stream = co.chat_stream(model=MODEL, messages=MESSAGES)
-        next(iter(stream))
-        del stream
-        gc.collect()
-        guard.drain_deferred()  # the span may be ended off the collector, by the finalizer worker
+        abandon_stream(lambda: co.chat_stream(model=MODEL, messages=MESSAGES))
         assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
     async def test_async_break_then_close(self, traced, aco):
@@ -517,8 +479,8 @@ class TestStream:
         assert a[error_attributes.ERROR_TYPE] == "ERROR"
         assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("ERROR",)
         assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # the failed message-end carries no usage
-        assert output(span)["finish_reason"] == "error"
-        assert output_text(span) == echo(PROMPT, DROP_AFTER)
+        assert output_message(span)["finish_reason"] == "error"
+        assert output_text(span) == echo_text(PROMPT, DROP_AFTER)
 
     def test_dropped_connection(self, traced, co):
         received = []
@@ -532,7 +494,7 @@ class TestStream:
         assert a[error_attributes.ERROR_TYPE] == "httpx.RemoteProtocolError"
         assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
         assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"
-        assert output_text(span) == "".join(received) == echo(PROMPT, DROP_AFTER)
+        assert output_text(span) == "".join(received) == echo_text(PROMPT, DROP_AFTER)
 
     def test_http_error_on_first_iteration(self, traced, co):
         stream = co.chat_stream(model=MODEL, messages=MESSAGES, **scenario("error-429"))
@@ -601,9 +563,7 @@ class TestEmbedRerank:
 
 class TestLifecycle:
     def test_budget_refusal_before_anything_is_sent(self, traced, co, fake):
-        ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-        ledger.LEDGER.add(1, None, None, 20, 0, None)
-        try:
+        with token_budget(10, spent=20):
             with pytest.raises(BudgetExceededError):
                 co.chat(model=MODEL, messages=MESSAGES)
             with pytest.raises(BudgetExceededError):
@@ -612,9 +572,6 @@ class TestLifecycle:
                 co.embed(model=EMBED_MODEL, texts=["x"], input_type="search_query")
             with pytest.raises(BudgetExceededError):
                 co.rerank(model=RERANK_MODEL, query="q", documents=["q"])
-        finally:
-            ledger.LEDGER.limits = ledger.Limits()
-            ledger.LEDGER.reset()
         assert fake.requests == []
         assert traced.spans() == []
 
@@ -677,7 +634,7 @@ def test_langchain_cohere_counted_once(fake, settings, sdk_on):
     finally:
         uninstrument(["cohere"])
         LangChainInstrumentor().uninstrument()
-    assert result.content == echo(PROMPT, fake.stream_chunks)
+    assert result.content == echo_text(PROMPT, fake.stream_chunks)
     spans = recorder.spans()
     counted = [s for s in spans if s.attributes.get(semconv.MLTRACK_USAGE_COUNTED) is True]
     assert len(counted) == 1
@@ -726,30 +683,25 @@ def litellm_traced(fake, settings, monkeypatch):
     """LiteLLM (which calls Cohere's HTTP API itself, not through the SDK) and the cohere instrumentor, both on."""
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network if litellm is imported here first
     litellm = pytest.importorskip("litellm")
-    from mltrack_otel.instrumentation.litellm import LiteLLMInstrumentor
-
     fake.clear()
-    guard.reset()
-    recorder = Traced()
-    instrumentor = LiteLLMInstrumentor()
-    instrumentor.instrument(tracer_provider=recorder.provider)
-    instrumentor.set_tracer_provider(recorder.provider)
-    instrument(["cohere"], tracer_provider=recorder.provider)
-    yield (
-        recorder,
-        lambda: litellm.completion(
-            model=f"cohere_chat/{MODEL}", messages=MESSAGES, api_base=fake.url + "/v2/chat", api_key="co", num_retries=0
-        ),
-    )
-    uninstrument(["cohere"])
-    instrumentor.uninstrument()
+    with instrumented_library("litellm", "cohere") as recorder:
+        yield (
+            recorder,
+            lambda: litellm.completion(
+                model=f"cohere_chat/{MODEL}",
+                messages=MESSAGES,
+                api_base=fake.url + "/v2/chat",
+                api_key="co",
+                num_retries=0,
+            ),
+        )
 
 
 @pytest.mark.frameworks
 def test_litellm_cohere_counted_once(litellm_traced, fake):
     recorder, complete = litellm_traced
     response = complete()
-    assert response.choices[0].message.content == echo(PROMPT, fake.stream_chunks)
+    assert response.choices[0].message.content == echo_text(PROMPT, fake.stream_chunks)
     assert fake.requests[-1].path == "/v2/chat"
     (span,) = recorder.spans()  # LiteLLM's own: the cohere SDK is not in the path
     a = attrs(span)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from typing import Any
 
 import genai_prices
 import pytest
@@ -24,17 +21,28 @@ from google.genai import models as google_models
 from google.oauth2 import credentials as oauth2
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import google_genai, instrument, uninstrument
-from mltrack_otel.testing.fake_provider import FILLER, FakeProvider
+from mltrack_otel.testing.fake_provider import FakeProvider
 from mltrack_otel.testing.wire.gemini import MODEL_VERSIONS, THOUGHT_SUMMARY, TOOL_USE_PROMPT_TOKENS
-from tests.instr_fixtures import attrs, use_settings, validate_content
+from tests.instr_fixtures import STREAM_CHUNKS as CHUNKS
+from tests.instr_fixtures import (
+    abandon_stream,
+    attrs,
+    echo_text,
+    instrumented_library,
+    model_call_attrs,
+    output_messages,
+    token_budget,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
 from tests.traced import Traced
 
-CHUNKS = 30  # the fake's default stream_chunks: deltas per answer
 WEATHER = types.Tool(
     function_declarations=[
         types.FunctionDeclaration(
@@ -78,13 +86,6 @@ def vertex(fake: FakeProvider) -> genai.Client:
     return vertex_client(fake)
 
 
-def echo(text: str, n: int = CHUNKS) -> str:
-    """The fake's answer: "Echo:" and the first 8 words, padded with filler to n words."""
-    words = ["Echo:", *text.split()[:8]]
-    words += [FILLER[i % len(FILLER)] for i in range(n - len(words))]
-    return " ".join(words[:n])
-
-
 def prompt_tokens(*segments: str) -> int:
     return sum(3 + len(s.split()) for s in segments)
 
@@ -94,7 +95,7 @@ def prompt_tokens(*segments: str) -> int:
 
 def test_wire_generate_content(gem, fake):
     result = gem.models.generate_content(model="gemini-2.0-flash", contents="why is the sky blue")
-    assert result.text == echo("why is the sky blue")
+    assert result.text == echo_text("why is the sky blue")
     usage = result.usage_metadata
     assert usage.prompt_token_count == prompt_tokens("why is the sky blue")
     assert usage.candidates_token_count == CHUNKS
@@ -110,7 +111,7 @@ def test_wire_generate_content(gem, fake):
 
 def test_wire_stream_usage_on_the_last_event(gem, fake):
     chunks = list(gem.models.generate_content_stream(model="gemini-2.5-flash", contents="tell me more"))
-    assert "".join(c.text for c in chunks) == echo("tell me more")
+    assert "".join(c.text for c in chunks) == echo_text("tell me more")
     assert len(chunks) == CHUNKS
     assert fake.requests[-1].query == {"alt": "sse"}
     # Every Gemini API event has the prompt count; only the last has the output count and the finish reason.
@@ -126,7 +127,7 @@ def test_wire_vertex_paths_auth_and_stream_usage(vertex, fake):
     prefix = "/v1beta1/projects/test-project/locations/us-central1/publishers/google/models/"
     assert sent.path == prefix + "gemini-2.5-flash:generateContent"
     assert sent.headers["authorization"] == "Bearer test-token"
-    assert result.text == echo("hello vertex") and result.create_time is not None
+    assert result.text == echo_text("hello vertex") and result.create_time is not None
     chunks = list(vertex.models.generate_content_stream(model="gemini-2.5-flash", contents="hello vertex"))
     # Vertex's intermediate events carry only the traffic type.
     assert {c.usage_metadata.prompt_token_count for c in chunks[:-1]} == {None}
@@ -136,7 +137,7 @@ def test_wire_vertex_paths_auth_and_stream_usage(vertex, fake):
 def test_wire_vertex_express_mode_path(fake):
     fake.clear()
     client = genai.Client(vertexai=True, api_key="test-key", http_options=types.HttpOptions(base_url=fake.url))
-    assert client.models.generate_content(model="gemini-2.5-flash", contents="hi").text == echo("hi")
+    assert client.models.generate_content(model="gemini-2.5-flash", contents="hi").text == echo_text("hi")
     assert fake.requests[-1].path == "/v1beta1/publishers/google/models/gemini-2.5-flash:generateContent"
 
 
@@ -187,7 +188,7 @@ def test_wire_reasoning_cache_and_truncation(gem):
     usage = result.usage_metadata
     assert usage.cached_content_token_count == prompt_tokens("be brief")  # the prefix: all but the last segment
     assert usage.prompt_token_count == prompt_tokens("be brief", "hi [[scenario:cache-read]]")
-    assert (usage.candidates_token_count, result.text) == (3, echo("hi", 3))
+    assert (usage.candidates_token_count, result.text) == (3, echo_text("hi", 3))
     assert result.candidates[0].finish_reason == types.FinishReason.MAX_TOKENS
 
 
@@ -254,10 +255,10 @@ def test_wire_async_and_chat(fake):
         return result.text, chunks
 
     text, chunks = asyncio.run(run())
-    assert text == "".join(chunks) == echo("async hello")
+    assert text == "".join(chunks) == echo_text("async hello")
     chat = client.chats.create(model="gemini-2.5-flash")
-    assert chat.send_message("first turn").text == echo("first turn")
-    assert chat.send_message("second turn").text == echo("second turn")
+    assert chat.send_message("first turn").text == echo_text("first turn")
+    assert chat.send_message("second turn").text == echo_text("second turn")
     history = fake.requests[-1].json["contents"]
     assert [c["role"] for c in history] == ["user", "model", "user"]
 
@@ -268,16 +269,7 @@ MODEL = "gemini-2.5-flash"
 PROMPT = "why is the sky blue"
 
 
-@pytest.fixture
-def traced(fake: FakeProvider, settings) -> Iterator[Traced]:
-    """google-genai instrumented into a TracerProvider with the CostSpanProcessor (spans carry their price)."""
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    found = Traced()
-    instrument(["google_genai"], tracer_provider=found.provider)
-    yield found
-    uninstrument(["google_genai"])
+traced = traced_fixture("google_genai")  # spans carry their price
 
 
 def price(model: str, **tokens: int) -> float:
@@ -287,21 +279,11 @@ def price(model: str, **tokens: int) -> float:
     )
 
 
-def output_messages(span: Any) -> list[Any]:
-    return validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-
-
 def test_generate_content(traced, gem, fake):
     result = gem.models.generate_content(model="gemini-2.0-flash", contents=PROMPT, config={"temperature": 0.5})
     span = traced.one()
-    a = attrs(span)
-    assert span.name == "generate_content gemini-2.0-flash" and span.kind is SpanKind.CLIENT
-    assert a[gen_ai.GEN_AI_OPERATION_NAME] == "generate_content"
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "gcp.gemini"
-    assert (a[gen_ai.GEN_AI_REQUEST_MODEL], a[gen_ai.GEN_AI_RESPONSE_MODEL]) == (
-        "gemini-2.0-flash",
-        "gemini-2.0-flash-001",
-    )
+    a = model_call_attrs(span, "generate_content", "gcp.gemini", "gemini-2.0-flash")
+    assert a[gen_ai.GEN_AI_RESPONSE_MODEL] == "gemini-2.0-flash-001"
     assert a[gen_ai.GEN_AI_RESPONSE_ID] == result.response_id
     assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
     assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.5
@@ -328,7 +310,7 @@ async def test_generate_content_async(traced, gem):
 
 def test_stream(traced, gem):
     chunks = list(gem.models.generate_content_stream(model=MODEL, contents=PROMPT))
-    assert "".join(c.text for c in chunks) == echo(PROMPT)  # the caller's items are unchanged
+    assert "".join(c.text for c in chunks) == echo_text(PROMPT)  # the caller's items are unchanged
     span = traced.one()
     a = attrs(span)
     assert a[semconv.MLTRACK_STREAM_COMPLETE] is True and a[gen_ai.GEN_AI_REQUEST_STREAM] is True
@@ -338,14 +320,14 @@ def test_stream(traced, gem):
     )
     assert semconv.MLTRACK_USAGE_SOURCE not in a or a[semconv.MLTRACK_USAGE_SOURCE] == "provider"
     assert a[gen_ai.GEN_AI_RESPONSE_ID] == chunks[0].response_id
-    assert output_messages(span)[0]["parts"] == [{"type": "text", "content": echo(PROMPT)}]
+    assert output_messages(span)[0]["parts"] == [{"type": "text", "content": echo_text(PROMPT)}]
     assert gen_ai.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK in a
 
 
 async def test_stream_async(traced, gem):
     stream = await gem.aio.models.generate_content_stream(model=MODEL, contents=PROMPT)
     texts = [c.text async for c in stream]
-    assert "".join(texts) == echo(PROMPT)
+    assert "".join(texts) == echo_text(PROMPT)
     a = attrs(traced.one())
     assert a[semconv.MLTRACK_STREAM_COMPLETE] is True and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == CHUNKS
 
@@ -355,13 +337,13 @@ def test_chat_turn_is_one_span(traced, gem):
     chat.send_message("first turn")
     chat.send_message("second turn")
     texts = [c.text for c in chat.send_message_stream("third turn")]
-    assert "".join(texts) == echo("third turn")
+    assert "".join(texts) == echo_text("third turn")
     found = traced.spans()
     assert [s.name for s in found] == [f"generate_content {MODEL}"] * 3
     last = attrs(found[-1])
     # the history is sent again on every turn, so it is counted and recorded as the input of each turn
     assert last[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens(
-        "be brief", "first turn", echo("first turn"), "second turn", echo("second turn"), "third turn"
+        "be brief", "first turn", echo_text("first turn"), "second turn", echo_text("second turn"), "third turn"
     )
     roles = [m["role"] for m in validate_content("input", last[gen_ai.GEN_AI_INPUT_MESSAGES])]
     assert roles == ["user", "assistant", "user", "assistant", "user"]
@@ -374,7 +356,7 @@ async def test_async_chat(traced, gem):
     chat = gem.aio.chats.create(model=MODEL)
     await chat.send_message("first turn")
     texts = [c.text async for c in await chat.send_message_stream("second turn")]
-    assert "".join(texts) == echo("second turn")
+    assert "".join(texts) == echo_text("second turn")
     assert len(traced.spans()) == 2
 
 
@@ -406,7 +388,7 @@ def test_automatic_function_calling_counts_every_request(traced, gem):
 
     config = types.GenerateContentConfig(tools=[get_weather])
     result = gem.models.generate_content(model=MODEL, contents="weather [[scenario:tool]]", config=config)
-    assert result.text == echo("weather")
+    assert result.text == echo_text("weather")
     first, second = traced.spans()
     assert output_messages(first)[0]["parts"][0]["name"] == "get_weather"
     roles = [m["role"] for m in validate_content("input", attrs(second)[gen_ai.GEN_AI_INPUT_MESSAGES])]
@@ -665,11 +647,7 @@ def test_stream_break_then_close(traced, gem):
 
 
 def test_stream_break_then_garbage_collection(traced, gem):
-    stream = gem.models.generate_content_stream(model=MODEL, contents=PROMPT)
-    next(iter(stream))
-    del stream
-    gc.collect()
-    guard.drain_deferred()
+    abandon_stream(lambda: gem.models.generate_content_stream(model=MODEL, contents=PROMPT))
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
@@ -725,25 +703,20 @@ def test_capture_off(traced, gem):
 
 
 def test_budget_refused_before_sending(traced, gem, fake):
-    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-    ledger.LEDGER.add(1, None, None, 20, 0, None)
-    try:
+    with token_budget(10, spent=20):
         with pytest.raises(BudgetExceededError):
             gem.models.generate_content(model=MODEL, contents=PROMPT)
         with pytest.raises(BudgetExceededError):
             list(gem.models.generate_content_stream(model=MODEL, contents=PROMPT))
         with pytest.raises(BudgetExceededError):
             gem.chats.create(model=MODEL).send_message(PROMPT)
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert fake.requests == []  # nothing reached the provider
     assert traced.spans() == []
 
 
 def test_tracking_disabled_records_nothing(traced, gem):
     use_settings(llm_tracking_enabled=False)
-    assert gem.models.generate_content(model=MODEL, contents=PROMPT).text == echo(PROMPT)
+    assert gem.models.generate_content(model=MODEL, contents=PROMPT).text == echo_text(PROMPT)
     assert traced.spans() == []
 
 
@@ -786,21 +759,12 @@ def test_instrument_detects_google_genai_on_import():
 def test_langchain_google_genai_call_is_counted_once(fake, settings):
     """LangChain's chat span over google-genai's: both record the call, the cost pipeline counts it once."""
     chat_models = pytest.importorskip("langchain_google_genai")
-    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-
     fake.clear()
-    found = Traced()
-    langchain = LangChainInstrumentor()
-    langchain.instrument(tracer_provider=found.provider)
-    instrument(["google_genai"], tracer_provider=found.provider)
-    try:
+    with instrumented_library("google_genai", "langchain") as found:
         model = chat_models.ChatGoogleGenerativeAI(model=MODEL, google_api_key="test-key", base_url=fake.url)
         message = model.invoke(PROMPT)
         chunks = list(model.stream(PROMPT))
-    finally:
-        uninstrument(["google_genai"])
-        langchain.uninstrument()
-    assert message.content == "".join(c.content for c in chunks) == echo(PROMPT)
+    assert message.content == "".join(c.content for c in chunks) == echo_text(PROMPT)
     assert len(fake.requests) == 2
     by_id = {s.context.span_id: s for s in found.spans()}
     sdk = [s for s in found.spans() if s.instrumentation_scope.name.endswith("google.genai")]

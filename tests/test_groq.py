@@ -3,7 +3,6 @@ declaration on the Stainless core."""
 
 from __future__ import annotations
 
-import gc
 import json
 
 import genai_prices
@@ -11,24 +10,32 @@ import groq
 import pytest
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import openai as oi
 from mltrack_otel.instrumentation.groq import GroqInstrumentor
 from mltrack_otel.testing.fake_provider import prompt_tokens_for_texts
+from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
+    abandon_stream,
+    attrs,
+    model_call_attrs,
+    output_message,
+    output_text,
+    stopped_early_attrs,
+    token_budget,
+    tool_call_message,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
-from tests.instr_fixtures import attrs, use_settings, validate_content
-from tests.traced import Traced
 
 MODEL = "llama-3.1-8b-instant"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
 
 
 def scenario(name: str) -> dict:
@@ -80,25 +87,7 @@ def test_wire_errors_are_openai_shaped(client):
 # --- the instrumentor ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def traced(fake, settings):
-    """groq instrumented into a TracerProvider whose CostSpanProcessor prices the fake as Groq's cloud."""
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    t = Traced()
-    instrument(["groq"], tracer_provider=t.provider)
-    yield t
-    uninstrument(["groq"])
-
-
-def output_message(span) -> dict:
-    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-    return message
-
-
-def output_text(span) -> str:
-    return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+traced = traced_fixture("groq")  # the fake priced as Groq's cloud
 
 
 def expected_cost(input_tokens: int, output_tokens: int) -> float:
@@ -109,12 +98,7 @@ def expected_cost(input_tokens: int, output_tokens: int) -> float:
 def test_chat_create(traced, client, fake):
     response = client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0.2, max_tokens=200, seed=7)
     span = traced.one()
-    a = attrs(span)
-    assert span.name == f"chat {MODEL}" and span.kind is SpanKind.CLIENT
-    assert span.status.status_code is StatusCode.UNSET
-    assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "groq"
-    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+    a = model_call_attrs(span, "chat", "groq", MODEL)
     assert (a[gen_ai.GEN_AI_REQUEST_TEMPERATURE], a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS]) == (0.2, 200)
     assert a[gen_ai.GEN_AI_REQUEST_SEED] == 7
     assert a[gen_ai.GEN_AI_RESPONSE_ID] == response.id
@@ -189,21 +173,14 @@ def test_stream_break_then_close_ends_once_with_an_estimate(traced, client):
     assert traced.spans() == []  # still open: the caller may resume
     stream.close()
     span = traced.one()
-    a = attrs(span)
-    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
-    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # stopped before the x_groq usage
-    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+    stopped_early_attrs(span)  # stopped before the x_groq usage
     assert output_message(span)["finish_reason"] == "incomplete"
     stream.close()
     assert len(traced.spans()) == 1  # exactly once
 
 
 def test_stream_break_then_garbage_collection(traced, client):
-    stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-    next(iter(stream))
-    del stream
-    gc.collect()
-    guard.drain_deferred()
+    abandon_stream(lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
@@ -233,13 +210,9 @@ def test_stream_failing_midway(traced, client, name):
 def test_tool_call(traced, client):
     response = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], **scenario("tool"))
     call = response.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    tool_call_message(traced.one(), call)
     a = attrs(traced.one())
-    assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
-    out = output_message(traced.one())
-    assert out["finish_reason"] == "tool_call"
-    assert out["parts"] == [
-        {"type": "tool_call", "id": call.id, "name": "get_weather", "arguments": json.loads(call.function.arguments)}
-    ]
     assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS])[0]["name"] == "get_weather"
 
 
@@ -304,16 +277,11 @@ async def test_http_error_async(traced, aclient):
 
 
 def test_budget_exceeded_raises_before_sending(traced, client, fake):
-    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-    ledger.LEDGER.add(1, None, None, 20, 0, None)
-    try:
+    with token_budget(10, spent=20):
         with pytest.raises(BudgetExceededError):
             client.chat.completions.create(model=MODEL, messages=MESSAGES)
         with pytest.raises(BudgetExceededError):
             client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert fake.requests == []  # nothing reached the provider
     assert traced.spans() == []
 

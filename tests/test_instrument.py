@@ -231,3 +231,16 @@ def test_base_instrumentor_is_used_when_available():
         assert _base.InstrumentorBase is _base._DuckInstrumentor
         pytest.skip("opentelemetry-instrumentation is not installed: duck-typed base in use")
     assert issubclass(OpenAIInstrumentor, BaseInstrumentor)
+
+
+def test_a_library_whose_instrumentor_fails_is_not_reported_instrumented(monkeypatch, caplog):
+    import openai  # noqa: F401  (imported: instrumented at once, so the failure is known now)
+
+    from mltrack_otel import instrumentation
+
+    broken = instrumentation.Library("openai", "mltrack_otel.instrumentation.openai:NoSuchInstrumentor")
+    monkeypatch.setitem(instrumentation.LIBRARIES, "openai", broken)
+    with caplog.at_level("WARNING", logger="mltrack_otel"):
+        assert instrumentation.instrument(["openai"]) == []
+    assert "could not instrument openai" in caplog.text
+    assert instrumentation.uninstrument(["openai"]) == []  # nothing was armed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from typing import Any
 
@@ -10,32 +9,36 @@ import genai_prices
 import pytest
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.testing.fake_provider import DROP_AFTER, FakeProvider, prompt_tokens_for_texts
-from tests.instr_fixtures import attrs, one_span, spans, use_settings, validate_content
-from tests.traced import Traced
+from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
+    WEATHER_TOOL_DEFINITION,
+    abandon_stream,
+    attrs,
+    instrumented_library,
+    model_call_attrs,
+    output_message,
+    output_text,
+    spans,
+    stopped_early_attrs,
+    token_budget,
+    tool_call_message,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
+from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL
 
 mistral_client = pytest.importorskip("mistralai.client")
 from mistralai.client import Mistral, errors  # noqa: E402
 
 MODEL = "mistral-small-latest"
 EMBED = "mistral-embed"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])  # the fake's documented formula
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def ask(text: str) -> list[dict[str, Any]]:
@@ -169,37 +172,15 @@ def test_fake_wire_header_selects_mistral_for_other_clients(fake):
 # --- the instrumentor ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def traced(fake, settings, tracer_provider, exporter):
-    """mistralai instrumented into the test's TracerProvider; yields its exporter."""
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    assert "mistralai" in instrument(["mistralai"], tracer_provider=tracer_provider)
-    yield exporter
-    uninstrument(["mistralai"])
-
-
-def output_message(span) -> dict[str, Any]:
-    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-    return message
-
-
-def output_text(span) -> str:
-    return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+traced = traced_fixture("mistralai", cost=False)  # what the instrumentation alone records
 
 
 def test_chat_complete(traced, mis, fake):
     response = mis.chat.complete(
         model=MODEL, messages=MESSAGES, temperature=0.2, top_p=0.9, max_tokens=200, random_seed=7, stop=["\n\n"]
     )
-    span = one_span(traced)
-    a = attrs(span)
-    assert span.name == f"chat {MODEL}" and span.kind is SpanKind.CLIENT
-    assert span.status.status_code is StatusCode.UNSET
-    assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "mistral_ai"
-    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+    span = traced.one()
+    a = model_call_attrs(span, "chat", "mistral_ai", MODEL)
     assert (a[gen_ai.GEN_AI_REQUEST_TEMPERATURE], a[gen_ai.GEN_AI_REQUEST_TOP_P]) == (0.2, 0.9)
     assert (a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS], a[gen_ai.GEN_AI_REQUEST_SEED]) == (200, 7)
     assert a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("\n\n",)
@@ -223,35 +204,24 @@ def test_chat_complete(traced, mis, fake):
 
 async def test_chat_complete_async(traced, mis):
     response = await mis.chat.complete_async(model=MODEL, messages=MESSAGES)
-    a = attrs(one_span(traced))
+    a = attrs(traced.one())
     assert a[gen_ai.GEN_AI_RESPONSE_ID] == response.id
     assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == PROMPT_TOKENS
-    assert output_text(one_span(traced)) == response.choices[0].message.content
+    assert output_text(traced.one()) == response.choices[0].message.content
 
 
 def test_tool_call_then_tool_result(traced, mis):
     first = mis.chat.complete(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], tool_choice="any")
     (call,) = first.choices[0].message.tool_calls
-    a = attrs(one_span(traced))
-    assert a[gen_ai.GEN_AI_RESPONSE_FINISH_REASONS] == ("tool_calls",)
-    out = output_message(one_span(traced))
-    assert out["finish_reason"] == "tool_call"
-    assert out["parts"] == [
-        {"type": "tool_call", "id": call.id, "name": "get_weather", "arguments": json.loads(call.function.arguments)}
-    ]
-    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [
-        {
-            "type": "function",
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": WEATHER_TOOL["function"]["parameters"],
-        }
-    ]
-    traced.clear()
+    assert call.function.name == "get_weather"
+    out = tool_call_message(traced.one(), call)
+    a = attrs(traced.one())
+    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [WEATHER_TOOL_DEFINITION]
+    traced.exporter.clear()
     tool_result = {"role": "tool", "tool_call_id": call.id, "name": "get_weather", "content": "21C sunny"}
     history = [*MESSAGES, first.choices[0].message, tool_result]  # the SDK's own message model, as users pass it
     mis.chat.complete(model=MODEL, messages=history, tools=[WEATHER_TOOL])
-    inputs = validate_content("input", attrs(one_span(traced))[gen_ai.GEN_AI_INPUT_MESSAGES])
+    inputs = validate_content("input", attrs(traced.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
     assert [m["role"] for m in inputs] == ["system", "user", "assistant", "tool"]
     assert inputs[2]["parts"] == out["parts"]
     assert inputs[3]["parts"] == [{"type": "tool_call_response", "id": call.id, "response": "21C sunny"}]
@@ -266,7 +236,7 @@ def test_chat_parse_is_one_complete_call(traced, mis):
 
     parsed = mis.chat.parse(Answer, model=MODEL, messages=MESSAGES)
     assert parsed.choices[0].message.parsed == Answer(city="example", degrees=1)
-    span = one_span(traced)
+    span = traced.one()
     assert attrs(span)[gen_ai.GEN_AI_OUTPUT_TYPE] == "json"
     assert json.loads(output_text(span)) == {"city": "example", "degrees": 1}
 
@@ -278,7 +248,7 @@ def test_content_chunks_and_images(traced, mis):
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ]
     mis.chat.complete(model=MODEL, messages=[{"role": "user", "content": content}])
-    (message,) = validate_content("input", attrs(one_span(traced))[gen_ai.GEN_AI_INPUT_MESSAGES])
+    (message,) = validate_content("input", attrs(traced.one())[gen_ai.GEN_AI_INPUT_MESSAGES])
     assert message["parts"] == [
         {"type": "text", "content": "what is this"},
         {"type": "blob", "modality": "image", "content": "iVBORw0KGgo=", "mime_type": "image/png"},
@@ -288,7 +258,7 @@ def test_content_chunks_and_images(traced, mis):
 
 def test_cached_prompt_tokens(traced, mis):
     mis.chat.complete(model=MODEL, messages=MESSAGES, **scenario("cache-read"))
-    a = attrs(one_span(traced))
+    a = attrs(traced.one())
     assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == PROMPT_TOKENS  # cached tokens are part of the prompt tokens
     assert a[gen_ai.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] == prompt_tokens_for_texts([MESSAGES[0]["content"]])
 
@@ -297,7 +267,7 @@ def test_capture_off(traced, mis):
     use_settings(llm_log_prompts=False, llm_log_responses=False)
     mis.chat.complete(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL])
     list(mis.chat.stream(model=MODEL, messages=MESSAGES))
-    for span in spans(traced):
+    for span in traced.spans():
         a = attrs(span)
         for key in (gen_ai.GEN_AI_INPUT_MESSAGES, gen_ai.GEN_AI_OUTPUT_MESSAGES, gen_ai.GEN_AI_TOOL_DEFINITIONS):
             assert key not in a
@@ -307,7 +277,7 @@ def test_capture_off(traced, mis):
 def test_tracking_disabled_records_nothing(traced, mis):
     use_settings(llm_tracking_enabled=False)
     assert mis.chat.complete(model=MODEL, messages=MESSAGES).choices[0].message.content
-    assert spans(traced) == []
+    assert traced.spans() == []
 
 
 # --- streams ------------------------------------------------------------------------------------------------------
@@ -323,7 +293,7 @@ def test_stream_is_the_sdks_event_stream_and_records_the_last_chunks_usage(trace
     with mis.chat.stream(model=MODEL, messages=MESSAGES) as stream:
         assert isinstance(stream, EventStream)
         seen = list(stream)
-    span = one_span(traced)
+    span = traced.one()
     a = attrs(span)
     uninstrument(["mistralai"])
     with mis.chat.stream(model=MODEL, messages=MESSAGES) as stream:
@@ -348,7 +318,7 @@ async def test_stream_async(traced, mis, fake):
     assert isinstance(stream, EventStreamAsync)
     async with stream:
         text = "".join([e.data.choices[0].delta.content or "" async for e in stream])
-    span = one_span(traced)
+    span = traced.one()
     assert attrs(span)[semconv.MLTRACK_STREAM_COMPLETE] is True
     assert attrs(span)[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == fake.stream_chunks
     assert output_text(span) == text
@@ -357,20 +327,11 @@ async def test_stream_async(traced, mis, fake):
 def test_stream_tool_call(traced, mis):
     events = list(mis.chat.stream(model=MODEL, messages=MESSAGES, tools=[WEATHER_TOOL], tool_choice="any"))
     (call,) = [c for e in events for c in (e.data.choices[0].delta.tool_calls or [])]
-    out = output_message(one_span(traced))
+    out = output_message(traced.one())
     assert out["finish_reason"] == "tool_call"
     assert out["parts"] == [
         {"type": "tool_call", "id": call.id, "name": "get_weather", "arguments": json.loads(call.function.arguments)}
     ]
-
-
-def _assert_stopped_early(exporter) -> dict[str, Any]:
-    span = one_span(exporter)
-    a = attrs(span)
-    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
-    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # no usage chunk came: still counted
-    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
-    return a
 
 
 def test_stream_break_then_close_ends_once(traced, mis):
@@ -378,20 +339,20 @@ def test_stream_break_then_close_ends_once(traced, mis):
     for i, _event in enumerate(stream):
         if i == 3:
             break
-    assert spans(traced) == []  # the caller may still resume
+    assert traced.spans() == []  # the caller may still resume
     stream.close()
-    _assert_stopped_early(traced)
-    assert output_text(one_span(traced)).startswith("Echo:")
+    stopped_early_attrs(traced.one())
+    assert output_text(traced.one()).startswith("Echo:")
     stream.close()
-    assert len(spans(traced)) == 1
+    assert len(traced.spans()) == 1
 
 
 def test_stream_context_exit_before_the_end(traced, mis):
     with mis.chat.stream(model=MODEL, messages=MESSAGES) as stream:
         next(iter(stream))
         next(iter(stream))
-    _assert_stopped_early(traced)
-    assert output_message(one_span(traced))["finish_reason"] == "incomplete"
+    stopped_early_attrs(traced.one())
+    assert output_message(traced.one())["finish_reason"] == "incomplete"
 
 
 def test_stream_closed_at_the_finish_reason_is_complete(traced, mis, fake):
@@ -399,26 +360,21 @@ def test_stream_closed_at_the_finish_reason_is_complete(traced, mis, fake):
         for event in stream:
             if event.data.choices[0].finish_reason is not None:  # a common way to stop: before [DONE]
                 break
-    a = attrs(one_span(traced))
+    a = attrs(traced.one())
     assert a[semconv.MLTRACK_STREAM_COMPLETE] is True
     assert a.get(semconv.MLTRACK_USAGE_SOURCE) != "estimated"
     assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == fake.stream_chunks
-    assert output_message(one_span(traced))["finish_reason"] == "stop"
+    assert output_message(traced.one())["finish_reason"] == "stop"
 
 
 def test_stream_break_then_garbage_collection(traced, mis):
-    stream = mis.chat.stream(model=MODEL, messages=MESSAGES)
-    next(iter(stream))
-    next(iter(stream))
-    del stream
-    gc.collect()
-    guard.drain_deferred()
-    _assert_stopped_early(traced)
+    abandon_stream(lambda: mis.chat.stream(model=MODEL, messages=MESSAGES), reads=2)
+    stopped_early_attrs(traced.one())
 
 
 def test_stream_never_iterated_then_closed(traced, mis):
     mis.chat.stream(model=MODEL, messages=MESSAGES).close()
-    a = attrs(one_span(traced))
+    a = attrs(traced.one())
     assert a[semconv.MLTRACK_STREAM_COMPLETE] is False and a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0
 
 
@@ -428,7 +384,7 @@ async def test_async_stream_break_then_close(traced, mis):
         if event.data.choices[0].delta.content:
             break
     await stream.close()
-    _assert_stopped_early(traced)
+    stopped_early_attrs(traced.one())
 
 
 @pytest.mark.parametrize("name", ["drop", "stream-error"])
@@ -437,8 +393,8 @@ def test_stream_failing_midway(traced, mis, name):
     with pytest.raises(Exception) as caught:
         for event in mis.chat.stream(model=MODEL, messages=MESSAGES, **scenario(name)):
             received.append(event.data.choices[0].delta.content or "")
-    span = one_span(traced)
-    a = _assert_stopped_early(traced)
+    span = traced.one()
+    a = stopped_early_attrs(traced.one())
     assert span.status.status_code is StatusCode.ERROR
     assert a[error_attributes.ERROR_TYPE]
     assert output_text(span) == "".join(received) != ""
@@ -453,38 +409,33 @@ def test_http_errors(traced, mis):
         mis.chat.complete(model=MODEL, messages=MESSAGES, **scenario("error-429"))
     with pytest.raises(errors.HTTPValidationError):
         mis.chat.stream(model=MODEL, messages=MESSAGES, **scenario("error-422"))
-    rate_limited, invalid = spans(traced)
+    rate_limited, invalid = traced.spans()
     for span, status in ((rate_limited, 429), (invalid, 422)):
         a = attrs(span)
         assert span.status.status_code is StatusCode.ERROR
         assert a[http_attributes.HTTP_RESPONSE_STATUS_CODE] == status
         assert a[error_attributes.ERROR_TYPE]
         assert gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS not in a
-    assert "mistral-test-key" not in json.dumps([attrs(s) for s in spans(traced)])
+    assert "mistral-test-key" not in json.dumps([attrs(s) for s in traced.spans()])
 
 
 def test_budget_exceeded_raises_before_sending(traced, mis, fake):
     from mltrack_otel.errors import BudgetExceededError
 
-    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-    ledger.LEDGER.add(1, None, None, 20, 0, None)
-    try:
+    with token_budget(10, spent=20):
         with pytest.raises(BudgetExceededError):
             mis.chat.complete(model=MODEL, messages=MESSAGES)
         with pytest.raises(BudgetExceededError):
             mis.chat.stream(model=MODEL, messages=MESSAGES)
         with pytest.raises(BudgetExceededError):
             mis.embeddings.create(model=EMBED, inputs=["x"])
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert fake.requests == []  # nothing reached the provider
-    assert spans(traced) == []
+    assert traced.spans() == []
 
 
 def test_embeddings(traced, mis):
     response = mis.embeddings.create(model=EMBED, inputs=["alpha beta", "gamma"], output_dimension=8)
-    span = one_span(traced)
+    span = traced.one()
     a = attrs(span)
     assert span.name == f"embeddings {EMBED}"
     assert a[gen_ai.GEN_AI_OPERATION_NAME] == "embeddings"
@@ -497,7 +448,7 @@ def test_embeddings(traced, mis):
 
 async def test_embeddings_async(traced, mis):
     await mis.embeddings.create_async(model=EMBED, inputs="one two three")
-    a = attrs(one_span(traced))
+    a = attrs(traced.one())
     assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] == prompt_tokens_for_texts(["one two three"])
 
 
@@ -507,15 +458,10 @@ def _price(model: str, input_tokens: int, output_tokens: int, cache_read: int = 
 
 
 def test_priced_with_genai_prices_mistral(settings, fake, mis):
-    traced_ = Traced()
-    ledger.LEDGER.reset()
-    instrument(["mistralai"], tracer_provider=traced_.provider)
-    try:
+    with instrumented_library("mistralai") as traced_:
         mis.chat.complete(model=MODEL, messages=MESSAGES)
         list(mis.chat.stream(model=MODEL, messages=MESSAGES, **scenario("cache-read")))
         mis.embeddings.create(model=EMBED, inputs=["alpha beta"])
-    finally:
-        uninstrument(["mistralai"])
     chat, stream, embed = (attrs(s) for s in traced_.spans())
     n, cached = fake.stream_chunks, prompt_tokens_for_texts([MESSAGES[0]["content"]])
     assert chat[semconv.LLM_COST_TOTAL] == pytest.approx(float(_price(MODEL, PROMPT_TOKENS, n)))
@@ -547,14 +493,10 @@ def test_the_sdks_own_telemetry_nests_under_ours_and_the_call_counts_once(settin
     included: made current around the request, ours is their parent, and the ledger counts each call once."""
     from mistralai.extra.observability import configure_telemetry
 
-    traced_ = Traced()
-    configure_telemetry(mis, provider=traced_.provider, redaction=False)
-    instrument(["mistralai"], tracer_provider=traced_.provider)
-    try:
+    with instrumented_library("mistralai") as traced_:
+        configure_telemetry(mis, provider=traced_.provider, redaction=False)
         mis.chat.complete(model=MODEL, messages=MESSAGES)
         list(mis.chat.stream(model=MODEL, messages=MESSAGES))
-    finally:
-        uninstrument(["mistralai"])
     ours = [s for s in traced_.spans() if s.instrumentation_scope.name.startswith("mltrack_otel")]
     theirs = [s for s in traced_.spans() if s not in ours]
     assert len(ours) == len(theirs) == 2
@@ -595,7 +537,7 @@ def test_reasoning_chunks_are_reasoning_parts(traced, mis, fake):
     with mis.chat.stream(model="magistral-small-latest", messages=MESSAGES, **scenario("reasoning")) as stream:
         events = list(stream)
     assert sum(isinstance(e.data.choices[0].delta.content, list) for e in events) == 2 * n
-    for span in spans(traced):
+    for span in traced.spans():
         a = attrs(span)
         assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] == 3 * n
         reasoning, answer = output_message(span)["parts"]
@@ -609,7 +551,7 @@ def test_reasoning_stream_cut_short_estimates_the_thinking_too(traced, mis, fake
         for i, _event in enumerate(stream):
             if i == fake.stream_chunks:  # the role chunk, then thinking only
                 break
-    a = _assert_stopped_early(traced)
+    a = stopped_early_attrs(traced.one())
     assert a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0  # from the thinking seen, although no text came
 
 
@@ -619,13 +561,13 @@ async def test_async_stream_context_exit_before_the_end_and_midway_error(traced,
         async for event in stream:
             if event.data.choices[0].delta.content:
                 break
-    _assert_stopped_early(traced)
-    traced.clear()
+    stopped_early_attrs(traced.one())
+    traced.exporter.clear()
     with pytest.raises(errors.ResponseValidationError):
         async for _event in await mis.chat.stream_async(model=MODEL, messages=MESSAGES, **scenario("stream-error")):
             pass
-    span = one_span(traced)
-    assert span.status.status_code is StatusCode.ERROR and _assert_stopped_early(traced)
+    span = traced.one()
+    assert span.status.status_code is StatusCode.ERROR and stopped_early_attrs(traced.one())
 
 
 @pytest.mark.frameworks
@@ -633,15 +575,11 @@ def test_langchain_mistral_chat_counts_once(settings, fake):
     """langchain-mistralai calls Mistral's HTTP API itself (httpx, not the mistralai SDK): its calls are LangChain's
     spans only, each counted once, with the usage Mistral streams in its last chunk."""
     langchain_mistralai = pytest.importorskip("langchain_mistralai")
-    traced_ = Traced()
-    instrument(["langchain", "mistralai"], tracer_provider=traced_.provider)
-    try:
+    with instrumented_library("langchain", "mistralai") as traced_:
         llm = langchain_mistralai.ChatMistralAI(model=MODEL, api_key="mistral-test-key", endpoint=fake.url + "/v1")
         llm.client.headers["x-fake-wire"] = "mistral"  # httpx's User-Agent, not the SDK's: name the wire
         llm.invoke("hello there")
         list(llm.stream("hello there"))
-    finally:
-        uninstrument(["langchain", "mistralai"])
     chats = [attrs(s) for s in traced_.spans() if s.name == f"chat {MODEL}"]
     assert len(chats) == 2 and all(a[gen_ai.GEN_AI_PROVIDER_NAME] == "mistral_ai" for a in chats)
     tokens = prompt_tokens_for_texts(["hello there"])

@@ -11,30 +11,35 @@ import json
 import httpx
 import ollama
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes, http_attributes, server_attributes
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import StatusCode
 
-from mltrack_otel import guard, ledger, semconv
+from mltrack_otel import guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation.ollama import OllamaInstrumentor
-from mltrack_otel.ledger import Ledger
 from mltrack_otel.pricing import Pricer
-from mltrack_otel.processor import CostSpanProcessor
 from mltrack_otel.testing.fake_provider import DROP_AFTER, prompt_tokens_for_texts
+from tests.instr_fixtures import (
+    MESSAGES,
+    PROMPT_TOKENS,
+    WEATHER_TOOL_DEFINITION,
+    abandon_stream,
+    attrs,
+    instrumented_library,
+    model_call_attrs,
+    output_message,
+    output_text,
+    stopped_early_attrs,
+    token_budget,
+    traced_fixture,
+    use_settings,
+    validate_content,
+)
 from tests.instr_fixtures import OPENAI_WEATHER_TOOL as WEATHER_TOOL  # Ollama's tools take OpenAI's shape
-from tests.instr_fixtures import attrs, use_settings, validate_content
 
 MODEL = "llama3.2"
-MESSAGES = [
-    {"role": "system", "content": "You answer briefly."},
-    {"role": "user", "content": "Tell me about spans please"},
-]
-PROMPT_TOKENS = prompt_tokens_for_texts([m["content"] for m in MESSAGES])
 
 
 def user(text: str) -> list[dict]:
@@ -177,46 +182,7 @@ def test_wire_dropped_stream(client):
 # --- the instrumentor ------------------------------------------------------------------------------------------
 
 
-class Pipeline:
-    """ollama instrumented into a TracerProvider whose CostSpanProcessor prices with `pricer`."""
-
-    def __init__(self, pricer: Pricer) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.ledger = Ledger()
-        self.provider = TracerProvider()
-        self.provider.add_span_processor(
-            CostSpanProcessor(SimpleSpanProcessor(self.exporter), ledger=self.ledger, pricer=pricer)
-        )
-
-    def spans(self) -> list:
-        return list(self.exporter.get_finished_spans())
-
-    def one(self):
-        spans = self.spans()
-        assert len(spans) == 1, [s.name for s in spans]
-        return spans[0]
-
-
-@pytest.fixture
-def traced(fake, settings, monkeypatch):
-    """ollama instrumented; the fake on 127.0.0.1 is NOT declared a cloud host here: it is a local Ollama."""
-    monkeypatch.delenv("MLTRACK_CLOUD_HOSTS", raising=False)
-    fake.clear()
-    guard.reset()
-    ledger.LEDGER.reset()
-    pipeline = Pipeline(Pricer())
-    instrument(["ollama"], tracer_provider=pipeline.provider)
-    yield pipeline
-    uninstrument(["ollama"])
-
-
-def output_message(span) -> dict:
-    (message,) = validate_content("output", attrs(span)[gen_ai.GEN_AI_OUTPUT_MESSAGES])
-    return message
-
-
-def output_text(span) -> str:
-    return "".join(p["content"] for p in output_message(span)["parts"] if p["type"] == "text")
+traced = traced_fixture("ollama", local=True)  # the fake on 127.0.0.1 is NOT declared a cloud host: a local Ollama
 
 
 def assert_local(a: dict) -> None:
@@ -231,12 +197,7 @@ def test_chat(traced, client, fake):
     options = {"temperature": 0.2, "top_k": 5, "seed": 7, "num_predict": 200, "stop": ["END"]}
     response = client.chat(model=MODEL, messages=MESSAGES, options=options)
     span = traced.one()
-    a = attrs(span)
-    assert span.name == f"chat {MODEL}" and span.kind is SpanKind.CLIENT
-    assert span.status.status_code is StatusCode.UNSET
-    assert a[gen_ai.GEN_AI_OPERATION_NAME] == "chat"
-    assert a[gen_ai.GEN_AI_PROVIDER_NAME] == "ollama"
-    assert a[gen_ai.GEN_AI_REQUEST_MODEL] == MODEL
+    a = model_call_attrs(span, "chat", "ollama", MODEL)
     assert a[gen_ai.GEN_AI_REQUEST_TEMPERATURE] == 0.2 and a[gen_ai.GEN_AI_REQUEST_TOP_K] == 5
     assert a[gen_ai.GEN_AI_REQUEST_SEED] == 7 and a[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] == 200
     assert a[gen_ai.GEN_AI_REQUEST_STOP_SEQUENCES] == ("END",)
@@ -332,10 +293,7 @@ def test_stream_break_then_close_ends_once_with_an_estimate(traced, client):
     assert traced.spans() == []  # still open: the caller may resume
     stream.close()
     span = traced.one()
-    a = attrs(span)
-    assert a[semconv.MLTRACK_STREAM_COMPLETE] is False
-    assert a[semconv.MLTRACK_USAGE_SOURCE] == "estimated"  # stopped before the done chunk's counts
-    assert a[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] > 0 and a[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] > 0
+    stopped_early_attrs(span)  # stopped before the done chunk's counts
     assert output_message(span)["finish_reason"] == "incomplete"
     assert output_text(span).startswith("Echo:")
     stream.close()
@@ -344,11 +302,7 @@ def test_stream_break_then_close_ends_once_with_an_estimate(traced, client):
 
 
 def test_stream_break_then_garbage_collection(traced, client):
-    stream = client.chat(model=MODEL, messages=MESSAGES, stream=True)
-    next(iter(stream))
-    del stream
-    gc.collect()
-    guard.drain_deferred()
+    abandon_stream(lambda: client.chat(model=MODEL, messages=MESSAGES, stream=True))
     assert attrs(traced.one())[semconv.MLTRACK_STREAM_COMPLETE] is False
 
 
@@ -433,14 +387,7 @@ def test_tool_call_then_tool_result(traced, client):
     out = output_message(traced.one())
     assert out["finish_reason"] == "tool_call"
     assert out["parts"] == [{"type": "tool_call", "id": None, "name": "get_weather", "arguments": {"city": "example"}}]
-    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [
-        {
-            "type": "function",
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": WEATHER_TOOL["function"]["parameters"],
-        }
-    ]
+    assert validate_content("tools", a[gen_ai.GEN_AI_TOOL_DEFINITIONS]) == [WEATHER_TOOL_DEFINITION]
     traced.exporter.clear()
     history = [
         *user("weather?"),
@@ -548,18 +495,13 @@ def test_other_api_calls_are_not_traced(traced, client):
 
 
 def test_budget_exceeded_raises_before_sending(traced, client, fake):
-    ledger.LEDGER.limits = ledger.Limits(token_budget=10)
-    ledger.LEDGER.add(1, None, None, 20, 0, None)
-    try:
+    with token_budget(10, spent=20):
         with pytest.raises(BudgetExceededError):
             client.chat(model=MODEL, messages=MESSAGES)
         with pytest.raises(BudgetExceededError):
             client.chat(model=MODEL, messages=MESSAGES, stream=True)
         with pytest.raises(BudgetExceededError):
             client.embed(model="all-minilm", input="a")
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert fake.requests == []  # nothing reached the server
     assert traced.spans() == []
 
@@ -624,13 +566,8 @@ def test_a_remote_ollama_model_named_like_a_cloud_model_is_not_charged_that_clou
 
 def test_the_fake_declared_a_cloud_host_is_still_unpriced(fake, settings):
     """Declared a cloud host (as the rest of the suite does), 127.0.0.1 is not local: but no Ollama price exists."""
-    pipeline = Pipeline(Pricer(cloud_hosts=[fake.host]))
-    guard.reset()
-    instrument(["ollama"], tracer_provider=pipeline.provider)
-    try:
+    with instrumented_library("ollama", pricer=Pricer(cloud_hosts=[fake.host])) as pipeline:
         ollama.Client(host=fake.url).chat(model=MODEL, messages=MESSAGES)
-    finally:
-        uninstrument(["ollama"])
     a = attrs(pipeline.one())
     assert a[semconv.MLTRACK_COST_UNPRICED] is True and semconv.MLTRACK_COST_LOCAL not in a
 
@@ -647,22 +584,12 @@ def test_the_instrumentor_wraps_the_one_choke_point():
 async def test_langchain_ollama_call_is_counted_once(fake, settings):
     """ChatOllama drives the ollama SDK: LangChain's chat span on top, ours below it, one counted call."""
     langchain_ollama = pytest.importorskip("langchain_ollama")
-    from mltrack_otel.instrumentation.langchain import LangChainInstrumentor
-
     fake.clear()
-    guard.reset()
-    pipeline = Pipeline(Pricer())
-    instrument(["ollama"], tracer_provider=pipeline.provider)
-    framework = LangChainInstrumentor()
-    framework.instrument(tracer_provider=pipeline.provider)
-    try:
+    with instrumented_library("ollama", "langchain", pricer=Pricer()) as pipeline:
         model = langchain_ollama.ChatOllama(model=MODEL, base_url=fake.url)
         messages = [("system", MESSAGES[0]["content"]), ("human", MESSAGES[1]["content"])]
         answers = [model.invoke(messages), await model.ainvoke(messages)]
         answers.append(next(iter(model.stream(messages))))  # a stream stopped after its first chunk
-    finally:
-        framework.uninstrument()
-        uninstrument(["ollama"])
     spans = pipeline.spans()
     ours = [s for s in spans if s.instrumentation_scope.name == "mltrack_otel.instrumentation.ollama"]
     counted = [s for s in spans if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
@@ -694,12 +621,8 @@ def test_image_input_is_a_blob_part(traced, client):
 
 def test_num_predict_is_the_budget_worst_case(traced, client, fake):
     """The hard budget holds input + the output cap: Ollama names it options.num_predict."""
-    ledger.LEDGER.limits = ledger.Limits(token_budget=1000)
-    try:
+    with token_budget(1000):
         client.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 50})  # ~20 in + 50 out: fits
         with pytest.raises(BudgetExceededError):  # no cap: an unknown model may write far past 1000 tokens
             client.chat(model=MODEL, messages=MESSAGES)
-    finally:
-        ledger.LEDGER.limits = ledger.Limits()
-        ledger.LEDGER.reset()
     assert len(fake.requests) == 1 and len(traced.spans()) == 1

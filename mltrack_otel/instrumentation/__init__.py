@@ -61,7 +61,9 @@ def instrument(libraries: Iterable[str] | None = None, *, tracer_provider: Any =
                 continue
             _armed[name] = tracer_provider
             if library.module in sys.modules:
-                _activate(name)
+                if not _activate(name):  # logged: the library stays uninstrumented, so it is not reported
+                    del _armed[name]
+                    continue
             else:
                 when_imported(library.module, _activator(name), owner=f"instrument:{name}")
             done.append(name)
@@ -117,20 +119,26 @@ def _loaded_instrumentor(name: str) -> Any:
     module_name = LIBRARIES[name].instrumentor.partition(":")[0]
     if module_name not in sys.modules:
         return None
-    return _instrumentor_class(name)()
+    try:
+        return _instrumentor_class(name)()
+    except Exception:  # it never loaded (instrument() logged why): nothing to undo
+        return None
 
 
-def _activate(name: str) -> None:
+def _activate(name: str) -> bool:
+    """Instrument a library now; False (and a warning) when its instrumentor fails."""
     try:
         instrumentor = _instrumentor_class(name)()
         tracer_provider = _armed.get(name)
         if instrumentor.is_instrumented_by_opentelemetry:
             if tracer_provider is not None:
                 instrumentor.set_tracer_provider(tracer_provider)
-            return
+            return True
         instrumentor.instrument(tracer_provider=tracer_provider, skip_dep_check=True)
+        return True
     except Exception:  # an instrumentation bug must not break the application's import
         _log.warning("mltrack-otel: could not instrument %s", name, exc_info=True)
+        return False
 
 
 def _activator(name: str) -> Callable[[ModuleType], None]:

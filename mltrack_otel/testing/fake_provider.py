@@ -588,9 +588,10 @@ class FakeProvider:
             self.requests.clear()
             self._cache.clear()
 
-    # -- helpers used by the handler ---------------------------------------------------------------
+    # -- the plug-in interface (the handler and testing/wire/ modules use it) -----------------------
 
-    def _record(self, rec: RecordedRequest) -> None:
+    def record(self, rec: RecordedRequest) -> None:
+        """Append a received request to :attr:`requests`."""
         with self._lock:
             self.requests.append(rec)
 
@@ -601,7 +602,8 @@ class FakeProvider:
             else:
                 self._connections.discard(conn)
 
-    def _next_id(self) -> int:
+    def next_id(self) -> int:
+        """A fresh number for response, message and tool-call ids."""
         with self._lock:
             return next(self._ids)
 
@@ -612,7 +614,9 @@ class FakeProvider:
             self._cache.add(key)
             return hit
 
-    def _plan(self, req: _Request, scenario: Scenario, *, tool_preamble: bool = False) -> _Plan:
+    def plan(self, req: _Request, scenario: Scenario, *, tool_preamble: bool = False) -> _Plan:
+        """The shared answer to a request: echo text or tool call or JSON, usage, cache and reasoning counts.
+        `tool_preamble`: a tool call comes after the text "Calling <name>." (Anthropic, Cohere)."""
         n = self.stream_chunks * scenario.chunks_factor
         pieces: list[str]
         tool = None
@@ -621,7 +625,7 @@ class FakeProvider:
         if wants_tool and tools:
             name = req.forced_tool if req.forced_tool in tools else next(iter(tools))
             args = json.dumps(example_from_schema(tools[name] or {"type": "object", "properties": {}}))
-            tool = _ToolCall(id=f"{self._next_id():06d}", name=name, arguments=args, pieces=_fragments(args, n))
+            tool = _ToolCall(id=f"{self.next_id():06d}", name=name, arguments=args, pieces=_fragments(args, n))
             pieces = ["Calling", f" {name}."] if tool_preamble else []
         elif req.json_schema is not None:
             fields = dspy_output_fields(req.system_text) if not req.json_schema else None
@@ -700,7 +704,7 @@ class WireFormat:
     A subclass declares the paths it answers (``paths``, matched from the start of the request path), how to find
     the text that may carry a ``[[scenario:NAME]]`` token, how the provider shapes an error, and ``handle`` for
     a request whose scenario is not an HTTP error. Planning (echo text, tools, usage numbers, caching) is shared:
-    ``handler.server.provider._plan(GenerationRequest(...), scenario)``; answering too: ``handler._reply(...)``.
+    ``handler.server.provider.plan(GenerationRequest(...), scenario)``; answering too: ``handler.reply(...)``.
     """
 
     name: str = ""
@@ -722,12 +726,25 @@ class WireFormat:
     ) -> None:
         raise NotImplementedError
 
-    def serve(self, handler: _Handler, rec: RecordedRequest, match: re.Match[str], payload: Any) -> None:
-        request_id = f"req_fake{handler.server.provider._next_id():06d}"
+    def request_id(self, provider: FakeProvider) -> str:
+        """A new request id, as the provider writes them."""
+        return f"req_fake{provider.next_id():06d}"
+
+    def scenario_name(self, rec: RecordedRequest, match: re.Match[str], payload: Any) -> str:
+        """The request's scenario: the x-fake-scenario header, else a ``[[scenario:NAME]]`` token in `user_text`."""
         token = SCENARIO_TOKEN.search(self.user_text(payload, match) or "") if payload is not None else None
-        rec.scenario = rec.headers.get(SCENARIO_HEADER) or (token.group(1) if token else None) or DEFAULT_SCENARIO
-        handler.server.provider._record(rec)
-        header = [(self.request_id_header, request_id)]
+        return rec.headers.get(SCENARIO_HEADER) or (token.group(1) if token else None) or DEFAULT_SCENARIO
+
+    def send_error(self, handler: _Handler, status: int, message: str, headers: list[tuple[str, str]]) -> None:
+        """Answer an HTTP error: the provider's body (:meth:`error`), with retry-after on 429 and 5xx."""
+        if status == 429 or status >= 500:
+            headers = [*headers, ("retry-after", "0"), ("retry-after-ms", "1")]
+        handler.send_json(status, self.error(status, message), headers)
+
+    def serve(self, handler: _Handler, rec: RecordedRequest, match: re.Match[str], payload: Any) -> None:
+        request_id = self.request_id(handler.server.provider)
+        rec.scenario = self.scenario_name(rec, match, payload)
+        handler.server.provider.record(rec)
         scenario = SCENARIOS.get(rec.scenario)
         try:
             if scenario is None:
@@ -737,9 +754,7 @@ class WireFormat:
             self.handle(handler, payload, match, scenario, request_id)
         except _FakeError as exc:
             message = exc.message or ERRORS.get(exc.status, ERRORS[400])[3]
-            if exc.status == 429 or exc.status >= 500:
-                header += [("retry-after", "0"), ("retry-after-ms", "1")]
-            handler._send_json(exc.status, self.error(exc.status, message), header)
+            self.send_error(handler, exc.status, message, [(self.request_id_header, request_id)])
 
 
 # Provider modules under mltrack_otel/testing/wire/, imported on first use.
@@ -820,7 +835,7 @@ class _Handler(BaseHTTPRequestHandler):
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def _send_json(self, status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> None:
+    def send_json(self, status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> None:
         body = json.dumps(obj).encode()
         hdrs = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *(headers or [])]
         self.wfile.write(self._head(status, hdrs) + body)
@@ -839,9 +854,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers += [("retry-after", "0"), ("retry-after-ms", "1")]
         if exc.status == 529:
             headers.append(("x-should-retry", "true"))
-        self._send_json(exc.status, body, headers)
+        self.send_json(exc.status, body, headers)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         """Cut the connection: FIN (chunked framing sees a truncated body) or RST for close framing."""
         self.close_connection = True
         try:
@@ -880,12 +895,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         route, deployment = _route(parts.path)
         anthropic = route is not None and route.startswith("messages") and not parts.path.startswith("/openai")
-        request_id = f"req_fake{provider._next_id():06d}"
+        request_id = f"req_fake{provider.next_id():06d}"
         handler = _ROUTES.get(route or "")
         if handler is not None and isinstance(payload, dict):
             name = headers.get(SCENARIO_HEADER) or _scenario_from_payload(route or "", payload)
             rec.scenario = name or DEFAULT_SCENARIO
-        provider._record(rec)
+        provider.record(rec)
         try:
             if handler is None:
                 raise _FakeError(404, f"Unknown path {parts.path} (fake provider).")
@@ -902,7 +917,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses ---------------------------------------------------------------------------------
 
-    def _reply(
+    def reply(
         self,
         plan: _Plan,
         request_id_header: tuple[str, str],
@@ -919,11 +934,11 @@ class _Handler(BaseHTTPRequestHandler):
         scenario = plan.scenario
         if not stream:
             if scenario.drop:
-                self._abort()
+                self.abort()
                 return
             if scenario.delay:
                 time.sleep(scenario.delay * plan.visible_tokens)
-            self._send_json(200, build_json(), [request_id_header])
+            self.send_json(200, build_json(), [request_id_header])
             return
 
         chunked = self.server.provider.sse_framing == "chunked"
@@ -950,7 +965,7 @@ class _Handler(BaseHTTPRequestHandler):
             if is_delta:
                 if deltas == DROP_AFTER and scenario.drop:
                     flush()
-                    self._abort()
+                    self.abort()
                     return
                 if deltas == DROP_AFTER and scenario.stream_error:
                     write(*error_event())
@@ -993,8 +1008,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         provider = self.server.provider
         req = _openai_chat_request(body, deployment)
-        plan = provider._plan(req, scenario)
-        cid = f"chatcmpl-fake{provider._next_id():06d}"
+        plan = provider.plan(req, scenario)
+        cid = f"chatcmpl-fake{provider.next_id():06d}"
         created = int(time.time())
         finish = "length" if plan.truncated else "tool_calls" if plan.tool else "stop"
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": plan.model}
@@ -1053,7 +1068,7 @@ class _Handler(BaseHTTPRequestHandler):
             yield None, "[DONE]", False
 
         stream = bool(body.get("stream"))
-        self._reply(plan, ("x-request-id", request_id), stream, build_json, events, self._openai_stream_error)
+        self.reply(plan, ("x-request-id", request_id), stream, build_json, events, self._openai_stream_error)
 
     def _completions(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         provider = self.server.provider
@@ -1067,9 +1082,9 @@ class _Handler(BaseHTTPRequestHandler):
             tools=[],
             max_tokens=body.get("max_tokens"),
         )
-        plan = provider._plan(req, scenario)
+        plan = provider.plan(req, scenario)
         finish = "length" if plan.truncated else "stop"
-        base = {"id": f"cmpl-fake{provider._next_id():06d}", "object": "text_completion"}
+        base = {"id": f"cmpl-fake{provider.next_id():06d}", "object": "text_completion"}
         base |= {"created": int(time.time()), "model": plan.model, "system_fingerprint": "fp_fake0001"}
 
         def build_json() -> Any:
@@ -1096,13 +1111,13 @@ class _Handler(BaseHTTPRequestHandler):
             yield None, "[DONE]", False
 
         stream = bool(body.get("stream"))
-        self._reply(plan, ("x-request-id", request_id), stream, build_json, events, self._openai_stream_error)
+        self.reply(plan, ("x-request-id", request_id), stream, build_json, events, self._openai_stream_error)
 
     def _embeddings(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         inputs = body.get("input", "")
         segments = _input_segments(inputs)
         if scenario.drop:
-            self._abort()
+            self.abort()
             return
         dims = body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS
         as_base64 = body.get("encoding_format") == "base64"
@@ -1121,14 +1136,14 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if scenario.delay:
             time.sleep(scenario.delay)
-        self._send_json(200, out, [("x-request-id", request_id)])
+        self.send_json(200, out, [("x-request-id", request_id)])
 
     def _responses(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         provider = self.server.provider
         req = _responses_request(body, deployment)
-        plan = provider._plan(req, scenario)
-        rid = f"resp_fake{provider._next_id():06d}"
-        item_id = f"msg_fake{provider._next_id():06d}"
+        plan = provider.plan(req, scenario)
+        rid = f"resp_fake{provider.next_id():06d}"
+        item_id = f"msg_fake{provider.next_id():06d}"
         created = int(time.time())
         status = "incomplete" if plan.truncated else "completed"
         fmt = (body.get("text") or {}).get("format") or {"type": "text"}
@@ -1243,15 +1258,15 @@ class _Handler(BaseHTTPRequestHandler):
             return "error", {**data, "param": None, "sequence_number": 9999}
 
         stream = bool(body.get("stream"))
-        self._reply(plan, ("x-request-id", request_id), stream, build_json, events, error_event)
+        self.reply(plan, ("x-request-id", request_id), stream, build_json, events, error_event)
 
     # Anthropic ------------------------------------------------------------------------------------
 
     def _messages(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         provider = self.server.provider
         req = _anthropic_request(body)
-        plan = provider._plan(req, scenario, tool_preamble=True)
-        mid = f"msg_fake{provider._next_id():06d}"
+        plan = provider.plan(req, scenario, tool_preamble=True)
+        mid = f"msg_fake{provider.next_id():06d}"
         stop_reason = "max_tokens" if plan.truncated else "tool_use" if plan.tool else "end_turn"
         written = plan.cache_tokens if plan.cache_action == "write" else 0
         read = plan.cache_tokens if plan.cache_action == "read" else 0
@@ -1339,12 +1354,12 @@ class _Handler(BaseHTTPRequestHandler):
             return "error", {"type": "error", "error": err}
 
         stream = bool(body.get("stream"))
-        self._reply(plan, ("request-id", request_id), stream, build_json, events, error_event)
+        self.reply(plan, ("request-id", request_id), stream, build_json, events, error_event)
 
     def _count_tokens(self, body: dict, scenario: Scenario, deployment: str | None, request_id: str) -> None:
         req = _anthropic_request(body)
         tokens = sum(_segment_tokens(s) for s in req.segments)
-        self._send_json(200, {"input_tokens": tokens}, [("request-id", request_id)])
+        self.send_json(200, {"input_tokens": tokens}, [("request-id", request_id)])
 
 
 _ROUTES: dict[str, Callable[[_Handler, dict, Scenario, str | None, str], None]] = {
@@ -1375,7 +1390,7 @@ def _input_segments(value: Any) -> list[Any]:
 
 def _scenario_from_payload(route: str, body: dict) -> str | None:
     if route in ("chat/completions", "messages", "messages/count_tokens"):
-        texts = [_last_user_text(body.get("messages") or [])]
+        texts = [last_user_text(body.get("messages") or [])]
     elif route == "responses":
         texts = [_responses_request(body, None).user_text]
     elif route in ("completions", "embeddings"):
@@ -1391,43 +1406,61 @@ def _scenario_from_payload(route: str, body: dict) -> str | None:
     return None
 
 
-def _last_user_text(messages: list) -> str:
+def last_user_text(messages: list, text: Callable[[Any], str] = _text_of) -> str:
+    """The `text` of the last ``role: user`` message's content ("" when there is none)."""
     for msg in reversed(messages):
         if isinstance(msg, dict) and msg.get("role") == "user":
-            return _text_of(msg.get("content"))
+            return text(msg.get("content"))
     return ""
 
 
-def _openai_chat_request(body: dict, deployment: str | None) -> _Request:
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+def openai_tools(body: dict) -> list[tuple[str, Any]]:
+    """(name, JSON schema) of each function in an OpenAI-shaped ``tools`` list."""
     tools = []
     for tool in body.get("tools") or []:
         fn = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(fn, dict) and fn.get("name"):
             tools.append((fn["name"], fn.get("parameters")))
+    return tools
+
+
+def openai_tool_choice(
+    body: dict, tools: list[tuple[str, Any]], required: tuple[str, ...] = ("required",)
+) -> tuple[str | None, list[tuple[str, Any]]]:
+    """(forced tool name, tools offered) under an OpenAI-shaped ``tool_choice``: one of `required` forces the
+    first tool, ``{"function": {"name"}}`` that one, ``"none"`` offers none."""
     choice = body.get("tool_choice")
     forced = None
-    if choice == "required" and tools:
+    if choice in required and tools:
         forced = tools[0][0]
     elif isinstance(choice, dict):
         forced = (choice.get("function") or {}).get("name")
-    if choice == "none":
-        tools = []
-    schema = None
+    return forced, [] if choice == "none" else tools
+
+
+def openai_json_schema(body: dict) -> Any:
+    """The schema an OpenAI-shaped ``response_format`` asks the answer to follow: its ``json_schema.schema``
+    (an empty object schema when missing), ``{}`` for ``json_object``, None for plain text."""
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        schema = {}
+        return (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return {}
+    return None
+
+
+def _openai_chat_request(body: dict, deployment: str | None) -> _Request:
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    forced, tools = openai_tool_choice(body, openai_tools(body))
     max_tokens = body.get("max_completion_tokens")
     return _Request(
         model=body.get("model") or deployment or "",
         segments=[_text_of(m.get("content")) for m in messages],
-        user_text=_last_user_text(messages),
+        user_text=last_user_text(messages),
         tools=tools,
         forced_tool=forced,
         after_tool_result=bool(messages) and messages[-1].get("role") in ("tool", "function"),
-        json_schema=schema,
+        json_schema=openai_json_schema(body),
         max_tokens=max_tokens if max_tokens is not None else body.get("max_tokens"),
         system_text="\n".join(_text_of(m.get("content")) for m in messages if m.get("role") in ("system", "developer")),
     )

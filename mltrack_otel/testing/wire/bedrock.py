@@ -73,23 +73,19 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
 from ..fake_provider import (
     DEFAULT_EMBEDDING_DIMENSIONS,
-    DEFAULT_SCENARIO,
-    ERRORS,
-    SCENARIO_HEADER,
-    SCENARIO_TOKEN,
-    SCENARIOS,
     FakeError,
     GenerationRequest,
     Plan,
     Scenario,
     WireFormat,
     embedding,
+    prompt_tokens_for_texts,
     text_of,
 )
 
@@ -365,40 +361,26 @@ class Bedrock(WireFormat):
     def error(self, status: int, message: str) -> Any:
         return {"message": message}
 
-    def serve(self, handler: Any, rec: Any, match: re.Match[str], payload: Any) -> None:
-        # As WireFormat.serve, plus the x-amzn-ErrorType header and AWS status codes.
-        provider = handler.server.provider
-        request_id = f"fake-{provider._next_id():08d}-0000-4000-8000-000000000000"
-        token = SCENARIO_TOKEN.search(self.user_text(payload, match) or "") if payload is not None else None
-        rec.scenario = rec.headers.get(SCENARIO_HEADER) or (token.group(1) if token else None) or DEFAULT_SCENARIO
-        provider._record(rec)
-        scenario = SCENARIOS.get(rec.scenario)
-        try:
-            if scenario is None:
-                raise FakeError(400, f"Unknown fake scenario {rec.scenario!r}; known: {sorted(SCENARIOS)}")
-            if scenario.status is not None:
-                raise FakeError(scenario.status)
-            if not isinstance(payload, dict):
-                raise FakeError(400, "Expected a JSON object body (fake provider).")
-            self.handle(handler, payload, match, scenario, request_id)
-        except FakeError as exc:
-            status, code = AWS_ERRORS.get(exc.status, AWS_ERRORS[400])
-            message = exc.message or ERRORS.get(exc.status, ERRORS[400])[3]
-            headers = [
-                (self.request_id_header, request_id),
-                ("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/"),
-            ]
-            handler._send_json(status, self.error(exc.status, message), headers)
+    def request_id(self, provider: Any) -> str:
+        return f"fake-{provider.next_id():08d}-0000-4000-8000-000000000000"
+
+    def send_error(self, handler: Any, status: int, message: str, headers: list[tuple[str, str]]) -> None:
+        # AWS status codes and the x-amzn-ErrorType header botocore reads the error code from (no retry-after).
+        sent, code = AWS_ERRORS.get(status, AWS_ERRORS[400])
+        headers = [*headers, ("x-amzn-ErrorType", f"{code}:http://internal.amazon.com/")]
+        handler.send_json(sent, self.error(status, message), headers)
 
     def handle(self, handler: Any, payload: Any, match: re.Match[str], scenario: Scenario, request_id: str) -> None:
+        if not isinstance(payload, dict):
+            raise FakeError(400, "Expected a JSON object body (fake provider).")
         model = unquote(match.group("model"))
         op = match.group("op")
         rid = (self.request_id_header, request_id)
         provider = handler.server.provider
         if op.startswith("converse"):
-            plan = provider._plan(chat_request(model, payload, False), scenario)
+            plan = provider.plan(chat_request(model, payload, False), scenario)
             build, events = _converse(plan, nova=False)
-            handler._reply(
+            handler.reply(
                 plan,
                 rid,
                 op == "converse-stream",
@@ -415,31 +397,31 @@ class Bedrock(WireFormat):
             return
         if kind == "anthropic":
             req = chat_request(model, payload, True)
-            plan = provider._plan(req, scenario, tool_preamble=True)
-            build, events = _anthropic(plan, _anthropic_model_name(model), provider._next_id())
+            plan = provider.plan(req, scenario, tool_preamble=True)
+            build, events = _anthropic(plan, _anthropic_model_name(model), provider.next_id())
         elif kind == "nova":
-            plan = provider._plan(chat_request(model, payload, False), scenario)
+            plan = provider.plan(chat_request(model, payload, False), scenario)
             build, events = _converse(plan, nova=True)
         elif kind == "llama":
-            plan = provider._plan(_llama_request(model, payload), scenario)
+            plan = provider.plan(_llama_request(model, payload), scenario)
             build, events = _llama(plan)
         elif kind == "mistral":
-            plan = provider._plan(_mistral_request(model, payload), scenario)
+            plan = provider.plan(_mistral_request(model, payload), scenario)
             build, events = _mistral(plan)
         else:
-            plan = provider._plan(_titan_request(model, payload), scenario)
+            plan = provider.plan(_titan_request(model, payload), scenario)
             build, events = _titan(plan)
         usage = Usage(plan)
         if op == "invoke":
             if scenario.drop:
-                handler._abort()
+                handler.abort()
                 return
             if scenario.delay:
                 time.sleep(scenario.delay * plan.visible_tokens)
             headers = [rid, *usage.headers()]
-            handler._send_json(200, build(), headers)
+            handler.send_json(200, build(), headers)
             return
-        handler._reply(
+        handler.reply(
             plan,
             rid,
             True,
@@ -452,20 +434,20 @@ class Bedrock(WireFormat):
 
     def _embed(self, handler: Any, body: dict, kind: str, scenario: Scenario, rid: tuple[str, str]) -> None:
         if scenario.drop:
-            handler._abort()
+            handler.abort()
             return
         texts = (
             [str(body.get("inputText") or "")] if kind == "titan-embed" else [str(t) for t in body.get("texts") or []]
         )
         dims = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS)
         vectors = [embedding(json.dumps(text), dims) for text in texts]
-        tokens = sum(3 + len(text.split()) for text in texts)
+        tokens = prompt_tokens_for_texts(texts)
         if kind == "titan-embed":
             out: dict[str, Any] = {"embedding": vectors[0], "inputTextTokenCount": tokens}
         else:  # Cohere's body has no usage: only the headers count the tokens
             out = {"id": "fake-embed", "embeddings": vectors, "texts": texts, "response_type": "embeddings_floats"}
         headers = [rid, ("X-Amzn-Bedrock-Input-Token-Count", str(tokens)), ("X-Amzn-Bedrock-Invocation-Latency", "1")]
-        handler._send_json(200, out, headers)
+        handler.send_json(200, out, headers)
 
 
 Events = Iterator[tuple[str | None, Any, bool]]
@@ -591,6 +573,14 @@ def _anthropic(plan: Plan, model: str, ids: int) -> tuple[Any, Any]:
     return build, events
 
 
+def _per_piece(plan: Plan, chunk: Callable[[int, str, bool], dict[str, Any]]) -> Events:
+    """A text-completion stream: one chunk(index, piece, is_last) per piece of the answer (one empty chunk when
+    there is none)."""
+    pieces = plan.pieces or [""]
+    for i, piece in enumerate(pieces):
+        yield None, chunk(i, piece, i == len(pieces) - 1), bool(plan.pieces)
+
+
 def _mistral(plan: Plan) -> tuple[Any, Any]:
     """Mistral's text-completion body: no usage in it (the headers and invocation metrics count)."""
     reason = "length" if plan.truncated else "stop"
@@ -598,11 +588,11 @@ def _mistral(plan: Plan) -> tuple[Any, Any]:
     def build() -> Any:
         return {"outputs": [{"text": plan.text, "stop_reason": reason}]}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {"outputs": [{"text": piece, "stop_reason": reason if last else None}]}
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            output = {"text": piece, "stop_reason": reason if i == len(pieces) - 1 else None}
-            yield None, {"outputs": [output]}, bool(plan.pieces)
+        return _per_piece(plan, chunk)
 
     return build, events
 
@@ -614,20 +604,16 @@ def _llama(plan: Plan) -> tuple[Any, Any]:
         out = {"generation": plan.text, "prompt_token_count": plan.prompt_tokens}
         return out | {"generation_token_count": plan.output_tokens, "stop_reason": reason}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {
+            "generation": piece,
+            "prompt_token_count": plan.prompt_tokens if i == 0 else None,
+            "generation_token_count": i + 1 if plan.pieces else 0,
+            "stop_reason": reason if last else None,
+        }
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            yield (
-                None,
-                {
-                    "generation": piece,
-                    "prompt_token_count": plan.prompt_tokens if i == 0 else None,
-                    "generation_token_count": i + 1 if plan.pieces else 0,
-                    "stop_reason": reason if last else None,
-                },
-                bool(plan.pieces),
-            )
+        return _per_piece(plan, chunk)
 
     return build, events
 
@@ -639,21 +625,17 @@ def _titan(plan: Plan) -> tuple[Any, Any]:
         result = {"tokenCount": plan.output_tokens, "outputText": plan.text, "completionReason": reason}
         return {"inputTextTokenCount": plan.prompt_tokens, "results": [result]}
 
+    def chunk(i: int, piece: str, last: bool) -> dict[str, Any]:
+        return {
+            "outputText": piece,
+            "index": 0,
+            "totalOutputTextTokenCount": i + 1 if plan.pieces else 0,
+            "completionReason": reason if last else None,
+            "inputTextTokenCount": plan.prompt_tokens if i == 0 else None,
+        }
+
     def events() -> Events:
-        pieces = plan.pieces or [""]
-        for i, piece in enumerate(pieces):
-            last = i == len(pieces) - 1
-            yield (
-                None,
-                {
-                    "outputText": piece,
-                    "index": 0,
-                    "totalOutputTextTokenCount": i + 1 if plan.pieces else 0,
-                    "completionReason": reason if last else None,
-                    "inputTextTokenCount": plan.prompt_tokens if i == 0 else None,
-                },
-                bool(plan.pieces),
-            )
+        return _per_piece(plan, chunk)
 
     return build, events
 

@@ -59,6 +59,8 @@ from mltrack_otel.testing.fake_provider import (
     Scenario,
     WireFormat,
     embedding,
+    last_user_text,
+    openai_tools,
     prompt_tokens_for_texts,
     text_of,
 )
@@ -88,11 +90,7 @@ def _document_text(document: Any) -> str:
 
 def chat_request(body: dict) -> GenerationRequest:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    tools = []
-    for tool in body.get("tools") or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict) and fn.get("name"):
-            tools.append((fn["name"], fn.get("parameters")))
+    tools = openai_tools(body)
     choice = str(body.get("tool_choice") or "").upper()
     forced = tools[0][0] if choice == "REQUIRED" and tools else None
     if choice == "NONE":
@@ -101,12 +99,11 @@ def chat_request(body: dict) -> GenerationRequest:
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         schema = fmt.get("json_schema") or fmt.get("schema") or {}
-    user_text = next((_message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
     documents = [_document_text(d) for d in body.get("documents") or []]
     return GenerationRequest(
         model=body.get("model") or "",
         segments=[_message_text(m) for m in messages] + documents,
-        user_text=user_text,
+        user_text=last_user_text(messages),
         tools=tools,
         forced_tool=forced,
         after_tool_result=bool(messages) and messages[-1].get("role") == "tool",
@@ -183,7 +180,7 @@ class CohereWire(WireFormat):
             self._chat(handler, payload, scenario, request_id)
             return
         if scenario.drop:
-            handler._abort()
+            handler.abort()
             return
         if route == "embed":
             self._embed(handler, payload, request_id)
@@ -194,8 +191,8 @@ class CohereWire(WireFormat):
 
     def _chat(self, handler: Any, body: dict, scenario: Scenario, request_id: str) -> None:
         provider = handler.server.provider
-        plan = provider._plan(chat_request(body), scenario, tool_preamble=True)
-        mid = f"fake-{provider._next_id():06d}"
+        plan = provider.plan(chat_request(body), scenario, tool_preamble=True)
+        mid = f"fake-{provider.next_id():06d}"
         finish = "MAX_TOKENS" if plan.truncated else "TOOL_CALL" if plan.tool else "COMPLETE"
         tool_id = f"{plan.tool.name}_fake{plan.tool.id}" if plan.tool else ""
 
@@ -245,7 +242,7 @@ class CohereWire(WireFormat):
             return "message-end", {"type": "message-end", "delta": delta}
 
         stream = bool(body.get("stream"))
-        handler._reply(plan, (self.request_id_header, request_id), stream, build_json, events, error_event)
+        handler.reply(plan, (self.request_id_header, request_id), stream, build_json, events, error_event)
 
     # embed and rerank -------------------------------------------------------------------------------------------
 
@@ -261,13 +258,13 @@ class CohereWire(WireFormat):
         if images:
             billed["images"] = images
         out = {
-            "id": f"fake-{handler.server.provider._next_id():06d}",
+            "id": f"fake-{handler.server.provider.next_id():06d}",
             "embeddings": {kind: [_encode(v, kind) for v in vectors] for kind in kinds},
             "texts": texts,
             "meta": {"api_version": {"version": "2"}, "billed_units": billed},
             "response_type": "embeddings_by_type",
         }
-        handler._send_json(200, out, [(self.request_id_header, request_id)])
+        handler.send_json(200, out, [(self.request_id_header, request_id)])
 
     def _rerank(self, handler: Any, body: dict, request_id: str) -> None:
         query = str(body.get("query") or "")
@@ -277,11 +274,11 @@ class CohereWire(WireFormat):
         if isinstance(top_n, int) and top_n >= 0:
             scored = scored[:top_n]
         out = {
-            "id": f"fake-{handler.server.provider._next_id():06d}",
+            "id": f"fake-{handler.server.provider.next_id():06d}",
             "results": [{"index": i, "relevance_score": score} for score, i in scored],
             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": search_units(len(documents))}},
         }
-        handler._send_json(200, out, [(self.request_id_header, request_id)])
+        handler.send_json(200, out, [(self.request_id_header, request_id)])
 
 
 WIRE = CohereWire()

@@ -55,6 +55,7 @@ import time
 from typing import Any
 
 from ..fake_provider import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
     FakeError,
     GenerationRequest,
     Plan,
@@ -89,7 +90,6 @@ MODEL_VERSIONS: dict[str, str] = {
     "gemini-2.0-flash-lite": "gemini-2.0-flash-lite-001",
 }
 
-DEFAULT_DIMENSIONS = 16
 TOOL_USE_PROMPT_TOKENS = 10  # reported for a request with a built-in tool (googleSearch, codeExecution...)
 THOUGHT_SUMMARY = "Thinking about the request."
 
@@ -239,7 +239,7 @@ class GeminiWire(WireFormat):
             body = _get(payload, "generateContentRequest") or payload
             req = generation_request(body, model)
             tokens = prompt_tokens_for_texts([str(s) for s in req.segments])
-            handler._send_json(200, {"totalTokens": tokens, "promptTokensDetails": _modality(tokens)})
+            handler.send_json(200, {"totalTokens": tokens, "promptTokensDetails": _modality(tokens)})
         elif method in ("embedContent", "batchEmbedContents", "predict"):
             self._embed(handler, payload, model, method, _vertex(match), scenario)
         else:
@@ -249,8 +249,8 @@ class GeminiWire(WireFormat):
 
     def _generate(self, handler: Any, body: dict, model: str, vertex: bool, stream: bool, scenario: Scenario) -> None:
         provider = handler.server.provider
-        plan: Plan = provider._plan(generation_request(body, model), scenario)
-        response_id = f"fake-{provider._next_id():06d}"
+        plan: Plan = provider.plan(generation_request(body, model), scenario)
+        response_id = f"fake-{provider.next_id():06d}"
         version = MODEL_VERSIONS.get(model, model)
         finish = "MAX_TOKENS" if plan.truncated else "STOP"
         thinking = _get(_get(_get(body, "generationConfig"), "thinkingConfig"), "includeThoughts")
@@ -333,13 +333,13 @@ class GeminiWire(WireFormat):
         def error_event() -> tuple[str | None, Any]:
             return None, self.error(500, "Stream interrupted (fake provider).")
 
-        handler._reply(plan, (self.request_id_header, response_id), stream, build_json, events, error_event)
+        handler.reply(plan, (self.request_id_header, response_id), stream, build_json, events, error_event)
 
     # embeddings ------------------------------------------------------------------------------------------------
 
     def _embed(self, handler: Any, payload: dict, model: str, method: str, vertex: bool, scenario: Scenario) -> None:
         if scenario.drop:
-            handler._abort()
+            handler.abort()
             return
         texts = _embed_texts(payload, method)
         if method == "predict":
@@ -353,7 +353,7 @@ class GeminiWire(WireFormat):
             dims = _get(payload, "outputDimensionality") or _get(
                 _get(payload, "embedContentConfig"), "outputDimensionality"
             )
-        dims = int(dims or DEFAULT_DIMENSIONS)
+        dims = int(dims or DEFAULT_EMBEDDING_DIMENSIONS)
         vectors = [embedding(json.dumps(t), dims) for t in texts]
         counts = [prompt_tokens_for_texts([t]) for t in texts]
         if method == "predict":
@@ -374,7 +374,7 @@ class GeminiWire(WireFormat):
                 out["truncated"] = False
         if scenario.delay:
             time.sleep(scenario.delay)
-        handler._send_json(200, out)
+        handler.send_json(200, out)
 
 
 def _modality(tokens: int) -> list[dict]:

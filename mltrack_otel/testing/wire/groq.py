@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ..fake_provider import ERRORS, FakeError, Plan, WireFormat, text_of
+from ..fake_provider import ERRORS, FakeError, Plan, WireFormat, last_user_text
 
 _SECONDS_PER_TOKEN = 0.001
 
@@ -55,10 +55,7 @@ class GroqWire(WireFormat):
 
     def user_text(self, payload: Any, match: re.Match[str]) -> str:
         messages = payload.get("messages") if isinstance(payload, dict) else None
-        for message in reversed(messages if isinstance(messages, list) else []):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return text_of(message.get("content"))
-        return ""
+        return last_user_text(messages if isinstance(messages, list) else [])
 
     def error(self, status: int, message: str) -> Any:
         kind, code, _, _ = ERRORS.get(status, ERRORS[400])
@@ -68,7 +65,7 @@ class GroqWire(WireFormat):
         if not isinstance(payload, dict):
             raise FakeError(400, "Expected a POST with a JSON object body (fake provider).")
         # The OpenAI chat route plans and frames the answer; Groq's fields are added to what it sends.
-        openai_reply = handler._reply
+        openai_reply = handler.reply
 
         def reply(plan: Plan, header: Any, stream: bool, build_json: Any, events: Any, error_event: Any) -> None:
             usage = groq_usage(plan)
@@ -89,11 +86,11 @@ class GroqWire(WireFormat):
 
             openai_reply(plan, header, stream, groq_json, groq_events, error_event)
 
-        handler._reply = reply
+        handler.reply = reply
         try:
             handler._chat(payload, scenario, None, request_id)
         finally:
-            del handler._reply
+            del handler.reply
 
 
 WIRE = GroqWire()

@@ -100,12 +100,11 @@ class MistralWire(fp.WireFormat):
         return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
 
     def serve(self, handler: Any, rec: fp.RecordedRequest, match: re.Match[str], payload: Any) -> None:
-        token = fp.SCENARIO_TOKEN.search(self.user_text(payload, match)) if payload is not None else None
-        if (rec.headers.get(fp.SCENARIO_HEADER) or (token.group(1) if token else None)) == "error-422":
+        if self.scenario_name(rec, match, payload) == "error-422":
             rec.scenario = "error-422"
-            handler.server.provider._record(rec)
+            handler.server.provider.record(rec)
             detail = [{"type": "missing", "loc": ["body", "model"], "msg": "Field required", "input": payload}]
-            handler._send_json(422, {"detail": detail}, [(self.request_id_header, "req_fake422")])
+            handler.send_json(422, {"detail": detail}, [(self.request_id_header, "req_fake422")])
             return
         super().serve(handler, rec, match, payload)
 
@@ -114,35 +113,16 @@ class MistralWire(fp.WireFormat):
     @staticmethod
     def _request(body: dict) -> fp.GenerationRequest:
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        tools = []
-        for tool in body.get("tools") or []:
-            fn = tool.get("function") if isinstance(tool, dict) else None
-            if isinstance(fn, dict) and fn.get("name"):
-                tools.append((fn["name"], fn.get("parameters")))
-        choice = body.get("tool_choice")
-        forced = None
-        if choice in ("any", "required") and tools:
-            forced = tools[0][0]
-        elif isinstance(choice, dict):
-            forced = (choice.get("function") or {}).get("name")
-        if choice == "none":
-            tools = []
-        schema = None
-        fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object", "properties": {}}
-        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-            schema = {}
-        user_text = next((_content_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        forced, tools = fp.openai_tool_choice(body, fp.openai_tools(body), required=("any", "required"))
         key = body.get("prompt_cache_key")
         return fp.GenerationRequest(
             model=body.get("model") or "",
             segments=[_content_text(m.get("content")) for m in messages],
-            user_text=user_text,
+            user_text=fp.last_user_text(messages, _content_text),
             tools=tools,
             forced_tool=forced,
             after_tool_result=bool(messages) and messages[-1].get("role") == "tool",
-            json_schema=schema,
+            json_schema=fp.openai_json_schema(body),
             max_tokens=body.get("max_tokens"),
             cache_requested=bool(key),
             cache_key_extra=key,
@@ -172,10 +152,10 @@ class MistralWire(fp.WireFormat):
 
     def _chat(self, handler: Any, body: dict, scenario: fp.Scenario, request_id: str) -> None:
         provider = handler.server.provider
-        plan = provider._plan(self._request(body), scenario)
+        plan = provider.plan(self._request(body), scenario)
         if plan.cache_action == "write":  # Mistral reports no cache writes: a miss is just a miss
             plan.cache_action, plan.cache_tokens = None, 0
-        base = {"id": f"{provider._next_id():032x}", "object": "chat.completion.chunk", "created": int(time.time())}
+        base = {"id": f"{provider.next_id():032x}", "object": "chat.completion.chunk", "created": int(time.time())}
         base["model"] = plan.model
         finish = "length" if plan.truncated else "tool_calls" if plan.tool else "stop"
         tool_calls = []
@@ -216,11 +196,11 @@ class MistralWire(fp.WireFormat):
             return None, self.error(500, "Stream interrupted (fake provider).")
 
         stream = bool(body.get("stream"))
-        handler._reply(plan, (self.request_id_header, request_id), stream, build_json, events, error_event)
+        handler.reply(plan, (self.request_id_header, request_id), stream, build_json, events, error_event)
 
     def _embeddings(self, handler: Any, body: dict, scenario: fp.Scenario, request_id: str) -> None:
         if scenario.drop:
-            handler._abort()
+            handler.abort()
             return
         raw = body.get("input", "")
         inputs = raw if isinstance(raw, list) else [raw]
@@ -232,10 +212,10 @@ class MistralWire(fp.WireFormat):
         tokens = fp.prompt_tokens_for_texts([str(t) for t in inputs])
         model = body.get("model") or ""
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0}
-        out = {"id": f"{handler.server.provider._next_id():032x}", "object": "list", "data": data, "model": model}
+        out = {"id": f"{handler.server.provider.next_id():032x}", "object": "list", "data": data, "model": model}
         if scenario.delay:
             time.sleep(scenario.delay)
-        handler._send_json(200, {**out, "usage": usage}, [(self.request_id_header, request_id)])
+        handler.send_json(200, {**out, "usage": usage}, [(self.request_id_header, request_id)])
 
 
 WIRE = MistralWire()

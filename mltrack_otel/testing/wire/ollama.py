@@ -47,7 +47,9 @@ from ..fake_provider import (
     Plan,
     WireFormat,
     embedding,
+    last_user_text,
     ndjson_frame,
+    openai_tools,
     prompt_tokens_for_texts,
     text_of,
 )
@@ -73,17 +75,11 @@ def _schema(body: dict) -> Any:
 
 def _chat_request(body: dict) -> GenerationRequest:
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    tools = []
-    for tool in body.get("tools") or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
-        if isinstance(fn, dict) and fn.get("name"):
-            tools.append((fn["name"], fn.get("parameters")))
-    user = next((text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     return GenerationRequest(
         model=body.get("model") or "",
         segments=[text_of(m.get("content")) for m in messages],
-        user_text=user,
-        tools=tools,
+        user_text=last_user_text(messages),
+        tools=openai_tools(body),
         after_tool_result=bool(messages) and messages[-1].get("role") == "tool",
         json_schema=_schema(body),
         max_tokens=_max_tokens(body),
@@ -149,10 +145,10 @@ class OllamaWire(WireFormat):
             reason = "unload" if body.get("keep_alive") in (0, "0") else "load"
             out: dict[str, Any] = {"model": model, "created_at": _created_at()}
             out |= {"message": {"role": "assistant", "content": ""}} if chat else {"response": ""}
-            handler._send_json(200, {**out, "done": True, "done_reason": reason}, [])
+            handler.send_json(200, {**out, "done": True, "done_reason": reason}, [])
             return
         req = _chat_request(body) if chat else _generate_request(body)
-        plan: Plan = handler.server.provider._plan(req, scenario)
+        plan: Plan = handler.server.provider.plan(req, scenario)
         thinking = ["Thinking"] + [" hmm"] * (plan.reasoning_tokens - 1) if plan.reasoning_tokens else []
         arguments = self._arguments(plan)
 
@@ -198,7 +194,7 @@ class OllamaWire(WireFormat):
             return None, {"error": "an error was encountered while running the model (fake provider)"}
 
         stream = body.get("stream", True) is not False
-        handler._reply(
+        handler.reply(
             plan,
             ("x-request-id", request_id),
             stream,
@@ -222,14 +218,14 @@ class OllamaWire(WireFormat):
 
     def _embed(self, handler: Any, body: dict, kind: str, scenario: Any) -> None:
         if scenario.drop:
-            handler._abort()
+            handler.abort()
             return
         if scenario.delay:
             time.sleep(scenario.delay)
         dims = body.get("dimensions") if type(body.get("dimensions")) is int else DEFAULT_EMBEDDING_DIMENSIONS
         if kind == "embeddings":  # the superseded endpoint: one vector, no counts
             prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
-            handler._send_json(200, {"embedding": embedding(json.dumps(prompt), dims)}, [])
+            handler.send_json(200, {"embedding": embedding(json.dumps(prompt), dims)}, [])
             return
         inputs = _inputs(body.get("input"))
         tokens = prompt_tokens_for_texts(inputs)
@@ -240,7 +236,7 @@ class OllamaWire(WireFormat):
             "load_duration": _MS,
             "prompt_eval_count": tokens,
         }
-        handler._send_json(200, out, [])
+        handler.send_json(200, out, [])
 
 
 WIRE = OllamaWire()
