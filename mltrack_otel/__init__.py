@@ -35,6 +35,10 @@ _LAZY = {
     "Pricer": "pricing",
     "Usage": "pricing",
     "CostSpanProcessor": "processor",
+    "PromptError": "prompts",
+    "PromptTemplate": "prompts",
+    "load_prompt": "prompts",
+    "prompt": "prompts",
     "configure": "provider",
     "shutdown": "provider",
     "LLMTracker": "tracking",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from .ledger import Totals, check_budget, limit_conversation, totals
     from .pricing import Cost, PriceOverride, Pricer, Usage
     from .processor import CostSpanProcessor
+    from .prompts import PromptError, PromptTemplate, load_prompt, prompt
     from .provider import configure, shutdown
     from .tracking import (
         LLMTracker,
@@ -96,6 +101,8 @@ __all__ = [
     "MltrackError",
     "PriceOverride",
     "Pricer",
+    "PromptError",
+    "PromptTemplate",
     "Settings",
     "Totals",
     "Usage",
@@ -109,11 +116,13 @@ __all__ = [
     "health",
     "instrument",
     "limit_conversation",
+    "load_prompt",
     "load_settings",
     "on_alert",
     "openai_prompt_extractor",
     "openai_response_extractor",
     "openai_token_extractor",
+    "prompt",
     "shutdown",
     "totals",
     "track",

@@ -60,6 +60,14 @@ class ABTestSettings(BaseModel):
         return self
 
 
+class PromptSettings(BaseModel):
+    """One named prompt template under `prompts:` (mltrack_otel.prompt(name) with no template uses it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: str | tuple[dict[str, str], ...]
+    version: str | int | None = None
+
+
 # --- alerts (alerts.py evaluates them) ---------------------------------------------------------------------------
 AlertWhen = Literal["cost", "tokens", "unpriced"]
 AlertPer = Literal["minute", "hour", "day", "none"]
@@ -189,6 +197,9 @@ class Settings(BaseModel):
 
     # A/B experiments of mltrack_otel.ab(name): {name: {variants, split, sticky, force}}.
     ab_tests: dict[str, ABTestSettings] = Field(default_factory=dict)
+    # Prompt templates by name: `prompts: {summarize: {template: "Summarize {{text}}", version: 3}}`;
+    # mltrack_otel.prompt("summarize") with no template gives this one (see mltrack_otel/prompts.py).
+    prompts: dict[str, PromptSettings] = Field(default_factory=dict)
     # Alerts (alerts.py): rules, and the webhook they notify unless a rule names its own.
     alerts: tuple[AlertRule, ...] = ()
     alert_webhook: WebhookSettings | None = None
@@ -213,6 +224,16 @@ class Settings(BaseModel):
     def _override_keys_parse(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
         for key, override in value.items():
             override_key(key, override)  # ValueError naming the key and the syntax expected
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_templates(cls, value: dict[str, PromptSettings]) -> dict[str, PromptSettings]:
+        from .prompts import PromptTemplate  # the same checks as prompt(); imported only when prompts are set
+
+        for name, spec in value.items():
+            template = [dict(m) for m in spec.template] if isinstance(spec.template, tuple) else spec.template
+            PromptTemplate(name, template, spec.version)  # PromptError (a ValueError) naming the prompt
         return value
 
     @model_validator(mode="after")
