@@ -19,6 +19,7 @@ from .version import __version__
 # Loaded on first use, so `import mltrack_otel` stays cheap: pydantic, PyYAML, the OTel SDK and the price data
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
+    "attributes": "attribution",
     "Settings": "config",
     "load_settings": "config",
     "health": "guard",
@@ -63,6 +64,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .attribution import attributes
     from .config import Settings, load_settings
     from .guard import health
     from .instrumentation import instrument, uninstrument
@@ -99,6 +101,7 @@ __all__ = [
     "anthropic_prompt_extractor",
     "anthropic_response_extractor",
     "anthropic_token_extractor",
+    "attributes",
     "check_budget",
     "configure",
     "health",

@@ -102,6 +102,13 @@ class Settings(BaseModel):
     # Ledger memory bound.
     max_conversations: int = Field(default=10_000, ge=1)
 
+    # Attribution (mltrack_otel.attributes): running totals per user and per tag value are kept for this many of the
+    # most recently counted. Metric labels: span attributes (user.id, session.id, mltrack.tag.<key>, ...) added as
+    # labels to every metric, none by default, as each value makes a new time series; spans carry them all anyway.
+    max_users: int = Field(default=10_000, ge=1)
+    max_tag_values: int = Field(default=10_000, ge=1)
+    metric_labels: tuple[str, ...] = ()
+
     @field_validator("redact_patterns")
     @classmethod
     def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -121,6 +128,18 @@ class Settings(BaseModel):
     def _override_keys_parse(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
         for key, override in value.items():
             override_key(key, override)  # ValueError naming the key and the syntax expected
+        return value
+
+    @field_validator("metric_labels")
+    @classmethod
+    def _metric_labels_are_attributes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ATTRIBUTE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an attribute name (e.g. user.id, mltrack.tag.feature)")
+            if name in _NEVER_LABELS or name.startswith(_NEVER_LABEL_PREFIXES):
+                raise ValueError(f"{name!r} cannot be a metric label: it holds content or a per-call value")
+        if len(set(value)) != len(value):
+            raise ValueError("an attribute is named twice")
         return value
 
     @field_validator("cloud_hosts")
@@ -147,6 +166,20 @@ class Settings(BaseModel):
     def default_model(self, provider: str | None) -> str | None:
         entry = self.llm_providers.get(provider or "")
         return entry.default_model if entry else None
+
+
+_ATTRIBUTE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+# Content, ids unique per call and the numbers metrics already measure: never labels.
+_NEVER_LABELS = frozenset(
+    {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+        "gen_ai.response.id",
+    }
+)
+_NEVER_LABEL_PREFIXES = ("gen_ai.usage.", "llm.cost.", "llm.tokens.", "llm.latency")
 
 
 _LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from . import estimate, guard, semconv
+from . import attribution, estimate, guard, semconv
 from .budget import note_served_model
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
@@ -58,6 +58,7 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 # provider from the host. Their token counts are the llm.token_count.* ones read above (prompt and total only).
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
+_USER_ID = "user.id"  # attribution (attribution.py): the general conventions' name
 _MAX_LIVE_SPANS = 100_000
 _MAX_COUNTED_SPANS = 4096  # counted span ids remembered for children that end after them (bounded memory)
 _MAX_ANCESTORS = 64  # how far up the live spans a span with usage looks for a counted ancestor
@@ -515,6 +516,18 @@ class CostSpanProcessor(SpanProcessor):
         )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
+        # Attribution: the call counts for its user and tags, read from the counted span (so exactly once).
+        user = attrs.get(_USER_ID)
+        tags = attribution.tags_of(attrs) if attribution.tag_attributes or attribution.scan_for_tags else None
+        if user is not None or tags:
+            self._ledger.attribute(
+                str(user) if user is not None else None,
+                tags,
+                tokens_in,
+                tokens_out,
+                cost.total if cost is not None else None,
+                source == _ESTIMATED,
+            )
         return running
 
     @staticmethod
