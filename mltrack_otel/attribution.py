@@ -38,6 +38,8 @@ _MAX_KNOWN_KEYS = 256
 tag_attributes: tuple[str, ...] = ()
 scan_for_tags = False
 _known_lock = threading.Lock()
+# Tag keys validated before -> their span attribute name: a block is made per request, the regex once per key.
+_checked: dict[str, str] = {}
 
 
 def _identity(name: str, value: Any) -> str:
@@ -53,7 +55,9 @@ def _identity(name: str, value: Any) -> str:
 
 def check_tag(key: Any, value: Any) -> tuple[str, str | int | float | bool]:
     """A tag key and value as they go on a span, or ValueError naming what is wrong."""
-    if not isinstance(key, str) or not TAG_KEY.fullmatch(key):
+    if key in _checked:  # a str: only str keys go in
+        pass
+    elif not isinstance(key, str) or not TAG_KEY.fullmatch(key):
         raise ValueError(
             f"tag key {key!r} is not allowed: use lower-case letters, digits, '_' and '.' "
             "(an identifier such as 'feature' or 'team.cost_center')"
@@ -64,6 +68,10 @@ def check_tag(key: Any, value: Any) -> tuple[str, str | int | float | bool]:
         raise ValueError(f"tag {key!r}: the value is {len(value)} characters long; at most {MAX_VALUE_CHARS}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"tag {key!r}: the value must be a finite number, not {value!r}")
+    if key not in _checked:
+        if len(_checked) >= _MAX_KNOWN_KEYS:
+            _checked.clear()
+        _checked[key] = TAG_PREFIX + key
     return key, value
 
 
@@ -79,21 +87,29 @@ def call_attributes(
     if tags:
         if not isinstance(tags, Mapping):
             raise ValueError(f"tags must be a mapping of keys to values, not {type(tags).__name__}")
+        new = None
         for key, value in tags.items():
             key, value = check_tag(key, value)
-            out[TAG_PREFIX + key] = value
-        _know(name for name in out if name.startswith(TAG_PREFIX))
+            name = _checked.get(key) or TAG_PREFIX + key
+            out[name] = value
+            if name not in _known:
+                new = [*(new or ()), name]
+        if new:
+            _know(new)
     return out
 
 
-def _know(names: Any) -> None:
+_known: frozenset[str] = frozenset()  # tag_attributes as a set
+
+
+def _know(names: list[str]) -> None:
     """Remember tag attribute names for the processor (a new tuple: it reads the old one without a lock)."""
-    global tag_attributes, scan_for_tags
-    new = [name for name in names if name not in tag_attributes]
-    if not new or scan_for_tags:
+    global tag_attributes, scan_for_tags, _known
+    if scan_for_tags:
         return
     with _known_lock:
-        known = (*tag_attributes, *(name for name in dict.fromkeys(new) if name not in tag_attributes))
+        known = (*tag_attributes, *(name for name in dict.fromkeys(names) if name not in tag_attributes))
+        _known = frozenset(known)
         if len(known) > _MAX_KNOWN_KEYS:
             scan_for_tags = True
         tag_attributes = known

@@ -412,3 +412,20 @@ def test_report_refuses_an_unknown_grouping(by, capsys):
         cli.main(["report", "--by", by])
     assert exited.value.code == 2
     assert "use model, provider, day, conversation, user or tag.<key>" in capsys.readouterr().err
+
+
+def test_tags_are_still_counted_once_too_many_keys_were_seen(traced, oai, monkeypatch):
+    from mltrack_otel import attribution as module
+
+    # The processor looks up the tag keys it knows; past the bound it scans the span's attributes instead.
+    monkeypatch.setattr(module, "_MAX_KNOWN_KEYS", 2)
+    monkeypatch.setattr(module, "tag_attributes", ())
+    monkeypatch.setattr(module, "_known", frozenset())
+    monkeypatch.setattr(module, "scan_for_tags", False)
+    with mltrack_otel.attributes(alpha="a", beta="b", gamma="c"):
+        ask(oai)
+    assert module.scan_for_tags
+    (span,) = calls(traced)
+    cost = exact_cost(span)
+    for tag in ("alpha=a", "beta=b", "gamma=c"):
+        assert (mltrack_otel.totals(tag=tag).calls, mltrack_otel.totals(tag=tag).cost_usd) == (1, cost)
