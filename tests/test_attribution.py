@@ -53,7 +53,7 @@ def exact_cost(span) -> Decimal:
     """The exact price of a counted span's usage, recomputed (the span's float is a rounding of it)."""
     a = span.attributes
     usage = Usage(a[semconv.LLM_TOKENS_PROMPT], a[semconv.LLM_TOKENS_COMPLETION])
-    return Pricer().price("openai", a["gen_ai.response.model"], usage).total
+    return Pricer().price("openai", a.get("gen_ai.response.model") or a["gen_ai.request.model"], usage).total
 
 
 # -- the attributes reach every call beneath, and only those ------------------------------------------------------
@@ -429,3 +429,29 @@ def test_tags_are_still_counted_once_too_many_keys_were_seen(traced, oai, monkey
     cost = exact_cost(span)
     for tag in ("alpha=a", "beta=b", "gamma=c"):
         assert (mltrack_otel.totals(tag=tag).calls, mltrack_otel.totals(tag=tag).cost_usd) == (1, cost)
+
+
+def test_model_calls_of_other_instrumentation_are_attributed_too(traced):
+    """A span another instrumentation starts for a model call gets the block's attributes (its own values win);
+    a span that is not a model call gets none."""
+    tracer = trace.get_tracer("other-instrumentation")
+    foreign = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o",
+        "gen_ai.usage.input_tokens": 100,
+        "gen_ai.usage.output_tokens": 10,
+    }
+    with mltrack_otel.attributes(user_id="u1", feature="search"):
+        with tracer.start_as_current_span("db query"):
+            pass
+        with tracer.start_as_current_span("chat gpt-4o", attributes=foreign):
+            pass
+        with tracer.start_as_current_span("chat gpt-4o", attributes={**foreign, "user.id": "own"}):
+            pass
+    db, call, own = traced.memory_exporter.get_finished_spans()
+    assert attribution(db) == {}
+    assert attribution(call) == {USER: "u1", FEATURE: "search"}
+    assert attribution(own) == {USER: "own", FEATURE: "search"}
+    assert mltrack_otel.totals(user="u1").cost_usd == exact_cost(call)
+    assert mltrack_otel.totals(tag="feature=search").calls == 2
