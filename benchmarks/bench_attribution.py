@@ -1,14 +1,15 @@
 """Added CPU per call of attribution: the same instrumented OpenAI chat call with and without attributes(...) around it.
 
-    python -m benchmarks.bench_attribution                 # 4000 pairs of calls per row (~1 min)
-    python -m benchmarks.bench_attribution --pairs 10000
+    python -m benchmarks.bench_attribution                 # 2000 pairs of 4 calls per half, per row (~3 min)
+    python -m benchmarks.bench_attribution --pairs 5000 --calls 2
 
 The call is benchmarks.overhead's `openai_chat` (our instrumentation, CostSpanProcessor, in-memory export), answered
-in-process with the bytes the fake provider sends, so the figure is ours and not the network's. Each pair makes one
-call bare and one with ``mltrack_otel.attributes(user_id=, session_id=, feature=, tenant=)`` made and entered around
-it (what a request handler does), alternating which goes first, each timed in thread CPU; the median and IQR of the
-paired differences are printed. What the difference covers: validating and attaching the block, four more span
-attributes, the processor's per-user and per-tag totals (Ledger.attribute) and the larger enriched copy.
+in-process with the bytes the fake provider sends, so the figure is ours and not the network's. Each pair makes a
+few calls bare and as many with ``mltrack_otel.attributes(user_id=, session_id=, feature=, tenant=)`` made and
+entered around each (what a request handler does), alternating which half goes first, each timed in thread CPU; the
+median of the paired differences is printed with its standard error and IQR. What the difference covers:
+validating and attaching the block, four more span attributes, the processor's per-user and per-tag totals
+(Ledger.attribute) and the larger enriched copy.
 A second row does the same with ``track_llm_context(name, user=, tags=)`` against a bare ``track_llm_context(name)``.
 """
 
@@ -48,10 +49,15 @@ def canned_openai_chat() -> dict[str, Any]:
 
 
 def paired(
-    call: Callable[[], Any], bare: Callable[[], Any], attributed: Callable[[], Any], pairs: int, exporter: Any
+    call: Callable[[], Any],
+    bare: Callable[[], Any],
+    attributed: Callable[[], Any],
+    pairs: int,
+    calls: int,
+    exporter: Any,
 ) -> tuple[list[float], list[float]]:
-    """(on - off thread CPU µs for each pair of calls, off µs per call): one call bare and one attributed per pair,
-    alternating which goes first. Per-call pairs over thousands of calls: the machine's drift hits both halves."""
+    """(on - off thread CPU µs per call for each pair, off µs per call): `calls` calls bare and as many attributed
+    per pair, alternating which half goes first. Short halves over thousands of pairs: drift hits both alike."""
     for block in (bare, attributed):  # warm-up of both halves
         for _ in range(200):
             with block():
@@ -64,19 +70,21 @@ def paired(
         for on in (True, False) if i % 2 else (False, True):
             block = attributed if on else bare
             t = clock()
-            with block():
-                call()
-            cpu[on] = (clock() - t) / 1e3
+            for _ in range(calls):
+                with block():
+                    call()
+            cpu[on] = (clock() - t) / 1e3 / calls
         diffs.append(cpu[True] - cpu[False])
         base.append(cpu[False])
-        if i % 500 == 499:
+        if i % 200 == 199:
             exporter.clear()
     return diffs, base
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=4000, help="pairs of calls (one bare, one attributed)")
+    parser.add_argument("--pairs", type=int, default=2000, help="pairs of halves (one bare, one attributed)")
+    parser.add_argument("--calls", type=int, default=4, help="calls per half")
     args = parser.parse_args(argv)
 
     import mltrack_otel
@@ -97,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
             lambda: mltrack_otel.track_llm_context("request", user="user-1234", tags={"feature": "search"}),
         ),
     ]
-    print(f"{'added by':36s} {'µs/call':>8s} {'IQR of pairs':>16s} {'base µs/call':>12s}   ({args.pairs} pairs)")
+    print(f"{'added by':36s} {'µs/call':>8s} {'± SE':>6s} {'IQR of pairs':>16s} {'base µs/call':>12s}")
     for label, bare, on in rows:
-        diffs, base = paired(call, bare, on, args.pairs, exporter)
-        q1, _, q3 = statistics.quantiles(diffs, n=4)
+        diffs, base = paired(call, bare, on, args.pairs, args.calls, exporter)
+        q1, median, q3 = statistics.quantiles(diffs, n=4)
+        # Standard error of the median, from the IQR (normal approximation: sd = IQR / 1.349).
+        se = 1.2533 * (q3 - q1) / 1.349 / len(diffs) ** 0.5
         iqr = f"[{q1:.1f}, {q3:.1f}]"
-        print(f"{label:36s} {statistics.median(diffs):8.1f} {iqr:>16s} {statistics.median(base):12.1f}")
+        print(f"{label:36s} {median:8.1f} {se:6.1f} {iqr:>16s} {statistics.median(base):12.1f}")
+    print(f"({args.pairs} pairs of {args.calls} calls per half, thread CPU time)")
     assert ledger.LEDGER.user_totals("user-1234").calls > 0  # the attributed calls were counted per user
 
 
