@@ -455,3 +455,16 @@ def test_model_calls_of_other_instrumentation_are_attributed_too(traced):
     assert attribution(own) == {USER: "own", FEATURE: "search"}
     assert mltrack_otel.totals(user="u1").cost_usd == exact_cost(call)
     assert mltrack_otel.totals(tag="feature=search").calls == 2
+
+
+def test_a_stream_opened_in_the_block_and_read_after_it_is_attributed_once(traced, oai):
+    with mltrack_otel.attributes(user_id="streamer"):
+        stream = oai.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "stream"}], stream=True
+        )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text
+    (span,) = calls(traced)
+    assert span.attributes[USER] == "streamer"
+    assert mltrack_otel.totals(user="streamer").calls == 1
+    assert mltrack_otel.totals(user="streamer").cost_usd == exact_cost(span)
