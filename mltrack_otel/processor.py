@@ -446,6 +446,11 @@ class CostSpanProcessor(SpanProcessor):
             return None
         cost = self._price(span, attrs, usage) if self._track_costs else None
         out: dict[str, Any] = {}
+        extra = call_context.current()  # attribution around the call: onto MLflow's span and into its totals
+        missing = {key: value for key, value in extra.items() if key not in attrs} if extra else None
+        if missing:
+            attrs = {**attrs, **missing}
+            out.update(missing)
         events: list[Event] = []
         live = _Live(None, current_scope(), None)
         self._describe_usage(span, attrs, usage, cost, live, count, out, events)

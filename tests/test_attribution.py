@@ -468,3 +468,24 @@ def test_a_stream_opened_in_the_block_and_read_after_it_is_attributed_once(trace
     assert span.attributes[USER] == "streamer"
     assert mltrack_otel.totals(user="streamer").calls == 1
     assert mltrack_otel.totals(user="streamer").cost_usd == exact_cost(span)
+
+
+def test_an_mlflow_autolog_span_counted_elsewhere_is_attributed(settings):
+    """MLflow keeps its autolog spans on a provider of its own; the processor accounts for them before they end
+    (account_elsewhere), with the attribution current at the call."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from mltrack_otel.processor import CostSpanProcessor
+
+    own = ledger.Ledger()
+    processor = CostSpanProcessor(ledger=own, pricer=Pricer())
+    usage = json.dumps({"input_tokens": 5, "output_tokens": 30, "total_tokens": 35})
+    autolog = {"mlflow.llm.model": '"gpt-4o"', "mlflow.message.format": '"openai"', "mlflow.chat.tokenUsage": usage}
+    span = TracerProvider().get_tracer("mlflow").start_span("Completions", attributes=autolog)
+    with mltrack_otel.attributes(user_id="u-mlflow", feature="autolog"):
+        out = processor.account_elsewhere(span, count=True)
+    span.end()
+    assert out[USER] == "u-mlflow" and out[FEATURE] == "autolog"
+    expected = Pricer().price("openai", "gpt-4o", Usage(5, 30)).total
+    assert (own.user_totals("u-mlflow").calls, own.user_totals("u-mlflow").cost_usd) == (1, expected)
+    assert own.tag_totals("feature", "autolog").calls == 1
