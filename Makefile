@@ -34,9 +34,12 @@ lint: .venv/.installed
 test-core: .venv/.installed .venv-phoenix/.installed
 	.venv/bin/python -m pytest -q -p no:cacheprovider -m "not frameworks"
 
-# The frameworks, plus the provider instrumentors again on the openai version the frameworks resolve to.
+# The frameworks, plus the provider instrumentors again on the SDK versions the frameworks resolve to (openai 2.x,
+# groq 0.x, cohere 5.x).
 test-frameworks: .venv-fw/.installed
-	.venv-fw/bin/python -m pytest -q -p no:cacheprovider tests/test_openai.py tests/test_anthropic.py
+	.venv-fw/bin/python -m pytest -q -p no:cacheprovider -m "not frameworks" tests/test_openai.py tests/test_anthropic.py \
+		tests/test_groq.py tests/test_cohere.py tests/test_google_genai.py tests/test_bedrock.py tests/test_mistralai.py \
+		tests/test_ollama.py
 	.venv-fw/bin/python -m pytest -q -p no:cacheprovider -m frameworks
 
 demo: .venv/.installed

@@ -34,13 +34,41 @@ FLOOR = "sdk-span"
 FLOOR_ON = True
 PROVIDER: Any = None  # the variant's TracerProvider, set by setup_variant
 
-OPS = ("openai_chat", "openai_stream", "anthropic_chat", "anthropic_stream", "openai_embeddings", "langchain_chat")
+OPS = (
+    "openai_chat",
+    "openai_stream",
+    "anthropic_chat",
+    "anthropic_stream",
+    "openai_embeddings",
+    "langchain_chat",
+    # The SDKs of issue 13: a plain call and a stream each.
+    "gemini_chat",
+    "gemini_stream",
+    "bedrock_chat",
+    "bedrock_stream",
+    "mistral_chat",
+    "mistral_stream",
+    "cohere_chat",
+    "cohere_stream",
+    "ollama_chat",
+    "ollama_stream",
+    "groq_chat",
+    "groq_stream",
+)
+# The operations the default runs measure (benchmarks.overhead, bench_toggle): every one.
+PROVIDER_OPS = OPS[6:]
 
 SYSTEM = "You are a concise assistant."
 QUESTION = "Explain in one paragraph why the sky is blue, for a curious ten-year-old."
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-sonnet-4-5"
 EMBEDDING_MODEL = "text-embedding-3-small"
+GEMINI_MODEL = "gemini-2.5-flash"
+BEDROCK_MODEL = "amazon.nova-lite-v1:0"
+MISTRAL_MODEL = "mistral-small-latest"
+COHERE_MODEL = "command-r-08-2024"
+OLLAMA_MODEL = "llama3.2"
+GROQ_MODEL = "llama-3.1-8b-instant"
 API_KEY = "sk-bench-not-a-key"
 
 # Attribute keys that mean "this span carries message content", per instrumentation family.
@@ -62,32 +90,172 @@ def family(op: str) -> str:
     return op.split("_", 1)[0]
 
 
+# mltrack_otel.instrumentation.LIBRARIES names, where they differ from the operation's family.
+LIBRARY = {"gemini": "google_genai", "mistral": "mistralai"}
+
+
 def our_libraries(op: str) -> list[str]:
     """What mltrack_otel.instrument() is given for the operation."""
-    return ["openai", "langchain"] if op == "langchain_chat" else [family(op)]
+    return ["openai", "langchain"] if op == "langchain_chat" else [LIBRARY.get(family(op), family(op))]
 
 
 # --- clients --------------------------------------------------------------------------------------------
 
 
-def _mock_http_client(bodies: dict[str, Any], op: str) -> Any:
-    import httpx2
-
+def _canned(bodies: dict[str, Any], op: str) -> tuple[bytes, dict[str, str]]:
     canned = bodies[op]
-    content = base64.b64decode(canned["body"])
-    headers = {"content-type": canned["content_type"]}
+    return base64.b64decode(canned["body"]), canned.get("headers") or {"content-type": canned["content_type"]}
+
+
+def _mock_transport(bodies: dict[str, Any], op: str, library: str = "httpx2") -> Any:
+    """An in-process transport of `library` (httpx2 for openai 3.x, anthropic 2.x and mistralai; httpx for the
+    others) answering every request with the operation's canned response."""
+    import importlib
+
+    httpx = importlib.import_module(library)
+    content, headers = _canned(bodies, op)
 
     def handler(request: Any) -> Any:
         request.read()
-        return httpx2.Response(200, headers=headers, content=content)
+        return httpx.Response(200, headers=headers, content=content)
 
-    return httpx2.Client(transport=httpx2.MockTransport(handler))
+    return httpx.MockTransport(handler)
+
+
+def _mock_http_client(bodies: dict[str, Any], op: str, library: str = "httpx2") -> Any:
+    import importlib
+
+    return importlib.import_module(library).Client(transport=_mock_transport(bodies, op, library))
+
+
+class _CannedRaw:
+    """The raw body botocore reads from its HTTP layer (urllib3's response): stream(), read(), close()."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content, self._at = content, 0
+
+    def stream(self, amt: int = 1024, decode_content: bool | None = None) -> Any:
+        while self._at < len(self._content):
+            yield self.read(amt)
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        end = len(self._content) if amt is None else self._at + amt
+        out, self._at = self._content[self._at : end], min(end, len(self._content))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _canned_botocore(client: Any, bodies: dict[str, Any], op: str) -> None:
+    """Answer the client's requests in process: botocore's `before-send` event, the hook its HTTP layer offers for
+    exactly this, returns the canned response in place of sending; serialising, signing, the event stream decoder
+    and parsing run as they do against AWS (botocore.stub.Stubber would skip them)."""
+    from botocore.awsrequest import AWSResponse
+
+    content, headers = _canned(bodies, op)
+
+    def before_send(request: Any, **_kwargs: Any) -> Any:
+        return AWSResponse(request.url, 200, headers, _CannedRaw(content))
+
+    client.meta.events.register("before-send.bedrock-runtime", before_send)
+
+
+def _drain(stream: Any) -> int:
+    n = 0
+    for _item in stream:
+        n += 1
+    return n
+
+
+def _provider_call(op: str, url: str, bodies: dict[str, Any] | None) -> Callable[[], Any]:
+    """The issue-13 SDKs: google-genai, boto3 (bedrock-runtime), mistralai, cohere (ClientV2), ollama and groq."""
+    fam = family(op)
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    if fam == "gemini":
+        from google import genai
+        from google.genai import types
+
+        client_args = {"transport": _mock_transport(bodies, op, "httpx2")} if bodies is not None else None
+        client = genai.Client(api_key=API_KEY, http_options=types.HttpOptions(base_url=url, client_args=client_args))
+        config = types.GenerateContentConfig(system_instruction=SYSTEM, max_output_tokens=200)
+        if op == "gemini_chat":
+            return lambda: client.models.generate_content(model=GEMINI_MODEL, contents=QUESTION, config=config)
+        return lambda: _drain(
+            client.models.generate_content_stream(model=GEMINI_MODEL, contents=QUESTION, config=config)
+        )
+    if fam == "bedrock":
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "bedrock-runtime",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        if bodies is not None:
+            _canned_botocore(client, bodies, op)
+        converse = {
+            "modelId": BEDROCK_MODEL,
+            "system": [{"text": SYSTEM}],
+            "messages": [{"role": "user", "content": [{"text": QUESTION}]}],
+            "inferenceConfig": {"maxTokens": 200},
+        }
+        if op == "bedrock_chat":
+            return lambda: client.converse(**converse)
+        return lambda: _drain(client.converse_stream(**converse)["stream"])
+    if fam == "mistral":
+        from mistralai.client import Mistral
+
+        http = _mock_http_client(bodies, op, "httpx2") if bodies is not None else None
+        client = Mistral(api_key=API_KEY, server_url=url, client=http)
+        if op == "mistral_chat":
+            return lambda: client.chat.complete(model=MISTRAL_MODEL, messages=messages, max_tokens=200)
+
+        def mistral_stream() -> int:
+            with client.chat.stream(model=MISTRAL_MODEL, messages=messages, max_tokens=200) as stream:
+                return _drain(stream)
+
+        return mistral_stream
+    if fam == "cohere":
+        import cohere
+
+        http = _mock_http_client(bodies, op, "httpx") if bodies is not None else None
+        client = cohere.ClientV2(api_key=API_KEY, base_url=url, httpx_client=http)
+        if op == "cohere_chat":
+            return lambda: client.chat(model=COHERE_MODEL, messages=messages, max_tokens=200)
+        return lambda: _drain(client.chat_stream(model=COHERE_MODEL, messages=messages, max_tokens=200))
+    if fam == "ollama":
+        import ollama
+
+        extra = {"transport": _mock_transport(bodies, op, "httpx")} if bodies is not None else {}
+        client = ollama.Client(host=url, **extra)
+        options = {"num_predict": 200}
+        if op == "ollama_chat":
+            return lambda: client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=False)
+        return lambda: _drain(client.chat(model=OLLAMA_MODEL, messages=messages, options=options, stream=True))
+    if fam == "groq":
+        import groq
+
+        http = _mock_http_client(bodies, op, "httpx") if bodies is not None else None
+        client = groq.Groq(api_key=API_KEY, base_url=url, max_retries=0, http_client=http)
+        if op == "groq_chat":
+            return lambda: client.chat.completions.create(model=GROQ_MODEL, messages=messages, max_tokens=200)
+        return lambda: _drain(
+            client.chat.completions.create(model=GROQ_MODEL, messages=messages, max_tokens=200, stream=True)
+        )
+    raise ValueError(f"unknown op {op}")
 
 
 def make_call(op: str, transport: str, base_url: str | None, bodies: dict[str, Any] | None) -> Callable[[], Any]:
     """A zero-argument function doing one complete operation (a stream is read to the end)."""
-    http_client = _mock_http_client(bodies, op) if transport == "inproc" else None
     url = "http://bench.invalid" if transport == "inproc" else base_url
+    if op in PROVIDER_OPS:
+        return _provider_call(op, url, bodies if transport == "inproc" else None)
+    http_client = _mock_http_client(bodies, op) if transport == "inproc" else None
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     if family(op) == "openai":
         import openai
@@ -149,8 +317,42 @@ def make_call(op: str, transport: str, base_url: str | None, bodies: dict[str, A
 # --- variants ----------------------------------------------------------------------------------------------
 
 
+# The peers of the issue-13 SDKs: {family: {variant: (module, instrumentor class)}}. otel-genai is the official
+# OpenTelemetry one where it exists (google-genai; botocore's bedrock-runtime extension), openllmetry is Traceloop's
+# opentelemetry-instrumentation-<sdk> (google-generativeai instruments google-genai since 0.40).
+PROVIDER_PEERS: dict[str, dict[str, tuple[str, str]]] = {
+    "gemini": {
+        "otel-genai": ("opentelemetry.instrumentation.google_genai", "GoogleGenAiSdkInstrumentor"),
+        "openinference": ("openinference.instrumentation.google_genai", "GoogleGenAIInstrumentor"),
+        "openllmetry": ("opentelemetry.instrumentation.google_generativeai", "GoogleGenerativeAiInstrumentor"),
+    },
+    "bedrock": {
+        "otel-genai": ("opentelemetry.instrumentation.botocore", "BotocoreInstrumentor"),
+        "openinference": ("openinference.instrumentation.bedrock", "BedrockInstrumentor"),
+        "openllmetry": ("opentelemetry.instrumentation.bedrock", "BedrockInstrumentor"),
+    },
+    "mistral": {
+        "openinference": ("openinference.instrumentation.mistralai", "MistralAIInstrumentor"),
+        "openllmetry": ("opentelemetry.instrumentation.mistralai", "MistralAiInstrumentor"),
+    },
+    "cohere": {"openllmetry": ("opentelemetry.instrumentation.cohere", "CohereInstrumentor")},
+    "ollama": {"openllmetry": ("opentelemetry.instrumentation.ollama", "OllamaInstrumentor")},
+    "groq": {
+        "openinference": ("openinference.instrumentation.groq", "GroqInstrumentor"),
+        "openllmetry": ("opentelemetry.instrumentation.groq", "GroqInstrumentor"),
+    },
+}
+
+
 def _peer_instrumentors(variant: str, op: str) -> list[Any]:
     fam = family(op)
+    if fam in PROVIDER_PEERS:
+        import importlib
+
+        if variant not in PROVIDER_PEERS[fam]:
+            raise ValueError(f"variant {variant} does not cover {op}")
+        module, name = PROVIDER_PEERS[fam][variant]
+        return [getattr(importlib.import_module(module), name)()]
     if variant == "otel-genai":
         if fam == "openai":
             from opentelemetry.instrumentation.genai.openai import OpenAIInstrumentor
@@ -210,6 +412,13 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
         import anthropic
 
         facts["sdk"] = f"anthropic {anthropic.__version__}"
+    elif family(op) in SDK_PACKAGES:
+        import importlib
+        from importlib import metadata
+
+        package, module = SDK_PACKAGES[family(op)]
+        importlib.import_module(module)
+        facts["sdk"] = f"{package} {metadata.version(package)}"
     else:
         import langchain_core
         import openai
@@ -220,8 +429,8 @@ def setup_variant(variant: str, op: str) -> tuple[Any, dict[str, Any]]:
         return exporter, facts
     if variant == FLOOR:
         tp.add_span_processor(SimpleSpanProcessor(exporter))
-        _bare_span_wrapper(family(op), tp.get_tracer("bench.floor"))
-        facts["instrumented"] = ["a bare SDK span around SyncAPIClient.request"]
+        targets = _bare_span_wrapper(family(op), tp.get_tracer("bench.floor"))
+        facts["instrumented"] = [f"a bare SDK span around {', '.join(targets)}"]
         return exporter, facts
     if variant in ("mltrack", "mltrack-nocontent"):
         import mltrack_otel
@@ -273,8 +482,34 @@ _FLOOR_END = {
 }
 
 
-def _bare_span_wrapper(sdk: str, tracer: Any) -> None:
-    """The floor variant: wrap the SDK's request choke point with nothing but an SDK span."""
+# The SDK packages and the module to import first, per issue-13 family.
+SDK_PACKAGES = {
+    "gemini": ("google-genai", "google.genai"),
+    "bedrock": ("boto3", "boto3"),
+    "mistral": ("mistralai", "mistralai.client"),
+    "cohere": ("cohere", "cohere"),
+    "ollama": ("ollama", "ollama"),
+    "groq": ("groq", "groq"),
+}
+# Where the floor's bare span goes: the SDK's request choke point, or the methods our instrumentor wraps.
+FLOOR_TARGETS = {
+    "openai": (("openai._base_client", "SyncAPIClient.request"),),
+    "anthropic": (("anthropic._base_client", "SyncAPIClient.request"),),
+    "groq": (("groq._base_client", "SyncAPIClient.request"),),
+    "gemini": (
+        ("google.genai.models", "Models.generate_content"),
+        ("google.genai.models", "Models.generate_content_stream"),
+    ),
+    "bedrock": (("botocore.client", "BaseClient._make_api_call"),),
+    "mistral": (("mistralai.client.chat", "Chat.complete"), ("mistralai.client.chat", "Chat.stream")),
+    "cohere": (("cohere.v2.client", "V2Client.chat"), ("cohere.v2.client", "V2Client.chat_stream")),
+    "ollama": (("ollama._client", "Client._request"),),
+}
+
+
+def _bare_span_wrapper(sdk: str, tracer: Any) -> list[str]:
+    """The floor variant: wrap the SDK's request choke point (or the methods our instrumentor wraps) with nothing
+    but an SDK span; returns what it wrapped."""
     import importlib
 
     import wrapt
@@ -290,8 +525,9 @@ def _bare_span_wrapper(sdk: str, tracer: Any) -> None:
             span.set_attributes(dict(_FLOOR_END))
             span.end()
 
-    base = importlib.import_module(f"{sdk}._base_client")
-    wrapt.wrap_function_wrapper(base.SyncAPIClient, "request", request)
+    for module, name in FLOOR_TARGETS[sdk]:
+        wrapt.wrap_function_wrapper(importlib.import_module(module), name, request)
+    return [f"{module}.{name}" for module, name in FLOOR_TARGETS[sdk]]
 
 
 def switch_for(variant: str, op: str) -> Callable[[bool], None]:
@@ -327,19 +563,27 @@ def switch_for(variant: str, op: str) -> Callable[[bool], None]:
                     instrumentor.uninstrument()
 
         return reinstrument
+    from opentelemetry import context
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     suppressed: list[Any] = []
 
     def suppress(on: bool) -> None:
         if on and suppressed:
+            context.detach(suppressed.pop())
             suppressed.pop().__exit__(None, None, None)
         elif not on and not suppressed:
             manager = suppress_instrumentation()
             manager.__enter__()
             suppressed.append(manager)
+            # OpenLLMetry's Bedrock wrappers (on each client's methods) check only their own key.
+            suppressed.append(context.attach(context.set_value(_SUPPRESS_LLM_KEY, True)))
 
     return suppress
+
+
+# opentelemetry.semconv_ai.SUPPRESS_LANGUAGE_MODEL_INSTRUMENTATION_KEY (not imported: a peer's package).
+_SUPPRESS_LLM_KEY = "suppress_language_model_instrumentation"
 
 
 def paired_slices(
@@ -389,7 +633,9 @@ def profile_text(stats: pstats.Stats, n: int) -> str:
     """The functions of mltrack_otel and of the OTel SDK, in µs per operation (cProfile inflates all of them)."""
     rows = []
     for (file, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        where = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        where = file.split("site-packages/")[-1]
+        if "/mltrack_otel/" in where:  # any checkout (a worktree too), not only /work/main
+            where = "mltrack_otel/" + where.split("/mltrack_otel/", 1)[1]
         rows.append((where, line, name, ncalls / n, tottime / n * 1e6, cumtime / n * 1e6))
     total = sum(r[4] for r in rows)
     out = io.StringIO()

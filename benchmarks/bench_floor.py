@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-OPERATIONS = ("openai_chat", "openai_stream", "anthropic_chat", "anthropic_stream", "openai_embeddings")
+from benchmarks._overhead_worker import PROVIDER_OPS
+
+OPERATIONS = ("openai_chat", "openai_stream", "anthropic_chat", "anthropic_stream", "openai_embeddings", *PROVIDER_OPS)
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = r"""

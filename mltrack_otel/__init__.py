@@ -20,6 +20,7 @@ from .version import __version__
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
     "attributes": "attribution",
+    "on_alert": "alerts",
     "Settings": "config",
     "load_settings": "config",
     "health": "guard",
@@ -64,6 +65,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .alerts import on_alert
     from .attribution import attributes
     from .config import Settings, load_settings
     from .guard import health
@@ -108,6 +110,7 @@ __all__ = [
     "instrument",
     "limit_conversation",
     "load_settings",
+    "on_alert",
     "openai_prompt_extractor",
     "openai_response_extractor",
     "openai_token_extractor",

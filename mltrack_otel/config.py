@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .hosts import parse_host
@@ -35,6 +35,68 @@ ExporterName = Literal["mlflow", "otlp", "console", "memory", "none"]
 class ProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     default_model: str | None = None
+
+
+# --- alerts (alerts.py evaluates them) ---------------------------------------------------------------------------
+AlertWhen = Literal["cost", "tokens", "unpriced"]
+AlertPer = Literal["minute", "hour", "day", "none"]
+AlertScope = Literal["process", "context", "conversation", "user"]
+AlertChannel = Literal["log", "webhook", "callback"]
+_MAX_RETRIES = 10
+
+
+class WebhookSettings(BaseModel):
+    """Where an alert is POSTed: `format` json (our payload) or slack (an incoming webhook's {"text": ...})."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    url: str = Field(repr=False)  # may carry a secret (Slack's do): kept out of reprs and logs
+    format: Literal["json", "slack"] = "json"
+    timeout_seconds: float = Field(default=5.0, gt=0, le=_MAX_SECONDS)
+    retries: int = Field(default=3, ge=0, le=_MAX_RETRIES)
+    backoff_seconds: float = Field(default=0.5, ge=0, le=_MAX_SECONDS)  # before retry n: backoff * 2**(n-1)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # e.g. Authorization; never logged
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        return value
+
+
+class AlertRule(BaseModel):
+    """`{when: cost, over: 5.0, per: hour, scope: user, notify: [log, webhook, callback]}`: fires once when the
+    value goes above `over` within a window (`per`: minute / hour / day, or none = the running total), per key of
+    its scope; re-arms in the next window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    when: AlertWhen
+    over: Decimal = Field(ge=0)  # USD for cost, tokens (input + output), or unpriced calls
+    per: AlertPer = "none"
+    scope: AlertScope = "process"
+    notify: tuple[AlertChannel, ...] | None = None  # None: log, callback, and webhook when one is configured
+    name: str | None = None
+    webhook: WebhookSettings | None = None  # this rule's own; else alert_webhook
+
+    @field_validator("per", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: Any) -> Any:
+        return "none" if value is None else value  # YAML `per: null` / `per: ~` reads as no window too
+
+    @field_validator("over")
+    @classmethod
+    def _finite(cls, value: Decimal) -> Decimal:
+        if not value.is_finite():
+            raise ValueError("expected a finite number")
+        return value
+
+    @property
+    def label(self) -> str:
+        per = "" if self.per == "none" else f" per {self.per}"
+        return self.name or f"{self.when} over {self.over}{per} by {self.scope}"
 
 
 class Settings(BaseModel):
@@ -109,6 +171,11 @@ class Settings(BaseModel):
     max_tag_values: int = Field(default=10_000, ge=1)
     metric_labels: tuple[str, ...] = ()
 
+    # Alerts (alerts.py): rules, and the webhook they notify unless a rule names its own.
+    alerts: tuple[AlertRule, ...] = ()
+    alert_webhook: WebhookSettings | None = None
+    alert_queue_size: int = Field(default=1000, ge=1, le=_MAX_QUEUE)  # alerts waiting for the worker; more dropped
+
     @field_validator("redact_patterns")
     @classmethod
     def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -141,6 +208,15 @@ class Settings(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("an attribute is named twice")
         return value
+
+    @model_validator(mode="after")
+    def _alert_webhooks_exist(self) -> Settings:
+        for i, rule in enumerate(self.alerts):
+            if rule.notify and "webhook" in rule.notify and rule.webhook is None and self.alert_webhook is None:
+                raise ValueError(
+                    f"key 'alerts.{i}.notify': names webhook, but neither the rule's webhook nor alert_webhook is set"
+                )
+        return self
 
     @field_validator("cloud_hosts")
     @classmethod
@@ -286,7 +362,9 @@ def _explain(exc: ValidationError, origin: str) -> str:
     lines = [f"{origin}: invalid configuration"]
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if not key:  # a check across keys names them in its message
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "extra_forbidden":
             top = str(err["loc"][0])
             close = _close_match(top)
             hint = f" (did you mean {close[0]!r}?)" if close and len(err["loc"]) == 1 else ""
@@ -309,12 +387,18 @@ def _shown(value: Any) -> str:
 
 
 _TRUE = {"1", "true", "yes", "on"}
+_YAML_VALUED = {"alerts", "alert_webhook"}  # lists of mappings / mappings: YAML or JSON in the variable
 _FALSE = {"0", "false", "no", "off", ""}
 
 
 def _env_value(name: str, raw: str) -> Any:
     """Turn one MLTRACK_* string into the shape its field expects (pydantic does the rest, leniently)."""
     annotation = str(_FIELDS[name].annotation)
+    if name in _YAML_VALUED:
+        try:
+            return _load_yaml(raw)
+        except _yaml()[0].YAMLError as exc:
+            raise ConfigError(f"MLTRACK_{name.upper()}: expected YAML/JSON: {exc}") from None
     if "dict" in annotation:
         if name == "otlp_headers":
             return _parse_headers(raw)

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from . import attribution, call_context, estimate, guard, semconv
+from . import alerts, attribution, call_context, estimate, guard, semconv
 from .budget import note_served_model
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
@@ -552,6 +552,18 @@ class CostSpanProcessor(SpanProcessor):
                 cost.total if cost is not None else None,
                 source == _ESTIMATED,
             )
+        # Alert rules over the same addition (alerts.py): the events of those it made fire go on this span.
+        events.extend(
+            alerts.observe(
+                span,
+                attrs,
+                scope,
+                conversation if isinstance(conversation, str) else None,
+                tokens_in + tokens_out,
+                cost.total if cost is not None else None,
+                cost is None and self._track_costs,
+            )
+        )
         return running
 
     @staticmethod

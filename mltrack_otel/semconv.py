@@ -66,6 +66,27 @@ MLFLOW_LLM_PROVIDER: Final = "mlflow.llm.provider"
 MLFLOW_SPANTYPE: Final = "mlflow.spanType"
 """MLflow's span type (CHAT_MODEL, LLM, EMBEDDING, TOOL, ...), JSON-encoded on MLflow's own spans."""
 
+MLTRACK_ALERT_KEY: Final = "mltrack.alert.key"
+"""Which context, conversation or user crossed (absent for the process scope)."""
+
+MLTRACK_ALERT_NAME: Final = "mltrack.alert.name"
+"""The alert rule's name (its `name` key, else a description such as "cost over 5 per hour by user")."""
+
+MLTRACK_ALERT_OVER: Final = "mltrack.alert.over"
+"""The rule's threshold, in the unit of `mltrack.alert.when` (USD, tokens or calls)."""
+
+MLTRACK_ALERT_PER: Final = "mltrack.alert.per"
+"""The window the value is summed over; the rule re-arms in the next one."""
+
+MLTRACK_ALERT_SCOPE: Final = "mltrack.alert.scope"
+"""Over what the value is summed: process, context, conversation or user."""
+
+MLTRACK_ALERT_VALUE: Final = "mltrack.alert.value"
+"""The value when the rule fired; above the threshold."""
+
+MLTRACK_ALERT_WHEN: Final = "mltrack.alert.when"
+"""What the rule watches: cost, tokens, or unpriced calls."""
+
 MLTRACK_CONTENT_TRUNCATED: Final = "mltrack.content.truncated"
 """True when captured message content was cut to fit the byte budget."""
 
@@ -115,6 +136,9 @@ MLTRACK_USAGE_SOURCE: Final = "mltrack.usage.source"
 """Where the usage of a counted call came from: provider, estimated or absent."""
 
 # Events
+
+MLTRACK_ALERT_FIRED: Final = "mltrack.alert.fired"
+"""Event on the span whose counted usage took an alert rule's value above its threshold."""
 
 MLTRACK_LIMIT_EXCEEDED: Final = "mltrack.limit.exceeded"
 """Event emitted on the span whose usage crossed a configured warning limit."""

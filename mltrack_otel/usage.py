@@ -40,6 +40,7 @@ class UsageShape:
     reasoning: tuple[Path, ...] = ()
     input_excludes_cache: bool = False  # the input count leaves cache reads and writes out: add them back
     output_excludes_reasoning: bool = False  # reasoning is billed as output but reported apart: add it in
+    whole_floats: bool = False  # the SDK parses counts as floats (12.0): a whole non-negative one is the count
 
 
 SHAPES: Mapping[str, UsageShape] = {
@@ -103,10 +104,13 @@ SHAPES: Mapping[str, UsageShape] = {
         cache_write=(("cacheWriteInputTokens",),),
         input_excludes_cache=True,
     ),
-    # Cohere v2: the billed units are what is priced.
+    # Cohere v2: the billed units are what is priced (`tokens` adds Cohere's prompt template); the cache read is
+    # inside the input.
     "cohere": UsageShape(
         input=(("billed_units", "input_tokens"),),
         output=(("billed_units", "output_tokens"),),
+        cache_read=(("cached_tokens",),),
+        whole_floats=True,
     ),
     "ollama": UsageShape(input=(("prompt_eval_count",),), output=(("eval_count",),)),
 }
@@ -141,13 +145,15 @@ def cache_write_key() -> str:
     return gen_ai.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
 
 
-def _first(usage: Any, paths: tuple[Path, ...], strict: bool) -> int | None:
+def _first(usage: Any, paths: tuple[Path, ...], strict: bool, whole_floats: bool = False) -> int | None:
     for path in paths:
         value = usage
         for name in path:
             value = get(value, name)
         if value is None:
             continue
+        if whole_floats and type(value) is float and value.is_integer():
+            value = int(value)
         if count(value) is None:
             if strict:
                 raise ValueError(f"token count must be an int from 0 to {MAX_TOKENS}, got {value!r:.100}")
@@ -164,12 +170,13 @@ def read(usage: Any, shape: str, *, strict: bool = False) -> dict[str, int]:
     if usage is None:
         return {}
     table = SHAPES[shape]
-    tokens_in, tokens_out = _first(usage, table.input, strict), _first(usage, table.output, strict)
+    floats = table.whole_floats
+    tokens_in, tokens_out = _first(usage, table.input, strict, floats), _first(usage, table.output, strict, floats)
     if tokens_in is None and tokens_out is None:
         return {}
-    cache_read = _first(usage, table.cache_read, strict) if table.cache_read else None
-    cache_write = _first(usage, table.cache_write, strict) if table.cache_write else None
-    reasoning = _first(usage, table.reasoning, strict) if table.reasoning else None
+    cache_read = _first(usage, table.cache_read, strict, floats) if table.cache_read else None
+    cache_write = _first(usage, table.cache_write, strict, floats) if table.cache_write else None
+    reasoning = _first(usage, table.reasoning, strict, floats) if table.reasoning else None
     tokens_in, tokens_out = tokens_in or 0, tokens_out or 0
     if table.input_excludes_cache:
         tokens_in += (cache_read or 0) + (cache_write or 0)

@@ -21,6 +21,7 @@ _FRAMEWORK_TESTS = {
     "test_litellm.py": "litellm",
     "test_dspy.py": "dspy",
     "test_secrets_frameworks.py": "litellm",
+    "test_llama_index_providers.py": "llama_index.core",
 }
 
 

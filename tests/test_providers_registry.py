@@ -187,6 +187,7 @@ _LANGCHAIN_MODELS = [
 ]  # fmt: skip
 
 
+@pytest.mark.frameworks
 @pytest.mark.parametrize(("module", "cls", "kwargs", "name"), _LANGCHAIN_MODELS, ids=[m[1] for m in _LANGCHAIN_MODELS])
 def test_langchain_chat_models_are_named_by_the_convention(monkeypatch, module, cls, kwargs, name):
     """The ls_provider each real chat model reports, and its class name when it reports none."""
@@ -226,6 +227,7 @@ _LITELLM_MODELS = [
 ]
 
 
+@pytest.mark.frameworks
 @pytest.mark.parametrize(("model", "name"), _LITELLM_MODELS)
 def test_litellm_routes_are_named_by_the_convention(model, name):
     """LiteLLM's own router picks the provider; the registry names it."""
@@ -236,6 +238,7 @@ def test_litellm_routes_are_named_by_the_convention(model, name):
     assert ll.resolve(model, None, None).provider == name
 
 
+@pytest.mark.frameworks
 def test_litellm_names_are_litellm_providers():
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     litellm = pytest.importorskip("litellm")
@@ -244,6 +247,7 @@ def test_litellm_names_are_litellm_providers():
     assert providers.framework_names("litellm") - known <= {"bedrock_converse"}
 
 
+@pytest.mark.frameworks
 def test_llama_index_usage_shape_is_the_clients_not_the_providers():
     """An OpenAI client pointed at Anthropic's OpenAI-compatible API is named anthropic but reports OpenAI usage."""
     pytest.importorskip("llama_index.llms.openai")

@@ -70,12 +70,13 @@ CASES = {
         {"inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 600, "cacheWriteInputTokens": 40},
         {IN: 650, OUT: 5, READ: 600, WRITE: 40},
     ),
-    "cohere": (
+    "cohere": (  # the SDK parses counts as floats
         {
-            "billed_units": {"input_tokens": 12, "output_tokens": 34},
-            "tokens": {"input_tokens": 200, "output_tokens": 34},
+            "billed_units": {"input_tokens": 12.0, "output_tokens": 34.0},
+            "tokens": {"input_tokens": 200.0, "output_tokens": 34.0},
+            "cached_tokens": 8.0,
         },
-        {IN: 12, OUT: 34},
+        {IN: 12, OUT: 34, READ: 8},
     ),
     "ollama": ({"prompt_eval_count": 26, "eval_count": 290, "total_duration": 5_000_000}, {IN: 26, OUT: 290}),
 }

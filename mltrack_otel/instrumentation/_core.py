@@ -85,17 +85,17 @@ def start(
     request: Request,
     settings: config.Settings,
     *,
-    default_model: bool = True,
     prepare: Callable[[dict[str, Any]], None] | None = None,
     parent: Any = None,
 ) -> Call:
     """Reserve the call's budget and start its span. Raises BudgetExceededError before anything is sent; any other
-    exception means the call goes out untracked (the reservation is given back)."""
+    exception means the call goes out untracked (the reservation is given back). `prepare(attributes)` runs just
+    before the span starts; `parent`: a context to start it in (MLflow autolog's span) instead of the current one."""
     endpoint, body = request.endpoint, request.body
     attributes = _base.base_attributes(endpoint.operation, request.provider, request.address, request.port)
     model = body.get("model")
     model = content.utf8(model) if isinstance(model, str) and model else None
-    if model is None and default_model:
+    if model is None:
         model = settings.default_model(request.provider)
     if model:
         attributes[_base.gen_ai.GEN_AI_REQUEST_MODEL] = model

@@ -22,7 +22,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from .. import providers
 from ..content import media_part, parse_arguments, text_part
-from ..usage import attributes as usage_of
+from ..usage import read as read_usage
 from ._base import (
     UNFINISHED,
     Call,
@@ -57,20 +57,9 @@ def _reason(raw: Any, default: str = UNFINISHED) -> str:
     return _FINISH.get(raw, finish_reason(raw, default)) if raw is not None else default
 
 
-def _tokens(value: Any) -> int | None:
-    """A count the SDK parsed as a float (6.0): the int, when it is a whole non-negative number."""
-    if type(value) is float and value.is_integer() and value >= 0:
-        return int(value)
-    return value if type(value) is int and value >= 0 else None
-
-
 def usage_attributes(usage: Any) -> dict[str, int]:
     """gen_ai.usage.* from a v2 ``usage`` (or embed ``meta``): the billed counts, with the cache read."""
-    billed = get(usage, "billed_units")
-    tokens_in, tokens_out = _tokens(get(billed, "input_tokens")), _tokens(get(billed, "output_tokens"))
-    if tokens_in is None and tokens_out is None:
-        return {}
-    return usage_of(tokens_in or 0, tokens_out or 0, _tokens(get(usage, "cached_tokens")), None, None)
+    return read_usage(usage, "cohere")
 
 
 # --- content: Cohere messages -> GenAI parts ---------------------------------------------------------------------

@@ -449,6 +449,8 @@ class ChatRecorder(StreamRecorder):
             reason = choice.finish_reason
             if reason is not None:
                 acc.finish = reason
+                if self.usage is None:  # Groq reports a stream's usage unasked, in the finish chunk's x_groq
+                    self.usage = get(get(chunk, "x_groq"), "usage")
             if self.capture:
                 self.add_deltas(choice, acc)
             else:  # only the text, for an estimate should the usage never arrive: the delta itself is ~10x bigger
