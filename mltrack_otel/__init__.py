@@ -20,6 +20,7 @@ from .version import __version__
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
     "ab": "ab",
+    "attributes": "attribution",
     "on_alert": "alerts",
     "Settings": "config",
     "load_settings": "config",
@@ -71,6 +72,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .ab import ab
     from .alerts import on_alert
+    from .attribution import attributes
     from .config import Settings, load_settings
     from .guard import health
     from .instrumentation import instrument, uninstrument
@@ -111,6 +113,7 @@ __all__ = [
     "anthropic_prompt_extractor",
     "anthropic_response_extractor",
     "anthropic_token_extractor",
+    "attributes",
     "check_budget",
     "configure",
     "health",

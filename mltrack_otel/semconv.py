@@ -135,6 +135,9 @@ MLTRACK_SCOPE_NAME: Final = "mltrack.scope.name"
 MLTRACK_STREAM_COMPLETE: Final = "mltrack.stream.complete"
 """False when a streamed response ended before the provider finished it (closed early, abandoned, failed)."""
 
+MLTRACK_TAG: Final = "mltrack.tag"
+"""A custom attribution tag of a model call, one attribute per key (mltrack.tag.<key>)."""
+
 MLTRACK_TAGS: Final = "mltrack.tags"
 """User tags of a tracking scope, as key=value strings."""
 
