@@ -20,6 +20,7 @@ from .version import __version__
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
     "ab": "ab",
+    "attributes": "attribution",
     "on_alert": "alerts",
     "Settings": "config",
     "load_settings": "config",
@@ -35,6 +36,10 @@ _LAZY = {
     "Pricer": "pricing",
     "Usage": "pricing",
     "CostSpanProcessor": "processor",
+    "PromptError": "prompts",
+    "PromptTemplate": "prompts",
+    "load_prompt": "prompts",
+    "prompt": "prompts",
     "configure": "provider",
     "shutdown": "provider",
     "LLMTracker": "tracking",
@@ -67,12 +72,14 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .ab import ab
     from .alerts import on_alert
+    from .attribution import attributes
     from .config import Settings, load_settings
     from .guard import health
     from .instrumentation import instrument, uninstrument
     from .ledger import Totals, check_budget, limit_conversation, totals
     from .pricing import Cost, PriceOverride, Pricer, Usage
     from .processor import CostSpanProcessor
+    from .prompts import PromptError, PromptTemplate, load_prompt, prompt
     from .provider import configure, shutdown
     from .tracking import (
         LLMTracker,
@@ -96,6 +103,8 @@ __all__ = [
     "MltrackError",
     "PriceOverride",
     "Pricer",
+    "PromptError",
+    "PromptTemplate",
     "Settings",
     "Totals",
     "Usage",
@@ -104,16 +113,19 @@ __all__ = [
     "anthropic_prompt_extractor",
     "anthropic_response_extractor",
     "anthropic_token_extractor",
+    "attributes",
     "check_budget",
     "configure",
     "health",
     "instrument",
     "limit_conversation",
+    "load_prompt",
     "load_settings",
     "on_alert",
     "openai_prompt_extractor",
     "openai_response_extractor",
     "openai_token_extractor",
+    "prompt",
     "shutdown",
     "totals",
     "track",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any
 
@@ -29,3 +29,20 @@ def attached(attributes: Mapping[str, Any]) -> Iterator[None]:
         yield
     finally:
         _attributes.reset(token)
+
+
+def attach(attributes: Mapping[str, Any]) -> Token[Mapping[str, Any]]:
+    """Add `attributes` to the model calls that follow in this context, until `detach(token)`, or until an
+    `attached` block around this point exits (it restores what it found). For hooks that cannot use a `with`
+    (a framework's start and end callbacks; a prompt's format() inside its use() block)."""
+    return _attributes.set(MappingProxyType({**_attributes.get(), **attributes}))
+
+
+def detach(token: Token[Mapping[str, Any]]) -> bool:
+    """Undo `attach`; False (nothing done) when the token belongs to another context (a callback that ended
+    elsewhere) or was used already."""
+    try:
+        _attributes.reset(token)
+    except (ValueError, RuntimeError):
+        return False
+    return True

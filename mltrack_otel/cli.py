@@ -148,6 +148,15 @@ def _since(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _grouping(text: str) -> str:
+    from .report import check_grouping
+
+    try:
+        return check_grouping(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_seconds(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of seconds, at least 1")
@@ -190,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
     )
-    report.add_argument("--by", choices=["model", "provider", "day", "conversation"], default="model")
+    report.add_argument(
+        "--by",
+        type=_grouping,
+        default="model",
+        metavar="{model,provider,day,conversation,user,tag.<key>}",
+        help="group by model, provider, day, conversation, user (user.id) or a tag (tag.feature: mltrack.tag.feature)",
+    )
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
     report.add_argument(
         "--timeout",

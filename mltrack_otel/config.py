@@ -60,6 +60,14 @@ class ABTestSettings(BaseModel):
         return self
 
 
+class PromptSettings(BaseModel):
+    """One named prompt template under `prompts:` (mltrack_otel.prompt(name) with no template uses it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    template: str | tuple[dict[str, str], ...]
+    version: str | int | None = None
+
+
 # --- alerts (alerts.py evaluates them) ---------------------------------------------------------------------------
 AlertWhen = Literal["cost", "tokens", "unpriced"]
 AlertPer = Literal["minute", "hour", "day", "none"]
@@ -189,6 +197,16 @@ class Settings(BaseModel):
 
     # A/B experiments of mltrack_otel.ab(name): {name: {variants, split, sticky, force}}.
     ab_tests: dict[str, ABTestSettings] = Field(default_factory=dict)
+    # Prompt templates by name: `prompts: {summarize: {template: "Summarize {{text}}", version: 3}}`;
+    # mltrack_otel.prompt("summarize") with no template gives this one (see mltrack_otel/prompts.py).
+    prompts: dict[str, PromptSettings] = Field(default_factory=dict)
+    # Attribution (mltrack_otel.attributes): running totals per user and per tag value are kept for this many of the
+    # most recently counted. Metric labels: span attributes (user.id, session.id, mltrack.tag.<key>, ...) added as
+    # labels to every metric, none by default, as each value makes a new time series; spans carry them all anyway.
+    max_users: int = Field(default=10_000, ge=1)
+    max_tag_values: int = Field(default=10_000, ge=1)
+    metric_labels: tuple[str, ...] = ()
+
     # Alerts (alerts.py): rules, and the webhook they notify unless a rule names its own.
     alerts: tuple[AlertRule, ...] = ()
     alert_webhook: WebhookSettings | None = None
@@ -213,6 +231,28 @@ class Settings(BaseModel):
     def _override_keys_parse(cls, value: dict[str, PriceOverride]) -> dict[str, PriceOverride]:
         for key, override in value.items():
             override_key(key, override)  # ValueError naming the key and the syntax expected
+        return value
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_are_templates(cls, value: dict[str, PromptSettings]) -> dict[str, PromptSettings]:
+        from .prompts import PromptTemplate  # the same checks as prompt(); imported only when prompts are set
+
+        for name, spec in value.items():
+            template = [dict(m) for m in spec.template] if isinstance(spec.template, tuple) else spec.template
+            PromptTemplate(name, template, spec.version)  # PromptError (a ValueError) naming the prompt
+        return value
+
+    @field_validator("metric_labels")
+    @classmethod
+    def _metric_labels_are_attributes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ATTRIBUTE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an attribute name (e.g. user.id, mltrack.tag.feature)")
+            if name in _NEVER_LABELS or name.startswith(_NEVER_LABEL_PREFIXES):
+                raise ValueError(f"{name!r} cannot be a metric label: it holds content or a per-call value")
+        if len(set(value)) != len(value):
+            raise ValueError("an attribute is named twice")
         return value
 
     @model_validator(mode="after")
@@ -248,6 +288,20 @@ class Settings(BaseModel):
     def default_model(self, provider: str | None) -> str | None:
         entry = self.llm_providers.get(provider or "")
         return entry.default_model if entry else None
+
+
+_ATTRIBUTE_NAME = re.compile(r"[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*")
+# Content, ids unique per call and the numbers metrics already measure: never labels.
+_NEVER_LABELS = frozenset(
+    {
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+        "gen_ai.response.id",
+    }
+)
+_NEVER_LABEL_PREFIXES = ("gen_ai.usage.", "llm.cost.", "llm.tokens.", "llm.latency")
 
 
 _LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")

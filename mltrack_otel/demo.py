@@ -82,7 +82,7 @@ def _prompt_versions(openai_client) -> None:
     import mltrack_otel
 
     for version, text in PROMPT_VERSIONS.items():
-        template = _prompt(PROMPT_NAME, text, version=version)
+        template = mltrack_otel.prompt(PROMPT_NAME, text, version=version)
         for n in range(CONVERSATIONS_PER_VERSION):
             conversation = f"demo-{version}-{n + 1}"
             with mltrack_otel.track_llm_context(PROMPT_NAME, conversation_id=conversation), template.use():
@@ -91,32 +91,6 @@ def _prompt_versions(openai_client) -> None:
                     messages.append({"role": "user", "content": template.format(question=question)})
                     reply = openai_client.chat.completions.create(model="gpt-4o-mini", messages=messages)
                     messages.append({"role": "assistant", "content": reply.choices[0].message.content})
-
-
-def _prompt(name: str, text: str, version: str):
-    try:
-        from mltrack_otel.prompts import prompt
-    except ImportError:  # TODO(issue 14 merge): prompts.py lands on main; then delete this fallback
-        return _StandInPrompt(name, text, version)
-    return prompt(name, text, version=version)
-
-
-class _StandInPrompt:
-    """mltrack_otel.prompt's shape (use(), format()) until prompts.py is merged."""
-
-    def __init__(self, name: str, text: str, version: str) -> None:
-        self.name, self.text, self.version = name, text, version
-
-    def use(self):
-        from mltrack_otel import call_context
-
-        return call_context.attached({"gen_ai.prompt.name": self.name, "gen_ai.prompt.version": self.version})
-
-    def format(self, **variables: str) -> str:
-        text = self.text
-        for key, value in variables.items():
-            text = text.replace("{{" + key + "}}", value)
-        return text
 
 
 def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-demo") -> int:

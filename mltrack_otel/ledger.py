@@ -1,4 +1,5 @@
-"""Running totals of tokens and cost: per process, per trace, per tracking scope, per conversation.
+"""Running totals of tokens and cost: per process, per trace, per tracking scope, per conversation, per user and
+per attribution tag.
 
 The CostSpanProcessor decides *which* span counts (exactly once per model call); the ledger only adds what it is
 told, under one lock, and reports the warning limits each addition crosses. Money stays Decimal here.
@@ -125,9 +126,17 @@ class Limits:
 
 class Ledger:
     """Thread-safe running totals. Memory is bounded: traces are dropped when their root ends (or when too many
-    are open), conversations live in an LRU of `max_conversations`."""
+    are open), conversations live in an LRU of `max_conversations`, users and tag values (attribution) in LRUs of
+    `max_users` and `max_tag_values`."""
 
-    def __init__(self, limits: Limits | None = None, max_conversations: int = 10_000, max_traces: int = 10_000):
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        max_conversations: int = 10_000,
+        max_traces: int = 10_000,
+        max_users: int = 10_000,
+        max_tag_values: int = 10_000,
+    ):
         self.limits = limits or Limits()
         self._lock = threading.Lock()
         self._process = Totals()
@@ -135,6 +144,12 @@ class Ledger:
         self._conversations: OrderedDict[str, Totals] = OrderedDict()
         self.max_conversations = max_conversations
         self.max_traces = max_traces
+        # Attribution (attribution.py): totals per user.id and per (tag key, value text), least recently counted
+        # forgotten first.
+        self._users: OrderedDict[str, Totals] = OrderedDict()
+        self._tags: OrderedDict[tuple[str, str], Totals] = OrderedDict()
+        self.max_users = max_users
+        self.max_tag_values = max_tag_values
         # Hard budgets: worst cases held by calls in flight (process level; scopes hold their own), conversations'
         # holds as (calls, tokens, cost), and the budgets set per conversation (limit_conversation).
         self._held_tokens = 0
@@ -189,6 +204,29 @@ class Ledger:
                 self._check(before, s.totals, "context", crossings)
         return scoped, crossings
 
+    def attribute(
+        self,
+        user: str | None,
+        tags: Any,
+        prompt: int,
+        completion: int,
+        cost: Decimal | None,
+        estimated: bool = False,
+    ) -> None:
+        """Count one model call (already counted by add()) for its user and each of its (key, value) tags."""
+        with self._lock:
+            if user is not None:
+                users = self._users
+                users[user] = (users.pop(user, None) or _NO_TOTALS).plus(prompt, completion, cost, estimated)
+                if len(users) > self.max_users:
+                    users.popitem(last=False)
+            if tags:
+                counted = self._tags
+                for tag in tags:
+                    counted[tag] = (counted.pop(tag, None) or _NO_TOTALS).plus(prompt, completion, cost, estimated)
+                while len(counted) > self.max_tag_values:
+                    counted.popitem(last=False)
+
     def _forget_a_conversation(self) -> None:
         """Drop the least recently counted conversation that has no budget of its own: a limited conversation's
         spend must outlive the LRU, or its budget would refill (under the lock)."""
@@ -216,6 +254,8 @@ class Ledger:
             self._process = Totals()
             self._traces.clear()
             self._conversations.clear()
+            self._users.clear()
+            self._tags.clear()
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -227,6 +267,23 @@ class Ledger:
 
     def conversation_totals(self, conversation_id: str) -> Totals:
         return self._conversations.get(conversation_id) or Totals()
+
+    def user_totals(self, user: str) -> Totals:
+        return self._users.get(user) or Totals()
+
+    def tag_totals(self, key: str, value: str) -> Totals:
+        """Totals of the calls tagged key=value (value as text: attribution.tag_text)."""
+        return self._tags.get((key, value)) or Totals()
+
+    def users(self) -> dict[str, Totals]:
+        """Totals per user still remembered, least recently counted first."""
+        with self._lock:
+            return dict(self._users)
+
+    def tags(self, key: str | None = None) -> dict[tuple[str, str], Totals]:
+        """Totals per (tag key, value) still remembered (of one key), least recently counted first."""
+        with self._lock:
+            return {tag: t for tag, t in self._tags.items() if key is None or tag[0] == key}
 
     def check_budget(self, scope: Scope | None, conversation_id: str | None = None) -> None:
         """Raise BudgetExceededError if a hard budget is spent, or held in full by calls in flight, in the process,
@@ -438,8 +495,26 @@ def limit_conversation(
     LEDGER.limit_conversation(conversation_id, token_limit, cost_limit)
 
 
-def totals(conversation_id: str | None = None) -> Totals:
-    """Running totals of the process (or of one conversation)."""
+def totals(
+    conversation_id: str | None = None, *, user: str | None = None, tag: tuple[str, Any] | str | None = None
+) -> Totals:
+    """Running totals of the process, or of one conversation, one user (``user="u1"``) or one tag value
+    (``tag=("feature", "search")`` or ``tag="feature=search"``). Users and tag values are kept for the
+    `max_users` / `max_tag_values` most recently counted."""
+    if (conversation_id is not None) + (user is not None) + (tag is not None) > 1:
+        raise ValueError("totals(): name at most one of conversation_id, user and tag")
     if conversation_id is not None:
         return LEDGER.conversation_totals(conversation_id)
+    if user is not None:
+        return LEDGER.user_totals(str(user))
+    if tag is not None:
+        from .attribution import tag_text
+
+        if isinstance(tag, str) and "=" in tag:
+            key, value = tag.split("=", 1)
+        elif isinstance(tag, tuple) and len(tag) == 2:
+            key, value = tag[0], tag_text(tag[1])
+        else:
+            raise ValueError(f"totals(tag=...) takes (key, value) or 'key=value', not {tag!r}")
+        return LEDGER.tag_totals(key, value)
     return LEDGER.process_totals()

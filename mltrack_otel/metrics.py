@@ -3,7 +3,8 @@
 Recording a measurement costs the OpenTelemetry SDK ~15 µs, so metrics are not recorded on the caller's thread: the
 SpanMetricsExporter sits behind its own BatchSpanProcessor under the CostSpanProcessor and records from the enriched
 spans in the export worker. Attributes are limited to low-cardinality ones (provider, model, operation, token type,
-error type) so a fleet's totals add up in any metrics backend.
+error type) so a fleet's totals add up in any metrics backend; attribution attributes (user.id, mltrack.tag.<key>)
+become labels only when the `metric_labels` setting names them.
 
 observe_delivery() adds mltrack.spans.exported / .export_failed / .dropped per exporter: observable counters read
 from the health counters (delivery.py) when the metrics are collected, so they cost the span path nothing.
@@ -39,7 +40,8 @@ class SpanMetricsExporter(SpanExporter):
     mltrack.client.calls.unpriced from spans the CostSpanProcessor enriched. Only counted spans add usage and cost,
     so metrics never double count a call that several layers describe."""
 
-    def __init__(self, meter_provider: MeterProvider | None = None) -> None:
+    def __init__(self, meter_provider: MeterProvider | None = None, labels: Sequence[str] = ()) -> None:
+        self.labels = tuple(labels)  # span attributes added as labels when a span carries them (metric_labels)
         meter = get_meter("mltrack_otel", __version__, meter_provider=meter_provider)
         self.token_usage = meter.create_histogram(
             GEN_AI_CLIENT_TOKEN_USAGE,
@@ -91,6 +93,10 @@ class SpanMetricsExporter(SpanExporter):
             labels[gen_ai.GEN_AI_RESPONSE_MODEL] = response_model
         if span.status.status_code is StatusCode.ERROR:
             labels[ERROR_TYPE] = attrs.get(ERROR_TYPE, "_OTHER")
+        for name in self.labels:  # configured attribution labels only: cardinality stays the user's choice
+            value = attrs.get(name)
+            if value is not None:
+                labels[name] = value
         if span.end_time is not None and span.start_time is not None:
             self.duration.record((span.end_time - span.start_time) / 1e9, labels)
         if counted is not True:

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
 
-from . import alerts, estimate, guard, semconv
+from . import alerts, attribution, call_context, estimate, guard, semconv
 from .budget import note_served_model
 from .errors import LLMLimitWarning
 from .ledger import LEDGER, Ledger, LimitCrossing, Scope, Totals, current_scope
@@ -58,6 +58,23 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 # provider from the host. Their token counts are the llm.token_count.* ones read above (prompt and total only).
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
+_USER_ID = "user.id"  # attribution (attribution.py): the general conventions' name
+# What marks a span another instrumentation starts as a model call (its attributes at start).
+_CALL_MARKS = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_SYSTEM, "llm.request.type")
+_OI_KIND, _OI_CALL_KINDS = "openinference.span.kind", ("LLM", "EMBEDDING")
+
+
+def _attach_call_context(span: Span, extra: Mapping[str, Any]) -> None:
+    """The attributes attached around a model call (call_context: attribution, prompt identity) onto its span when
+    another instrumentation started it; ours carry them already (base_attributes). The span's own values win."""
+    attrs = _attributes_of(span)
+    if not any(mark in attrs for mark in _CALL_MARKS) and attrs.get(_OI_KIND) not in _OI_CALL_KINDS:
+        return  # not a model call (a scope, an HTTP request...)
+    missing = {key: value for key, value in extra.items() if key not in attrs}
+    if missing:
+        span.set_attributes(missing)
+
+
 _MAX_LIVE_SPANS = 100_000
 _MAX_COUNTED_SPANS = 4096  # counted span ids remembered for children that end after them (bounded memory)
 _MAX_ANCESTORS = 64  # how far up the live spans a span with usage looks for a counted ancestor
@@ -288,6 +305,9 @@ class CostSpanProcessor(SpanProcessor):
             if conversation is None and parent_id is not None:
                 parent_live = live.get(parent_id)
                 conversation = parent_live.conversation if parent_live is not None else None
+            extra = call_context.current()
+            if extra:
+                _attach_call_context(span, extra)
             # No lock: single dict operations are atomic, and the parent's entry only goes away when it ends.
             live[span.context.span_id] = _Live(parent_id, current_scope(), conversation)
             if len(live) > _MAX_LIVE_SPANS:  # spans started and never ended must not grow memory forever
@@ -426,6 +446,11 @@ class CostSpanProcessor(SpanProcessor):
             return None
         cost = self._price(span, attrs, usage) if self._track_costs else None
         out: dict[str, Any] = {}
+        extra = call_context.current()  # attribution around the call: onto MLflow's span and into its totals
+        missing = {key: value for key, value in extra.items() if key not in attrs} if extra else None
+        if missing:
+            attrs = {**attrs, **missing}
+            out.update(missing)
         events: list[Event] = []
         live = _Live(None, current_scope(), None)
         self._describe_usage(span, attrs, usage, cost, live, count, out, events)
@@ -515,6 +540,18 @@ class CostSpanProcessor(SpanProcessor):
         )
         for crossing in crossings:
             events.append(self._limit_event(crossing, span))
+        # Attribution: the call counts for its user and tags, read from the counted span (so exactly once).
+        user = attrs.get(_USER_ID)
+        tags = attribution.tags_of(attrs) if attribution.tag_attributes or attribution.scan_for_tags else None
+        if user is not None or tags:
+            self._ledger.attribute(
+                str(user) if user is not None else None,
+                tags,
+                tokens_in,
+                tokens_out,
+                cost.total if cost is not None else None,
+                source == _ESTIMATED,
+            )
         # Alert rules over the same addition (alerts.py): the events of those it made fire go on this span.
         events.extend(
             alerts.observe(

@@ -224,7 +224,7 @@ def _chain(
         elif name == "mlflow":
             add(name, _mlflow_exporter(settings), batched=True)
     if meters is not None:  # recorded in the export worker, off the caller's thread
-        add("metrics", SpanMetricsExporter(meters), batched=True)
+        add("metrics", SpanMetricsExporter(meters, settings.metric_labels), batched=True)
     with_mlflow = importlib.util.find_spec("mlflow") is not None
     if with_mlflow:  # MLflow's autolog span above our call takes our price
         from .instrumentation.mlflow_autolog import MlflowAutologCost
@@ -317,6 +317,8 @@ def _configure(settings: Settings, adopt: bool) -> Any:
             cost_budget=settings.llm_cost_limit,
         )
         ledger.LEDGER.max_conversations = settings.max_conversations
+        ledger.LEDGER.max_users = settings.max_users
+        ledger.LEDGER.max_tag_values = settings.max_tag_values
         if not settings.llm_tracking_enabled:  # a chain installed before stops recording
             current = trace.get_tracer_provider()
             adopted = _adopted(current)  # an adopted export path goes on exporting, unpriced

@@ -1,4 +1,5 @@
-"""`mltrack-otel report`: totals read back from MLflow traces, grouped by model, provider, day or conversation.
+"""`mltrack-otel report`: totals read back from MLflow traces, grouped by model, provider, day, conversation, user
+(user.id) or an attribution tag (`tag.<key>`: mltrack.tag.<key>).
 
 Only spans the ledger counted (mltrack.usage.counted = true) are summed, so a call that several layers describe is
 counted once, exactly as in the live totals. A total never hides what it lacks: cost priced from estimated usage
@@ -26,9 +27,12 @@ from typing import Any
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from . import semconv
+from .attribution import TAG_KEY, TAG_PREFIX, tag_text
 
-GROUPINGS = ("model", "provider", "day", "conversation")
+GROUPINGS = ("model", "provider", "day", "conversation", "user")  # and tag.<key>
+NONE = "-"  # the key of calls that lack what the report groups by (no conversation, user or tag)
 DEFAULT_TIMEOUT_SECONDS = 10
+_USER_ID = "user.id"
 
 
 class ReportError(Exception):
@@ -76,6 +80,22 @@ class CountedCall:
     attributes: Mapping[str, Any] = dataclass_field(default_factory=dict)  # the attributes counted_calls(keep=) named
     counted: bool = True  # False: a model call that failed before any usage came back (counted_calls(failed=True))
     started: datetime | None = None  # when the call began (UTC): the time axis of `report --plot`
+    user: str = NONE  # user.id
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value text) of its mltrack.tag.<key> attributes
+
+    def key(self, by: str) -> str:
+        """The call's group under a grouping (GROUPINGS or tag.<key>): NONE when it lacks it."""
+        if by.startswith("tag."):
+            name = by[4:]
+            return next((value for key, value in self.tags if key == name), NONE)
+        return getattr(self, by)
+
+
+def check_grouping(by: str) -> str:
+    """`by` when the report can group by it, else ValueError saying what it can."""
+    if by in GROUPINGS or (by.startswith("tag.") and TAG_KEY.fullmatch(by[4:])):
+        return by
+    raise ValueError(f"cannot group by {by!r}: use {', '.join(GROUPINGS)} or tag.<key> (e.g. tag.feature)")
 
 
 def counted_calls(spans: Iterable[Any], keep: Collection[str] = (), failed: bool = False) -> Iterator[CountedCall]:
@@ -107,7 +127,7 @@ def _call(span: Any, attrs: Mapping[str, Any], keep: Collection[str], counted: b
         model=str(attrs.get(gen_ai.GEN_AI_RESPONSE_MODEL) or attrs.get(gen_ai.GEN_AI_REQUEST_MODEL) or "?"),
         provider=str(attrs.get(gen_ai.GEN_AI_PROVIDER_NAME) or "?"),
         day=started.date().isoformat(),
-        conversation=str(attrs.get(gen_ai.GEN_AI_CONVERSATION_ID) or "-"),
+        conversation=str(attrs.get(gen_ai.GEN_AI_CONVERSATION_ID) or NONE),
         prompt_tokens=int(attrs.get(semconv.LLM_TOKENS_PROMPT) or 0),
         completion_tokens=int(attrs.get(semconv.LLM_TOKENS_COMPLETION) or 0),
         cost_usd=Decimal(str(cost)) if cost is not None else None,
@@ -118,6 +138,12 @@ def _call(span: Any, attrs: Mapping[str, Any], keep: Collection[str], counted: b
         attributes={key: attrs[key] for key in keep if key in attrs},
         counted=counted,
         started=started,
+        user=str(attrs.get(_USER_ID) or NONE),
+        tags=tuple(
+            (name[len(TAG_PREFIX) :], tag_text(value))
+            for name, value in attrs.items()
+            if name.startswith(TAG_PREFIX) and value is not None
+        ),
     )
 
 
@@ -138,9 +164,10 @@ def _error_of(span: Any, attrs: Mapping[str, Any]) -> str | None:
 
 
 def aggregate(calls: Iterable[CountedCall], by: str) -> list[Row]:
+    check_grouping(by)
     rows: dict[str, Row] = {}
     for call in calls:
-        key = getattr(call, by)
+        key = call.key(by)
         row = rows.setdefault(key, Row(key))
         row.calls += 1
         row.prompt_tokens += call.prompt_tokens

@@ -11,6 +11,9 @@ from typing import Final
 EXECUTION_TIME_SECONDS: Final = "execution_time_seconds"
 """Wall-clock time of a function traced with @track, in seconds."""
 
+GEN_AI_PROMPT_VERSION: Final = "gen_ai.prompt.version"
+"""The version of the prompt template a model call was made from."""
+
 LLM_COST_COMPLETION: Final = "llm.cost.completion"
 """USD cost of the output tokens of this model call."""
 
@@ -123,11 +126,17 @@ MLTRACK_LIMIT_VALUE: Final = "mltrack.limit.value"
 MLTRACK_PRICING_SOURCE: Final = "mltrack.pricing.source"
 """Where the price came from: genai-prices or override, with the matched provider and model."""
 
+MLTRACK_PROMPT_HASH: Final = "mltrack.prompt.hash"
+"""First 12 hex digits of the SHA-256 of the prompt template's canonical JSON."""
+
 MLTRACK_SCOPE_NAME: Final = "mltrack.scope.name"
 """Name of the track_llm_context or @track scope a span belongs to."""
 
 MLTRACK_STREAM_COMPLETE: Final = "mltrack.stream.complete"
 """False when a streamed response ended before the provider finished it (closed early, abandoned, failed)."""
+
+MLTRACK_TAG: Final = "mltrack.tag"
+"""A custom attribution tag of a model call, one attribute per key (mltrack.tag.<key>)."""
 
 MLTRACK_TAGS: Final = "mltrack.tags"
 """User tags of a tracking scope, as key=value strings."""

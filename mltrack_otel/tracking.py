@@ -21,7 +21,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
 from opentelemetry.trace import SpanKind
 
-from . import budget, config, content, estimate, guard, semconv
+from . import attribution, budget, call_context, config, content, estimate, guard, semconv
 from .errors import BudgetExceededError
 from .ledger import CURRENT_SCOPE, LEDGER, Reservation, Scope, Totals, budget_limits, current_scope
 from .usage import usage_attributes
@@ -58,19 +58,25 @@ class _Active:
     in the same context) keeps the caller's context clean and never leaves a context to detach elsewhere.
     """
 
-    __slots__ = ("scope", "span")
+    __slots__ = ("attributes", "scope", "span")
 
-    def __init__(self, span: trace.Span, scope: Scope) -> None:
+    def __init__(self, span: trace.Span, scope: Scope, attributes: Mapping[str, Any] | None = None) -> None:
         self.span = span
         self.scope = scope
+        self.attributes = attributes  # attribution every model call inside carries (call_context)
 
     @contextmanager
     def current(self) -> Iterator[None]:
         scope_token = CURRENT_SCOPE.set(self.scope)
         context_token = otel_context.attach(trace.set_span_in_context(self.span))
+        attached = call_context.attached(self.attributes) if self.attributes else None
+        if attached is not None:
+            attached.__enter__()
         try:
             yield
         finally:
+            if attached is not None:
+                attached.__exit__(None, None, None)
             otel_context.detach(context_token)
             CURRENT_SCOPE.reset(scope_token)
 
@@ -95,8 +101,10 @@ def _start_scope(
     conversation_id: str | None,
     token_limit: int | None = None,
     cost_limit: Decimal | None = None,
+    attributed: Mapping[str, Any] | None = None,
 ) -> _Active:
-    """A span that is the root of a new tracking scope nested in the current one."""
+    """A span that is the root of a new tracking scope nested in the current one. `attributed`: the attribution
+    (attribution.call_attributes) the scope span and every model call inside it carry."""
     parent = current_scope()
     scope = Scope(
         name,
@@ -105,12 +113,14 @@ def _start_scope(
         token_limit=token_limit,
         cost_limit=cost_limit,
     )
-    attributes: dict[str, Any] = {semconv.MLTRACK_SCOPE_NAME: name}
+    attributes: dict[str, Any] = {**attributed} if attributed else {}
+    attributes[semconv.MLTRACK_SCOPE_NAME] = name
     if tags:
         attributes[semconv.MLTRACK_TAGS] = _tag_list(tags)
     if scope.conversation_id:
         attributes[gen_ai.GEN_AI_CONVERSATION_ID] = scope.conversation_id
     active = _start(name, scope, attributes=attributes)
+    active.attributes = attributed
     scope.span_id = active.span.get_span_context().span_id
     return active
 
@@ -123,15 +133,21 @@ def track_llm_context(
     tags: Mapping[str, Any] | None = None,
     conversation_id: str | None = None,
     *,
+    user: str | None = None,
     token_limit: int | None = None,
     cost_limit: Decimal | float | str | None = None,
 ) -> Iterator[LLMTracker]:
     """A named scope: every model call inside it (instrumented or logged) is a child span, and the scope keeps its
     own running totals (``tracker.totals``). Contexts nest; totals roll up to every enclosing context.
 
+    ``user`` and ``tags`` attribute every model call inside: ``user.id`` and ``mltrack.tag.<key>`` on its span, and
+    running totals per user and tag value (``mltrack_otel.totals(user=...)``), as ``mltrack_otel.attributes`` does.
+    Tag keys are lower-case identifiers and values str, int, float or bool (ValueError otherwise).
+
     ``token_limit`` / ``cost_limit`` (USD): hard budgets of this scope alone, on top of the configured ones. A call
     in it whose worst case would not fit raises BudgetExceededError before it is sent."""
-    active = _start_scope(name, tags, conversation_id, *budget_limits(token_limit, cost_limit))
+    attributed = attribution.call_attributes(user, None, tags)
+    active = _start_scope(name, tags, conversation_id, *budget_limits(token_limit, cost_limit), attributed)
     try:
         with active.current():
             yield LLMTracker(model=model, provider=provider, _scope=active.scope)
@@ -226,7 +242,9 @@ class LLMTracker:
         model = model or self.model or settings.default_model(provider)
         if isinstance(model, str):
             model = content.utf8(model)
-        attributes: dict[str, Any] = {gen_ai.GEN_AI_OPERATION_NAME: "chat"}
+        extra = call_context.current()  # attribution and prompt identity around the call, as instrumented calls carry
+        attributes: dict[str, Any] = {**extra} if extra else {}
+        attributes[gen_ai.GEN_AI_OPERATION_NAME] = "chat"
         if provider:
             attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider
         if model:
@@ -380,11 +398,14 @@ class LLMTracker:
 
 def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] | None = None) -> Any:
     """Trace a sync, async, generator or async-generator function as a scope span with
-    ``execution_time_seconds`` and any exception. Usable as ``@track`` or ``@track(name=..., tags=...)``.
+    ``execution_time_seconds`` and any exception. Usable as ``@track`` or ``@track(name=..., tags=...)``; the tags
+    attribute every model call inside (``mltrack.tag.<key>``), as in ``track_llm_context``.
 
     A generator's span is current only while the generator itself runs, not while its caller holds an item."""
     if callable(name):
         return track()(name)
+
+    attributed = attribution.call_attributes(tags=tags)  # validated once, at decoration
 
     def decorate(fn: F) -> F:
         span_name = name or fn.__qualname__
@@ -399,7 +420,7 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                active, started = _start_scope(span_name, tags, None, attributed=attributed), time.perf_counter()
                 inner = fn(*args, **kwargs)
                 error: BaseException | None = None
                 try:
@@ -432,7 +453,7 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                active, started = _start_scope(span_name, tags, None, attributed=attributed), time.perf_counter()
                 inner = fn(*args, **kwargs)
                 error: BaseException | None = None
                 try:
@@ -465,7 +486,7 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                active, started = _start_scope(span_name, tags, None), time.perf_counter()
+                active, started = _start_scope(span_name, tags, None, attributed=attributed), time.perf_counter()
                 error: BaseException | None = None
                 try:
                     with active.current():
@@ -480,7 +501,7 @@ def track(name: str | Callable[..., Any] | None = None, tags: Mapping[str, Any] 
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            active, started = _start_scope(span_name, tags, None), time.perf_counter()
+            active, started = _start_scope(span_name, tags, None, attributed=attributed), time.perf_counter()
             error: BaseException | None = None
             try:
                 with active.current():

@@ -21,6 +21,8 @@ _FRAMEWORK_TESTS = {
     "test_litellm.py": "litellm",
     "test_dspy.py": "dspy",
     "test_secrets_frameworks.py": "litellm",
+    "test_prompts_langchain.py": "langchain_core",
+    "test_prompts_llama_index.py": "llama_index.core",
     "test_llama_index_providers.py": "llama_index.core",
 }
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mltrack_otel
-from mltrack_otel import call_context, cli, config, guard, ledger, plot, semconv
+from mltrack_otel import cli, config, guard, ledger, plot, semconv
 from mltrack_otel import report as reporting
 from mltrack_otel.instrumentation import instrument, uninstrument
 from tests.test_cli import without
@@ -26,7 +26,7 @@ np = pytest.importorskip("numpy")
 from matplotlib.image import imread  # noqa: E402
 
 EXPERIMENT = "pictures"
-VERSIONS = {"v1": "Answer briefly: {q}", "v2": "Answer with one step and the metric that shows it worked: {q}"}
+VERSIONS = {"v1": "Answer briefly: {{q}}", "v2": "Answer with one step and the metric that shows it worked: {{q}}"}
 QUESTIONS = ["Why did our bill double?", "Is prompt caching worth it for us?", "Which model should we use?"]
 
 
@@ -58,8 +58,9 @@ def store(tmp_path_factory, fake):
             instrument(["openai", "anthropic"])
             oai = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
             ant = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
-            for version, template in VERSIONS.items():
-                with call_context.attached({"gen_ai.prompt.name": "support", "gen_ai.prompt.version": version}):
+            for (version, text), feature in zip(VERSIONS.items(), ("search", "chat"), strict=True):
+                template = mltrack_otel.prompt("support", text, version=version)
+                with template.use(), mltrack_otel.attributes(user_id=f"user-{version}", feature=feature):
                     for question in QUESTIONS:
                         content = template.format(q=question)
                         oai.chat.completions.create(
@@ -139,21 +140,19 @@ def test_no_known_cost_is_said_not_drawn_as_zero(store, tmp_path):
     pixels(tmp_path / "none.png", 1000, 650)
 
 
-def test_cost_over_time_groups_as_the_report_does(store):
-    """A record that knows its own groups (report's CountedCall.key(by): user, tag.<key>) is grouped by them."""
-
-    class Tagged:
-        def __init__(self, call, feature):
-            self.call, self.feature = call, feature
-            self.started, self.cost_usd = call.started, call.cost_usd
-
-        def key(self, by):
-            return self.feature if by == "tag.feature" else getattr(self.call, by)
-
-    calls = [Tagged(c, "search" if c.provider == "openai" else "chat") for c in store["calls"]]
-    fig = plot.cost_over_time(calls, by="tag.feature")
+def test_report_by_a_tag_stacks_by_the_tag(store, tmp_path, capsys):
+    """Grouped as report groups (CountedCall.key): the attribution tag, and "-" for the calls without it."""
+    out = tmp_path / "by-feature.png"
+    args = ["report", "--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--by", "tag.feature"]
+    assert cli.main([*args, "--format", "json", "--plot", str(out)]) == 0
+    rows = {row["tag.feature"]: row for row in json.loads(capsys.readouterr().out)}
+    fig = plot.cost_over_time(store["calls"], by="tag.feature")
     legend = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
-    assert sorted(legend) == ["chat", "search"]
+    assert sorted(legend) == sorted(rows) == ["-", "chat", "search"]
+    drawn = {bars.get_label(): sum(p.get_height() for p in bars.patches) for bars in fig.axes[0].containers}
+    for key, row in rows.items():  # each feature's bars add up to the report's total for it
+        assert drawn[key] == pytest.approx(float(Decimal(row["cost_usd"])), rel=1e-9)
+    pixels(out, 1000, 650)
 
 
 def variant_records(spans) -> list[dict]:

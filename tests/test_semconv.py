@@ -139,6 +139,8 @@ def test_attribute_is_fully_described(attribute):
         assert members and all({"id", "value", "stability"} <= set(m) for m in members)
         assert set(examples) <= {m["value"] for m in members}
     else:
+        if kind.startswith("template[") and kind.endswith("]"):  # a namespace (mltrack.tag.<key>): its values' type
+            kind = kind[len("template[") : -1]
         assert kind in EXAMPLE_TYPES, kind
         for example in examples:
             assert isinstance(example, EXAMPLE_TYPES[kind]), (attribute["id"], example)

@@ -40,7 +40,8 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import config, guard, providers, semconv
+from .. import call_context, config, guard, providers, semconv
+from .. import prompts as _prompts
 from ..content import media_part, parse_arguments, text_part
 from ..usage import read as read_usage
 from ..usage import usage_attributes
@@ -67,6 +68,8 @@ _PARAMS = (
     ("seed", gen_ai.GEN_AI_REQUEST_SEED),
 )
 _CONVERSATION_KEYS = ("thread_id", "conversation_id", "session_id")
+_NOT_CONTENT = frozenset({"metadata", "tags", "name"})  # a prompt's labels: they do not change what it sends
+_RECENT_PROMPTS = 256  # outputs of root prompt runs remembered until a model run takes them
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "tool"}
 
 
@@ -86,7 +89,9 @@ class _Run:
         "kind",
         "llm_below",
         "name",
+        "next_prompt",
         "parent",
+        "prompt",
         "provider",
         "tool_below",
         "tools_bound",
@@ -102,6 +107,8 @@ class _Run:
         self.first_token_at: float | None = None
         self.provider: str | None = None
         self.graph = False  # a LangGraph graph (its children carry langgraph_node metadata)
+        self.prompt: Mapping[str, str] | None = None  # a prompt run's identity; the one a model run carries
+        self.next_prompt: Mapping[str, str] | None = None  # for the next model run under this one (prompt | llm)
         self.llm_below = self.tool_below = self.tools_bound = self.agent_below = False
 
     def as_context(self) -> otel_context.Context:
@@ -113,16 +120,20 @@ class _Run:
 class _Slot:
     """Opened by a wrapper around a method that starts a run; the run's start callback fills it."""
 
-    __slots__ = ("context", "kinds", "taken", "token")
+    __slots__ = ("context", "kinds", "prompt_token", "taken", "token")
 
     def __init__(self, kinds: tuple[str, ...]) -> None:
         self.kinds = kinds
         self.taken = False
         self.token: Any = None
+        self.prompt_token: Any = None  # the model run's prompt identity, attached for the SDK call below it
         self.context: otel_context.Context | None = None
 
     def release(self) -> None:
         """Detach what the start callback attached, only if it is still the current context (same frame)."""
+        prompt_token, self.prompt_token = self.prompt_token, None
+        if prompt_token is not None and not call_context.detach(prompt_token):
+            guard.count("langchain.context.unbalanced")
         token, self.token = self.token, None
         if token is None:
             return
@@ -266,6 +277,35 @@ def usage_from_metadata(usage: Any) -> dict[str, int]:
         return {}
 
 
+def prompt_identity(
+    serialized: Any, metadata: Mapping[str, Any] | None, run_name: Any, cls: Any
+) -> Mapping[str, str] | None:
+    """gen_ai.prompt.* of a LangChain prompt run (PromptTemplate, ChatPromptTemplate...): the content hash of its
+    serialized form (templates, roles, format), the version from metadata ``prompt_version`` else that hash, the
+    name from metadata ``prompt_name`` else the run name (``prompt.name`` or ``run_name``) when it is not just
+    the class name."""
+    kwargs = _base.get(serialized, "kwargs")
+    if not isinstance(kwargs, Mapping):
+        return None
+    content = {k: v for k, v in kwargs.items() if k not in _NOT_CONTENT}
+    try:
+        digest = _prompts.content_hash(content)
+    except (TypeError, ValueError):  # a field dumpd could not make JSON: no identity rather than a wrong one
+        return None
+    metadata = metadata or {}
+    version = metadata.get("prompt_version")
+    identity = {
+        _prompts.GEN_AI_PROMPT_VERSION: str(version) if isinstance(version, (str, int)) and version != "" else digest,
+        _prompts.MLTRACK_PROMPT_HASH: digest,
+    }
+    name = metadata.get("prompt_name")
+    if not (isinstance(name, str) and name):
+        name = run_name if isinstance(run_name, str) and run_name and run_name != cls else None
+    if name:
+        identity[_prompts.GEN_AI_PROMPT_NAME] = name
+    return identity
+
+
 # --- the handler --------------------------------------------------------------------------------------------------
 
 
@@ -282,6 +322,9 @@ class Tracer:
         self.active = False
         self.runs: OrderedDict[Any, _Run] = OrderedDict()
         self.lock = threading.Lock()
+        # id(first message or text of a root prompt run's output) -> (that object, identity): `llm.invoke(
+        # prompt.invoke(...))` has no parent run to carry the identity, the PromptValue's messages carry it.
+        self.prompt_outputs: OrderedDict[int, tuple[Any, Mapping[str, str]]] = OrderedDict()
 
     # -- run table -----------------------------------------------------------------------------------------------
 
@@ -298,10 +341,19 @@ class Tracer:
         handle = _spans.start(self.tracer, operation, name, context=self.span_context(parent_run_id), **start)
         return self._add(kind, handle, run_id, parent_run_id, name)
 
-    def _add(self, kind: str, handle: Call | _spans.Operation, run_id: Any, parent_run_id: Any, name: str) -> _Run:
+    def _add(
+        self,
+        kind: str,
+        handle: Call | _spans.Operation,
+        run_id: Any,
+        parent_run_id: Any,
+        name: str,
+        prompt: Mapping[str, str] | None = None,
+    ) -> _Run:
         """Remember a started run (the oldest open one is ended past _MAX_RUNS), and fill the open slot."""
         parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
         run = _Run(kind, handle, parent_run_id if parent is not None else None, name)
+        run.prompt = prompt
         evicted = None
         with self.lock:
             self.runs[run_id] = run
@@ -316,6 +368,8 @@ class Tracer:
             slot.taken = True
             slot.context = run.as_context()
             slot.token = otel_context.attach(slot.context)
+            if prompt:
+                slot.prompt_token = call_context.attach(prompt)
         return run
 
     def _pop(self, run_id: Any) -> _Run | None:
@@ -364,7 +418,8 @@ class Tracer:
             if settings is not None:
                 batch = messages[0] if messages else []
                 inputs = [message_json(m) for m in _base.seq(batch)] if settings.capture_prompts else None
-                self._start_model("chat", serialized, inputs, run_id, settings, kwargs)
+                first = batch[0] if isinstance(batch, list) and batch else None
+                self._start_model("chat", serialized, inputs, run_id, settings, kwargs, first)
         except Exception as exc:
             guard.record_error("langchain.on_chat_model_start", exc)
 
@@ -375,7 +430,8 @@ class Tracer:
                 inputs = None
                 if settings.capture_prompts:
                     inputs = [{"role": "user", "parts": [text_part(p)]} for p in _base.seq(prompts)]
-                self._start_model("text_completion", serialized, inputs, run_id, settings, kwargs)
+                first = prompts[0] if isinstance(prompts, list) and prompts else None
+                self._start_model("text_completion", serialized, inputs, run_id, settings, kwargs, first)
         except Exception as exc:
             guard.record_error("langchain.on_llm_start", exc)
 
@@ -387,6 +443,7 @@ class Tracer:
         run_id: Any,
         settings: config.Settings,
         kwargs: dict[str, Any],
+        first_input: Any = None,
     ) -> None:
         metadata = kwargs.get("metadata") or {}
         params = kwargs.get("invocation_params") or {}
@@ -402,10 +459,13 @@ class Tracer:
         tools = params.get("tools") or params.get("functions")
         call_inputs = Inputs(inputs, None, _tool_definitions(tools)) if inputs is not None else None
         parent_run_id = kwargs.get("parent_run_id")
+        prompt = self._take_prompt(parent_run_id, first_input)
+        if prompt:
+            attributes.update(prompt)
         context = self.span_context(parent_run_id)  # None: the current context (a root run)
         # _response_attributes reads the usage (usage_metadata in the "langchain" shape, else the provider's).
         call = Call(self.tracer, operation, model, attributes, settings, call_inputs, "langchain", context)
-        run = self._add("llm", call, run_id, parent_run_id, operation)
+        run = self._add("llm", call, run_id, parent_run_id, operation, prompt)
         run.provider = provider
         run.tools_bound = bool(tools)
 
@@ -512,7 +572,9 @@ class Tracer:
             agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
             kind, operation = ("agent", "invoke_agent") if agent else ("chain", None)
             inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
-            self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
+            run = self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
+            if kwargs.get("run_type") == "prompt":
+                run.prompt = prompt_identity(serialized, kwargs.get("metadata"), name, cls)
             tags = kwargs.get("tags") or ()
             if parent_run_id is not None and any(str(t).startswith("graph:step:") for t in tags):
                 parent = self.runs.get(parent_run_id)  # a LangGraph node: its parent run is the graph
@@ -537,6 +599,8 @@ class Tracer:
             run = self._pop(run_id)
             if run is None:
                 return
+            if run.prompt and error is None:
+                self._pass_prompt(run, output)
             operation, attributes = run.handle, {}
             if run.kind == "chain" and self._is_agent(run):
                 run.kind = "agent"
@@ -612,6 +676,43 @@ class Tracer:
         except Exception as exc:
             guard.record_error("langchain.on_retriever_start", exc)
 
+    # -- prompt identity: from a prompt run onto the model run it feeds ---------------------------------------------
+
+    def _pass_prompt(self, run: _Run, output: Any) -> None:
+        """A prompt run ended: its identity waits for the next model run under the same parent (``prompt | llm``),
+        or, for a root prompt run, for the model run that receives its output's messages."""
+        parent = self.runs.get(run.parent) if run.parent is not None else None
+        if parent is not None:
+            parent.next_prompt = run.prompt
+            return
+        messages = _base.get(output, "messages")
+        key = messages[0] if isinstance(messages, list) and messages else _base.get(output, "text")
+        if key is None:
+            return
+        with self.lock:
+            self.prompt_outputs[id(key)] = (key, run.prompt)  # type: ignore[assignment]
+            if len(self.prompt_outputs) > _RECENT_PROMPTS:
+                self.prompt_outputs.popitem(last=False)
+
+    def _take_prompt(self, parent_run_id: Any, first_input: Any) -> Mapping[str, str] | None:
+        """The prompt identity a model run carries (taken: the next model run does not get it again)."""
+        parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
+        if parent is not None and parent.next_prompt is not None:
+            prompt, parent.next_prompt = parent.next_prompt, None
+            return prompt
+        if first_input is None or not self.prompt_outputs:
+            return None
+        with self.lock:
+            entry = self.prompt_outputs.get(id(first_input))
+            if entry is None or entry[0] is not first_input:
+                return None
+            del self.prompt_outputs[id(first_input)]
+        return entry[1]
+
+    def prompt_of(self, run_id: Any) -> Mapping[str, str] | None:
+        run = self.runs.get(run_id)
+        return run.prompt if run is not None and run.kind == "llm" else None
+
     # -- helpers -----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -672,8 +773,14 @@ def _first_manager(args: tuple, kwargs: dict) -> Any:
     return managers[0] if managers else None  # one request for all prompts: the first run carries the usage
 
 
-def _call_in(ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict) -> Any:
-    """wrapped(*args, **kwargs) with ctx attached (as it is when ctx is None)."""
+def _call_in(
+    ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict, prompt: Mapping[str, str] | None = None
+) -> Any:
+    """wrapped(*args, **kwargs) with ctx attached (as it is when ctx is None), and the model run's prompt identity
+    on the SDK calls made inside."""
+    if prompt:
+        with call_context.attached(prompt):
+            return _call_in(ctx, wrapped, args, kwargs)
     if ctx is None:
         return wrapped(*args, **kwargs)
     token = otel_context.attach(ctx)
@@ -683,7 +790,12 @@ def _call_in(ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs
         otel_context.detach(token)
 
 
-async def _acall_in(ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict) -> Any:
+async def _acall_in(
+    ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict, prompt: Mapping[str, str] | None = None
+) -> Any:
+    if prompt:
+        with call_context.attached(prompt):
+            return await _acall_in(ctx, wrapped, args, kwargs)
     if ctx is None:
         return await wrapped(*args, **kwargs)
     token = otel_context.attach(ctx)
@@ -786,26 +898,32 @@ class _Patch:
 
     # -- model calls with a run manager: the run's span is current around the SDK call -------------------------
 
-    def _run_context(self, run_manager: Any) -> otel_context.Context | None:
+    def _run_context(self, run_manager: Any) -> tuple[otel_context.Context | None, Mapping[str, str] | None]:
+        """The model run's span as a context, and the prompt identity it carries."""
         handler = self._live()
         if handler is None or run_manager is None:
-            return None
+            return None, None
         try:
-            return handler.span_context(run_manager.run_id)
+            run_id = run_manager.run_id
+            return handler.span_context(run_id), handler.prompt_of(run_id)
         except Exception:
-            return None
+            return None, None
 
     def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        return _call_in(self._run_context(_run_manager(args, kwargs)), wrapped, args, kwargs)
+        ctx, prompt = self._run_context(_run_manager(args, kwargs))
+        return _call_in(ctx, wrapped, args, kwargs, prompt)
 
     async def _agenerate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        return await _acall_in(self._run_context(_run_manager(args, kwargs)), wrapped, args, kwargs)
+        ctx, prompt = self._run_context(_run_manager(args, kwargs))
+        return await _acall_in(ctx, wrapped, args, kwargs, prompt)
 
     def _generate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        return _call_in(self._run_context(_first_manager(args, kwargs)), wrapped, args, kwargs)
+        ctx, prompt = self._run_context(_first_manager(args, kwargs))
+        return _call_in(ctx, wrapped, args, kwargs, prompt)
 
     async def _agenerate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        return await _acall_in(self._run_context(_first_manager(args, kwargs)), wrapped, args, kwargs)
+        ctx, prompt = self._run_context(_first_manager(args, kwargs))
+        return await _acall_in(ctx, wrapped, args, kwargs, prompt)
 
     # -- methods that start their run inside: a slot the start callback fills ---------------------------------
 

@@ -31,7 +31,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import config, guard, providers, semconv
+from .. import call_context, config, guard, providers, semconv
+from .. import prompts as _prompts
 from ..content import media_part, parse_arguments, text_part
 from ..usage import usage_attributes
 from . import _base, _spans
@@ -48,6 +49,20 @@ _LLM_COMPLETE = ("complete", "acomplete", "stream_complete", "astream_complete")
 _STREAM_METHODS = ("stream_chat", "astream_chat", "stream_complete", "astream_complete")
 _EMBED_ONE = ("get_query_embedding", "aget_query_embedding", "get_text_embedding", "aget_text_embedding")
 _EMBED_MANY = ("get_text_embedding_batch", "aget_text_embedding_batch")
+# LLM methods that take a prompt template (`prompt`): its identity goes onto the model calls made inside.
+_PREDICT = frozenset(
+    {
+        "predict",
+        "apredict",
+        "stream",
+        "astream",
+        "structured_predict",
+        "astructured_predict",
+        "stream_structured_predict",
+        "astream_structured_predict",
+    }
+)
+_PROMPT_KEYS = (_prompts.GEN_AI_PROMPT_NAME, _prompts.GEN_AI_PROMPT_VERSION, _prompts.MLTRACK_PROMPT_HASH)
 
 
 def _detach(token: Any, ctx: Any) -> None:
@@ -63,6 +78,53 @@ def _detach(token: Any, ctx: Any) -> None:
             token.var.reset(token)
     else:  # a custom runtime context
         otel_context.detach(token)
+
+
+# --- prompt identity -------------------------------------------------------------------------------------------
+
+
+def _template_content(template: Any, llm: Any) -> Any:
+    """What a LlamaIndex prompt template sends: its text, or its messages' roles and contents."""
+    select = getattr(template, "select", None)  # SelectorPromptTemplate: the template chosen for this LLM
+    if callable(select) and hasattr(template, "default_template"):
+        template = select(llm)
+    text = getattr(template, "template", None)
+    if isinstance(text, str):
+        return {"template": text}
+    messages = getattr(template, "message_templates", None)
+    if isinstance(messages, list):
+        out = []
+        for message in messages:
+            role = getattr(message, "role", "")
+            out.append({"role": str(getattr(role, "value", role)), "content": str(getattr(message, "content", ""))})
+        return {"messages": out}
+    return {"template": str(template.get_template(llm=llm))}
+
+
+def prompt_identity(template: Any, llm: Any = None) -> dict[str, str] | None:
+    """gen_ai.prompt.* of a LlamaIndex prompt template: the content hash of its text or messages, the version
+    from metadata ``prompt_version`` else that hash, the name from metadata ``prompt_name`` (or ``name``) else its
+    prompt type when it is a built-in one (``text_qa``, ``refine``...)."""
+    try:
+        digest = _prompts.content_hash(_template_content(template, llm))
+    except Exception as exc:  # an unusual template: no identity rather than a failed call
+        guard.record_error("llama_index.prompt", exc)
+        return None
+    metadata = getattr(template, "metadata", None)
+    metadata = metadata if isinstance(metadata, dict) else {}
+    version = metadata.get("prompt_version")
+    identity = {
+        _prompts.GEN_AI_PROMPT_VERSION: str(version) if isinstance(version, (str, int)) and version != "" else digest,
+        _prompts.MLTRACK_PROMPT_HASH: digest,
+    }
+    name = metadata.get("prompt_name") or metadata.get("name")
+    if not (isinstance(name, str) and name):
+        kind = metadata.get("prompt_type")
+        kind = getattr(kind, "value", kind)
+        name = kind if isinstance(kind, str) and kind and kind != "custom" else None
+    if name:
+        identity[_prompts.GEN_AI_PROMPT_NAME] = name
+    return identity
 
 
 # --- classification --------------------------------------------------------------------------------------------
@@ -286,6 +348,7 @@ class _Open:
         "kind",
         "lock",
         "operation",
+        "prompt",
         "response",
         "span",
         "stream",
@@ -304,6 +367,7 @@ class _Open:
         self.token: Any = None
         self.response: Any = None
         self.stream = False  # the method returned a generator: the span outlives the dispatcher span
+        self.prompt: dict[str, Any] | None = None  # the prompt identity the call carries, for a stream's SDK call
         self.done = False
         self.lock = threading.Lock()
 
@@ -327,6 +391,7 @@ class _Tracker:
         self.pending: dict[int, _Open] = {}  # id(returned generator) -> state, claimed by the stream wrapper
         self.streams: dict[str, _Open] = {}  # llama span id -> state of a stream still being consumed
         self.kinds: dict[tuple[type, str], str | None] = {}
+        self.prompt_tokens: dict[str, Any] = {}  # llama span id of a predict-like call -> its call_context token
         self.enabled = True
 
     # -- dispatcher span lifecycle --
@@ -343,6 +408,8 @@ class _Tracker:
             if kind in ("chat", "text_completion"):
                 _patch_streams(type(instance))
         if kind is None:
+            if method in _PREDICT and bound_args is not None and isinstance(instance, self.types.llm):
+                self._enter_prompt(id_, bound_args.arguments.get("prompt"), instance)
             return
         settings = _base.tracking_settings()
         if settings is None:
@@ -361,7 +428,22 @@ class _Tracker:
         self.by_span[id(state.span)] = state
         state.token = otel_context.attach(state.ctx)
 
+    def _enter_prompt(self, id_: str, template: Any, llm: Any) -> None:
+        """llm.predict(prompt, ...) and its kin: the model calls made inside carry the prompt's identity."""
+        if template is None or _base.tracking_settings() is None:
+            return
+        identity = prompt_identity(template, llm)
+        if identity:
+            self.prompt_tokens[id_] = call_context.attach(identity)
+
+    def _exit_prompt(self, id_: str) -> None:
+        token = self.prompt_tokens.pop(id_, None)
+        if token is not None and not call_context.detach(token):
+            guard.count("llama_index.context.unbalanced")
+
     def exit(self, id_: str, result: Any) -> None:
+        if self.prompt_tokens:
+            self._exit_prompt(id_)
         state = self.open.pop(id_, None)
         if state is None:
             return
@@ -389,6 +471,8 @@ class _Tracker:
         self.finish(state, result)
 
     def drop(self, id_: str, err: BaseException | None) -> None:
+        if self.prompt_tokens:
+            self._exit_prompt(id_)
         state = self.open.pop(id_, None)
         if state is None:
             return
@@ -430,7 +514,10 @@ class _Tracker:
                 inputs = Inputs([{"role": "user", "parts": [text_part(prompt)]}] if prompt is not None else [])
         # LlamaIndex hands over the raw response of whichever SDK its LLM class uses: its usage shape is detected.
         call = Call(self.tracer, kind, model, attributes, settings, inputs, usage_shape(instance))
-        return _Open(kind, call, id(instance))
+        state = _Open(kind, call, id(instance))
+        if _prompts.GEN_AI_PROMPT_VERSION in attributes:  # a stream's request is sent later: keep it for the steps
+            state.prompt = {k: attributes[k] for k in _PROMPT_KEYS if k in attributes}
+        return state
 
     def _start_internal(self, kind: str, instance: Any, arguments: dict, settings: config.Settings) -> _Open:
         name = type(instance).__name__
@@ -602,6 +689,7 @@ def _sync_steps(gen: Generator[Any, Any, Any], state: _Open) -> Generator[Any, A
     try:
         while True:
             token = otel_context.attach(state.ctx)
+            prompt = call_context.attach(state.prompt) if state.prompt else None
             try:
                 item = next(gen)
             except StopIteration:
@@ -611,6 +699,8 @@ def _sync_steps(gen: Generator[Any, Any, Any], state: _Open) -> Generator[Any, A
                 error = exc
                 raise
             finally:
+                if prompt is not None:
+                    call_context.detach(prompt)
                 _detach(token, state.ctx)
             yield item
     finally:
@@ -625,6 +715,7 @@ async def _async_steps(gen: AsyncGenerator[Any, Any], state: _Open) -> AsyncGene
     try:
         while True:
             token = otel_context.attach(state.ctx)
+            prompt = call_context.attach(state.prompt) if state.prompt else None
             try:
                 item = await gen.__anext__()
             except StopAsyncIteration:
@@ -634,6 +725,8 @@ async def _async_steps(gen: AsyncGenerator[Any, Any], state: _Open) -> AsyncGene
                 error = exc
                 raise
             finally:
+                if prompt is not None:
+                    call_context.detach(prompt)
                 _detach(token, state.ctx)
             yield item
     finally:
