@@ -23,11 +23,9 @@ import difflib
 import io
 import json
 import math
-import os
 import random
 import re
 import statistics
-import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -35,15 +33,14 @@ from typing import Any
 
 from . import semconv
 from .report import (
-    DEFAULT_TIMEOUT_SECONDS,
     CountedCall,
     ReportError,
-    _reason,
     bounded_http,
     check_store,
     counted_calls,
     parse_since,
     read_spans,
+    run_reader,
 )
 
 DEFAULT_RESAMPLES = 2000
@@ -595,36 +592,15 @@ def run_compare(
     timeout_seconds: int | None = None,
     plot: str | None = None,
 ) -> int:
-    import mlflow
-    import requests
-    from mlflow.exceptions import MlflowException
+    def read(uri: str) -> Comparison:
+        return comparison(uri, experiment, since, by, where, baseline, resamples, seed, timeout_seconds)
 
-    if plot is not None:  # before reading anything: a missing extra is said at once
-        from .plot import PlotError, require_matplotlib
+    def draw(result: Comparison, path: Any) -> None:
+        from .plot import compare_distributions
 
-        try:
-            require_matplotlib()
-        except PlotError as exc:
-            print(f"mltrack-otel compare: {exc}", file=sys.stderr)
-            return 1
-    uri = tracking_uri or mlflow.get_tracking_uri()
-    timeout = str(timeout_seconds or os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or DEFAULT_TIMEOUT_SECONDS)
-    try:
-        result = comparison(uri, experiment, since, by, where, baseline, resamples, seed, timeout_seconds)
-    except ReportError as exc:
-        print(f"mltrack-otel compare: {exc}", file=sys.stderr)
-        return 1
-    except (MlflowException, requests.RequestException, OSError) as exc:
-        print(f"mltrack-otel compare: cannot read traces from {uri}: {_reason(exc, timeout)}", file=sys.stderr)
-        return 1
-    print(render(result, fmt))
-    if plot is not None:
-        from .plot import PlotError, compare_distributions
+        compare_distributions(result.records, path=path, by=result.by)
 
-        try:
-            compare_distributions(result.records, path=plot, by=result.by)
-        except PlotError as exc:
-            print(f"mltrack-otel compare: {exc}", file=sys.stderr)
-            return 1
-        print(f"compare plot written to {plot}", file=sys.stderr)
-    return 0
+    def show(result: Comparison) -> str:
+        return render(result, fmt)
+
+    return run_reader("compare", tracking_uri, timeout_seconds, read, show, plot, draw, picture="compare")

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
@@ -401,41 +401,65 @@ def run_report(
     timeout_seconds: int | None = None,
     plot: str | Path | None = None,
 ) -> int:
+    since_dt = parse_since(since) if isinstance(since, str) else since
+
+    def read(uri: str) -> list[CountedCall]:
+        check_store(uri)
+        with bounded_http(timeout_seconds):
+            return list(counted_calls(read_spans(uri, experiment, since_dt)))
+
+    def draw(calls: list[CountedCall], path: str | Path) -> None:
+        from .plot import cost_over_time
+
+        cost_over_time(calls, by=by, path=path)
+
+    return run_reader(
+        "report", tracking_uri, timeout_seconds, read, lambda calls: render(aggregate(calls, by), by, fmt), plot, draw
+    )
+
+
+def run_reader(
+    command: str,
+    tracking_uri: str | None,
+    timeout_seconds: int | None,
+    read: Callable[[str], Any],
+    show: Callable[[Any], str],
+    plot: str | Path | None = None,
+    draw: Callable[[Any, str | Path], None] | None = None,
+    picture: str = "cost",
+) -> int:
+    """What every command that reads MLflow shares: a missing plot extra said before reading, the store read
+    (`read(uri)`), failures as one line, the output printed (`show`), then the picture (`draw`). Exit status."""
     import mlflow
     import requests
     from mlflow.exceptions import MlflowException
 
-    if plot is not None:  # before reading anything: a missing extra is said at once
-        from .plot import PlotError, require_matplotlib
+    from .plot import PlotError, require_matplotlib
 
+    prefix = f"mltrack-otel {command}"
+    if plot is not None:
         try:
             require_matplotlib()
         except PlotError as exc:
-            print(f"mltrack-otel report: {exc}", file=sys.stderr)
+            print(f"{prefix}: {exc}", file=sys.stderr)
             return 1
-    since_dt = parse_since(since) if isinstance(since, str) else since
     uri = tracking_uri or mlflow.get_tracking_uri()
-    timeout = str(timeout_seconds or DEFAULT_TIMEOUT_SECONDS)
     try:
-        check_store(uri)
-        with bounded_http(timeout_seconds):
-            timeout = os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-            calls = list(counted_calls(read_spans(uri, experiment, since_dt)))
-            rows = aggregate(calls, by)
+        result = read(uri)
+        output = show(result)
     except ReportError as exc:
-        print(f"mltrack-otel report: {exc}", file=sys.stderr)
+        print(f"{prefix}: {exc}", file=sys.stderr)
         return 1
     except (MlflowException, requests.RequestException, OSError) as exc:
-        print(f"mltrack-otel report: cannot read traces from {uri}: {_reason(exc, timeout)}", file=sys.stderr)
+        timeout = timeout_seconds or os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or DEFAULT_TIMEOUT_SECONDS
+        print(f"{prefix}: cannot read traces from {uri}: {_reason(exc, str(timeout))}", file=sys.stderr)
         return 1
-    print(render(rows, by, fmt))
-    if plot is not None:
-        from .plot import PlotError, cost_over_time
-
+    print(output)
+    if plot is not None and draw is not None:
         try:
-            cost_over_time(calls, by=by, path=plot)
+            draw(result, plot)
         except PlotError as exc:
-            print(f"mltrack-otel report: {exc}", file=sys.stderr)
+            print(f"{prefix}: {exc}", file=sys.stderr)
             return 1
-        print(f"cost plot written to {plot}", file=sys.stderr)
+        print(f"{picture} plot written to {plot}", file=sys.stderr)
     return 0
