@@ -191,33 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     price.set_defaults(run=_price)
 
     report = commands.add_parser("report", help="totals read back from MLflow traces")
-    report.add_argument("--tracking-uri", default=None)
-    report.add_argument("--experiment", default=None)
-    report.add_argument(
-        "--since",
-        type=_since,
-        default=None,
-        help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
-    )
+    _reading_options(report, "also draw cost over time, stacked by the --by key, into this image")
     report.add_argument(
         "--by",
         type=_grouping,
         default="model",
         metavar="{model,provider,day,conversation,user,tag.<key>}",
         help="group by model, provider, day, conversation, user (user.id) or a tag (tag.feature: mltrack.tag.feature)",
-    )
-    report.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    report.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=None,
-        help="seconds to wait for an MLflow server's answer (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10)",
-    )
-    report.add_argument(
-        "--plot",
-        metavar="PNG",
-        default=None,
-        help="also draw cost over time, stacked by the --by key, into this image (needs mltrack-otel[plot])",
     )
     report.set_defaults(run=_report)
 
@@ -227,14 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per variant of --by: calls, tokens, cost per call, latency, errors and unpriced calls, read "
         "back from MLflow traces as report does; then each variant against the baseline with a bootstrap CI.",
     )
-    compare.add_argument("--tracking-uri", default=None)
-    compare.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
-    compare.add_argument(
-        "--since",
-        type=_since,
-        default=None,
-        help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
-    )
+    _reading_options(compare, "also draw each variant's cost and latency per call into this image")
     compare.add_argument(
         "--by",
         required=True,
@@ -258,21 +231,28 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baseline", default=None, help="the variant the others are compared with (default: first)")
     compare.add_argument("--resamples", type=_resamples, default=2000, help="bootstrap resamples (default 2000)")
     compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0: the same data, same CI)")
-    compare.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    compare.add_argument(
+    compare.set_defaults(run=_compare)
+    return parser
+
+
+def _reading_options(command: argparse.ArgumentParser, plot_help: str) -> None:
+    """The options every command that reads traces back from MLflow takes (report, compare)."""
+    command.add_argument("--tracking-uri", default=None)
+    command.add_argument("--experiment", default=None, help="MLflow experiment (default: all)")
+    command.add_argument(
+        "--since",
+        type=_since,
+        default=None,
+        help="only traces started after it: today, yesterday (UTC), an age (30m, 24h, 7d, 2w), or an ISO date/time",
+    )
+    command.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    command.add_argument(
         "--timeout",
         type=_positive_seconds,
         default=None,
         help="seconds to wait for an MLflow server's answer (default: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10)",
     )
-    compare.add_argument(
-        "--plot",
-        metavar="PNG",
-        default=None,
-        help="also draw each variant's cost and latency per call into this image (needs mltrack-otel[plot])",
-    )
-    compare.set_defaults(run=_compare)
-    return parser
+    command.add_argument("--plot", metavar="PNG", default=None, help=f"{plot_help} (needs mltrack-otel[plot])")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
