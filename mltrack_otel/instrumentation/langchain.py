@@ -19,10 +19,17 @@ async end-callbacks in separate tasks (``@shielded``), so a context attached in 
   attach per step, so nothing stays current while the caller holds a chunk.
 
 Spans: ``chat {model}`` / ``text_completion {model}`` (CLIENT, GenAI attributes, usage from ``usage_metadata``),
-``execute_tool {name}``, ``retrieval {name}``, ``invoke_agent {name}`` for agents (AgentExecutor, LangGraph graphs
-that ran a tool-calling model) and the run name for other chains (INTERNAL, no ``gen_ai.operation.name``: the
-conventions have no chain operation, and a made-up one would pollute the GenAI duration metric). A run that never
-ends (abandoned stream) is ended, marked incomplete, when its parent ends or when the open-run table is full.
+``execute_tool {name}``, ``retrieval {name}``, ``invoke_agent {name}`` for agents (AgentExecutor, LangGraph graphs)
+and the run name for other chains (INTERNAL, no ``gen_ai.operation.name``: the conventions have no chain operation,
+and a made-up one would pollute the GenAI duration metric). A run that never ends (abandoned stream) is ended,
+marked incomplete, when its parent ends or when the open-run table is full.
+
+LangGraph: ``Pregel.stream``/``astream`` (every graph run goes through them) open a slot; the graph's start callback
+makes the graph an agent run (``mltrack_otel.agents.start``: ``invoke_agent {graph name}``, a ledger scope with the
+agent's budget), which the wrapper makes current around each step, so the node tasks the graph schedules (they copy
+the context) count their model calls in it. A subgraph, or an agent invoked inside a node, is a nested agent run.
+Nodes are spans named after the node; the chains LangGraph runs inside a node (the node's function, its edges, the
+prompt | model sequences) get no span of their own: what they run hangs under the node.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import call_context, config, guard, providers, semconv
+from .. import agents, call_context, config, guard, providers, semconv
 from .. import prompts as _prompts
 from ..content import media_part, parse_arguments, text_part
 from ..usage import read as read_usage
@@ -53,6 +60,8 @@ __all__ = ["LangChainInstrumentor"]
 _MODULE = "langchain_core"
 _RETRIEVERS = "langchain_core.retrievers"  # patched when the app imports it: an app without retrievers never loads it
 _RETRIEVERS_HOOK = "langchain:retrievers"
+_LANGGRAPH = "langgraph.pregel.main"  # Pregel: every LangGraph graph runs through its stream/astream
+_LANGGRAPH_HOOK = "langchain:langgraph"
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
@@ -76,6 +85,21 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
 # --- the open runs --------------------------------------------------------------------------------------------
 
 
+class _Hidden:
+    """The handle of a run that has no span of its own (LangGraph's plumbing inside a node): nothing to end."""
+
+    __slots__ = ()
+
+    def finish(self, outputs: Any = None, attributes: Any = None) -> None:
+        pass
+
+    def fail(self, error: BaseException, attributes: Any = None) -> None:
+        pass
+
+
+_HIDDEN = _Hidden()
+
+
 class _Run:
     """One LangChain run and its span."""
 
@@ -86,6 +110,7 @@ class _Run:
         "first_token_at",
         "graph",
         "handle",
+        "in_node",
         "kind",
         "llm_below",
         "name",
@@ -97,9 +122,11 @@ class _Run:
         "tools_bound",
     )
 
-    def __init__(self, kind: str, handle: Call | _spans.Operation, parent: Any, name: str) -> None:
-        self.kind = kind  # llm | chain | agent | tool | retriever
-        self.handle = handle  # a Call for model runs, else an Operation: either ends the span exactly once
+    def __init__(self, kind: str, handle: Any, parent: Any, name: str) -> None:
+        self.kind = kind  # llm | chain | agent | tool | retriever | hidden
+        # A Call for model runs, an AgentRun for LangGraph graphs, _HIDDEN for runs without a span, else an
+        # Operation: each ends its span exactly once.
+        self.handle = handle
         self.parent = parent  # parent run_id (None for a root run)
         self.name = name
         self.children: list[Any] = []
@@ -107,6 +134,7 @@ class _Run:
         self.first_token_at: float | None = None
         self.provider: str | None = None
         self.graph = False  # a LangGraph graph (its children carry langgraph_node metadata)
+        self.in_node = False  # a LangGraph node, or a run without a span inside one: its chains get none either
         self.prompt: Mapping[str, str] | None = None  # a prompt run's identity; the one a model run carries
         self.next_prompt: Mapping[str, str] | None = None  # for the next model run under this one (prompt | llm)
         self.llm_below = self.tool_below = self.tools_bound = self.agent_below = False
@@ -120,7 +148,7 @@ class _Run:
 class _Slot:
     """Opened by a wrapper around a method that starts a run; the run's start callback fills it."""
 
-    __slots__ = ("context", "kinds", "prompt_token", "taken", "token")
+    __slots__ = ("agent", "agent_token", "context", "kinds", "prompt_token", "taken", "token")
 
     def __init__(self, kinds: tuple[str, ...]) -> None:
         self.kinds = kinds
@@ -128,9 +156,14 @@ class _Slot:
         self.token: Any = None
         self.prompt_token: Any = None  # the model run's prompt identity, attached for the SDK call below it
         self.context: otel_context.Context | None = None
+        self.agent: Any = None  # a LangGraph graph's agents.AgentRun, made current by activate()
+        self.agent_token: Any = None
 
     def release(self) -> None:
         """Detach what the start callback attached, only if it is still the current context (same frame)."""
+        agent_token, self.agent_token = self.agent_token, None
+        if agent_token is not None:
+            self.agent.deactivate(agent_token)
         prompt_token, self.prompt_token = self.prompt_token, None
         if prompt_token is not None and not call_context.detach(prompt_token):
             guard.count("langchain.context.unbalanced")
@@ -565,23 +598,52 @@ class Tracer:
             settings = self._enabled()
             if settings is None:
                 return
+            slot = _SLOT.get()
+            if slot is not None and not slot.taken and "graph" in slot.kinds:  # a LangGraph graph (Pregel.stream)
+                self._start_graph(slot, inputs, run_id, kwargs, settings)
+                return
             ids = _base.get(serialized, "id")
             cls = ids[-1] if isinstance(ids, list) and ids else None
             name = kwargs.get("name") or _base.get(serialized, "name") or cls or "chain"
             parent_run_id = kwargs.get("parent_run_id")
-            agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
-            kind, operation = ("agent", "invoke_agent") if agent else ("chain", None)
-            inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
-            run = self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
+            parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
+            if parent is not None and parent.in_node:
+                # Inside a LangGraph node: the node's function, its edges, the runnables they call. No span: what
+                # they run (models, tools, retrievers, subgraphs) goes under the node's.
+                run = self._add("hidden", _HIDDEN, run_id, parent_run_id, name)
+                run.context = parent.as_context()
+                run.in_node = True
+            else:
+                agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
+                kind, operation = ("agent", "invoke_agent") if agent else ("chain", None)
+                inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
+                run = self._operation(kind, operation, name, run_id, kwargs, inputs=inputs, settings=settings)
+                tags = kwargs.get("tags") or ()
+                if parent is not None and any(str(t).startswith("graph:step:") for t in tags):
+                    parent.graph = True  # a LangGraph node: its parent run is the graph
+                    run.in_node = True
             if kwargs.get("run_type") == "prompt":
                 run.prompt = prompt_identity(serialized, kwargs.get("metadata"), name, cls)
-            tags = kwargs.get("tags") or ()
-            if parent_run_id is not None and any(str(t).startswith("graph:step:") for t in tags):
-                parent = self.runs.get(parent_run_id)  # a LangGraph node: its parent run is the graph
-                if parent is not None:
-                    parent.graph = True
         except Exception as exc:
             guard.record_error("langchain.on_chain_start", exc)
+
+    def _start_graph(self, slot: _Slot, inputs: Any, run_id: Any, kwargs: dict[str, Any], settings: Any) -> None:
+        """A LangGraph graph started (its Pregel.stream opened the slot): an agent run, `invoke_agent {graph
+        name}` (create_react_agent names the graph after the agent), the root of a ledger scope nested in the
+        current one. The slot's wrapper makes it current around each step of the graph, so every node task the
+        graph schedules (threads, asyncio tasks: they copy the context) runs inside the agent: model calls count
+        in its scope, under its budget, with its name; a subgraph nests its own run."""
+        name = kwargs.get("name") or "LangGraph"
+        parent_run_id = kwargs.get("parent_run_id")
+        attributes = self._conversation(kwargs.get("metadata") or {}, {})
+        inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
+        context = self.span_context(parent_run_id)  # None: the current context (a root graph)
+        agent = agents.start(self.tracer, name, attributes, inputs, settings=settings, context=context)
+        slot.taken = True
+        run = self._add("agent", agent, run_id, parent_run_id, name)
+        run.graph = True
+        slot.agent = agent
+        slot.agent_token = agent.activate()
 
     def on_chain_end(self, outputs: Any, *, run_id: Any, **kwargs: Any) -> None:  # and tools', retrievers'
         self._end(run_id, outputs, None)
@@ -601,7 +663,20 @@ class Tracer:
                 return
             if run.prompt and error is None:
                 self._pass_prompt(run, output)
+            if run.kind == "hidden":
+                return
             operation, attributes = run.handle, {}
+            if not isinstance(operation, (_spans.Operation, Call)):  # a graph's AgentRun
+                if isinstance(error, GeneratorExit):  # the caller stopped reading the graph's stream
+                    attributes[_INCOMPLETE] = False
+                    error = None
+                settings = operation.operation.settings
+                outputs = {_base.OI_OUTPUT_VALUE: output} if settings.openinference_attributes and not error else None
+                if error is not None and not _is_control_flow(error):
+                    operation.fail(error, attributes)
+                else:
+                    operation.finish(outputs, attributes)
+                return
             if run.kind == "chain" and self._is_agent(run):
                 run.kind = "agent"
                 operation.span.update_name(f"invoke_agent {run.name}")
@@ -838,14 +913,22 @@ class _Patch:
             ("langchain_core.tools.base", "BaseTool", "run", self._call_tool),
             ("langchain_core.tools.base", "BaseTool", "arun", self._acall_tool),
         )
-        # Retrievers are patched when the app imports them (at once if it has): instrument() need not load them.
+        # Retrievers and LangGraph are patched when the app imports them (at once if it has): instrument() need
+        # not load them.
         when_imported(_RETRIEVERS, self._patch_retrievers, owner=_RETRIEVERS_HOOK)
+        when_imported(_LANGGRAPH, self._patch_langgraph, owner=_LANGGRAPH_HOOK)
         self.hooked = True
 
     def _patch_retrievers(self, module: Any) -> None:
         self._patch(
             (module, "BaseRetriever", "invoke", self._call_retriever),
             (module, "BaseRetriever", "ainvoke", self._acall_retriever),
+        )
+
+    def _patch_langgraph(self, module: Any) -> None:
+        # invoke/ainvoke, stream_events and subgraphs all run through stream/astream.
+        self._patch(
+            (module, "Pregel", "stream", self._graph_stream), (module, "Pregel", "astream", self._graph_astream)
         )
 
     def _patch(self, *targets: tuple[Any, str, str, Any]) -> None:
@@ -870,6 +953,7 @@ class _Patch:
         self.active = False
         if self.hooked:
             when_imported(_RETRIEVERS, None, owner=_RETRIEVERS_HOOK)
+            when_imported(_LANGGRAPH, None, owner=_LANGGRAPH_HOOK)
             self.hooked = False
         if self.handler is not None:
             self.handler.active = False
@@ -1029,6 +1113,59 @@ class _Patch:
             return
         finally:
             await inner.aclose()
+
+    # -- LangGraph graphs: the graph's agent run current during each step of its stream ------------------------
+
+    def _graph_stream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return _graph_steps(wrapped(*args, **kwargs))
+
+    def _graph_astream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return _agraph_steps(wrapped(*args, **kwargs))
+
+
+def _graph_steps(inner: Any) -> Any:
+    """Drive Pregel.stream: the first step starts the graph's run (its start callback fills the slot with the
+    agent run and activates it); every step runs with the agent run current, and only the step: the caller's
+    code between chunks runs in its own context."""
+    slot = _Slot(("graph",))
+    try:
+        while True:
+            reset = _SLOT.set(slot)
+            if slot.agent is not None:
+                slot.agent_token = slot.agent.activate()
+            try:
+                item = next(inner)
+            finally:
+                slot.release()
+                _SLOT.reset(reset)
+            yield item
+    except StopIteration:
+        return
+    finally:
+        inner.close()  # the caller stopped early: LangGraph ends the graph's run (GeneratorExit -> incomplete)
+
+
+async def _agraph_steps(inner: Any) -> Any:
+    slot = _Slot(("graph",))
+    try:
+        while True:
+            reset = _SLOT.set(slot)
+            if slot.agent is not None:
+                slot.agent_token = slot.agent.activate()
+            try:
+                item = await inner.__anext__()
+            finally:
+                slot.release()
+                _SLOT.reset(reset)
+            yield item
+    except StopAsyncIteration:
+        return
+    finally:
+        await inner.aclose()
 
 
 _PATCH = _Patch()
