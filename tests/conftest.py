@@ -20,6 +20,7 @@ _FRAMEWORK_TESTS = {
     "test_llama_index.py": "llama_index.core",
     "test_litellm.py": "litellm",
     "test_dspy.py": "dspy",
+    "test_langgraph.py": "langgraph",
     "test_secrets_frameworks.py": "litellm",
     "test_prompts_langchain.py": "langchain_core",
     "test_prompts_llama_index.py": "llama_index.core",

@@ -1,0 +1,330 @@
+"""LangGraph agents: real langgraph graphs (create_react_agent, a supervisor StateGraph with a sub-agent) driving the
+real langchain-openai / openai SDK against the fake provider, recorded by our LangChain instrumentation (LangGraph runs
+through LangChain's callbacks) with and without our OpenAI instrumentor, into a real TracerProvider with the
+CostSpanProcessor counting into the process ledger.
+
+Asserted: the span tree (invoke_agent per graph, nodes named after the node, chat and execute_tool spans under them,
+subgraphs nested, one trace), exactly-once counting (counted spans == requests the fake received == process totals;
+each agent span's llm.cost.cumulative == its subtree), per-agent totals, and the agent budget stopping a runaway tool
+loop before its next model call, sync, async and streamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.frameworks, pytest.mark.filterwarnings("ignore:create_react_agent has been moved")]
+
+pytest.importorskip("langgraph")
+langchain_openai = pytest.importorskip("langchain_openai")
+
+from langchain_core.tools import tool  # noqa: E402
+from langchain_openai import ChatOpenAI  # noqa: E402
+from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
+from langgraph.prebuilt import create_react_agent  # noqa: E402
+from langgraph.pregel import Pregel  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.trace import StatusCode  # noqa: E402
+
+from mltrack_otel import guard, ledger  # noqa: E402
+from mltrack_otel.instrumentation import instrument, uninstrument  # noqa: E402
+from mltrack_otel.instrumentation import langchain as lc  # noqa: E402
+from tests.traced import Traced  # noqa: E402
+
+MODEL = "gpt-4o-mini"
+LC_SCOPE = "mltrack_otel.instrumentation.langchain"
+ORIGINAL_STREAM = Pregel.__dict__["stream"]
+ORIGINAL_ASTREAM = Pregel.__dict__["astream"]
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}, span {trace.get_current_span().get_span_context().span_id}"
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------
+
+
+class Run(Traced):
+    """The span harness counting into the process ledger, with tree helpers."""
+
+    def __init__(self, sdk: bool) -> None:
+        super().__init__(ledger=ledger.LEDGER)
+        self.sdk = sdk  # our OpenAI instrumentor is on: its span under each chat span is the counted one
+
+    def by_id(self):
+        return {s.context.span_id: s for s in self.spans()}
+
+    def parent(self, span):
+        return self.by_id().get(span.parent.span_id) if span.parent is not None else None
+
+    def named(self, name):
+        return [s for s in sorted(self.spans(), key=lambda s: s.start_time) if s.name == name]
+
+    def counted(self):
+        return [s for s in self.spans() if s.attributes.get("mltrack.usage.counted") is True]
+
+    def below(self, root):
+        """Every span in root's subtree (root included)."""
+        by_id = self.by_id()
+        out = []
+        for span in self.spans():
+            node = span
+            while node is not None and node is not root:
+                node = by_id.get(node.parent.span_id) if node.parent is not None else None
+            if node is root:
+                out.append(span)
+        return out
+
+    def assert_counted_once(self, fake, calls: int) -> None:
+        """One counted span per request the fake received; process totals == their sum; each agent span's
+        cumulative == the counted spans of its subtree."""
+        counted = self.counted()
+        assert len(counted) == calls == len(fake.requests)
+        for span in counted:
+            assert span.instrumentation_scope.name == ("mltrack_otel.instrumentation.openai" if self.sdk else LC_SCOPE)
+        total = sum(s.attributes["llm.cost.total"] for s in counted)
+        assert math.isclose(float(ledger.LEDGER.process_totals().cost_usd), total, rel_tol=1e-9)
+        assert ledger.LEDGER.process_totals().calls == calls
+        for agent in [s for s in self.spans() if s.attributes.get("gen_ai.operation.name") == "invoke_agent"]:
+            below = [s for s in self.below(agent) if s.attributes.get("mltrack.usage.counted") is True]
+            subtotal = sum(s.attributes["llm.cost.total"] for s in below)
+            assert math.isclose(agent.attributes["llm.cost.cumulative"], subtotal, rel_tol=1e-9), agent.name
+            assert agent.attributes["llm.tokens.cumulative.total"] == sum(
+                s.attributes["gen_ai.usage.input_tokens"] + s.attributes["gen_ai.usage.output_tokens"] for s in below
+            )
+
+
+@pytest.fixture(params=["provider-on", "provider-off"])
+def run(request, fake, settings):
+    """LangChain (and so LangGraph) instrumented, with our OpenAI instrumentor on or off."""
+    sdk = request.param == "provider-on"
+    libraries = ["langchain", "openai"] if sdk else ["langchain"]
+    guard.drain_deferred()
+    ledger.LEDGER.pricer = None  # a hand-built processor prices the ledger's reservations only when it has no pricer
+    harness = Run(sdk)
+    fake.clear()
+    guard.reset()
+    ledger.LEDGER.reset()
+    assert instrument(libraries, tracer_provider=harness.provider) == libraries
+    try:
+        yield harness
+    finally:
+        uninstrument(libraries)
+        harness.shutdown()
+        ledger.LEDGER.reset()
+        ledger.LEDGER.limits = ledger.Limits()
+        ledger.LEDGER.pricer = None
+    assert lc._PATCH.handler is None or not lc._PATCH.handler.runs  # no run left open
+    health = guard.health()
+    assert not {k: v for k, v in health.items() if k.startswith("errors") or "unbalanced" in k}, health
+
+
+@pytest.fixture
+async def chat(fake):
+    """ChatOpenAI against the fake. Async so each test's async httpx client closes on its own loop."""
+    clients: list[httpx.AsyncClient] = []
+
+    def make(**kwargs):
+        kwargs.setdefault("model", MODEL)
+        clients.append(httpx.AsyncClient())
+        kwargs.setdefault("http_async_client", clients[-1])
+        return ChatOpenAI(base_url=fake.openai_base_url, api_key="test", max_retries=0, **kwargs)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def weather_agent(chat, **kwargs):
+    """A one-tool ReAct agent: model (calls get_weather) -> tools -> model (answers)."""
+    return create_react_agent(chat(**kwargs), [get_weather], name="weather_agent")
+
+
+ASK = {"messages": [("user", "weather in Paris? [[scenario:tool]]")]}
+
+
+def supervisor_graph(chat, asynchronous: bool = False, **kwargs):
+    """`boss`: a supervisor node that makes its own model call and then calls the weather agent (an agent calling
+    an agent), then the weather agent itself as the next node (a compiled graph used as a node: a subgraph)."""
+    weather = weather_agent(chat, **kwargs)
+    router = chat(**kwargs)
+
+    def supervisor(state):
+        router.invoke([("user", "who should answer?")])
+        out = weather.invoke(ASK)
+        return {"messages": [out["messages"][-1]]}
+
+    async def asupervisor(state):
+        await router.ainvoke([("user", "who should answer?")])
+        out = await weather.ainvoke(ASK)
+        return {"messages": [out["messages"][-1]]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("supervisor", asupervisor if asynchronous else supervisor)
+    graph.add_node("weather", weather)
+    graph.add_edge(START, "supervisor")
+    graph.add_edge("supervisor", "weather")
+    graph.add_edge("weather", END)
+    return graph.compile(name="boss")
+
+
+def chat_call(depth: int, sdk: bool) -> list[tuple[int, str]]:
+    """One model call in tree(): LangChain's chat span, and the SDK's under it when our OpenAI instrumentor is on."""
+    return [(depth, f"chat {MODEL}")] + ([(depth + 1, f"chat {MODEL}")] if sdk else [])
+
+
+def react_tree(depth: int, sdk: bool) -> list[tuple[int, str]]:
+    return [
+        (depth, "invoke_agent weather_agent"),
+        (depth + 1, "agent"),
+        *chat_call(depth + 2, sdk),
+        (depth + 1, "tools"),
+        (depth + 2, "execute_tool get_weather"),
+        (depth + 1, "agent"),
+        *chat_call(depth + 2, sdk),
+    ]
+
+
+def supervisor_tree(sdk: bool) -> list[tuple[int, str]]:
+    return [
+        (0, "invoke_agent boss"),
+        (1, "supervisor"),
+        *chat_call(2, sdk),
+        *react_tree(2, sdk),
+        (1, "weather"),
+        *react_tree(2, sdk),
+    ]
+
+
+def assert_agent_span(span, name: str) -> None:
+    a = span.attributes
+    assert span.name == f"invoke_agent {name}"
+    assert a["gen_ai.operation.name"] == "invoke_agent"
+    assert a["gen_ai.agent.name"] == name
+    assert span.status.status_code is StatusCode.UNSET
+
+
+# --- a ReAct agent ----------------------------------------------------------------------------------------------
+
+
+def test_react_agent(run, fake, chat):
+    out = weather_agent(chat).invoke(ASK)
+    assert [m.type for m in out["messages"]] == ["human", "ai", "tool", "ai"]
+
+    assert run.tree() == react_tree(0, run.sdk)
+    (root,) = run.named("invoke_agent weather_agent")
+    assert_agent_span(root, "weather_agent")
+    assert root.parent is None and len({s.context.trace_id for s in run.spans()}) == 1
+    nodes = [s for s in run.spans() if run.parent(s) is root]
+    assert all(s.attributes.get("gen_ai.operation.name") is None for s in nodes)  # a node is a plain step
+    (tool_span,) = run.named("execute_tool get_weather")
+    assert run.parent(tool_span).name == "tools"
+    assert tool_span.attributes["gen_ai.tool.name"] == "get_weather"
+    assert tool_span.attributes["gen_ai.tool.call.id"] == out["messages"][1].tool_calls[0]["id"]
+    assert str(tool_span.context.span_id) in out["messages"][2].content  # the tool ran with its span current
+    for span in run.named(f"chat {MODEL}"):  # every model call carries the agent that made it
+        assert span.attributes["gen_ai.agent.name"] == "weather_agent"
+    run.assert_counted_once(fake, 2)
+
+
+# --- a supervisor with sub-agents ---------------------------------------------------------------------------------
+
+
+def test_supervisor_with_subagents(run, fake, chat):
+    out = supervisor_graph(chat).invoke({"messages": [("user", "go [[scenario:tool]]")]})
+    assert out["messages"][-1].type == "ai"
+
+    assert run.tree() == supervisor_tree(run.sdk)
+    assert len({s.context.trace_id for s in run.spans()}) == 1
+    (boss,) = run.named("invoke_agent boss")
+    assert_agent_span(boss, "boss")
+    first, second = run.named("invoke_agent weather_agent")
+    for sub, node in ((first, "supervisor"), (second, "weather")):
+        assert_agent_span(sub, "weather_agent")
+        assert run.parent(sub).name == node and run.parent(run.parent(sub)) is boss
+    run.assert_counted_once(fake, 5)
+    # The boss's total is everything; each sub-agent's is its own subtree, a part of the boss's.
+    subs = first.attributes["llm.cost.cumulative"] + second.attributes["llm.cost.cumulative"]
+    assert subs < boss.attributes["llm.cost.cumulative"]
+    router_call = [s for s in run.counted() if s.attributes["gen_ai.agent.name"] == "boss"]
+    assert len(router_call) == 1
+    assert math.isclose(subs + router_call[0].attributes["llm.cost.total"], boss.attributes["llm.cost.cumulative"])
+
+
+async def test_supervisor_astream(run, fake, chat):
+    """astream of the supervisor (async nodes, async sub-agent); the caller's context stays its own between
+    chunks."""
+    graph = supervisor_graph(chat, asynchronous=True)
+    updates = []
+    async for update in graph.astream({"messages": [("user", "go [[scenario:tool]]")]}, stream_mode="updates"):
+        assert trace.get_current_span() is trace.INVALID_SPAN  # nothing of ours current while the caller runs
+        assert ledger.current_scope() is None
+        updates.append(update)
+    assert [next(iter(u)) for u in updates] == ["supervisor", "weather"]
+
+    assert run.tree() == supervisor_tree(run.sdk)
+    assert len({s.context.trace_id for s in run.spans()}) == 1
+    run.assert_counted_once(fake, 5)
+
+
+async def test_concurrent_ainvoke(run, fake, chat):
+    """Three agent runs at once: three traces, each agent's total its own."""
+    agent = weather_agent(chat)
+    outs = await asyncio.gather(
+        *(agent.ainvoke({"messages": [("user", f"weather {i}? [[scenario:tool]]")]}) for i in range(3))
+    )
+    assert all(len(o["messages"]) == 4 for o in outs)
+
+    roots = run.named("invoke_agent weather_agent")
+    assert len(roots) == 3 and all(r.parent is None for r in roots)
+    assert len({r.context.trace_id for r in roots}) == 3
+    for root in roots:
+        assert len([s for s in run.below(root) if s.name == "execute_tool get_weather"]) == 1
+    run.assert_counted_once(fake, 6)
+
+
+def test_stream_messages(run, fake, chat):
+    """stream_mode="messages": model tokens streamed from inside the graph; the same tree, counted once."""
+    agent = weather_agent(chat, stream_usage=True)
+    tokens = [chunk for chunk, _meta in agent.stream(ASK, stream_mode="messages")]
+    assert tokens
+
+    assert run.tree() == react_tree(0, run.sdk)
+    run.assert_counted_once(fake, 2)
+
+
+def test_stream_abandoned(run, fake, chat):
+    """The caller stops reading the graph's stream after the first step: every span ends, the agent's marked
+    incomplete rather than failed."""
+    stream = weather_agent(chat).stream(ASK, stream_mode="updates")
+    first = next(stream)
+    assert "agent" in first
+    stream.close()
+
+    (root,) = run.named("invoke_agent weather_agent")
+    assert root.attributes["mltrack.stream.complete"] is False
+    assert root.status.status_code is not StatusCode.ERROR
+    assert len(run.named(f"chat {MODEL}")) == (2 if run.sdk else 1)
+    run.assert_counted_once(fake, 1)
+
+
+# --- instrumentation on and off ----------------------------------------------------------------------------------
+
+
+def test_uninstrument_restores_pregel(fake, settings, chat):
+    harness = Traced()
+    instrument(["langchain"], tracer_provider=harness.provider)
+    import langgraph.pregel.main  # noqa: F401  (patched: already imported)
+
+    assert Pregel.__dict__["stream"] is not ORIGINAL_STREAM
+    uninstrument(["langchain"])
+    assert Pregel.__dict__["stream"] is ORIGINAL_STREAM and Pregel.__dict__["astream"] is ORIGINAL_ASTREAM
+    weather_agent(chat).invoke(ASK)
+    assert harness.spans() == []
+    harness.shutdown()
