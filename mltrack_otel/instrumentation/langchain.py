@@ -47,7 +47,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import error_attributes
 
-from .. import agents, call_context, config, guard, providers, semconv
+from .. import agents, budget, call_context, config, guard, providers, semconv
 from .. import prompts as _prompts
 from ..content import media_part, parse_arguments, text_part
 from ..usage import read as read_usage
@@ -113,6 +113,7 @@ class _Run:
         "in_node",
         "kind",
         "llm_below",
+        "max_output",
         "name",
         "next_prompt",
         "parent",
@@ -132,6 +133,7 @@ class _Run:
         self.children: list[Any] = []
         self.context: otel_context.Context | None = None  # the span as current context, made on first use
         self.first_token_at: float | None = None
+        self.max_output: int | None = None  # a model run's max_tokens, for its budget reservation
         self.provider: str | None = None
         self.graph = False  # a LangGraph graph (its children carry langgraph_node metadata)
         self.in_node = False  # a LangGraph node, or a run without a span inside one: its chains get none either
@@ -501,6 +503,22 @@ class Tracer:
         run = self._add("llm", call, run_id, parent_run_id, operation, prompt)
         run.provider = provider
         run.tools_bound = bool(tools)
+        run.max_output = attributes.get(gen_ai.GEN_AI_REQUEST_MAX_TOKENS)
+
+    def reserve(self, run: _Run, request: Any) -> Any:
+        """Reserve a model run's worst case against the hard budgets (the agent run's, a tracking scope's, the
+        process's) before its request goes out, so a budget stops LangChain and LangGraph model calls whether or not
+        the provider SDK is instrumented too (if it is, its call takes the hold over). The hold ends with the model
+        run's span. None: no budget applies (or not a model run); raises only BudgetExceededError."""
+        call = run.handle
+        if run.kind != "llm" or not isinstance(call, Call) or call.reservation is not None:
+            return None
+        body: dict[str, Any] = {"prompt" if run.name == "text_completion" else "messages": request}
+        if run.max_output is not None:
+            body["max_tokens"] = run.max_output
+        reservation = _base.reserve_budget("langchain.budget", body, call.model, run.provider, run.name)
+        call.reservation = reservation
+        return reservation
 
     def on_llm_new_token(self, token: Any, *, run_id: Any, **kwargs: Any) -> None:
         try:
@@ -849,10 +867,21 @@ def _first_manager(args: tuple, kwargs: dict) -> Any:
 
 
 def _call_in(
-    ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict, prompt: Mapping[str, str] | None = None
+    ctx: otel_context.Context | None,
+    wrapped: Any,
+    args: tuple,
+    kwargs: dict,
+    prompt: Mapping[str, str] | None = None,
+    reservation: Any = None,
 ) -> Any:
-    """wrapped(*args, **kwargs) with ctx attached (as it is when ctx is None), and the model run's prompt identity
-    on the SDK calls made inside."""
+    """wrapped(*args, **kwargs) with ctx attached (as it is when ctx is None), the model run's prompt identity on
+    the SDK calls made inside, and its budget reservation held (the SDK call below takes it over)."""
+    if reservation is not None:
+        held = budget.hold(reservation)
+        try:
+            return _call_in(ctx, wrapped, args, kwargs, prompt)
+        finally:
+            budget.unhold(held)
     if prompt:
         with call_context.attached(prompt):
             return _call_in(ctx, wrapped, args, kwargs)
@@ -866,8 +895,19 @@ def _call_in(
 
 
 async def _acall_in(
-    ctx: otel_context.Context | None, wrapped: Any, args: tuple, kwargs: dict, prompt: Mapping[str, str] | None = None
+    ctx: otel_context.Context | None,
+    wrapped: Any,
+    args: tuple,
+    kwargs: dict,
+    prompt: Mapping[str, str] | None = None,
+    reservation: Any = None,
 ) -> Any:
+    if reservation is not None:
+        held = budget.hold(reservation)
+        try:
+            return await _acall_in(ctx, wrapped, args, kwargs, prompt)
+        finally:
+            budget.unhold(held)
     if prompt:
         with call_context.attached(prompt):
             return await _acall_in(ctx, wrapped, args, kwargs)
@@ -982,32 +1022,36 @@ class _Patch:
 
     # -- model calls with a run manager: the run's span is current around the SDK call -------------------------
 
-    def _run_context(self, run_manager: Any) -> tuple[otel_context.Context | None, Mapping[str, str] | None]:
-        """The model run's span as a context, and the prompt identity it carries."""
+    def _run_context(
+        self, run_manager: Any, request: Any = None
+    ) -> tuple[otel_context.Context | None, Mapping[str, str] | None, Any]:
+        """The model run's span as a context, the prompt identity it carries, and the budget reservation of its
+        request (messages or prompts; raises only BudgetExceededError, before anything is sent)."""
         handler = self._live()
         if handler is None or run_manager is None:
-            return None, None
+            return None, None, None
         try:
             run_id = run_manager.run_id
-            return handler.span_context(run_id), handler.prompt_of(run_id)
+            ctx, prompt, run = handler.span_context(run_id), handler.prompt_of(run_id), handler.runs.get(run_id)
         except Exception:
-            return None, None
+            return None, None, None
+        return ctx, prompt, handler.reserve(run, request) if run is not None else None
 
     def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx, prompt = self._run_context(_run_manager(args, kwargs))
-        return _call_in(ctx, wrapped, args, kwargs, prompt)
+        ctx, prompt, held = self._run_context(_run_manager(args, kwargs), args[0] if args else None)
+        return _call_in(ctx, wrapped, args, kwargs, prompt, held)
 
     async def _agenerate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx, prompt = self._run_context(_run_manager(args, kwargs))
-        return await _acall_in(ctx, wrapped, args, kwargs, prompt)
+        ctx, prompt, held = self._run_context(_run_manager(args, kwargs), args[0] if args else None)
+        return await _acall_in(ctx, wrapped, args, kwargs, prompt, held)
 
     def _generate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx, prompt = self._run_context(_first_manager(args, kwargs))
-        return _call_in(ctx, wrapped, args, kwargs, prompt)
+        ctx, prompt, held = self._run_context(_first_manager(args, kwargs), args[0] if args else None)
+        return _call_in(ctx, wrapped, args, kwargs, prompt, held)
 
     async def _agenerate_many(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        ctx, prompt = self._run_context(_first_manager(args, kwargs))
-        return await _acall_in(ctx, wrapped, args, kwargs, prompt)
+        ctx, prompt, held = self._run_context(_first_manager(args, kwargs), args[0] if args else None)
+        return await _acall_in(ctx, wrapped, args, kwargs, prompt, held)
 
     # -- methods that start their run inside: a slot the start callback fills ---------------------------------
 
