@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -30,9 +31,11 @@ from langgraph.pregel import Pregel  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.trace import StatusCode  # noqa: E402
 
+import mltrack_otel  # noqa: E402
 from mltrack_otel import guard, ledger  # noqa: E402
 from mltrack_otel.instrumentation import instrument, uninstrument  # noqa: E402
 from mltrack_otel.instrumentation import langchain as lc  # noqa: E402
+from tests.instr_fixtures import use_settings  # noqa: E402
 from tests.traced import Traced  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -255,6 +258,12 @@ def test_supervisor_with_subagents(run, fake, chat):
     router_call = [s for s in run.counted() if s.attributes["gen_ai.agent.name"] == "boss"]
     assert len(router_call) == 1
     assert math.isclose(subs + router_call[0].attributes["llm.cost.total"], boss.attributes["llm.cost.cumulative"])
+    # Per agent: the calls each agent made itself (the sub-agent's four are the sub-agent's, not the boss's).
+    assert mltrack_otel.totals(agent="boss").calls == 1
+    assert mltrack_otel.totals(agent="weather_agent").calls == 4
+    assert mltrack_otel.totals(agent="boss").cost_usd + mltrack_otel.totals(agent="weather_agent").cost_usd == (
+        mltrack_otel.totals().cost_usd
+    )
 
 
 async def test_supervisor_astream(run, fake, chat):
@@ -312,6 +321,72 @@ def test_stream_abandoned(run, fake, chat):
     assert root.status.status_code is not StatusCode.ERROR
     assert len(run.named(f"chat {MODEL}")) == (2 if run.sdk else 1)
     run.assert_counted_once(fake, 1)
+
+
+# --- the agent's budget stops a runaway tool loop --------------------------------------------------------------
+
+LIMIT = Decimal("0.0002")  # a few calls of the looper's (max_tokens=50: each call's worst case is about 6e-05 USD)
+
+
+def looper(chat):
+    """A ReAct agent whose model is forced to call the tool every time: it loops until something stops it."""
+    model = chat(max_tokens=50).bind_tools([get_weather], tool_choice="get_weather")
+    return create_react_agent(model, [get_weather], name="looper")
+
+
+def assert_stopped(run, fake, error) -> None:
+    """The loop was stopped by the looper's budget before its next model call was sent, mid-loop, and every span
+    ended: the refused call's, its node's and the agent's failed with BudgetExceededError."""
+    assert error.scope == "agent" and error.kind == "cost"
+    calls = len(fake.requests)
+    assert 2 <= calls < 12  # some tool rounds ran; far from LangGraph's recursion limit (25 steps)
+    (root,) = run.named("invoke_agent looper")
+    assert root.status.status_code is StatusCode.ERROR
+    assert root.attributes["error.type"] == "mltrack_otel.BudgetExceededError"
+    spent = Decimal(str(root.attributes["llm.cost.cumulative"]))
+    assert spent <= LIMIT < spent + Decimal(str(error.requested))
+    assert len(run.named("execute_tool get_weather")) == calls  # every call sent got its tool round
+    chats = [s for s in run.named(f"chat {MODEL}") if s.instrumentation_scope.name == LC_SCOPE]
+    assert len(chats) == calls + 1  # the refused one too: started, never sent
+    refused = chats[-1]
+    assert refused.attributes["error.type"] == "mltrack_otel.BudgetExceededError"
+    assert [s for s in run.spans() if run.parent(s) is refused] == []
+    node = run.parent(refused)
+    assert node.name == "agent" and node.status.status_code is StatusCode.ERROR
+    run.assert_counted_once(fake, calls)
+    assert mltrack_otel.totals(agent="looper").calls == calls
+    assert ledger.LEDGER.held() == (0, 0)  # every reservation given back
+
+
+def test_budget_stops_tool_loop(run, fake, chat):
+    use_settings(agents={"looper": {"llm_cost_limit": LIMIT}})
+    with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
+        looper(chat).invoke({"messages": [("user", "weather in Paris?")]})
+    assert type(caught.value) is mltrack_otel.BudgetExceededError  # LangGraph raises it as it is, not wrapped
+    assert_stopped(run, fake, caught.value)
+
+
+async def test_budget_stops_tool_loop_astream(run, fake, chat):
+    use_settings(agents={"*": {"llm_cost_limit": LIMIT}})
+    updates = []
+    with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
+        async for update in looper(chat).astream({"messages": [("user", "weather in Paris?")]}):
+            updates.append(update)
+    assert len(updates) >= 3  # the caller saw the loop's steps before the stop
+    assert_stopped(run, fake, caught.value)
+
+
+def test_budget_is_per_run(run, fake, chat):
+    """The budget is each run's: four runs of the agent spend more than it in all, and none is stopped."""
+    per_run = LIMIT / 2
+    use_settings(agents={"weather_agent": {"llm_cost_limit": per_run}})
+    agent = weather_agent(chat, max_tokens=50)
+    runs = [agent.invoke(ASK) for _ in range(4)]
+    assert all(len(r["messages"]) == 4 for r in runs)
+    assert mltrack_otel.totals().cost_usd > per_run
+    for root in run.named("invoke_agent weather_agent"):
+        assert Decimal(str(root.attributes["llm.cost.cumulative"])) <= per_run
+    run.assert_counted_once(fake, 8)
 
 
 # --- instrumentation on and off ----------------------------------------------------------------------------------
