@@ -323,6 +323,74 @@ def test_stream_abandoned(run, fake, chat):
     run.assert_counted_once(fake, 1)
 
 
+# --- nodes, interrupts ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run", ["provider-on"], indirect=True)
+async def test_sdk_call_in_a_node_nests_under_it(run, fake, oai, aoai):
+    """A node's function calling the OpenAI SDK itself: its span is the node's child, counted in the agent, sync
+    (node in LangGraph's thread pool) and async (asyncio task)."""
+
+    def plan(state):
+        oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "plan it"}])
+        return {}
+
+    async def aplan(state):
+        await aoai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "plan it"}])
+        return {}
+
+    for node in (plan, aplan):
+        graph = StateGraph(MessagesState)
+        graph.add_node("plan", node)
+        graph.add_edge(START, "plan")
+        graph.add_edge("plan", END)
+        planner = graph.compile(name="planner")
+        if node is plan:
+            await asyncio.to_thread(planner.invoke, {"messages": [("user", "go")]})
+        else:
+            await planner.ainvoke({"messages": [("user", "go")]})
+
+    assert run.tree() == [(0, "invoke_agent planner"), (1, "plan"), (2, f"chat {MODEL}")] * 2
+    for span in run.named(f"chat {MODEL}"):
+        assert span.attributes["gen_ai.agent.name"] == "planner"
+    run.assert_counted_once(fake, 2)
+
+
+def test_interrupt_and_resume(run, fake, chat, caplog):
+    """A human-in-the-loop interrupt ends the agent run cleanly (not failed); the resumed run is a new agent run
+    of the same conversation (the thread id)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.types import Command, interrupt
+
+    model = chat()
+
+    def draft(state):
+        return {"messages": [model.invoke(state["messages"])]}
+
+    def approve(state):
+        return {"messages": [("user", f"approved: {interrupt('approve?')}")]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("draft", draft)
+    graph.add_node("approve", approve)
+    graph.add_edge(START, "draft")
+    graph.add_edge("draft", "approve")
+    graph.add_edge("approve", END)
+    app = graph.compile(name="drafter", checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "thread-7"}}
+    assert "__interrupt__" in app.invoke({"messages": [("user", "write it")]}, config)
+    assert app.invoke(Command(resume="yes"), config)["messages"][-1].content == "approved: yes"
+
+    first, second = run.named("invoke_agent drafter")
+    for span in (first, second):
+        assert span.status.status_code is StatusCode.UNSET
+        assert span.attributes["gen_ai.conversation.id"] == "thread-7"
+    assert first.context.trace_id != second.context.trace_id
+    assert [run.parent(s).name for s in run.named("approve")] == ["invoke_agent drafter"] * 2
+    assert not [r for r in caplog.records if "MltrackCallbackHandler" in r.getMessage()]  # no on_interrupt errors
+    run.assert_counted_once(fake, 1)
+
+
 # --- the agent's budget stops a runaway tool loop --------------------------------------------------------------
 
 LIMIT = Decimal("0.0002")  # a few calls of the looper's (max_tokens=50: each call's worst case is about 6e-05 USD)

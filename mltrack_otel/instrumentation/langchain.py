@@ -62,6 +62,8 @@ _RETRIEVERS = "langchain_core.retrievers"  # patched when the app imports it: an
 _RETRIEVERS_HOOK = "langchain:retrievers"
 _LANGGRAPH = "langgraph.pregel.main"  # Pregel: every LangGraph graph runs through its stream/astream
 _LANGGRAPH_HOOK = "langchain:langgraph"
+_LANGGRAPH_CALLBACKS = "langgraph.callbacks"
+_LANGGRAPH_RUNNABLE = "langgraph._internal._runnable"  # RunnableSeq: how LangGraph runs a node
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
@@ -379,16 +381,19 @@ class Tracer:
     def _add(
         self,
         kind: str,
-        handle: Call | _spans.Operation,
+        handle: Any,
         run_id: Any,
         parent_run_id: Any,
         name: str,
         prompt: Mapping[str, str] | None = None,
+        context: otel_context.Context | None = None,
     ) -> _Run:
-        """Remember a started run (the oldest open one is ended past _MAX_RUNS), and fill the open slot."""
+        """Remember a started run (the oldest open one is ended past _MAX_RUNS), and fill the open slot.
+        `context`: what the run makes current (a hidden run: its node's span), when not its own span."""
         parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
         run = _Run(kind, handle, parent_run_id if parent is not None else None, name)
         run.prompt = prompt
+        run.context = context
         evicted = None
         with self.lock:
             self.runs[run_id] = run
@@ -398,6 +403,12 @@ class Tracer:
                 evicted = self.runs.popitem(last=False)[1]
         if evicted is not None:
             self._abandon(evicted)
+        self._fill(run, kind, prompt)
+        return run
+
+    @staticmethod
+    def _fill(run: _Run, kind: str, prompt: Mapping[str, str] | None = None) -> None:
+        """Make the run current in the open slot of the wrapper that started it, if the slot waits for its kind."""
         slot = _SLOT.get()
         if slot is not None and not slot.taken and kind in slot.kinds:
             slot.taken = True
@@ -405,7 +416,6 @@ class Tracer:
             slot.token = otel_context.attach(slot.context)
             if prompt:
                 slot.prompt_token = call_context.attach(prompt)
-        return run
 
     def _pop(self, run_id: Any) -> _Run | None:
         with self.lock:
@@ -628,8 +638,7 @@ class Tracer:
             if parent is not None and parent.in_node:
                 # Inside a LangGraph node: the node's function, its edges, the runnables they call. No span: what
                 # they run (models, tools, retrievers, subgraphs) goes under the node's.
-                run = self._add("hidden", _HIDDEN, run_id, parent_run_id, name)
-                run.context = parent.as_context()
+                run = self._add("hidden", _HIDDEN, run_id, parent_run_id, name, context=parent.as_context())
                 run.in_node = True
             else:
                 agent = isinstance(cls, str) and cls.endswith("AgentExecutor")
@@ -640,6 +649,7 @@ class Tracer:
                 if parent is not None and any(str(t).startswith("graph:step:") for t in tags):
                     parent.graph = True  # a LangGraph node: its parent run is the graph
                     run.in_node = True
+                    self._fill(run, "node")  # current while the node runs (RunnableSeq's wrapper)
             if kwargs.get("run_type") == "prompt":
                 run.prompt = prompt_identity(serialized, kwargs.get("metadata"), name, cls)
         except Exception as exc:
@@ -966,9 +976,16 @@ class _Patch:
         )
 
     def _patch_langgraph(self, module: Any) -> None:
-        # invoke/ainvoke, stream_events and subgraphs all run through stream/astream.
         self._patch(
-            (module, "Pregel", "stream", self._graph_stream), (module, "Pregel", "astream", self._graph_astream)
+            # invoke/ainvoke, stream_events and subgraphs all run through stream/astream.
+            (module, "Pregel", "stream", self._graph_stream),
+            (module, "Pregel", "astream", self._graph_astream),
+            # A node (its function, writers and edges): the node's span current inside, so an SDK call made in the
+            # node's function nests under the node.
+            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "invoke", self._call_node),
+            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "ainvoke", self._acall_node),
+            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "stream", self._stream_node),
+            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "astream", self._astream_node),
         )
 
     def _patch(self, *targets: tuple[Any, str, str, Any]) -> None:
@@ -1013,7 +1030,9 @@ class _Patch:
     def _manager_init(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> None:
         wrapped(*args, **kwargs)
         handler = self._live()
-        if handler is not None:
+        # Not LangGraph's graph-lifecycle managers (langgraph.callbacks): they call on_interrupt/on_resume, which
+        # only its GraphCallbackHandlers have, and any handler there makes every graph track its lifecycle events.
+        if handler is not None and type(instance).__module__ != _LANGGRAPH_CALLBACKS:
             try:
                 if handler not in instance.inheritable_handlers:
                     instance.add_handler(handler, True)
@@ -1083,6 +1102,22 @@ class _Patch:
     def _acall_tool(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return self._acall_slotted(("tool",), wrapped, args, kwargs)
 
+    def _call_node(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._call_slotted(("node",), wrapped, args, kwargs)
+
+    def _acall_node(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        return self._acall_slotted(("node",), wrapped, args, kwargs)
+
+    def _stream_node(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return self._stream_steps(wrapped(*args, **kwargs), ("node",))
+
+    def _astream_node(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if self._live() is None:
+            return wrapped(*args, **kwargs)
+        return self._astream_steps(wrapped(*args, **kwargs), ("node",))
+
     def _call_retriever(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         return self._call_slotted(("retriever",), wrapped, args, kwargs)
 
@@ -1094,15 +1129,16 @@ class _Patch:
             return wrapped(*args, **kwargs)
         return self._stream_steps(wrapped(*args, **kwargs))
 
-    def _stream_steps(self, inner: Any) -> Any:
-        """Drive the model's stream generator with its run's span current during each step (and only then)."""
+    def _stream_steps(self, inner: Any, kinds: tuple[str, ...] = ("llm",)) -> Any:
+        """Drive the model's (or a LangGraph node's) stream generator with its run's span current during each step
+        (and only then)."""
         ctx: otel_context.Context | None = None
         first = True
         try:
             while True:
                 if first:  # the first step starts the run: let its start callback attach it
                     first = False
-                    slot = _Slot(("llm",))
+                    slot = _Slot(kinds)
                     reset = _SLOT.set(slot)
                     try:
                         item = next(inner)
@@ -1129,14 +1165,14 @@ class _Patch:
             return wrapped(*args, **kwargs)
         return self._astream_steps(wrapped(*args, **kwargs))
 
-    async def _astream_steps(self, inner: Any) -> Any:
+    async def _astream_steps(self, inner: Any, kinds: tuple[str, ...] = ("llm",)) -> Any:
         ctx: otel_context.Context | None = None
         first = True
         try:
             while True:
                 if first:
                     first = False
-                    slot = _Slot(("llm",))
+                    slot = _Slot(kinds)
                     reset = _SLOT.set(slot)
                     try:
                         item = await inner.__anext__()
