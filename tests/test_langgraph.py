@@ -391,6 +391,22 @@ def test_interrupt_and_resume(run, fake, chat, caplog):
     run.assert_counted_once(fake, 1)
 
 
+def test_tracking_failure_never_breaks_the_graph(run, fake, chat, monkeypatch):
+    """A failure of ours when a graph starts (here: the agent run cannot open) leaves the graph's result alone."""
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("bug in tracking")
+
+    monkeypatch.setattr(lc.agents, "start", boom)
+    out = weather_agent(chat).invoke(ASK)
+    assert [m.type for m in out["messages"]] == ["human", "ai", "tool", "ai"]
+    assert guard.health()["errors.langchain.on_chain_start"] == 1
+    assert run.named("invoke_agent weather_agent") == []
+    assert len(run.named("execute_tool get_weather")) == 1  # the rest is still recorded
+    run.assert_counted_once(fake, 2)
+    guard.reset()  # the fixture fails on tracking errors; this one was expected
+
+
 # --- the agent's budget stops a runaway tool loop --------------------------------------------------------------
 
 LIMIT = Decimal("0.0002")  # a few calls of the looper's (max_tokens=50: each call's worst case is about 6e-05 USD)

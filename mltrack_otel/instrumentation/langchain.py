@@ -166,8 +166,10 @@ class _Slot:
     def release(self) -> None:
         """Detach what the start callback attached, only if it is still the current context (same frame)."""
         agent_token, self.agent_token = self.agent_token, None
-        if agent_token is not None:
-            self.agent.deactivate(agent_token)
+        if agent_token is not None and not guard.guarded(
+            "langchain.agent.deactivate", self.agent.deactivate, agent_token
+        ):
+            guard.count("langchain.context.unbalanced")
         prompt_token, self.prompt_token = self.prompt_token, None
         if prompt_token is not None and not call_context.detach(prompt_token):
             guard.count("langchain.context.unbalanced")
@@ -1216,7 +1218,7 @@ def _graph_steps(inner: Any) -> Any:
         while True:
             reset = _SLOT.set(slot)
             if slot.agent is not None:
-                slot.agent_token = slot.agent.activate()
+                slot.agent_token = guard.guarded("langchain.agent.activate", slot.agent.activate)
             try:
                 item = next(inner)
             finally:
@@ -1235,7 +1237,7 @@ async def _agraph_steps(inner: Any) -> Any:
         while True:
             reset = _SLOT.set(slot)
             if slot.agent is not None:
-                slot.agent_token = slot.agent.activate()
+                slot.agent_token = guard.guarded("langchain.agent.activate", slot.agent.activate)
             try:
                 item = await inner.__anext__()
             finally:
