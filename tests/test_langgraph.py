@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 from decimal import Decimal
+from typing import Annotated
 
 import httpx
 import pytest
@@ -23,11 +24,13 @@ pytestmark = [pytest.mark.frameworks, pytest.mark.filterwarnings("ignore:create_
 pytest.importorskip("langgraph")
 langchain_openai = pytest.importorskip("langchain_openai")
 
-from langchain_core.tools import tool  # noqa: E402
+from langchain_core.messages import ToolMessage  # noqa: E402
+from langchain_core.tools import InjectedToolCallId, tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from langgraph.prebuilt import create_react_agent  # noqa: E402
 from langgraph.pregel import Pregel  # noqa: E402
+from langgraph.types import Command  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 from opentelemetry.trace import StatusCode  # noqa: E402
 
@@ -321,6 +324,44 @@ def test_stream_abandoned(run, fake, chat):
     assert root.status.status_code is not StatusCode.ERROR
     assert len(run.named(f"chat {MODEL}")) == (2 if run.sdk else 1)
     run.assert_counted_once(fake, 1)
+
+
+@tool
+def transfer_to_weather(tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+    """Hand the conversation to the weather agent."""
+    message = ToolMessage("transferred", tool_call_id=tool_call_id, name="transfer_to_weather")
+    return Command(goto="weather_agent", graph=Command.PARENT, update={"messages": [message]})
+
+
+def test_handoff(run, fake, chat):
+    """A handoff: the triage agent's tool sends the conversation to the weather agent in the parent graph
+    (Command.PARENT travels as an exception through the tool, the tools node and the triage agent: control flow,
+    not a failure)."""
+    graph = StateGraph(MessagesState)
+    graph.add_node(
+        "triage", create_react_agent(chat(), [transfer_to_weather], name="triage"), destinations=("weather_agent",)
+    )
+    graph.add_node("weather_agent", weather_agent(chat))
+    graph.add_edge(START, "triage")
+    out = graph.compile(name="desk").invoke({"messages": [("user", "weather please [[scenario:tool]]")]})
+    assert out["messages"][-1].type == "ai"
+
+    assert run.tree() == [
+        (0, "invoke_agent desk"),
+        (1, "triage"),
+        (2, "invoke_agent triage"),
+        (3, "agent"),
+        *chat_call(4, run.sdk),
+        (3, "tools"),
+        (4, "execute_tool transfer_to_weather"),
+        (1, "weather_agent"),
+        (2, "invoke_agent weather_agent"),
+        (3, "agent"),
+        *chat_call(4, run.sdk),
+    ]
+    assert all(s.status.status_code is StatusCode.UNSET for s in run.spans())
+    run.assert_counted_once(fake, 2)
+    assert mltrack_otel.totals(agent="triage").calls == mltrack_otel.totals(agent="weather_agent").calls == 1
 
 
 # --- nodes, interrupts ----------------------------------------------------------------------------------------
