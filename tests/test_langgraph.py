@@ -12,7 +12,11 @@ loop before its next model call, sync, async and streamed.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import subprocess
+import sys
+import textwrap
 from decimal import Decimal
 from typing import Annotated
 
@@ -528,3 +532,28 @@ def test_uninstrument_restores_pregel(fake, settings, chat):
     weather_agent(chat).invoke(ASK)
     assert harness.spans() == []
     harness.shutdown()
+
+
+def test_langgraph_patched_when_the_app_imports_it():
+    """instrument() with langchain-core loaded does not import LangGraph; importing it later patches Pregel and the
+    node runner, and uninstrument() restores them exactly."""
+    code = """
+        import json, sys
+        import langchain_core
+        from mltrack_otel.instrumentation import instrument, uninstrument
+        instrument(["langchain"])
+        loaded = "langgraph.pregel.main" in sys.modules
+        from langgraph.pregel.main import Pregel
+        from langgraph._internal._runnable import RunnableSeq
+        targets = [Pregel.stream, Pregel.astream, RunnableSeq.invoke, RunnableSeq.ainvoke]
+        originals = [getattr(t, "__wrapped__", None) for t in targets]
+        uninstrument(["langchain"])
+        restored = [Pregel.__dict__["stream"], Pregel.__dict__["astream"], RunnableSeq.__dict__["invoke"],
+                    RunnableSeq.__dict__["ainvoke"]]
+        print(json.dumps({"loaded": loaded, "restored": [o is r for o, r in zip(originals, restored)]}))
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"loaded": False, "restored": [True] * 4}
