@@ -1,8 +1,9 @@
 # Everything a person types twice. `make test` and `make demo` work on a fresh machine: each builds its venv first.
 #
 # Two environments, because the frameworks pin an older openai: .venv has the newest provider SDKs (openai 3.x on
-# httpx2, anthropic, google-genai, boto3, mistralai, cohere, ollama, groq) and MLflow; .venv-fw has LangChain,
-# LlamaIndex, LiteLLM and DSPy with the openai they resolve to.
+# httpx2, anthropic, google-genai, boto3, mistralai, cohere, ollama, groq), the agent frameworks that need openai 3.x
+# (OpenAI Agents SDK, Pydantic AI, MCP) and MLflow; .venv-fw has LangChain (and LangGraph), LlamaIndex, LiteLLM and
+# DSPy with the openai they resolve to.
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
@@ -10,7 +11,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check
 
 .venv/.installed: pyproject.toml
 	$(PYTHON) -m venv .venv
-	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[providers,mlflow,grpc,plot,dev]'
+	.venv/bin/python -m pip install $(PIP_FLAGS) -e '.[providers,agents,mlflow,grpc,plot,dev]'
 	touch $@
 
 # Arize Phoenix, a real OTLP receiver for the export tests; its own venv so its dependencies never mix with ours.

@@ -20,6 +20,7 @@ from .version import __version__
 # are only imported once something needs them (configure(), a tracked call, an instrumented import).
 _LAZY = {
     "ab": "ab",
+    "agent": "agents",
     "attributes": "attribution",
     "on_alert": "alerts",
     "Settings": "config",
@@ -71,6 +72,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .ab import ab
+    from .agents import agent
     from .alerts import on_alert
     from .attribution import attributes
     from .config import Settings, load_settings
@@ -110,6 +112,7 @@ __all__ = [
     "Usage",
     "__version__",
     "ab",
+    "agent",
     "anthropic_prompt_extractor",
     "anthropic_response_extractor",
     "anthropic_token_extractor",

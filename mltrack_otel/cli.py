@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--by",
         type=_grouping,
         default="model",
-        metavar="{model,provider,day,conversation,user,tag.<key>}",
-        help="group by model, provider, day, conversation, user (user.id) or a tag (tag.feature: mltrack.tag.feature)",
+        metavar="{model,provider,day,conversation,user,agent,tag.<key>}",
+        help="group by model, provider, day, conversation, user (user.id), agent (gen_ai.agent.name) or a tag "
+        "(tag.feature: mltrack.tag.feature)",
     )
     report.set_defaults(run=_report)
 

@@ -60,6 +60,15 @@ class ABTestSettings(BaseModel):
         return self
 
 
+class AgentSettings(BaseModel):
+    """One `agents:` entry: hard budgets of each run of the agent of that name (`"*"`: of any agent without its own
+    entry). A model call in the run whose worst case would not fit raises BudgetExceededError before it is sent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    llm_token_limit: int | None = Field(default=None, ge=0)
+    llm_cost_limit: Decimal | None = Field(default=None, ge=0)
+
+
 class PromptSettings(BaseModel):
     """One named prompt template under `prompts:` (mltrack_otel.prompt(name) with no template uses it)."""
 
@@ -204,8 +213,12 @@ class Settings(BaseModel):
     # most recently counted. Metric labels: span attributes (user.id, session.id, mltrack.tag.<key>, ...) added as
     # labels to every metric, none by default, as each value makes a new time series; spans carry them all anyway.
     max_users: int = Field(default=10_000, ge=1)
+    max_agents: int = Field(default=10_000, ge=1)
     max_tag_values: int = Field(default=10_000, ge=1)
     metric_labels: tuple[str, ...] = ()
+
+    # Agent runs (agents.py): budgets per run, by agent name (gen_ai.agent.name) or "*" for any agent.
+    agents: dict[str, AgentSettings] = Field(default_factory=dict)
 
     # Alerts (alerts.py): rules, and the webhook they notify unless a rule names its own.
     alerts: tuple[AlertRule, ...] = ()

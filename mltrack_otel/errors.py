@@ -12,8 +12,9 @@ class ConfigError(MltrackError, ValueError):
 class BudgetExceededError(MltrackError):
     """A hard token or cost budget would be exceeded; raised before the model call is sent.
 
-    `scope` is "process", "context" or "conversation"; `spent` is counted, `reserved` is held by calls in flight,
-    `requested` is this call's worst case (its input estimate plus max_tokens, or the model's maximum output)."""
+    `scope` is "process", "context", "agent" (an agent run's own budget) or "conversation"; `spent` is counted,
+    `reserved` is held by calls in flight, `requested` is this call's worst case (its input estimate plus
+    max_tokens, or the model's maximum output)."""
 
     def __init__(
         self, kind: str, scope: str, limit: float, spent: float, reserved: float = 0, requested: float = 0

@@ -1,5 +1,5 @@
-"""Running totals of tokens and cost: per process, per trace, per tracking scope, per conversation, per user and
-per attribution tag.
+"""Running totals of tokens and cost: per process, per trace, per tracking scope (an agent run is one), per
+conversation, per user, per attribution tag and per agent.
 
 The CostSpanProcessor decides *which* span counts (exactly once per model call); the ledger only adds what it is
 told, under one lock, and reports the warning limits each addition crosses. Money stays Decimal here.
@@ -84,6 +84,7 @@ class Scope:
     held_tokens: int = 0
     held_cost: Decimal = _ZERO
     limited: bool = field(init=False, default=False)  # this scope or an enclosing one has its own budget
+    kind: str = "context"  # what a refusal by its own budget names: "context", or "agent" for an agent run
 
     def __post_init__(self) -> None:
         self.limited = (
@@ -127,7 +128,7 @@ class Limits:
 class Ledger:
     """Thread-safe running totals. Memory is bounded: traces are dropped when their root ends (or when too many
     are open), conversations live in an LRU of `max_conversations`, users and tag values (attribution) in LRUs of
-    `max_users` and `max_tag_values`."""
+    `max_users` and `max_tag_values`, agents in one of `max_agents`."""
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class Ledger:
         max_traces: int = 10_000,
         max_users: int = 10_000,
         max_tag_values: int = 10_000,
+        max_agents: int = 10_000,
     ):
         self.limits = limits or Limits()
         self._lock = threading.Lock()
@@ -150,6 +152,9 @@ class Ledger:
         self._tags: OrderedDict[tuple[str, str], Totals] = OrderedDict()
         self.max_users = max_users
         self.max_tag_values = max_tag_values
+        # Per agent (gen_ai.agent.name of the counted call: the innermost agent run it was made in).
+        self._agents: OrderedDict[str, Totals] = OrderedDict()
+        self.max_agents = max_agents
         # Hard budgets: worst cases held by calls in flight (process level; scopes hold their own), conversations'
         # holds as (calls, tokens, cost), and the budgets set per conversation (limit_conversation).
         self._held_tokens = 0
@@ -212,14 +217,21 @@ class Ledger:
         completion: int,
         cost: Decimal | None,
         estimated: bool = False,
+        agent: str | None = None,
     ) -> None:
-        """Count one model call (already counted by add()) for its user and each of its (key, value) tags."""
+        """Count one model call (already counted by add()) for its user, each of its (key, value) tags and the
+        agent that made it."""
         with self._lock:
             if user is not None:
                 users = self._users
                 users[user] = (users.pop(user, None) or _NO_TOTALS).plus(prompt, completion, cost, estimated)
                 if len(users) > self.max_users:
                     users.popitem(last=False)
+            if agent is not None:
+                agents = self._agents
+                agents[agent] = (agents.pop(agent, None) or _NO_TOTALS).plus(prompt, completion, cost, estimated)
+                if len(agents) > self.max_agents:
+                    agents.popitem(last=False)
             if tags:
                 counted = self._tags
                 for tag in tags:
@@ -256,6 +268,7 @@ class Ledger:
             self._conversations.clear()
             self._users.clear()
             self._tags.clear()
+            self._agents.clear()
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -270,6 +283,15 @@ class Ledger:
 
     def user_totals(self, user: str) -> Totals:
         return self._users.get(user) or Totals()
+
+    def agent_totals(self, agent: str) -> Totals:
+        """Totals of the calls agent runs of this name made themselves (their sub-agents' count for those)."""
+        return self._agents.get(agent) or Totals()
+
+    def agents(self) -> dict[str, Totals]:
+        """Totals per agent name still remembered, least recently counted first."""
+        with self._lock:
+            return dict(self._agents)
 
     def tag_totals(self, key: str, value: str) -> Totals:
         """Totals of the calls tagged key=value (value as text: attribution.tag_text)."""
@@ -365,7 +387,7 @@ class Ledger:
         for s in chain:
             _refuse("context", s.totals, s.held_tokens, s.held_cost, tokens, cost, token_budget, cost_budget)
             if s.token_limit is not None or s.cost_limit is not None:
-                _refuse("context", s.totals, s.held_tokens, s.held_cost, tokens, cost, s.token_limit, s.cost_limit)
+                _refuse(s.kind, s.totals, s.held_tokens, s.held_cost, tokens, cost, s.token_limit, s.cost_limit)
         if conversation_id is not None:
             spent = self._conversations.get(conversation_id) or _NO_TOTALS
             _, held_tokens, held_cost = self._conversation_held.get(conversation_id, _NO_HOLD)
@@ -496,17 +518,25 @@ def limit_conversation(
 
 
 def totals(
-    conversation_id: str | None = None, *, user: str | None = None, tag: tuple[str, Any] | str | None = None
+    conversation_id: str | None = None,
+    *,
+    user: str | None = None,
+    tag: tuple[str, Any] | str | None = None,
+    agent: str | None = None,
 ) -> Totals:
-    """Running totals of the process, or of one conversation, one user (``user="u1"``) or one tag value
-    (``tag=("feature", "search")`` or ``tag="feature=search"``). Users and tag values are kept for the
-    `max_users` / `max_tag_values` most recently counted."""
-    if (conversation_id is not None) + (user is not None) + (tag is not None) > 1:
-        raise ValueError("totals(): name at most one of conversation_id, user and tag")
+    """Running totals of the process, or of one conversation, one user (``user="u1"``), one tag value
+    (``tag=("feature", "search")`` or ``tag="feature=search"``) or one agent (``agent="researcher"``: the model
+    calls its runs made themselves; a sub-agent's calls count for the sub-agent, and an agent run's span carries
+    its whole subtree). Users, tag values and agents are kept for the `max_users` / `max_tag_values` /
+    `max_agents` most recently counted."""
+    if (conversation_id is not None) + (user is not None) + (tag is not None) + (agent is not None) > 1:
+        raise ValueError("totals(): name at most one of conversation_id, user, tag and agent")
     if conversation_id is not None:
         return LEDGER.conversation_totals(conversation_id)
     if user is not None:
         return LEDGER.user_totals(str(user))
+    if agent is not None:
+        return LEDGER.agent_totals(str(agent))
     if tag is not None:
         from .attribution import tag_text
 

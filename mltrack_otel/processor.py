@@ -59,6 +59,7 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _USER_ID = "user.id"  # attribution (attribution.py): the general conventions' name
+_AGENT_NAME = gen_ai.GEN_AI_AGENT_NAME  # on a model call: the innermost agent run it was made in (agents.py)
 # What marks a span another instrumentation starts as a model call (its attributes at start).
 _CALL_MARKS = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_SYSTEM, "llm.request.type")
 _OI_KIND, _OI_CALL_KINDS = "openinference.span.kind", ("LLM", "EMBEDDING")
@@ -543,7 +544,8 @@ class CostSpanProcessor(SpanProcessor):
         # Attribution: the call counts for its user and tags, read from the counted span (so exactly once).
         user = attrs.get(_USER_ID)
         tags = attribution.tags_of(attrs) if attribution.tag_attributes or attribution.scan_for_tags else None
-        if user is not None or tags:
+        agent = attrs.get(_AGENT_NAME)
+        if user is not None or tags or agent is not None:
             self._ledger.attribute(
                 str(user) if user is not None else None,
                 tags,
@@ -551,6 +553,7 @@ class CostSpanProcessor(SpanProcessor):
                 tokens_out,
                 cost.total if cost is not None else None,
                 source == _ESTIMATED,
+                str(agent) if agent is not None else None,
             )
         # Alert rules over the same addition (alerts.py): the events of those it made fire go on this span.
         events.extend(

@@ -319,6 +319,7 @@ def _configure(settings: Settings, adopt: bool) -> Any:
         ledger.LEDGER.max_conversations = settings.max_conversations
         ledger.LEDGER.max_users = settings.max_users
         ledger.LEDGER.max_tag_values = settings.max_tag_values
+        ledger.LEDGER.max_agents = settings.max_agents
         if not settings.llm_tracking_enabled:  # a chain installed before stops recording
             current = trace.get_tracer_provider()
             adopted = _adopted(current)  # an adopted export path goes on exporting, unpriced

@@ -1,5 +1,6 @@
 """`mltrack-otel report`: totals read back from MLflow traces, grouped by model, provider, day, conversation, user
-(user.id) or an attribution tag (`tag.<key>`: mltrack.tag.<key>).
+(user.id), agent (gen_ai.agent.name: the agent run that made the call) or an attribution tag (`tag.<key>`:
+mltrack.tag.<key>).
 
 Only spans the ledger counted (mltrack.usage.counted = true) are summed, so a call that several layers describe is
 counted once, exactly as in the live totals. A total never hides what it lacks: cost priced from estimated usage
@@ -29,8 +30,8 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 from . import semconv
 from .attribution import TAG_KEY, TAG_PREFIX, tag_text
 
-GROUPINGS = ("model", "provider", "day", "conversation", "user")  # and tag.<key>
-NONE = "-"  # the key of calls that lack what the report groups by (no conversation, user or tag)
+GROUPINGS = ("model", "provider", "day", "conversation", "user", "agent")  # and tag.<key>
+NONE = "-"  # the key of calls that lack what the report groups by (no conversation, user, agent or tag)
 DEFAULT_TIMEOUT_SECONDS = 10
 _USER_ID = "user.id"
 
@@ -81,6 +82,7 @@ class CountedCall:
     counted: bool = True  # False: a model call that failed before any usage came back (counted_calls(failed=True))
     started: datetime | None = None  # when the call began (UTC): the time axis of `report --plot`
     user: str = NONE  # user.id
+    agent: str = NONE  # gen_ai.agent.name: the innermost agent run the call was made in
     tags: tuple[tuple[str, str], ...] = ()  # (key, value text) of its mltrack.tag.<key> attributes
 
     def key(self, by: str) -> str:
@@ -139,6 +141,7 @@ def _call(span: Any, attrs: Mapping[str, Any], keep: Collection[str], counted: b
         counted=counted,
         started=started,
         user=str(attrs.get(_USER_ID) or NONE),
+        agent=str(attrs.get(gen_ai.GEN_AI_AGENT_NAME) or NONE),
         tags=tuple(
             (name[len(TAG_PREFIX) :], tag_text(value))
             for name, value in attrs.items()

@@ -411,7 +411,7 @@ def test_report_refuses_an_unknown_grouping(by, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["report", "--by", by])
     assert exited.value.code == 2
-    assert "use model, provider, day, conversation, user or tag.<key>" in capsys.readouterr().err
+    assert "use model, provider, day, conversation, user, agent or tag.<key>" in capsys.readouterr().err
 
 
 def test_tags_are_still_counted_once_too_many_keys_were_seen(traced, oai, monkeypatch):
