@@ -35,8 +35,10 @@ that makes it (the server's pipeline); the client process cannot see it. It shar
 backend that joins both processes' spans sees it under the calling agent's tools/call span; per-agent totals in
 the client (``totals(agent=...)``) hold the client's own model calls only.
 
-network.transport is ``pipe`` for stdio (``stdio_client`` / ``stdio_server``, marked when entered); unknown
-transports (in-memory, HTTP) leave it out rather than guess.
+network.transport is ``pipe`` for stdio: a ClientSession made right after ``stdio_client`` spawned its server
+process (hooked where stdio_client spawns it, so however the application imported stdio_client), and a server
+whose ``stdio_server`` claimed the process's stdin/stdout. Other transports (in-memory, HTTP) leave it out rather
+than guess.
 """
 
 from __future__ import annotations
@@ -72,9 +74,10 @@ INVALID_PARAMS = "-32602"  # JSON-RPC's code for a request whose params do not v
 _NAMED = ("tools/call", "prompts/get")  # the methods whose span name carries a target (tool / prompt name)
 _URI = ("resources/read", "resources/subscribe", "resources/unsubscribe", "notifications/resources/updated")
 
-# The transport of the stdio context managers being entered in this context ("pipe"); read by a ClientSession
-# made inside (kept per session) and by the server's handlers (they inherit it).
-_TRANSPORT: contextvars.ContextVar[str | None] = contextvars.ContextVar("mltrack_mcp_transport", default=None)
+# The server process stdio_client just spawned in this context (a weak reference), taken by the next ClientSession.
+_SPAWNED: contextvars.ContextVar[Any] = contextvars.ContextVar("mltrack_mcp_spawned", default=None)
+# "pipe" once stdio_server claimed this process's stdio in this context: its handlers inherit it.
+_SERVER_TRANSPORT: contextvars.ContextVar[str | None] = contextvars.ContextVar("mltrack_mcp_transport", default=None)
 # The client request being sent in this task: the dispatcher's span request hands back its span.
 _PENDING: contextvars.ContextVar[_ClientCall | None] = contextvars.ContextVar("mltrack_mcp_pending", default=None)
 _SESSION_TRANSPORT: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -234,9 +237,6 @@ class Patch:
         with self._lock:
             if self.originals:
                 return
-            import importlib
-            import sys
-
             from mcp.client.session import ClientSession
             from mcp.server._otel import OpenTelemetryMiddleware
             from mcp.shared import jsonrpc_dispatcher
@@ -247,14 +247,13 @@ class Patch:
                 (jsonrpc_dispatcher, "otel_span", self._dispatcher_span),
                 (OpenTelemetryMiddleware, "__call__", self._serve),
             ]
-            # The stdio transports, wherever a module bound them by name (mcp/__init__ and MCPServer import them).
-            stdio = [("mcp.client.stdio", "stdio_client"), ("mcp.server.stdio", "stdio_server")]
-            for module_name, name in stdio:
-                original = getattr(importlib.import_module(module_name), name)
-                for holder in ("mcp", module_name, "mcp.client.client", "mcp.server.mcpserver.server"):
-                    module = sys.modules.get(holder)
-                    if module is not None and module.__dict__.get(name) is original:
-                        targets.append((module, name, self._stdio))
+            # The stdio transports, by the module globals they call when entered (whatever name the application
+            # imported them under): the client's process spawn, the server's claim of its stdin.
+            from mcp.client import stdio as client_stdio
+            from mcp.server import stdio as server_stdio
+
+            targets.append((client_stdio, "_create_platform_compatible_process", self._spawned))
+            targets.append((server_stdio, "_claim_fd", self._claimed))
             self._wrap(targets)
 
     def _wrap(self, targets: list[tuple[Any, str, Any]]) -> None:
@@ -276,14 +275,21 @@ class Patch:
 
     # -- transports ------------------------------------------------------------------------------------------
 
-    def _stdio(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        return _Marked(wrapped(*args, **kwargs), "pipe")
+    async def _spawned(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """stdio_client started its server: the next ClientSession made in this context talks over a pipe."""
+        process = await wrapped(*args, **kwargs)
+        guard.guarded("instrumentation.mcp.transport", _mark_spawn, process)
+        return process
+
+    def _claimed(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """stdio_server took this process's stdin or stdout: the server run in this context serves a pipe."""
+        result = wrapped(*args, **kwargs)
+        guard.guarded("instrumentation.mcp.transport", _SERVER_TRANSPORT.set, "pipe")
+        return result
 
     def _session_init(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         result = wrapped(*args, **kwargs)
-        transport = _TRANSPORT.get()
-        if transport is not None:
-            guard.guarded("instrumentation.mcp.session", _SESSION_TRANSPORT.__setitem__, instance, transport)
+        guard.guarded("instrumentation.mcp.session", _bind_transport, instance)
         return result
 
     # -- client ----------------------------------------------------------------------------------------------
@@ -326,7 +332,7 @@ class Patch:
         version = getattr(session, "protocol_version", None)
         if isinstance(version, str):
             attributes[MCP_PROTOCOL_VERSION] = version
-        transport = _SESSION_TRANSPORT.get(session) or _TRANSPORT.get()
+        transport = _SESSION_TRANSPORT.get(session)
         if transport is not None:
             attributes[NETWORK_TRANSPORT] = transport
         inputs = None
@@ -405,7 +411,7 @@ class Patch:
             session_id = getattr(connection, "session_id", None)
             if isinstance(session_id, str) and session_id:
                 attributes[MCP_SESSION_ID] = session_id
-            transport = _TRANSPORT.get()
+            transport = _SERVER_TRANSPORT.get()
             if transport is not None:
                 attributes[NETWORK_TRANSPORT] = transport
             if method == "tools/call" and params is not None and settings.capture_prompts:
@@ -446,30 +452,20 @@ def _reset(pending: Any, token: Any) -> None:
         otel_context.detach(token)
 
 
-class _Marked:
-    """A stdio transport's context manager, entered with the transport marked in this context."""
+def _mark_spawn(process: Any) -> None:
+    _SPAWNED.set(weakref.ref(process))
 
-    __slots__ = ("_cm", "_token", "_transport")
 
-    def __init__(self, cm: Any, transport: str) -> None:
-        self._cm = cm
-        self._transport = transport
-        self._token: Any = None
-
-    async def __aenter__(self) -> Any:
-        self._token = guard.guarded("instrumentation.mcp.transport", _TRANSPORT.set, self._transport)
-        return await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc_info: Any) -> Any:
-        try:
-            return await self._cm.__aexit__(*exc_info)
-        finally:
-            if self._token is not None:
-                with contextlib.suppress(ValueError):  # exited in another context than it was entered in
-                    _TRANSPORT.reset(self._token)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cm, name)
+def _bind_transport(session: Any) -> None:
+    """A session made right after stdio_client spawned its server, that server still running: a pipe. The mark is
+    taken once, so a later session in the same context (in memory, HTTP) is not mistaken for it."""
+    spawned = _SPAWNED.get()
+    if spawned is None:
+        return
+    _SPAWNED.set(None)
+    process = spawned()
+    if process is not None and getattr(process, "returncode", None) is None:
+        _SESSION_TRANSPORT[session] = "pipe"
 
 
 class MCPInstrumentor(_base.PatchInstrumentor):
