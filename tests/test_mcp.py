@@ -304,3 +304,54 @@ def test_uninstrument_restores_the_sdk_and_its_own_spans(traced):
     assert "tools/call lookup" in names  # the SDK's server middleware span
     assert not any(s.instrumentation_scope.name == mcp_instrumentation.__name__ for s in spans(traced))
     instrument(["mcp"])  # the fixture uninstruments again
+
+
+def test_a_framework_execute_tool_span_for_the_same_tool_gets_the_mcp_attributes_instead_of_a_second_span(traced):
+    from mcp import Client
+    from opentelemetry import trace
+
+    from mltrack_otel import config
+    from mltrack_otel.instrumentation import _spans
+
+    tracer = trace.get_tracer("a.framework")
+
+    async def main():
+        async with Client(in_process_server()) as client:
+            tool = _spans.start(tracer, "execute_tool", "lookup", settings=config.current())
+            with trace.use_span(tool.span):
+                result = await client.call_tool("lookup", {"topic": "spans"})
+            tool.finish()
+            return result
+
+    assert asyncio.run(main()).content[0].text == "spans: nothing new"
+    (outer,) = [s for s in named(traced, "execute_tool lookup")]
+    assert outer.kind is SpanKind.INTERNAL and outer.attributes["mcp.method.name"] == "tools/call"
+    assert json.loads(outer.attributes["gen_ai.tool.call.arguments"]) == {"topic": "spans"}
+    # No CLIENT span of ours beside it; the server's span is its child.
+    (server,) = named(traced, "tools/call lookup")
+    assert server.kind is SpanKind.SERVER and server.parent.span_id == outer.context.span_id
+
+
+def test_instrument_before_the_app_imports_mcp_patches_it_on_import():
+    import subprocess
+    import textwrap
+
+    code = """
+        import json, sys
+        from mltrack_otel.instrumentation import instrument
+        armed = instrument(["mcp"])
+        loaded = "mcp" in sys.modules
+        from mcp import ClientSession
+        from mcp.server._otel import OpenTelemetryMiddleware
+        print(json.dumps({"armed": armed, "loaded": loaded, "wrapped": [
+            hasattr(ClientSession.__dict__["send_request"], "__wrapped__"),
+            hasattr(OpenTelemetryMiddleware.__dict__["__call__"], "__wrapped__"),
+        ]}))
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"armed": ["mcp"], "loaded": False, "wrapped": [True, True]}
