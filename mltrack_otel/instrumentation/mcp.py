@@ -244,6 +244,7 @@ class Patch:
             targets: list[tuple[Any, str, Any]] = [
                 (ClientSession, "__init__", self._session_init),
                 (ClientSession, "send_request", self._send_request),
+                (ClientSession, "send_discover", self._send_discover),
                 (jsonrpc_dispatcher, "otel_span", self._dispatcher_span),
                 (OpenTelemetryMiddleware, "__call__", self._serve),
             ]
@@ -260,7 +261,9 @@ class Patch:
         import wrapt
 
         for owner, name, wrapper in targets:
-            original = owner.__dict__[name]
+            original = owner.__dict__.get(name)
+            if original is None:  # another mcp 2.x: what it has is wrapped, the rest left alone
+                continue
             wrapt.wrap_function_wrapper(owner, name, wrapper)
             self.originals.append((owner, name, original))
 
@@ -296,6 +299,14 @@ class Patch:
 
     async def _send_request(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         call = self._client_start(instance, args, kwargs) if self.active else None
+        return await self._traced(call, wrapped, args, kwargs)
+
+    async def _send_discover(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """server/discover (the 2026 handshake) goes to the dispatcher without send_request."""
+        call = self._discover_start(instance, args, kwargs) if self.active else None
+        return await self._traced(call, wrapped, args, kwargs)
+
+    async def _traced(self, call: _ClientCall | None, wrapped: Any, args: tuple, kwargs: dict) -> Any:
         if call is None:
             return await wrapped(*args, **kwargs)
         pending = _PENDING.set(call)
@@ -325,11 +336,27 @@ class Patch:
             guard.record_error("instrumentation.mcp.client.start", exc)
             return None
 
+    def _discover_start(self, session: Any, args: tuple, kwargs: dict) -> _ClientCall | None:
+        try:
+            settings = _base.tracking_settings()
+            if settings is None:
+                return None
+            version = args[0] if args else kwargs.get("version")
+            return self._client_span(session, "server/discover", None, settings, version)
+        except Exception as exc:
+            guard.record_error("instrumentation.mcp.client.start", exc)
+            return None
+
     def _client_span(
-        self, session: Any, method: str, params: dict[str, Any] | None, settings: config.Settings
+        self,
+        session: Any,
+        method: str,
+        params: dict[str, Any] | None,
+        settings: config.Settings,
+        version: Any = None,
     ) -> _ClientCall:
         attributes = request_attributes(method, params)
-        version = getattr(session, "protocol_version", None)
+        version = version or getattr(session, "protocol_version", None)
         if isinstance(version, str):
             attributes[MCP_PROTOCOL_VERSION] = version
         transport = _SESSION_TRANSPORT.get(session)
