@@ -144,6 +144,8 @@ def test_a_stdio_tool_call_nests_under_the_agent_and_its_server_model_call_joins
     assert tool_model_call["trace_id"] == trace_id and tool_model_call["parent_span_id"] == server["span_id"]
     assert tool_model_call["attributes"][semconv.MLTRACK_USAGE_COUNTED] is True
     assert tool_model_call["attributes"][semconv.LLM_COST_TOTAL] > 0
+    # The calling agent's name came along in _meta: the server's model call is the planner's in report --by agent.
+    assert tool_model_call["attributes"]["gen_ai.agent.name"] == "planner"
     (server_read,) = [s for s in remote if s["name"] == "resources/read"]
     assert server_read["parent_span_id"] == hex_id(read.context.span_id)
     assert server_read["attributes"]["mcp.resource.uri"] == "notes://today"

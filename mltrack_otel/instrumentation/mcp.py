@@ -32,8 +32,14 @@ to that span and propagates its context instead.
 
 Counting: an MCP span is never a model call. A model call the server's tool makes is counted once, by the process
 that makes it (the server's pipeline); the client process cannot see it. It shares the caller's trace id, so a
-backend that joins both processes' spans sees it under the calling agent's tools/call span; per-agent totals in
-the client (``totals(agent=...)``) hold the client's own model calls only.
+backend that joins both processes' spans sees it under the calling agent's tools/call span. The calling agent's
+name goes along in ``_meta`` (``mltrack/gen_ai.agent.name``, when the request is made inside an agent run) and the
+server's model calls carry it as gen_ai.agent.name (unless an agent run of the server's own is current), so
+``report --by agent`` over a store both processes export to sums the agent's spend on both sides, each call once.
+In-process totals stay per process: ``totals(agent=...)`` in the client holds the client's own calls only.
+
+With the SDK's in-memory ``Client(server)`` (its in-process dispatcher) no ``_meta`` is sent and there is no
+JSON-RPC id: the context flows in-process, so the server span is still the client span's child.
 
 network.transport is ``pipe`` for stdio: a ClientSession made right after ``stdio_client`` spawned its server
 process (hooked where stdio_client spawns it, so however the application imported stdio_client), and a server
@@ -57,7 +63,7 @@ from opentelemetry.semconv._incubating.attributes import jsonrpc_attributes, mcp
 from opentelemetry.semconv.attributes import error_attributes, network_attributes
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .. import config, content, guard
+from .. import call_context, config, content, guard
 from . import _base, _spans
 
 MCP_METHOD_NAME = mcp_attributes.MCP_METHOD_NAME
@@ -71,6 +77,9 @@ ERROR_TYPE = error_attributes.ERROR_TYPE
 TOOL_ERROR = "tool_error"
 INVALID_PARAMS = "-32602"  # JSON-RPC's code for a request whose params do not validate
 
+# The calling agent's name in a request's _meta (a prefixed key, as MCP asks of custom _meta keys): the server's
+# model calls carry it as gen_ai.agent.name, so per-agent totals over both processes' spans include them.
+AGENT_META_KEY = "mltrack/gen_ai.agent.name"
 _NAMED = ("tools/call", "prompts/get")  # the methods whose span name carries a target (tool / prompt name)
 _URI = ("resources/read", "resources/subscribe", "resources/unsubscribe", "notifications/resources/updated")
 
@@ -246,6 +255,7 @@ class Patch:
                 (ClientSession, "send_request", self._send_request),
                 (ClientSession, "send_discover", self._send_discover),
                 (jsonrpc_dispatcher, "otel_span", self._dispatcher_span),
+                (jsonrpc_dispatcher, "inject_trace_context", self._inject),
                 (OpenTelemetryMiddleware, "__call__", self._serve),
             ]
             # The stdio transports, by the module globals they call when entered (whatever name the application
@@ -394,12 +404,24 @@ class Patch:
         SDK injects our context), else the SDK's own."""
         call = _PENDING.get()
         if call is not None and not call.claimed and self.active:
-            attributes = kwargs.get("attributes")
-            method = attributes.get(MCP_METHOD_NAME) if isinstance(attributes, Mapping) else None
-            if method == call.method:
-                call.claimed = True
-                return _Claimed(call.operation.span, attributes)
+            try:
+                attributes = kwargs.get("attributes")
+                method = attributes.get(MCP_METHOD_NAME) if isinstance(attributes, Mapping) else None
+                if method == call.method:
+                    call.claimed = True
+                    return _Claimed(call.operation.span, attributes)
+            except Exception as exc:
+                guard.record_error("instrumentation.mcp.client.claim", exc)
         return wrapped(*args, **kwargs)
+
+    def _inject(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """The SDK injects the trace context into a request's _meta; for a request of ours made inside an agent
+        run, the agent's name goes with it."""
+        result = wrapped(*args, **kwargs)
+        call = _PENDING.get()
+        if call is not None and call.claimed and self.active:
+            guard.guarded("instrumentation.mcp.inject", _inject_agent, args[0] if args else kwargs.get("meta"))
+        return result
 
     # -- server ----------------------------------------------------------------------------------------------
 
@@ -409,12 +431,15 @@ class Patch:
             return await wrapped(*args, **kwargs)
         operation, token, method = started
         ctx, call_next = _middleware_args(*args, **kwargs)
+        agent = guard.guarded("instrumentation.mcp.server.agent", _caller_agent, ctx.meta)
         try:
             result = await call_next(ctx)
         except BaseException as exc:
             guard.guarded("instrumentation.mcp.server.fail", _end_failed, operation, exc)
             raise
         finally:
+            if agent is not None:
+                call_context.detach(agent)
             guard.guarded("instrumentation.mcp.server.detach", otel_context.detach, token)
         guard.guarded("instrumentation.mcp.server.finish", _server_finish, operation, method, result)
         return result
@@ -458,6 +483,21 @@ class Patch:
         except Exception as exc:
             guard.record_error("instrumentation.mcp.server.start", exc)
             return None
+
+
+def _inject_agent(meta: Any) -> None:
+    agent = call_context.current().get(gen_ai.GEN_AI_AGENT_NAME)
+    if isinstance(meta, dict) and isinstance(agent, str) and agent:
+        meta[AGENT_META_KEY] = agent
+
+
+def _caller_agent(meta: Any) -> Any:
+    """The calling agent's name from a request's _meta attached to the model calls the handler makes (a token),
+    unless an agent run of this process is current (its own name wins)."""
+    agent = meta.get(AGENT_META_KEY) if isinstance(meta, Mapping) else None
+    if not isinstance(agent, str) or not agent or gen_ai.GEN_AI_AGENT_NAME in call_context.current():
+        return None
+    return call_context.attach({gen_ai.GEN_AI_AGENT_NAME: content.utf8(agent)[:256]})
 
 
 def _middleware_args(ctx: Any, call_next: Any) -> tuple[Any, Any]:
