@@ -539,6 +539,6 @@ class MCPInstrumentor(_base.PatchInstrumentor):
     """Instruments the mcp SDK, client and server (entry point `opentelemetry_instrumentor: mcp`)."""
 
     module = "mcp"
-    dependencies = ("mcp >= 2.0",)
+    dependencies = ("mcp >= 2.3",)
     tracer_name = __name__
     patch_factory = Patch
