@@ -9,7 +9,8 @@ runs or after it exits. Tools:
   returns its answer: a model call made inside the server's tools/call span, in the caller's trace.
 * ``fail(reason)``: raises, so MCPServer answers ``isError: true``.
 
-A resource ``notes://today`` and a prompt ``summarize(topic)``.
+A resource ``notes://today`` and a prompt ``summarize(topic)``. With $MCP_HTTP_PORT it serves streamable HTTP on
+127.0.0.1 at that port (path /mcp) instead of stdio.
 """
 
 from __future__ import annotations
@@ -92,4 +93,7 @@ def summarize(topic: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if port := os.environ.get("MCP_HTTP_PORT"):  # streamable HTTP on loopback instead of stdio
+        server.run("streamable-http", host="127.0.0.1", port=int(port))
+    else:
+        server.run("stdio")

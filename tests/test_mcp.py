@@ -191,6 +191,61 @@ def test_a_failing_tool_marks_both_sides_tool_error_and_a_protocol_error_carries
     assert server_read["attributes"]["error.type"] == code and server_read["status"] == "ERROR"
 
 
+def test_over_streamable_http_the_spans_carry_the_session_id_and_the_addresses(traced, aoai, fake, tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.servers import free_port, stopper
+
+    spans_file, port = tmp_path / "server-spans.jsonl", free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "MCP_FAKE_URL": fake.openai_base_url,
+        "MCP_SPANS_FILE": str(spans_file),
+        "MCP_HTTP_PORT": str(port),
+    }
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115  (closed by stop())
+    proc = subprocess.Popen(
+        [sys.executable, str(APP)], env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+    )
+    stop = stopper(proc, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the server listens (not a timing assertion: a bound on a broken start)
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.05)
+
+        async def main():
+            url = f"http://127.0.0.1:{port}/mcp"
+            async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                with mltrack_otel.agent("planner"):
+                    return await planner_turn(aoai, session)
+
+        assert asyncio.run(main()).startswith("Echo:")
+    finally:
+        stop()
+    (client,) = named(traced, "tools/call research")
+    a = client.attributes
+    assert a["network.transport"] == "tcp" and a["server.address"] == "127.0.0.1" and a["server.port"] == port
+    remote = server_spans(spans_file)
+    (server,) = [s for s in remote if s["name"] == "tools/call research"]
+    sa = server["attributes"]
+    assert sa["mcp.session.id"] and sa["mcp.session.id"] == a["mcp.session.id"]  # the Mcp-Session-Id, both sides
+    assert sa["network.transport"] == "tcp" and sa["client.address"] == "127.0.0.1"
+    assert server["parent_span_id"] == hex_id(client.context.span_id)
+    (tool_model_call,) = [s for s in remote if s["name"] == f"chat {MODEL}"]
+    assert tool_model_call["parent_span_id"] == server["span_id"]
+    assert tool_model_call["attributes"]["gen_ai.agent.name"] == "planner"
+
+
 # -- in process (the SDK's in-memory Client(server)) ---------------------------------------------------------------
 
 

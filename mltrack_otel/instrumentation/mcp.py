@@ -55,12 +55,13 @@ import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.attributes import jsonrpc_attributes, mcp_attributes, rpc_attributes
-from opentelemetry.semconv.attributes import error_attributes, network_attributes
+from opentelemetry.semconv.attributes import client_attributes, error_attributes, network_attributes, server_attributes
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .. import call_context, config, content, guard
@@ -83,13 +84,38 @@ AGENT_META_KEY = "mltrack/gen_ai.agent.name"
 _NAMED = ("tools/call", "prompts/get")  # the methods whose span name carries a target (tool / prompt name)
 _URI = ("resources/read", "resources/subscribe", "resources/unsubscribe", "notifications/resources/updated")
 
-# The server process stdio_client just spawned in this context (a weak reference), taken by the next ClientSession.
+# The transport a client just opened in this context ((kind, weak reference): the server process stdio_client
+# spawned, or streamable_http_client's transport object), taken by the next ClientSession.
 _SPAWNED: contextvars.ContextVar[Any] = contextvars.ContextVar("mltrack_mcp_spawned", default=None)
 # "pipe" once stdio_server claimed this process's stdio in this context: its handlers inherit it.
 _SERVER_TRANSPORT: contextvars.ContextVar[str | None] = contextvars.ContextVar("mltrack_mcp_transport", default=None)
 # The client request being sent in this task: the dispatcher's span request hands back its span.
 _PENDING: contextvars.ContextVar[_ClientCall | None] = contextvars.ContextVar("mltrack_mcp_pending", default=None)
-_SESSION_TRANSPORT: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_SESSION_TRANSPORT: weakref.WeakKeyDictionary[Any, _Link] = weakref.WeakKeyDictionary()
+
+
+class _Link:
+    """What a client session knows of its transport: network.transport, the server's address and port, and for
+    streamable HTTP the transport object (its session id arrives with the first response)."""
+
+    __slots__ = ("address", "http", "port", "transport")
+
+    def __init__(self, transport: str, address: str | None = None, port: int | None = None, http: Any = None):
+        self.transport = transport
+        self.address = address
+        self.port = port
+        self.http = http
+
+    def attributes(self, attributes: dict[str, Any]) -> None:
+        attributes[NETWORK_TRANSPORT] = self.transport
+        if self.address:
+            attributes[server_attributes.SERVER_ADDRESS] = self.address
+            if self.port is not None:
+                attributes[server_attributes.SERVER_PORT] = self.port
+        http = self.http() if self.http is not None else None
+        session_id = getattr(http, "session_id", None)
+        if isinstance(session_id, str) and session_id:
+            attributes[MCP_SESSION_ID] = session_id
 
 
 def _text(value: Any) -> str | None:
@@ -265,6 +291,9 @@ class Patch:
 
             targets.append((client_stdio, "_create_platform_compatible_process", self._spawned))
             targets.append((server_stdio, "_claim_fd", self._claimed))
+            from mcp.client.streamable_http import StreamableHTTPTransport
+
+            targets.append((StreamableHTTPTransport, "__init__", self._http_transport))
             self._wrap(targets)
 
     def _wrap(self, targets: list[tuple[Any, str, Any]]) -> None:
@@ -293,6 +322,12 @@ class Patch:
         process = await wrapped(*args, **kwargs)
         guard.guarded("instrumentation.mcp.transport", _mark_spawn, process)
         return process
+
+    def _http_transport(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """streamable_http_client made its transport: the next ClientSession made in this context talks over it."""
+        result = wrapped(*args, **kwargs)
+        guard.guarded("instrumentation.mcp.transport", _mark_http, instance)
+        return result
 
     def _claimed(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         """stdio_server took this process's stdin or stdout: the server run in this context serves a pipe."""
@@ -369,9 +404,9 @@ class Patch:
         version = version or getattr(session, "protocol_version", None)
         if isinstance(version, str):
             attributes[MCP_PROTOCOL_VERSION] = version
-        transport = _SESSION_TRANSPORT.get(session)
-        if transport is not None:
-            attributes[NETWORK_TRANSPORT] = transport
+        link = _SESSION_TRANSPORT.get(session)
+        if link is not None:
+            link.attributes(attributes)
         inputs = None
         if method == "tools/call" and params is not None and settings.capture_prompts:
             inputs = {gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS: params.get("arguments") or {}}
@@ -466,6 +501,13 @@ class Patch:
             transport = _SERVER_TRANSPORT.get()
             if transport is not None:
                 attributes[NETWORK_TRANSPORT] = transport
+            peer = getattr(ctx.request, "client", None)  # an HTTP transport's request (starlette): the client's socket
+            host = getattr(peer, "host", None)
+            if isinstance(host, str) and host:
+                attributes[NETWORK_TRANSPORT] = "tcp"
+                attributes[client_attributes.CLIENT_ADDRESS] = host
+                if isinstance(port := getattr(peer, "port", None), int):
+                    attributes[client_attributes.CLIENT_PORT] = port
             if method == "tools/call" and params is not None and settings.capture_prompts:
                 arguments = {gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS: params.get("arguments") or {}}
                 _spans._capture(arguments, settings, attributes)
@@ -520,19 +562,35 @@ def _reset(pending: Any, token: Any) -> None:
 
 
 def _mark_spawn(process: Any) -> None:
-    _SPAWNED.set(weakref.ref(process))
+    _SPAWNED.set(("pipe", weakref.ref(process)))
+
+
+def _mark_http(transport: Any) -> None:
+    _SPAWNED.set(("http", weakref.ref(transport)))
 
 
 def _bind_transport(session: Any) -> None:
-    """A session made right after stdio_client spawned its server, that server still running: a pipe. The mark is
-    taken once, so a later session in the same context (in memory, HTTP) is not mistaken for it."""
+    """A session made right after stdio_client spawned its server (still running: a pipe) or streamable_http_client
+    made its transport (tcp, the URL's host and port, the transport's session id). The mark is taken once, so a
+    later session in the same context (in memory) is not mistaken for it."""
     spawned = _SPAWNED.get()
     if spawned is None:
         return
     _SPAWNED.set(None)
-    process = spawned()
-    if process is not None and getattr(process, "returncode", None) is None:
-        _SESSION_TRANSPORT[session] = "pipe"
+    kind, ref = spawned
+    opened = ref()
+    if opened is None:
+        return
+    if kind == "pipe":
+        if getattr(opened, "returncode", None) is None:
+            _SESSION_TRANSPORT[session] = _Link("pipe")
+        return
+    url = urlsplit(getattr(opened, "url", "") or "")
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    _SESSION_TRANSPORT[session] = _Link("tcp", url.hostname, port, ref)
 
 
 class MCPInstrumentor(_base.PatchInstrumentor):
