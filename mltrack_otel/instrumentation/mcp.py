@@ -41,10 +41,12 @@ In-process totals stay per process: ``totals(agent=...)`` in the client holds th
 With the SDK's in-memory ``Client(server)`` (its in-process dispatcher) no ``_meta`` is sent and there is no
 JSON-RPC id: the context flows in-process, so the server span is still the client span's child.
 
-network.transport is ``pipe`` for stdio: a ClientSession made right after ``stdio_client`` spawned its server
-process (hooked where stdio_client spawns it, so however the application imported stdio_client), and a server
-whose ``stdio_server`` claimed the process's stdin/stdout. Other transports (in-memory, HTTP) leave it out rather
-than guess.
+Transport attributes: a ClientSession made right after ``stdio_client`` spawned its server process has
+network.transport ``pipe``; one made over ``streamable_http_client`` has ``tcp``, server.address/port from the URL
+and, once the server assigned it, the ``Mcp-Session-Id`` as mcp.session.id. Both are hooked where the transport is
+built (the spawn, the transport class), so however the application imported them. A server whose ``stdio_server``
+claimed the process's stdin/stdout says ``pipe``; one serving HTTP says ``tcp`` with client.address/port and the
+connection's session id. Other transports (in memory) leave them out rather than guess.
 """
 
 from __future__ import annotations
