@@ -42,7 +42,7 @@ import mltrack_otel  # noqa: E402
 from mltrack_otel import guard, ledger  # noqa: E402
 from mltrack_otel.instrumentation import instrument, uninstrument  # noqa: E402
 from mltrack_otel.instrumentation import langchain as lc  # noqa: E402
-from tests.instr_fixtures import use_settings  # noqa: E402
+from tests.instr_fixtures import use_settings, validate_content  # noqa: E402
 from tests.traced import Traced  # noqa: E402
 
 MODEL = "gpt-4o-mini"
@@ -240,6 +240,21 @@ def test_react_agent(run, fake, chat):
     assert str(tool_span.context.span_id) in out["messages"][2].content  # the tool ran with its span current
     for span in run.named(f"chat {MODEL}"):  # every model call carries the agent that made it
         assert span.attributes["gen_ai.agent.name"] == "weather_agent"
+    # What the agent was asked and what it answered (content capture is on by default).
+    asked = validate_content("input", root.attributes["gen_ai.input.messages"])
+    assert asked == [{"role": "user", "parts": [{"type": "text", "content": ASK["messages"][0][1]}]}]
+    (answer,) = validate_content("output", root.attributes["gen_ai.output.messages"])
+    assert answer["finish_reason"] == "stop"
+    assert answer["parts"] == [{"type": "text", "content": out["messages"][-1].content}]
+    run.assert_counted_once(fake, 2)
+
+
+def test_content_capture_off(run, fake, chat):
+    use_settings(llm_log_prompts=False, llm_log_responses=False)
+    weather_agent(chat).invoke(ASK)
+    (root,) = run.named("invoke_agent weather_agent")
+    assert not [k for s in run.spans() for k in s.attributes if k.endswith((".messages", ".arguments", ".result"))]
+    assert root.attributes["llm.cost.cumulative"] > 0
     run.assert_counted_once(fake, 2)
 
 

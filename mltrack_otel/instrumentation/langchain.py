@@ -666,9 +666,15 @@ class Tracer:
         name = kwargs.get("name") or "LangGraph"
         parent_run_id = kwargs.get("parent_run_id")
         attributes = self._conversation(kwargs.get("metadata") or {}, {})
-        inputs = {_base.OI_INPUT_VALUE: inputs} if settings.openinference_attributes else None
+        recorded: dict[str, Any] = {}
+        if settings.capture_prompts:  # what the agent was given: its input state's messages
+            messages = _state_messages(inputs)
+            if messages:
+                recorded[gen_ai.GEN_AI_INPUT_MESSAGES] = [message_json(m) for m in messages]
+            if settings.openinference_attributes:
+                recorded[_base.OI_INPUT_VALUE] = inputs
         context = self.span_context(parent_run_id)  # None: the current context (a root graph)
-        agent = agents.start(self.tracer, name, attributes, inputs, settings=settings, context=context)
+        agent = agents.start(self.tracer, name, attributes, recorded, settings=settings, context=context)
         slot.taken = True
         run = self._add("agent", agent, run_id, parent_run_id, name)
         run.graph = True
@@ -700,8 +706,7 @@ class Tracer:
                 if isinstance(error, GeneratorExit):  # the caller stopped reading the graph's stream
                     attributes[_INCOMPLETE] = False
                     error = None
-                settings = operation.operation.settings
-                outputs = {_base.OI_OUTPUT_VALUE: output} if settings.openinference_attributes and not error else None
+                outputs = _agent_outputs(output, operation.operation) if error is None else None
                 if error is not None and not _is_control_flow(error):
                     operation.fail(error, attributes)
                 else:
@@ -845,6 +850,31 @@ def _documents(documents: Any) -> list[dict[str, Any]]:
             item["score"] = score
         out.append(item)
     return out
+
+
+def _state_messages(state: Any) -> list[Any] | None:
+    """The messages of a LangGraph state (``{"messages": [...]}``, MessagesState and the agents' states)."""
+    messages = state.get("messages") if isinstance(state, Mapping) else None
+    if isinstance(messages, str):  # add_messages takes a bare string as a human message
+        return [("human", messages)]
+    return list(messages) if isinstance(messages, (list, tuple)) and messages else None
+
+
+def _agent_outputs(state: Any, operation: _spans.Operation) -> dict[str, Any] | None:
+    """What a graph's agent run answered, when responses are captured: its final state's last message if the
+    model wrote it (gen_ai.output.messages); the whole state for OpenInference."""
+    if not operation.capture_out:
+        return None
+    outputs: dict[str, Any] = {}
+    messages = _state_messages(state)
+    last = messages[-1] if messages else None
+    if last is not None and _base.get(last, "type") == "ai":
+        meta = _base.get(last, "response_metadata") or {}
+        reason = _base.finish_reason(meta.get("finish_reason") or meta.get("stop_reason"), default="stop")
+        outputs[gen_ai.GEN_AI_OUTPUT_MESSAGES] = [{**message_json(last), "role": "assistant", "finish_reason": reason}]
+    if operation.settings.openinference_attributes:
+        outputs[_base.OI_OUTPUT_VALUE] = state
+    return outputs
 
 
 def _is_control_flow(error: BaseException) -> bool:
