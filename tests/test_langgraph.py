@@ -470,6 +470,9 @@ def test_tracking_failure_never_breaks_the_graph(run, fake, chat, monkeypatch):
 # --- the agent's budget stops a runaway tool loop --------------------------------------------------------------
 
 LIMIT = Decimal("0.0002")  # a few calls of the looper's (max_tokens=50: each call's worst case is about 6e-05 USD)
+# LangGraph's default recursion limit is 10007 steps: a runaway loop makes thousands of model calls. The tests allow
+# 40 (about 20 calls), so that without the budget the loop ends by itself and the test fails rather than runs on.
+LOOP_STEPS = {"recursion_limit": 40}
 
 
 def looper(chat):
@@ -483,7 +486,7 @@ def assert_stopped(run, fake, error) -> None:
     ended: the refused call's, its node's and the agent's failed with BudgetExceededError."""
     assert error.scope == "agent" and error.kind == "cost"
     calls = len(fake.requests)
-    assert 2 <= calls < 12  # some tool rounds ran; far from LangGraph's recursion limit (25 steps)
+    assert 2 <= calls < 12  # some tool rounds ran, and the loop stopped well before the steps it was allowed
     (root,) = run.named("invoke_agent looper")
     assert root.status.status_code is StatusCode.ERROR
     assert root.attributes["error.type"] == "mltrack_otel.BudgetExceededError"
@@ -505,7 +508,7 @@ def assert_stopped(run, fake, error) -> None:
 def test_budget_stops_tool_loop(run, fake, chat):
     use_settings(agents={"looper": {"llm_cost_limit": LIMIT}})
     with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
-        looper(chat).invoke({"messages": [("user", "weather in Paris?")]})
+        looper(chat).invoke({"messages": [("user", "weather in Paris?")]}, LOOP_STEPS)
     assert type(caught.value) is mltrack_otel.BudgetExceededError  # LangGraph raises it as it is, not wrapped
     assert_stopped(run, fake, caught.value)
 
@@ -514,7 +517,7 @@ async def test_budget_stops_tool_loop_astream(run, fake, chat):
     use_settings(agents={"*": {"llm_cost_limit": LIMIT}})
     updates = []
     with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
-        async for update in looper(chat).astream({"messages": [("user", "weather in Paris?")]}):
+        async for update in looper(chat).astream({"messages": [("user", "weather in Paris?")]}, LOOP_STEPS):
             updates.append(update)
     assert len(updates) >= 3  # the caller saw the loop's steps before the stop
     assert_stopped(run, fake, caught.value)
@@ -531,6 +534,20 @@ def test_budget_is_per_run(run, fake, chat):
     for root in run.named("invoke_agent weather_agent"):
         assert Decimal(str(root.attributes["llm.cost.cumulative"])) <= per_run
     run.assert_counted_once(fake, 8)
+
+
+async def test_budget_stops_a_plain_langchain_call(run, fake, chat):
+    """Outside any graph too: a LangChain model call whose worst case does not fit the agent's budget is refused
+    before it is sent, by our OpenAI instrumentor or, when it is off, by the LangChain instrumentation itself."""
+    model = chat(max_tokens=50)
+    with mltrack_otel.agent("solo", cost_limit="0.00001"), pytest.raises(mltrack_otel.BudgetExceededError):
+        model.invoke("hello")
+    with mltrack_otel.agent("solo", cost_limit="0.00001"), pytest.raises(mltrack_otel.BudgetExceededError):
+        await model.ainvoke("hello")
+    assert fake.requests == []
+    chats = [s for s in run.named(f"chat {MODEL}") if s.instrumentation_scope.name == LC_SCOPE]
+    assert len(chats) == 2 and all(s.attributes["error.type"] == "mltrack_otel.BudgetExceededError" for s in chats)
+    assert ledger.LEDGER.held() == (0, 0)
 
 
 # --- instrumentation on and off ----------------------------------------------------------------------------------

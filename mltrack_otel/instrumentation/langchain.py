@@ -50,6 +50,7 @@ from opentelemetry.semconv.attributes import error_attributes
 from .. import agents, budget, call_context, config, guard, providers, semconv
 from .. import prompts as _prompts
 from ..content import media_part, parse_arguments, text_part
+from ..errors import BudgetExceededError
 from ..usage import read as read_usage
 from ..usage import usage_attributes
 from . import _base, _spans, when_imported
@@ -1086,7 +1087,15 @@ class _Patch:
             ctx, prompt, run = handler.span_context(run_id), handler.prompt_of(run_id), handler.runs.get(run_id)
         except Exception:
             return None, None, None
-        return ctx, prompt, handler.reserve(run, request) if run is not None else None
+        if run is None:
+            return ctx, prompt, None
+        try:
+            return ctx, prompt, handler.reserve(run, request)
+        except BudgetExceededError:
+            raise
+        except Exception as exc:  # the call goes out unreserved
+            guard.record_error("langchain.budget", exc)
+            return ctx, prompt, None
 
     def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         ctx, prompt, held = self._run_context(_run_manager(args, kwargs), args[0] if args else None)
