@@ -35,6 +35,7 @@ prompt | model sequences) get no span of their own: what they run hangs under th
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -61,10 +62,11 @@ __all__ = ["LangChainInstrumentor"]
 _MODULE = "langchain_core"
 _RETRIEVERS = "langchain_core.retrievers"  # patched when the app imports it: an app without retrievers never loads it
 _RETRIEVERS_HOOK = "langchain:retrievers"
-_LANGGRAPH = "langgraph.pregel.main"  # Pregel: every LangGraph graph runs through its stream/astream
+_LANGGRAPH = "langgraph.pregel"  # Pregel: every LangGraph graph runs through its stream/astream
 _LANGGRAPH_HOOK = "langchain:langgraph"
 _LANGGRAPH_CALLBACKS = "langgraph.callbacks"
-_LANGGRAPH_RUNNABLE = "langgraph._internal._runnable"  # RunnableSeq: how LangGraph runs a node
+# RunnableSeq, how LangGraph runs a node: its module in langgraph 0.6+, and before.
+_LANGGRAPH_RUNNABLES = ("langgraph._internal._runnable", "langgraph.utils.runnable")
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
 _INCOMPLETE = semconv.MLTRACK_STREAM_COMPLETE  # false on spans ended because their run never reported an end
 
@@ -1009,16 +1011,18 @@ class _Patch:
         )
 
     def _patch_langgraph(self, module: Any) -> None:
+        runnables = next((m for m in map(sys.modules.get, _LANGGRAPH_RUNNABLES) if hasattr(m, "RunnableSeq")), None)
+        runnable = runnables or _LANGGRAPH_RUNNABLES[0]  # not loaded: recorded as a missing hook by _patch
         self._patch(
             # invoke/ainvoke, stream_events and subgraphs all run through stream/astream.
             (module, "Pregel", "stream", self._graph_stream),
             (module, "Pregel", "astream", self._graph_astream),
             # A node (its function, writers and edges): the node's span current inside, so an SDK call made in the
             # node's function nests under the node.
-            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "invoke", self._call_node),
-            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "ainvoke", self._acall_node),
-            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "stream", self._stream_node),
-            (_LANGGRAPH_RUNNABLE, "RunnableSeq", "astream", self._astream_node),
+            (runnable, "RunnableSeq", "invoke", self._call_node),
+            (runnable, "RunnableSeq", "ainvoke", self._acall_node),
+            (runnable, "RunnableSeq", "stream", self._stream_node),
+            (runnable, "RunnableSeq", "astream", self._astream_node),
         )
 
     def _patch(self, *targets: tuple[Any, str, str, Any]) -> None:
