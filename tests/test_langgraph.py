@@ -550,6 +550,19 @@ async def test_budget_stops_a_plain_langchain_call(run, fake, chat):
     assert ledger.LEDGER.held() == (0, 0)
 
 
+async def test_astream_abandoned(run, fake, chat):
+    stream = weather_agent(chat).astream(ASK, stream_mode="updates")
+    first = await stream.__anext__()
+    assert "agent" in first
+    await stream.aclose()
+
+    (root,) = run.named("invoke_agent weather_agent")
+    assert root.attributes["mltrack.stream.complete"] is False
+    assert root.status.status_code is not StatusCode.ERROR
+    assert trace.get_current_span() is trace.INVALID_SPAN and ledger.current_scope() is None
+    run.assert_counted_once(fake, 1)
+
+
 # --- instrumentation on and off ----------------------------------------------------------------------------------
 
 
