@@ -40,6 +40,7 @@ LIBRARIES: dict[str, Library] = {
     "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
     "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
     "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
+    "pydantic_ai": Library("pydantic_ai", "mltrack_otel.instrumentation.pydantic_ai:PydanticAIInstrumentor"),
 }
 
 _lock = threading.RLock()
