@@ -23,7 +23,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 import mltrack_otel
-from mltrack_otel import config, semconv
+from mltrack_otel import config, guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import pydantic_ai as ours_module
@@ -211,6 +211,24 @@ def test_a_run_with_a_tool_and_a_sub_agent_is_one_tree_counted_once(traced, fake
     assert mltrack_otel.totals(agent="boss").cost_usd == cost_of(mine)
     assert mltrack_otel.totals(agent="helper").calls == 1
     assert mltrack_otel.totals(agent="boss").calls + mltrack_otel.totals(agent="helper").calls == total.calls
+
+
+def test_instrument_all_gives_the_same_single_agent_span_per_run(pipeline, fake):
+    """Agent.instrument_all() (Pydantic AI's global switch, on the global provider that configure() set up) with
+    ours on: Pydantic AI's agent spans are the agent runs."""
+    fake.clear()
+    instrument(["pydantic_ai", "openai"])
+    Agent.instrument_all(True)
+    try:
+        boss, _ = boss_and_helper(fake, "ours")  # no capability of theirs given: instrument_all adds it
+        boss.run_sync("plan the trip")
+    finally:
+        Agent.instrument_all(False)
+        uninstrument(["pydantic_ai", "openai"])
+    assert tree(pipeline) == EXPECTED_TREES["ours+theirs"]
+    assert mltrack_otel.totals().calls == len(counted(pipeline)) == 3
+    (root,) = agent_spans(pipeline, "boss")
+    assert root.attributes[CUMULATIVE] == pytest.approx(float(cost_of(counted(pipeline))))
 
 
 def test_pydantic_ai_agent_spans_with_plain_usage_names_are_not_counted_again(traced, fake, mode):
@@ -433,3 +451,28 @@ def test_tracking_switched_off_adds_nothing(pipeline, fake):
     finally:
         uninstrument(["pydantic_ai"])
     assert spans(pipeline) == []
+
+
+@pytest.mark.parametrize("broken", ["start", "tool"])
+def test_a_failure_of_ours_leaves_the_run_untouched(pipeline, fake, monkeypatch, broken):
+    """Never break the user's program: our agent span (or tool span) failing to open costs only our span."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected")
+
+    if broken == "start":
+        monkeypatch.setattr(ours_module.agents, "start", fail)
+    else:
+        monkeypatch.setattr(ours_module, "_open_tool", fail)
+    fake.clear()
+    instrument(["pydantic_ai", "openai"])
+    try:
+        boss, _ = boss_and_helper(fake, "ours")
+        assert boss.run_sync("plan the trip").output.startswith("Echo: plan the trip")
+    finally:
+        uninstrument(["pydantic_ai", "openai"])
+    assert guard.health()[f"errors.instrumentation.pydantic_ai.{'run' if broken == 'start' else 'tool'}"] >= 1
+    assert mltrack_otel.totals().calls == len(counted(pipeline)) == 3  # the model calls are still counted once
+    names = [name for _, name, _ in tree(pipeline)]
+    assert ("invoke_agent boss" in names) is (broken == "tool")
+    assert "execute_tool ask_helper" not in names

@@ -38,6 +38,7 @@ from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
 from .. import agents, call_context, config, guard, ledger
+from ..errors import BudgetExceededError
 from . import _base, _spans
 
 __all__ = ["PydanticAIInstrumentor"]  # and AgentBudget, built on first access (module __getattr__)
@@ -251,6 +252,17 @@ def _close_tool(operation: _spans.Operation, token: object, result: Any, error: 
         operation.fail(error)
 
 
+def _check_budget() -> None:
+    """Raise BudgetExceededError when a budget over this run (its own, an enclosing one's, the process's) is spent
+    or held in full by calls in flight; any other failure is ours: recorded, and the request goes out."""
+    try:
+        ledger.check_budget()
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error("instrumentation.pydantic_ai.budget", exc)
+
+
 _CLASS: Any = None
 
 
@@ -322,7 +334,7 @@ def _build_class() -> Any:
 
         async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
             if self._state is not None:
-                ledger.check_budget()  # BudgetExceededError: the run's budget is spent (or held in full)
+                _check_budget()  # BudgetExceededError: the run's budget is spent (or held in full)
             return await handler(request_context)
 
         async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
