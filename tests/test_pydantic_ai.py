@@ -476,3 +476,31 @@ def test_a_failure_of_ours_leaves_the_run_untouched(pipeline, fake, monkeypatch,
     names = [name for _, name, _ in tree(pipeline)]
     assert ("invoke_agent boss" in names) is (broken == "tool")
     assert "execute_tool ask_helper" not in names
+
+
+def test_instrument_before_the_import_patches_pydantic_ai_when_the_app_imports_it():
+    """instrument() does not import pydantic_ai (nor our module); the app's import of it arms the wrapper."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = """
+        import json, sys
+        from mltrack_otel.instrumentation import instrument, uninstrument
+        armed = instrument(["pydantic_ai"])
+        before = [m for m in ("pydantic_ai", "mltrack_otel.instrumentation.pydantic_ai") if m in sys.modules]
+        from pydantic_ai import Agent
+        patched = Agent.__dict__["iter"]
+        uninstrument(["pydantic_ai"])
+        print(json.dumps({"armed": armed, "before": before, "wrapped": patched.__wrapped__ is Agent.__dict__["iter"],
+                          "restored": type(Agent.__dict__["iter"]).__name__ == "function"}))
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"armed": ["pydantic_ai"], "before": [], "wrapped": True, "restored": True}
