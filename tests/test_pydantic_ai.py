@@ -23,7 +23,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 import mltrack_otel
-from mltrack_otel import config, guard, semconv
+from mltrack_otel import agents, config, guard, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import pydantic_ai as ours_module
@@ -70,14 +70,19 @@ def chat_model(fake, scenario: str = "tool") -> OpenAIChatModel:
     return OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(openai_client=client))
 
 
+seen: list[Any] = []  # agents.current_run() in each ask_helper call
+
+
 def boss_and_helper(fake, mode: str, **options: Any) -> tuple[Agent, Agent]:
     """`boss` calls its tool `ask_helper` (the fake's tool scenario), which runs the sub-agent `helper`."""
+    seen.clear()
     model = chat_model(fake)
     helper = Agent(model, name="helper", capabilities=theirs(mode, **options))
     boss = Agent(model, name="boss", capabilities=theirs(mode, **options))
 
     @boss.tool_plain
     async def ask_helper(question: str) -> str:
+        seen.append(agents.current_run())
         return (await helper.run(f"helper: {question}")).output
 
     return boss, helper
@@ -187,6 +192,10 @@ def test_a_run_with_a_tool_and_a_sub_agent_is_one_tree_counted_once(traced, fake
     assert result.output.startswith("Echo: plan the trip")
     assert len(fake.requests) == 3  # boss: tool call, answer; helper: answer
     assert tree(traced) == EXPECTED_TREES[mode]
+    # The boss's run is current in its tool (agents.current_run()), whoever's span roots it.
+    (run,) = seen
+    (boss_span,) = agent_spans(traced, "boss")
+    assert run.name == "boss" and run.scope.span_id == run.span.get_span_context().span_id == boss_span.context.span_id
 
     # One counted span per model call: our SDK span when it is there, else Pydantic AI's chat span.
     calls = counted(traced)

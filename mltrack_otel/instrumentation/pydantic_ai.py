@@ -63,7 +63,7 @@ def _text(value: Any) -> str:
 class _Run:
     """One run as our capability tracks it: the scope, and our span (None: Pydantic AI's span roots the scope)."""
 
-    __slots__ = ("adopted", "name", "run", "scope", "settings", "tokens")
+    __slots__ = ("activation", "adopted", "name", "run", "scope", "settings", "tokens")
 
     def __init__(self, name: str, scope: ledger.Scope, settings: config.Settings) -> None:
         self.name = name
@@ -72,6 +72,7 @@ class _Run:
         self.run: agents.AgentRun | None = None  # our own agent span
         self.adopted = False  # Pydantic AI's span is the scope's root
         self.tokens: Any = None
+        self.activation: Any = None  # an adopted run made current (agents.current_run()) inside Pydantic AI's span
 
 
 class Patch:
@@ -194,6 +195,8 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
 
 def _end(state: _Run, result: Any = None, error: BaseException | None = None) -> None:
     if state.adopted:
+        if state.activation is not None and state.run is not None:
+            state.run.deactivate(state.activation)
         scope_token, attributes_token = state.tokens
         with contextlib.suppress(ValueError, RuntimeError):  # a token of another context: nothing to undo here
             ledger.CURRENT_SCOPE.reset(scope_token)
@@ -215,10 +218,14 @@ def _end(state: _Run, result: Any = None, error: BaseException | None = None) ->
 
 
 def _adopt(state: _Run) -> None:
-    """Inside Pydantic AI's run span (before_run): that span is the scope's root."""
+    """Inside Pydantic AI's run span (before_run): that span is the scope's root, and the run agents.current_run()
+    gives (an AgentRun over Pydantic AI's span: it ends that span never, Pydantic AI does)."""
     span = trace.get_current_span()
-    if state.scope.span_id is None and span.is_recording():
-        state.scope.span_id = span.get_span_context().span_id
+    if state.scope.span_id is not None or not span.is_recording():
+        return
+    state.scope.span_id = span.get_span_context().span_id
+    state.run = agents.AgentRun(state.name, _spans.Operation(span, "invoke_agent", state.settings), state.scope)
+    state.activation = state.run.activate()
 
 
 def _open_tool(state: _Run, call: Any, tool_def: Any) -> tuple[_spans.Operation, object]:
