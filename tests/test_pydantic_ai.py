@@ -513,3 +513,24 @@ def test_instrument_before_the_import_patches_pydantic_ai_when_the_app_imports_i
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"armed": ["pydantic_ai"], "before": [], "wrapped": True, "restored": True}
+
+
+def test_an_agent_level_budget_is_the_runs_one_capability(traced, fake, mode):
+    """AgentBudget given to the Agent itself: instrument() adds no second one (one agent run, its limits apply)."""
+    agent = Agent(
+        chat_model(fake, "ok"),
+        name="looper",
+        capabilities=[*theirs(mode), Runaway(), ours_module.AgentBudget(token_limit=400)],
+    )
+
+    @agent.tool_plain
+    def step(n: int) -> str:
+        return "again"
+
+    with pytest.raises(BudgetExceededError) as info:
+        agent.run_sync("loop forever")
+    assert info.value.kind == "token"
+    assert len(agent_spans(traced, "looper")) == 1
+    spent = mltrack_otel.totals(agent="looper")
+    assert spent.calls >= 2
+    assert spent.total_tokens >= 400 if mode == "theirs" else spent.total_tokens <= 400
