@@ -240,13 +240,19 @@ def test_instrument_all_gives_the_same_single_agent_span_per_run(pipeline, fake)
     assert root.attributes[CUMULATIVE] == pytest.approx(float(cost_of(counted(pipeline))))
 
 
-def test_pydantic_ai_agent_spans_with_plain_usage_names_are_not_counted_again(traced, fake, mode):
+@pytest.mark.parametrize("sdk", [True, False])
+def test_pydantic_ai_agent_spans_with_plain_usage_names_are_not_counted_again(pipeline, fake, sdk):
     """use_aggregated_usage_attribute_names=False puts the run's own summed usage under gen_ai.usage.* on Pydantic
-    AI's agent span: its chat spans (or ours below them) are counted, the agent span is not."""
-    if mode == "ours":
-        pytest.skip("Pydantic AI's own spans only")
-    boss, _ = boss_and_helper(fake, mode, use_aggregated_usage_attribute_names=False)
-    boss.run_sync("plan the trip")
+    AI's agent span: its chat spans (or our SDK spans below them) are counted, the agent span is not."""
+    traced = pipeline
+    fake.clear()
+    libraries = ["pydantic_ai", "openai"] if sdk else ["pydantic_ai"]
+    instrument(libraries)
+    try:
+        boss, _ = boss_and_helper(fake, "theirs", use_aggregated_usage_attribute_names=False)
+        boss.run_sync("plan the trip")
+    finally:
+        uninstrument(libraries)
     (boss_span,) = agent_spans(traced, "boss")
     assert boss_span.attributes["gen_ai.usage.input_tokens"] > 0  # the boss's two calls, summed
     assert boss_span.attributes[COUNTED] is False
