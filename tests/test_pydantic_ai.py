@@ -540,3 +540,28 @@ def test_an_agent_level_budget_is_the_runs_one_capability(traced, fake, mode):
     spent = mltrack_otel.totals(agent="looper")
     assert spent.calls >= 2
     assert spent.total_tokens >= 400 if mode == "theirs" else spent.total_tokens <= 400
+
+
+def test_breaking_out_of_iter_ends_the_run_span_once_without_an_error(pipeline, fake):
+    """Leaving `async with agent.iter(...)` early is how Pydantic AI stops a run: not a failure (as its own spans)."""
+    fake.clear()
+    instrument(["pydantic_ai", "openai"])
+    try:
+        boss, _ = boss_and_helper(fake, "ours")
+
+        async def first_nodes() -> int:
+            seen = 0
+            async with boss.iter("plan the trip") as run:
+                async for _node in run:
+                    seen += 1
+                    if seen == 3:  # the prompt, the first model request (a tool call), then stop
+                        break
+            return seen
+
+        assert asyncio.run(first_nodes()) == 3
+    finally:
+        uninstrument(["pydantic_ai", "openai"])
+    (root,) = agent_spans(pipeline, "boss")
+    assert root.status.status_code.name == "UNSET" and "error.type" not in root.attributes
+    assert mltrack_otel.totals(agent="boss").calls == len(fake.requests) == 1
+    assert root.attributes[CUMULATIVE] == pytest.approx(float(cost_of(counted(pipeline))))

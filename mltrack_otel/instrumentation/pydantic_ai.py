@@ -255,10 +255,14 @@ def _open_tool(state: _Run, call: Any, tool_def: Any) -> tuple[_spans.Operation,
     return operation, otel_context.attach(trace.set_span_in_context(operation.span))
 
 
+_NO_RESULT = object()  # a tool call cancelled before it returned
+
+
 def _close_tool(operation: _spans.Operation, token: object, result: Any, error: BaseException | None) -> None:
     otel_context.detach(token)
     if error is None:
-        outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: _text(result)} if operation.capture_out else None
+        recorded = operation.capture_out and result is not _NO_RESULT
+        outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: _text(result)} if recorded else None
         operation.finish(outputs)
     elif type(error).__name__ in ("CallDeferred", "ApprovalRequired"):  # control flow, not a failure
         operation.finish()
@@ -335,8 +339,9 @@ def _build_class() -> Any:
                 return await handler()
             try:
                 result = await handler()
-            except BaseException as exc:
-                guard.guarded("instrumentation.pydantic_ai.run", _end, state, None, exc)
+            except BaseException as exc:  # a cancellation (a break out of iter()) ends the span without an error
+                failure = exc if isinstance(exc, Exception) else None
+                guard.guarded("instrumentation.pydantic_ai.run", _end, state, None, failure)
                 raise
             guard.guarded("instrumentation.pydantic_ai.run", _end, state, result)
             return result
@@ -362,7 +367,8 @@ def _build_class() -> Any:
             try:
                 result = await handler(args)
             except BaseException as exc:
-                guard.guarded("instrumentation.pydantic_ai.tool", _close_tool, operation, token, None, exc)
+                failure = exc if isinstance(exc, Exception) else None  # cancelled: ends with no result, no error
+                guard.guarded("instrumentation.pydantic_ai.tool", _close_tool, operation, token, _NO_RESULT, failure)
                 raise
             guard.guarded("instrumentation.pydantic_ai.tool", _close_tool, operation, token, result, None)
             return result
