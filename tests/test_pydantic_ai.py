@@ -565,3 +565,34 @@ def test_breaking_out_of_iter_ends_the_run_span_once_without_an_error(pipeline, 
     assert root.status.status_code.name == "UNSET" and "error.type" not in root.attributes
     assert mltrack_otel.totals(agent="boss").calls == len(fake.requests) == 1
     assert root.attributes[CUMULATIVE] == pytest.approx(float(cost_of(counted(pipeline))))
+
+
+def chats(rt) -> tuple[list[Any], list[Any]]:
+    """(Pydantic AI's chat spans, our SDK's)."""
+    chat = [s for s in spans(rt) if s.name.startswith("chat")]
+    return [s for s in chat if s.instrumentation_scope.name == THEIRS], [
+        s for s in chat if s.instrumentation_scope.name == OURS_SDK
+    ]
+
+
+def test_pydantic_ai_include_content_governs_its_spans_and_our_settings_ours(pipeline, fake):
+    """include_content=False on Pydantic AI: its spans keep the messages' shape without their text; our SDK spans
+    follow llm_log_prompts / llm_log_responses (on by default), and the other way round."""
+    fake.clear()
+    instrument(["pydantic_ai", "openai"])
+    try:
+        boss, _ = boss_and_helper(fake, "theirs", include_content=False)
+        boss.run_sync("plan the trip")
+        theirs_chat, sdk_chat = chats(pipeline)
+        assert len(theirs_chat) == len(sdk_chat) == 3
+        assert all("plan the trip" not in s.attributes["gen_ai.input.messages"] for s in theirs_chat)
+        assert all("plan the trip" in s.attributes["gen_ai.input.messages"] for s in sdk_chat[:1])
+        pipeline.memory_exporter.clear()
+        config.set_current(config.Settings(llm_log_prompts=False, llm_log_responses=False))
+        boss, _ = boss_and_helper(fake, "theirs")  # Pydantic AI's default: include_content=True
+        boss.run_sync("plan the trip")
+    finally:
+        uninstrument(["pydantic_ai", "openai"])
+    theirs_chat, sdk_chat = chats(pipeline)
+    assert "plan the trip" in theirs_chat[0].attributes["gen_ai.input.messages"]
+    assert all("gen_ai.input.messages" not in s.attributes for s in sdk_chat)

@@ -25,11 +25,11 @@ run span reports ``gen_ai.aggregated_usage.*`` (not read as usage), or, with
 ``use_aggregated_usage_attribute_names=False``, ``gen_ai.usage.*`` that its counted descendants cover.
 
 Pydantic AI's ``InstrumentationSettings`` govern its spans only: ``include_content`` / ``include_binary_content``
-what they record (ours follow ``llm_log_prompts`` / ``llm_log_responses``), ``version`` (2 to 6) its message format
-(span names and usage attributes are the same in all), ``tracer_provider`` where they go (to adopt its agent span
-as the scope root we compare it with ours: any other provider, or a tracer we cannot see through, gets our own
-agent span, and Pydantic AI's becomes its child there), ``meter_provider`` its own metrics (its
-``gen_ai.client.token.usage`` beside ours when both go to one MeterProvider).
+whether their messages keep their text (off: the shape only; ours follow ``llm_log_prompts`` /
+``llm_log_responses``), ``version`` (2 to 6) its message format (span names and usage attributes are the same in
+all), ``tracer_provider`` where they go (to adopt its agent span as the scope root we compare it with ours: any other
+provider, or a tracer we cannot see through, gets our own agent span, and Pydantic AI's becomes its child there),
+``meter_provider`` its own metrics (its ``gen_ai.client.token.usage`` beside ours when both go to one MeterProvider).
 """
 
 from __future__ import annotations
