@@ -255,7 +255,9 @@ def test_pydantic_ai_agent_spans_with_plain_usage_names_are_not_counted_again(pi
         uninstrument(libraries)
     (boss_span,) = agent_spans(traced, "boss")
     assert boss_span.attributes["gen_ai.usage.input_tokens"] > 0  # the boss's two calls, summed
-    assert boss_span.attributes[COUNTED] is False
+    # An agent span is not a model call: not counted, not priced, not flagged unpriced.
+    assert COUNTED not in boss_span.attributes and "llm.tokens.total" not in boss_span.attributes
+    assert "mltrack.cost.unpriced" not in boss_span.attributes
     assert mltrack_otel.totals().calls == len(counted(traced)) == 3
     assert boss_span.attributes[CUMULATIVE] == pytest.approx(float(cost_of(counted(traced))))
 

@@ -154,18 +154,9 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     pipeline = _pipeline(theirs) if theirs is not None else None
     if pipeline is not None and pipeline is _pipeline(ours):
         # Pydantic AI's run span opens next, inside this scope: it is the root (before_run learns its id).
-        parent = ledger.CURRENT_SCOPE.get()
-        scope = ledger.Scope(
-            name,
-            parent,
-            parent.conversation_id if parent is not None else None,
-            token_limit=token_limit,
-            cost_limit=cost_limit,
-            kind="agent",
-        )
-        state = _Run(name, scope, settings)
+        state = _Run(name, agents.new_scope(name, token_limit, cost_limit), settings)
         state.adopted = True
-        state.tokens = (ledger.CURRENT_SCOPE.set(scope), call_context.attach({gen_ai.GEN_AI_AGENT_NAME: name}))
+        state.tokens = (ledger.CURRENT_SCOPE.set(state.scope), call_context.attach({gen_ai.GEN_AI_AGENT_NAME: name}))
         return state
     attributes: dict[str, Any] = {}
     model = getattr(ctx, "model", None)
