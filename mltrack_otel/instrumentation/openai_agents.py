@@ -47,7 +47,7 @@ from opentelemetry.semconv.attributes import error_attributes
 from opentelemetry.trace import Status, StatusCode
 
 from .. import agents as agent_runs
-from .. import guard, ledger, providers, semconv
+from .. import estimate, guard, ledger, providers, semconv
 from . import _base, _spans
 
 __all__ = ["OpenAIAgentsInstrumentor"]
@@ -66,10 +66,11 @@ _MODEL = ("generation", "response")
 class _Node:
     """One SDK span we saw open: the span we made for it (None: none, see `parent`) and how to end it."""
 
-    __slots__ = ("activation", "call", "call_id", "handle", "kind", "parent", "settings", "span", "trace_id")
+    __slots__ = ("activation", "before", "call", "call_id", "handle", "kind", "parent", "settings", "span", "trace_id")
 
     def __init__(self, kind: str, trace_id: str, parent: trace.Span | None) -> None:
         self.kind = kind
+        self.before = _in_flight()  # an exception the code around the span was handling already (not its failure)
         self.trace_id = trace_id
         self.parent = parent  # for a span we did not make: the span its children attach to
         self.span: trace.Span | None = None
@@ -83,7 +84,7 @@ class _Node:
 class _Root:
     """One SDK trace: its invoke_workflow span, the scope it roots, and its open spans."""
 
-    __slots__ = ("activation", "failure", "open", "operation", "scope", "span")
+    __slots__ = ("activation", "before", "open", "operation", "scope", "span")
 
     def __init__(self, operation: _spans.Operation, scope: ledger.Scope) -> None:
         self.operation = operation
@@ -91,7 +92,7 @@ class _Root:
         self.scope = scope
         self.activation: Any = None
         self.open: set[str] = set()
-        self.failure: BaseException | None = None  # the exception an agent run of this trace failed with
+        self.before = _in_flight()
 
 
 # --- making a span current in the SDK's task, undone in the same one -------------------------------------------
@@ -150,8 +151,8 @@ def _message(error: Any, settings: Any) -> str:
 
 
 def _in_flight() -> BaseException | None:
-    """The exception propagating through the frame that finishes a span or trace, if any (the SDK ends them in
-    __exit__ and finally blocks, where it is still the one being handled)."""
+    """The exception being handled where the SDK starts or finishes a span: at its end (the SDK ends spans in
+    __exit__ and finally blocks), one that is not the one handled at its start propagated through it."""
     return sys.exc_info()[1]
 
 
@@ -163,6 +164,21 @@ def _server(base_url: Any) -> tuple[str | None, int | None, str]:
         return parts.hostname, parts.port, parts.path
     except ValueError:
         return None, None, ""
+
+
+def _counts(usage: Any) -> bool:
+    """Whether the SDK recorded the call's usage (a chat completions stream records zeros unless it asked for it)."""
+    return bool(usage) and bool(_base.get(usage, "input_tokens") or _base.get(usage, "output_tokens"))
+
+
+def _estimate(data: Any, model: str | None) -> dict[str, Any]:
+    """Usage estimated from the SDK's record of the messages sent and the answer (marked so)."""
+    messages, answer = list(_base.seq(data.input)), list(_base.seq(data.output))
+    tokens_in = estimate.input_tokens({"messages": messages}, model) if messages else 0
+    # The answer's text and tool-call arguments, whatever shape the SDK recorded it in (a chat message, or the
+    # Responses-shaped record of a stream), without message framing.
+    tokens_out = estimate.input_tokens({"prompt": answer}, model) if answer else 0
+    return _base.estimated_usage(tokens_in, tokens_out)
 
 
 def _openai_recorded() -> bool:
@@ -224,7 +240,7 @@ class Processor:
             node = self._open.pop(span_id, None)
             if node is not None:
                 self._abandon(node)
-        if exc is not None and exc is root.failure:
+        if exc is not None and exc is not root.before:  # the run raised through the trace's end
             root.operation.fail(exc)
         else:
             root.operation.finish()
@@ -336,9 +352,9 @@ class Processor:
         if node.handle is None:
             return
         _run_deactivate(node)
+        if exc is node.before:
+            exc = None  # not raised through this span: the code around it was handling it already
         error = span.error
-        if error is None:
-            exc = None
         data = span.span_data
         kind = node.kind
         if kind in _MODEL:
@@ -346,10 +362,7 @@ class Processor:
             return
         attributes: dict[str, Any] = {}
         outputs: dict[str, Any] | None = None
-        if kind == "agent":
-            if exc is not None and root is not None:
-                root.failure = exc
-        elif kind == "function":
+        if kind == "function":
             self._tool_attributes(node, data, attributes)
             if data.output is not None:
                 outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: _text(data.output)}
@@ -389,13 +402,17 @@ class Processor:
                 attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
             if usage is None:
                 usage = _base.get(response, "usage")
+        if not _counts(usage):
+            usage = None
+            if error is None and exc is None and getattr(data, "output", None):  # answered, usage not reported
+                attributes.update(_estimate(data, call.model))
+        if exc is not None:
+            call.finish(attributes, None, usage, exc)
+            return
         if error is not None:
-            if exc is not None:
-                call.finish(attributes, None, usage, exc)
-                return
             attributes[_ERROR_TYPE] = _OTHER
             call.span.set_status(Status(StatusCode.ERROR, _message(error, node.settings)))
-        call.finish(attributes, None, usage if usage else None)
+        call.finish(attributes, None, usage)
 
     # -- the tool call's identity, from the ToolContext the SDK makes inside the function span -----------------
 
@@ -453,11 +470,11 @@ def _end(
     exc: BaseException | None,
     settings: Any,
 ) -> None:
-    """End one span: failed when the SDK says so (with the exception propagating through it when there is one)."""
-    if error is None:
-        operation.finish(outputs, attributes)
-    elif exc is not None:
+    """End one span: failed with the exception that propagated through it, else as the SDK recorded it."""
+    if exc is not None:
         operation.fail(exc, attributes)
+    elif error is None:
+        operation.finish(outputs, attributes)
     else:  # the SDK recorded a failure it handled (a tool error the model was told about): no exception to name
         span = operation.span
         span.set_attribute(_ERROR_TYPE, _OTHER)
