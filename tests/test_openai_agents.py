@@ -480,3 +480,66 @@ def test_the_users_processors_stay_and_uninstrument_restores_the_sdk(fake, setti
         assert len(provider._multi_processor._processors) == 2
     finally:
         provider.set_processors([])
+
+
+def test_a_manual_agent_scope_around_the_runner_budgets_the_whole_run(pipeline, fake):
+    """mltrack_otel.agent() (on the configured global provider, as an application has it) around a Runner run: the
+    SDK's agents nest in it, and its budget stops their loop."""
+    limit = Decimal("0.00006")
+    fake.clear()
+    instrument(["openai", "openai_agents"])
+
+    async def run() -> None:
+        with mltrack_otel.agent("Support", cost_limit=limit):
+            await Runner.run(runaway(fake), QUESTION, max_turns=50)
+
+    try:
+        with pytest.raises(BudgetExceededError) as raised:
+            arun(run())
+    finally:
+        uninstrument(["openai", "openai_agents"])
+    assert raised.value.scope == "agent"
+    assert 2 <= len(fake.requests) < 50
+    spans = list(pipeline.memory_exporter.get_finished_spans())
+    by_name = {s.name: s for s in spans}
+    support, workflow = by_name["invoke_agent Support"], by_name["invoke_workflow Agent workflow"]
+    assert workflow.parent.span_id == support.context.span_id
+    assert by_name["invoke_agent Triage"].parent.span_id == workflow.context.span_id
+    calls = [s for s in spans if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
+    assert len(calls) == len(fake.requests)
+    assert Decimal(str(attrs(support)[semconv.LLM_COST_CUMULATIVE])) == cost(calls) <= limit
+    assert mltrack_otel.totals(agent="Triage").calls == len(calls)  # Triage made the calls, Support's budget paid
+    assert support.status.status_code is StatusCode.ERROR
+
+
+def test_a_run_inside_an_except_block_is_not_failed_by_the_exception_being_handled(traced, fake):
+    async def run() -> Any:
+        try:
+            raise KeyError("handled by the caller")
+        except KeyError:
+            return await Runner.run(team(fake), QUESTION)
+
+    assert arun(run()).final_output
+    assert harness_statuses(traced) == {StatusCode.UNSET}
+
+
+def harness_statuses(harness: Traced) -> set[StatusCode]:
+    return {s.status.status_code for s in harness.spans()}
+
+
+def test_a_cancelled_stream_ends_every_span(traced, fake):
+    async def run() -> Any:
+        result = Runner.run_streamed(team(fake), QUESTION)
+        async for event in result.stream_events():
+            if event.type == "run_item_stream_event":  # the first item: Triage's handoff call
+                result.cancel()
+        return result
+
+    result = arun(run())
+    assert not result.final_output and len(fake.requests) == 1
+    assert all(s.end_time is not None for s in traced.spans())
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+    for name in ("invoke_workflow Agent workflow", "invoke_agent Triage"):
+        (span,) = named(traced, name)
+        assert span.status.status_code is StatusCode.ERROR and attrs(span)["error.type"] == "asyncio.CancelledError"
+    assert len(counted(traced)) == 1  # the call made before the cancel is counted
