@@ -7,6 +7,10 @@ sync runs, errors, a budget that stops a runaway tool loop, and uninstrumenting.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 from decimal import Decimal
 from typing import Any
 
@@ -543,3 +547,37 @@ def test_a_cancelled_stream_ends_every_span(traced, fake):
         (span,) = named(traced, name)
         assert span.status.status_code is StatusCode.ERROR and attrs(span)["error.type"] == "asyncio.CancelledError"
     assert len(counted(traced)) == 1  # the call made before the cancel is counted
+
+
+def test_instrument_before_the_sdk_is_imported_hooks_it_on_import_and_starts_nothing():
+    """instrument() imports nothing of the SDK; importing it registers our processor and the ToolContext hook, and
+    neither starts a thread (the SDK's exporter only starts with its first trace)."""
+    code = """
+        import json, sys, threading
+        from mltrack_otel.instrumentation import instrument
+        armed = "openai_agents" in instrument()
+        imported_early = "agents" in sys.modules
+        threads = threading.active_count()
+        import agents
+        from agents.tool_context import ToolContext
+        from agents.tracing import get_trace_provider
+        processors = get_trace_provider()._multi_processor._processors
+        print(json.dumps({
+            "armed": armed,
+            "imported_early": imported_early,
+            "ours": [type(p).__name__ for p in processors if type(p).__module__.startswith("mltrack_otel")],
+            "processors": len(processors),
+            "hooked": ToolContext.__dict__["from_agent_context"].__func__.__module__,
+            "threads": threading.active_count() - threads,
+        }))
+    """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "armed": True,
+        "imported_early": False,
+        "ours": ["MltrackTracingProcessor"],
+        "processors": 2,  # the SDK's default exporter stays (the user decides about it), ours beside it
+        "hooked": "mltrack_otel.instrumentation.openai_agents",
+        "threads": 0,
+    }

@@ -491,7 +491,8 @@ def _processor_class() -> Any:
     if _processor_type is None:
         from agents.tracing import TracingProcessor
 
-        _processor_type = type("MltrackTracingProcessor", (Processor, TracingProcessor), {"__slots__": ()})
+        namespace = {"__slots__": (), "__module__": __name__}
+        _processor_type = type("MltrackTracingProcessor", (Processor, TracingProcessor), namespace)
     return _processor_type
 
 
