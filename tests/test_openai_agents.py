@@ -14,6 +14,7 @@ import textwrap
 from decimal import Decimal
 from typing import Any
 
+import agents as agents_sdk
 import openai
 import pytest
 from agents import (
@@ -30,6 +31,7 @@ from agents import (
 )
 from agents.tool_context import ToolContext
 from agents.tracing import TracingProcessor, get_trace_provider
+from agents.tracing.provider import DefaultTraceProvider
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -466,6 +468,7 @@ def test_the_users_processors_stay_and_uninstrument_restores_the_sdk(fake, setti
     users = Recorder()
     provider.set_processors([users])
     original = ToolContext.__dict__["from_agent_context"]
+    original_set = DefaultTraceProvider.__dict__["set_processors"]
     try:
         with _harness(fake, "openai", "openai_agents") as harness:
             instrument(["openai_agents"], tracer_provider=harness.provider)  # again: registered once
@@ -475,6 +478,7 @@ def test_the_users_processors_stay_and_uninstrument_restores_the_sdk(fake, setti
             assert harness.tree() == TREE
         assert "agent" in users.spans and "function" in users.spans  # the user's processor saw the run too
         assert ToolContext.__dict__["from_agent_context"] is original
+        assert DefaultTraceProvider.__dict__["set_processors"] is original_set
         harness.exporter.clear()
         arun(Runner.run(team(fake), QUESTION))
         assert harness.spans() == []  # nothing of ours after uninstrument
@@ -484,6 +488,20 @@ def test_the_users_processors_stay_and_uninstrument_restores_the_sdk(fake, setti
         assert len(provider._multi_processor._processors) == 2
     finally:
         provider.set_processors([])
+
+
+def test_replacing_the_sdk_processors_keeps_ours(fake, settings):
+    """set_trace_processors([...]) after instrument() (the way to stop the SDK's export to OpenAI) replaces the
+    exporters, not our instrumentation."""
+    users = Recorder()
+    with _harness(fake, "openai", "openai_agents") as harness:
+        agents_sdk.set_trace_processors([users])
+        arun(Runner.run(team(fake), QUESTION))
+        assert harness.tree() == TREE and "agent" in users.spans
+        agents_sdk.set_trace_processors([])
+        assert len(get_trace_provider()._multi_processor._processors) == 1  # ours
+    agents_sdk.set_trace_processors([])
+    assert get_trace_provider()._multi_processor._processors == ()  # uninstrumented: the user's list as given
 
 
 def test_a_manual_agent_scope_around_the_runner_budgets_the_whole_run(pipeline, fake):

@@ -1,7 +1,10 @@
 """OpenAI Agents SDK (openai-agents 0.24+, module ``agents``): its traces as GenAI agent, tool and handoff spans.
 
 One TracingProcessor is added with ``agents.add_trace_processor``, beside the SDK's own exporter and the user's
-(``set_trace_processors`` is never called: what the user registered stays). The SDK calls a processor inline, in
+(``set_trace_processors`` is never called: what the user registered stays; when the application calls it, e.g.
+``set_trace_processors([])`` to stop the export to OpenAI's backend, ours stays among the new ones while we are
+instrumented). Turning the SDK's tracing off (``OPENAI_AGENTS_DISABLE_TRACING``, ``RunConfig(tracing_disabled=True)``)
+turns these spans off too: the model calls are then recorded alone. The SDK calls a processor inline, in
 the task that starts or finishes each span, and its spans are ``with`` blocks: each one starts and ends in the same
 task, innermost first. So a span we open in ``on_span_start`` is made current right there and undone in
 ``on_span_end`` (tolerating an end in another context: then nothing is undone), and whatever runs inside it, the
@@ -508,7 +511,8 @@ _GUARDRAIL_TRIGGERED = semconv.GEN_AI_GUARDRAIL_TRIGGERED
 
 
 class _Patch:
-    """The processor (registered once per SDK trace provider, inert while inactive) and the ToolContext hook."""
+    """The processor (registered once per SDK trace provider, inert while inactive), the ToolContext hook, and the
+    hook that keeps the processor when the application replaces the SDK's processors."""
 
     def __init__(self) -> None:
         self.tracer: trace.Tracer = trace.get_tracer(__name__)
@@ -516,6 +520,7 @@ class _Patch:
         self.processor: Any = None
         self.provider: Any = None  # the SDK trace provider the processor is registered with
         self.original: Any = None  # ToolContext.from_agent_context as it was
+        self.set_processors: Any = None  # DefaultTraceProvider.set_processors as it was
 
     def apply(self, tracer_provider: Any = None) -> None:
         self.tracer = _base.get_tracer(__name__, tracer_provider)
@@ -524,6 +529,7 @@ class _Patch:
             return
         from agents import tracing
         from agents.tool_context import ToolContext
+        from agents.tracing.provider import DefaultTraceProvider
 
         if self.processor is None:
             self.processor = _processor_class()(self)
@@ -534,6 +540,9 @@ class _Patch:
         if self.original is None:
             self.original = ToolContext.__dict__["from_agent_context"]
             ToolContext.from_agent_context = classmethod(_from_agent_context)  # type: ignore[method-assign,assignment]
+        if self.set_processors is None:
+            self.set_processors = DefaultTraceProvider.__dict__["set_processors"]
+            DefaultTraceProvider.set_processors = _set_processors  # type: ignore[method-assign]
 
     def _registered(self, provider: Any) -> bool:
         """Whether our processor is among the provider's (set_trace_processors may have dropped it since)."""
@@ -553,6 +562,12 @@ class _Patch:
             if getattr(current, "__func__", None) is _from_agent_context:
                 ToolContext.from_agent_context = self.original  # type: ignore[method-assign]
             self.original = None
+        if self.set_processors is not None:
+            from agents.tracing.provider import DefaultTraceProvider
+
+            if DefaultTraceProvider.__dict__.get("set_processors") is _set_processors:
+                DefaultTraceProvider.set_processors = self.set_processors  # type: ignore[method-assign]
+            self.set_processors = None
 
 
 def _from_agent_context(cls: Any, *args: Any, **kwargs: Any) -> Any:
@@ -561,6 +576,15 @@ def _from_agent_context(cls: Any, *args: Any, **kwargs: Any) -> Any:
     if _PATCH.active and processor is not None:
         guard.guarded("openai_agents.tool_context", processor.tool_context, result)
     return result
+
+
+def _set_processors(provider: Any, processors: Any) -> Any:
+    """``set_trace_processors([...])`` (e.g. ``[]`` to stop the export to OpenAI's backend) replaces the exporters,
+    not our instrumentation: while instrumented, our processor stays among them."""
+    processor = _PATCH.processor
+    if _PATCH.active and processor is not None and isinstance(processors, (list, tuple)):
+        processors = processors if processor in processors else [*processors, processor]
+    return _PATCH.set_processors(provider, processors)
 
 
 _PATCH = _Patch()
