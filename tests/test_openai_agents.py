@@ -599,3 +599,16 @@ def test_instrument_before_the_sdk_is_imported_hooks_it_on_import_and_starts_not
         "hooked": "mltrack_otel.instrumentation.openai_agents",
         "threads": 0,
     }
+
+
+def test_our_content_policy_not_the_sdks_sensitive_data_flag_decides_what_we_record(traced, fake):
+    """With the SDK's trace_include_sensitive_data off it records no tool input or output; we still know the call's
+    arguments (from its ToolContext) and record them as our settings say; the result the SDK kept no trace of."""
+    from agents import RunConfig
+
+    arun(Runner.run(team(fake), QUESTION, run_config=RunConfig(trace_include_sensitive_data=False)))
+    (tool,) = named(traced, "execute_tool get_weather")
+    a = attrs(tool)
+    assert a[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] == '{"city": "example"}'
+    assert a[gen_ai.GEN_AI_TOOL_CALL_ID] == tool_call_id(fake)
+    assert gen_ai.GEN_AI_TOOL_CALL_RESULT not in a
