@@ -24,9 +24,10 @@ SDK span -> ours:
   call, so the run is still priced once (a model span another instrumentation makes below it counts instead);
 - task and turn spans, MCP tool listings, voice spans: none (their children attach to the nearest span we made).
 
-A span the SDK marks failed ends with error.type (the exception's, when one is propagating through it, else
-``_OTHER`` with the SDK's message as the status description) and ERROR status. The SDK catches a processor's
-exceptions, but every hook is guarded anyway.
+A span ends failed (ERROR) when an exception propagates through its end (error.type: the exception's; one the
+surrounding code was already handling when the span started does not count), or when the SDK recorded a failure it
+handled itself, such as a tool error the model was told about (error.type ``_OTHER``, the SDK's message, redacted,
+as the status description). The SDK catches a processor's exceptions, but every hook is guarded anyway.
 
 Budgets: a model call of an agent run whose worst case does not fit the run's budget raises
 ``mltrack_otel.BudgetExceededError`` from our OpenAI instrumentor before it is sent; the Runner lets it propagate
@@ -61,8 +62,7 @@ _MESSAGE_BYTES = 256  # the SDK's error message, as the status description
 _OTHER = "_OTHER"
 _ERROR_TYPE = error_attributes.ERROR_TYPE
 
-# SDK span types (span_data.type) that get no span of their own: their children attach to the nearest one we made.
-# "generation"/"response" are handled apart (a model span only when no instrumentor of ours records the call).
+# The SDK's model-call span types: a model span of ours only when our OpenAI instrumentor does not record the call.
 _MODEL = ("generation", "response")
 
 
