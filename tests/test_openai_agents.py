@@ -612,3 +612,23 @@ def test_our_content_policy_not_the_sdks_sensitive_data_flag_decides_what_we_rec
     assert a[gen_ai.GEN_AI_TOOL_CALL_ARGUMENTS] == '{"city": "example"}'
     assert a[gen_ai.GEN_AI_TOOL_CALL_ID] == tool_call_id(fake)
     assert gen_ai.GEN_AI_TOOL_CALL_RESULT not in a
+
+
+def test_a_failure_inside_our_processor_never_reaches_the_run(traced, fake, monkeypatch):
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug in the instrumentation")
+
+    monkeypatch.setattr(openai_agents.agent_runs, "start", broken)
+    result = arun(Runner.run(team(fake), QUESTION))
+    assert result.last_agent.name == "Weather" and result.final_output.startswith("Echo:")
+    assert guard.health()["errors.openai_agents.span_start"] == 2  # Triage and Weather, recorded
+    assert not named(traced, "invoke_agent Triage")
+    assert len(counted(traced)) == 3  # the model calls are still counted, under the workflow
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+
+
+def test_with_tracking_off_a_run_records_nothing(traced, fake):
+    use_settings(llm_tracking_enabled=False)
+    result = arun(Runner.run(team(fake), QUESTION))
+    assert result.final_output and traced.spans() == []
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
