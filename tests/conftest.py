@@ -24,6 +24,7 @@ _FRAMEWORK_TESTS = {
     "test_prompts_langchain.py": "langchain_core",
     "test_prompts_llama_index.py": "llama_index.core",
     "test_llama_index_providers.py": "llama_index.core",
+    "test_mcp.py": "mcp",
     "test_openai_agents.py": "agents",
 }
 

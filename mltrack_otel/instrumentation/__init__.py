@@ -40,6 +40,7 @@ LIBRARIES: dict[str, Library] = {
     "ollama": Library("ollama", "mltrack_otel.instrumentation.ollama:OllamaInstrumentor"),
     "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
     "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
+    "mcp": Library("mcp", "mltrack_otel.instrumentation.mcp:MCPInstrumentor"),
     "openai_agents": Library("agents", "mltrack_otel.instrumentation.openai_agents:OpenAIAgentsInstrumentor"),
 }
 
