@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import agents as agents_sdk
@@ -632,3 +634,53 @@ def test_with_tracking_off_a_run_records_nothing(traced, fake):
     result = arun(Runner.run(team(fake), QUESTION))
     assert result.final_output and traced.spans() == []
     assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+
+
+def test_an_mcp_tool_of_an_agent_runs_in_its_trace_on_a_real_stdio_server(pipeline, fake, tmp_path):
+    """The SDK's MCP tool call (a real stdio server: tests/mcp_server_app.py) is our execute_tool span, which the MCP
+    instrumentation enriches instead of adding a second one; the server's tools/call span is its child across the
+    process boundary, and the server's own model call carries the calling agent's name."""
+    pytest.importorskip("mcp")
+    from agents.mcp import MCPServerStdio
+
+    app = Path(__file__).with_name("mcp_server_app.py")
+    spans_file = tmp_path / "server-spans.jsonl"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(app.parent.parent), os.environ.get("PYTHONPATH", "")]),
+        "MCP_FAKE_URL": fake.openai_base_url,
+        "MCP_SPANS_FILE": str(spans_file),
+    }
+    libraries = ["openai", "mcp", "openai_agents"]
+    fake.clear()
+    instrument(libraries)
+
+    async def run() -> Any:
+        params = {"command": sys.executable, "args": [str(app)], "env": env, "cwd": str(app.parent.parent)}
+        async with MCPServerStdio(params=params) as server:
+            planner = Agent(
+                name="Planner",
+                instructions="Research, then answer.",
+                mcp_servers=[server],
+                model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client(fake)),
+                model_settings=ModelSettings(extra_headers={"x-fake-scenario": "tool"}),
+            )
+            return await Runner.run(planner, "what are spans")
+
+    try:
+        assert arun(run()).final_output.startswith("Echo:")
+    finally:
+        uninstrument(libraries)
+    ours = sorted(pipeline.memory_exporter.get_finished_spans(), key=lambda s: s.start_time)
+    by_name = {s.name: s for s in ours}
+    planner, tool = by_name["invoke_agent Planner"], by_name["execute_tool research"]
+    below = [s.name for s in ours if s.parent is not None and s.parent.span_id == planner.context.span_id]
+    assert below == ["tools/list", f"chat {MODEL}", "execute_tool research", "tools/list", f"chat {MODEL}"]
+    assert attrs(tool)["mcp.method.name"] == "tools/call" and "tools/call research" not in by_name
+    theirs = {s["name"]: s for s in (json.loads(line) for line in spans_file.read_text().splitlines())}
+    call, answer = theirs["tools/call research"], theirs[f"chat {MODEL}"]
+    assert call["parent_span_id"] == format(tool.context.span_id, "016x")
+    assert call["trace_id"] == answer["trace_id"] == format(tool.context.trace_id, "032x")
+    assert answer["parent_span_id"] == call["span_id"]
+    assert answer["attributes"][gen_ai.GEN_AI_AGENT_NAME] == "Planner"
+    assert answer["attributes"][semconv.MLTRACK_USAGE_COUNTED] is True
