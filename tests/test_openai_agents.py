@@ -188,8 +188,8 @@ def assert_counted_once(harness: Traced, usage: Any, reported: bool = True) -> l
     calls = counted(harness)
     totals = mltrack_otel.totals()
     assert totals.calls == len(calls) == usage.requests
-    assert totals.prompt_tokens == sum(attrs(s)[gen_ai.GEN_AI_USAGE_INPUT_TOKENS] for s in calls) > 0
-    assert totals.completion_tokens == sum(attrs(s)[gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS] for s in calls) > 0
+    assert totals.prompt_tokens == sum(attrs(s)[semconv.LLM_TOKENS_PROMPT] for s in calls) > 0
+    assert totals.completion_tokens == sum(attrs(s)[semconv.LLM_TOKENS_COMPLETION] for s in calls) > 0
     if reported:
         assert (totals.prompt_tokens, totals.completion_tokens) == (usage.input_tokens, usage.output_tokens)
     assert totals.cost_usd == cost(calls) > 0
@@ -684,3 +684,24 @@ def test_an_mcp_tool_of_an_agent_runs_in_its_trace_on_a_real_stdio_server(pipeli
     assert answer["parent_span_id"] == call["span_id"]
     assert answer["attributes"][gen_ai.GEN_AI_AGENT_NAME] == "Planner"
     assert answer["attributes"][semconv.MLTRACK_USAGE_COUNTED] is True
+
+
+def test_with_another_openai_instrumentation_instead_of_ours_each_call_is_still_counted_once(fake, settings):
+    """OpenInference's OpenAI instrumentation on, ours off: its span is a child of the model span we make from the
+    SDK's record, counted there; ours is not counted again."""
+    openinference = pytest.importorskip("openinference.instrumentation.openai")
+    with _harness(fake, "openai_agents") as harness:
+        theirs = openinference.OpenAIInstrumentor()
+        theirs.instrument(tracer_provider=harness.provider)
+        try:
+            result = arun(Runner.run(team(fake), QUESTION))
+        finally:
+            theirs.uninstrument()
+        calls = assert_counted_once(harness, result.context_wrapper.usage)
+        assert len(calls) == 3
+        by_id = {s.context.span_id: s for s in harness.spans()}
+        for call in calls:
+            assert call.instrumentation_scope.name.startswith("openinference")
+            wrapper = by_id[call.parent.span_id]
+            assert wrapper.name == f"chat {MODEL}" and attrs(wrapper)[semconv.MLTRACK_USAGE_COUNTED] is False
+        assert_agent_totals(harness)
