@@ -705,3 +705,16 @@ def test_with_another_openai_instrumentation_instead_of_ours_each_call_is_still_
             wrapper = by_id[call.parent.span_id]
             assert wrapper.name == f"chat {MODEL}" and attrs(wrapper)[semconv.MLTRACK_USAGE_COUNTED] is False
         assert_agent_totals(harness)
+
+
+def test_a_record_we_cannot_read_still_ends_its_span(traced, fake, monkeypatch):
+    def unreadable(value: Any) -> Any:
+        raise ValueError("a tool result we cannot read")
+
+    monkeypatch.setattr(openai_agents, "_text", unreadable)
+    assert arun(Runner.run(team(fake), QUESTION)).final_output
+    (tool,) = named(traced, "execute_tool get_weather")
+    assert attrs(tool)[semconv.MLTRACK_STREAM_COMPLETE] is False  # ended, marked incomplete
+    assert guard.health()["errors.openai_agents.span_finish"] == 1
+    assert harness_statuses(traced) == {StatusCode.UNSET} and len(traced.spans()) == len(TREE)
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots

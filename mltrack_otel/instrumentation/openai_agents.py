@@ -357,6 +357,13 @@ class Processor:
         _run_deactivate(node)
         if exc is node.before:
             exc = None  # not raised through this span: the code around it was handling it already
+        try:
+            self._finish(node, span, exc)
+        except Exception as failure:  # reading the SDK's record failed: the span still ends, with what it has
+            guard.record_error("openai_agents.span_finish", failure)
+            self._abandon(node)
+
+    def _finish(self, node: _Node, span: Any, exc: BaseException | None) -> None:
         error = span.error
         data = span.span_data
         kind = node.kind
@@ -436,7 +443,7 @@ class Processor:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def _abandon(self, node: _Node) -> None:
-        """End a span the SDK never finished (its run was dropped), marked incomplete."""
+        """End a span the SDK never finished (its run was dropped), marked incomplete (a no-op once it ended)."""
         if node.handle is None:
             return
         attributes = {semconv.MLTRACK_STREAM_COMPLETE: False}
