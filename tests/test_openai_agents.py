@@ -718,3 +718,20 @@ def test_a_record_we_cannot_read_still_ends_its_span(traced, fake, monkeypatch):
     assert guard.health()["errors.openai_agents.span_finish"] == 1
     assert harness_statuses(traced) == {StatusCode.UNSET} and len(traced.spans()) == len(TREE)
     assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+
+
+def test_concurrent_runs_keep_their_own_trees(traced, fake):
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(Runner.run(team(fake), QUESTION), Runner.run(team(fake), "And in Rome?")))
+
+    results = arun(both())
+    assert all(r.last_agent.name == "Weather" for r in results)
+    roots = named(traced, "invoke_workflow Agent workflow")
+    assert len(roots) == 2 and len({r.context.trace_id for r in roots}) == 2
+    for root in roots:
+        in_trace = [s for s in traced.spans() if s.context.trace_id == root.context.trace_id]
+        assert sorted(s.name for s in in_trace) == sorted(name for _, name in TREE)
+        assert all(s.parent is not None for s in in_trace if s is not root)
+        calls = [s for s in in_trace if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
+        assert attrs(root)[semconv.LLM_COST_CUMULATIVE] == pytest.approx(float(cost(calls)))
+    assert mltrack_otel.totals().calls == 6 and mltrack_otel.totals(agent="Weather").calls == 4
