@@ -551,7 +551,7 @@ def harness_statuses(harness: Traced) -> set[StatusCode]:
     return {s.status.status_code for s in harness.spans()}
 
 
-def test_a_cancelled_stream_ends_every_span(traced, fake):
+def test_a_cancelled_stream_ends_every_span_without_an_error(traced, fake):
     async def run() -> Any:
         result = Runner.run_streamed(team(fake), QUESTION)
         async for event in result.stream_events():
@@ -563,9 +563,9 @@ def test_a_cancelled_stream_ends_every_span(traced, fake):
     assert not result.final_output and len(fake.requests) == 1
     assert all(s.end_time is not None for s in traced.spans())
     assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
-    for name in ("invoke_workflow Agent workflow", "invoke_agent Triage"):
-        (span,) = named(traced, name)
-        assert span.status.status_code is StatusCode.ERROR and attrs(span)["error.type"] == "asyncio.CancelledError"
+    # Cancelled: stopped, not failed (as the SDK's own spans and Pydantic AI's record it).
+    assert [name for _, name in traced.tree()][:2] == ["invoke_workflow Agent workflow", "invoke_agent Triage"]
+    assert harness_statuses(traced) == {StatusCode.UNSET}
     assert len(counted(traced)) == 1  # the call made before the cancel is counted
 
 

@@ -24,8 +24,9 @@ SDK span -> ours:
   call, so the run is still priced once (a model span another instrumentation makes below it counts instead);
 - task and turn spans, MCP tool listings, voice spans: none (their children attach to the nearest span we made).
 
-A span ends failed (ERROR) when an exception propagates through its end (error.type: the exception's; one the
-surrounding code was already handling when the span started does not count), or when the SDK recorded a failure it
+A span ends failed (ERROR) when an Exception propagates through its end (error.type: the exception's; one the
+surrounding code was already handling when the span started does not count; a cancelled run ends its spans without
+an error, as the SDK's own are), or when the SDK recorded a failure it
 handled itself, such as a tool error the model was told about (error.type ``_OTHER``, the SDK's message, redacted,
 as the status description). The SDK catches a processor's exceptions, but every hook is guarded anyway.
 
@@ -155,8 +156,10 @@ def _message(error: Any, settings: Any) -> str:
 
 def _in_flight() -> BaseException | None:
     """The exception being handled where the SDK starts or finishes a span: at its end (the SDK ends spans in
-    __exit__ and finally blocks), one that is not the one handled at its start propagated through it."""
-    return sys.exc_info()[1]
+    __exit__ and finally blocks), one that is not the one handled at its start propagated through it. Only an
+    Exception: a cancelled run (CancelledError, a closed generator, Ctrl-C) stopped, it did not fail."""
+    exc = sys.exc_info()[1]
+    return exc if isinstance(exc, Exception) else None
 
 
 def _server(base_url: Any) -> tuple[str | None, int | None, str]:
