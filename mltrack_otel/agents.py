@@ -108,6 +108,21 @@ def limits_for(name: str, settings: config.Settings) -> tuple[int | None, Decima
     return entry.llm_token_limit, entry.llm_cost_limit
 
 
+def new_scope(name: str, token_limit: int | None = None, cost_limit: Decimal | None = None) -> Scope:
+    """The ledger scope of one run of agent `name`, nested in the current scope, with these (validated) budgets. Its
+    root span is the run's agent span: start() opens one; an integration whose framework opens its own agent span
+    starts that span with this scope current and sets ``scope.span_id``."""
+    parent = CURRENT_SCOPE.get()
+    return Scope(
+        name,
+        parent,
+        parent.conversation_id if parent is not None else None,
+        token_limit=token_limit,
+        cost_limit=cost_limit,
+        kind="agent",
+    )
+
+
 def start(
     tracer: trace.Tracer,
     name: str,
@@ -129,15 +144,7 @@ def start(
         limit_tokens, limit_cost = limits_for(name, settings)
     else:
         limit_tokens, limit_cost = budget_limits(token_limit, cost_limit)
-    parent = CURRENT_SCOPE.get()
-    scope = Scope(
-        name,
-        parent,
-        parent.conversation_id if parent is not None else None,
-        token_limit=limit_tokens,
-        cost_limit=limit_cost,
-        kind="agent",
-    )
+    scope = new_scope(name, limit_tokens, limit_cost)
     token = CURRENT_SCOPE.set(scope)  # the processor files the span under the scope it roots
     try:
         operation = _spans.start(

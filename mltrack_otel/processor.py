@@ -59,6 +59,7 @@ _PROVIDER, _SYSTEM, _OI_PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME, gen_ai.GEN_AI_SY
 _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _USER_ID = "user.id"  # attribution (attribution.py): the general conventions' name
+_NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
 _AGENT_NAME = gen_ai.GEN_AI_AGENT_NAME  # on a model call: the innermost agent run it was made in (agents.py)
 # What marks a span another instrumentation starts as a model call (its attributes at start).
 _CALL_MARKS = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_SYSTEM, "llm.request.type")
@@ -187,8 +188,11 @@ class _Live:
 
 
 def read_usage(attrs: Any) -> Usage | None:
-    """Normalised usage from a span's attributes; None when the span carries no (valid) token usage."""
+    """Normalised usage from a span's attributes; None when the span carries no (valid) token usage, or is not a
+    model call (an agent, tool or workflow span that sums its calls' usage: those calls are counted themselves)."""
     get = attrs.get
+    if get(gen_ai.GEN_AI_OPERATION_NAME) in _NOT_MODEL_CALLS:
+        return None
     for in_key, out_key in _USAGE_KEYS:
         raw_in, raw_out = get(in_key), get(out_key)
         if raw_in is None and raw_out is None:

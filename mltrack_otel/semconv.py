@@ -11,6 +11,18 @@ from typing import Final
 EXECUTION_TIME_SECONDS: Final = "execution_time_seconds"
 """Wall-clock time of a function traced with @track, in seconds."""
 
+GEN_AI_GUARDRAIL_NAME: Final = "gen_ai.guardrail.name"
+"""The name of the guardrail that checked an agent's input or output."""
+
+GEN_AI_GUARDRAIL_TRIGGERED: Final = "gen_ai.guardrail.triggered"
+"""Whether the guardrail's tripwire was triggered (the SDK then stops the run)."""
+
+GEN_AI_HANDOFF_FROM_AGENT: Final = "gen_ai.handoff.from_agent"
+"""The agent that handed the conversation over."""
+
+GEN_AI_HANDOFF_TO_AGENT: Final = "gen_ai.handoff.to_agent"
+"""The agent the conversation was handed to."""
+
 GEN_AI_PROMPT_VERSION: Final = "gen_ai.prompt.version"
 """The version of the prompt template a model call was made from."""
 

@@ -26,6 +26,8 @@ _FRAMEWORK_TESTS = {
     "test_prompts_llama_index.py": "llama_index.core",
     "test_llama_index_providers.py": "llama_index.core",
     "test_mcp.py": "mcp",
+    "test_pydantic_ai.py": "pydantic_ai",
+    "test_openai_agents.py": "agents",
 }
 
 

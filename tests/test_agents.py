@@ -301,3 +301,28 @@ def test_report_by_agent_matches_the_live_per_agent_totals(store, capsys):
     for name, totals in live.items():
         assert (rows[name]["calls"], Decimal(rows[name]["cost_usd"])) == (totals.calls, totals.cost_usd)
     assert sum(r["calls"] for r in rows.values()) == len(exported) == 4
+
+
+def test_an_agent_or_tool_span_that_sums_usage_is_not_a_model_call(pipeline):
+    """Another instrumentation's agent span reporting its calls' summed usage (Pydantic AI with plain usage names,
+    OpenAI Agents exporters) is neither counted nor priced nor flagged unpriced: its calls are counted themselves."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("other")
+    usage = {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20}
+    with tracer.start_as_current_span(
+        "invoke_agent other", attributes={"gen_ai.operation.name": "invoke_agent", **usage}
+    ):
+        with tracer.start_as_current_span(
+            "execute_tool t", attributes={"gen_ai.operation.name": "execute_tool", **usage}
+        ):
+            pass
+    model = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}
+    with tracer.start_as_current_span("invoke_agent alone", attributes={"gen_ai.operation.name": "invoke_agent"}):
+        with tracer.start_as_current_span("chat gpt-4o", attributes={**model, **usage}):
+            pass
+    by_name = {s.name: s.attributes for s in spans(pipeline)}
+    for name in ("invoke_agent other", "execute_tool t"):
+        assert semconv.LLM_TOKENS_TOTAL not in by_name[name] and semconv.MLTRACK_COST_UNPRICED not in by_name[name]
+    assert by_name["chat gpt-4o"][semconv.MLTRACK_USAGE_COUNTED] is True
+    assert mltrack_otel.totals().calls == 1 and mltrack_otel.totals().total_tokens == 120

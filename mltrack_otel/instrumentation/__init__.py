@@ -41,6 +41,8 @@ LIBRARIES: dict[str, Library] = {
     "groq": Library("groq", "mltrack_otel.instrumentation.groq:GroqInstrumentor"),
     "bedrock": Library("botocore", "mltrack_otel.instrumentation.bedrock:BedrockInstrumentor"),
     "mcp": Library("mcp", "mltrack_otel.instrumentation.mcp:MCPInstrumentor"),
+    "pydantic_ai": Library("pydantic_ai", "mltrack_otel.instrumentation.pydantic_ai:PydanticAIInstrumentor"),
+    "openai_agents": Library("agents", "mltrack_otel.instrumentation.openai_agents:OpenAIAgentsInstrumentor"),
 }
 
 _lock = threading.RLock()
