@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import agents as agents_sdk
 import openai
 import pytest
+import wrapt
 from agents import (
     Agent,
     GuardrailFunctionOutput,
@@ -222,6 +224,9 @@ def assert_run_tree(harness: Traced, fake: Any) -> None:
     (triage,) = named(harness, "invoke_agent Triage")
     assert attrs(triage)[gen_ai.GEN_AI_OPERATION_NAME] == "invoke_agent"
     assert attrs(triage)[gen_ai.GEN_AI_OUTPUT_TYPE] == "text"
+    for agent in ("Triage", "Weather"):  # required on invoke_agent: the provider of the models it called
+        (span,) = named(harness, f"invoke_agent {agent}")
+        assert attrs(span)[gen_ai.GEN_AI_PROVIDER_NAME] == "openai"
     (handoff,) = named(harness, "handoff Weather")
     assert attrs(handoff)[semconv.GEN_AI_HANDOFF_FROM_AGENT] == "Triage"
     assert attrs(handoff)[semconv.GEN_AI_HANDOFF_TO_AGENT] == "Weather"
@@ -587,7 +592,7 @@ def test_instrument_before_the_sdk_is_imported_hooks_it_on_import_and_starts_not
             "imported_early": imported_early,
             "ours": [type(p).__name__ for p in processors if type(p).__module__.startswith("mltrack_otel")],
             "processors": len(processors),
-            "hooked": ToolContext.__dict__["from_agent_context"].__func__.__module__,
+            "hooked": ToolContext.__dict__["from_agent_context"]._self_wrapper.__module__,
             "threads": threading.active_count() - threads,
         }))
     """
@@ -735,3 +740,185 @@ def test_concurrent_runs_keep_their_own_trees(traced, fake):
         calls = [s for s in in_trace if attrs(s).get(semconv.MLTRACK_USAGE_COUNTED) is True]
         assert attrs(root)[semconv.LLM_COST_CUMULATIVE] == pytest.approx(float(cost(calls)))
     assert mltrack_otel.totals().calls == 6 and mltrack_otel.totals(agent="Weather").calls == 4
+
+
+# -- review fixes: any Model counted once, budgets without our OpenAI instrumentor, exact unwrapping, abandoned runs --
+
+
+class UrllibModel(agents_sdk.Model):
+    """A custom Model over a transport we do not instrument (urllib): the chat completions API of the fake provider,
+    answered as a ModelResponse with the provider's usage. `sdk_span`: it records its call as the SDK's
+    generation span, as LitellmModel does (else no span of the SDK's at all)."""
+
+    model = MODEL
+
+    def __init__(self, base_url: str, sdk_span: bool) -> None:
+        self.base_url, self.sdk_span = base_url, sdk_span
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"content-type": "application/json", "authorization": "Bearer sk-test"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    async def get_response(self, system_instructions: Any, input: Any, model_settings: Any, *args: Any, **kw: Any):
+        from agents.items import ModelResponse
+        from agents.usage import Usage
+        from openai.types.responses import ResponseOutputMessage, ResponseOutputText
+
+        messages = [{"role": "system", "content": system_instructions or ""}, {"role": "user", "content": str(input)}]
+        body = {"model": self.model, "messages": messages}
+        span = agents_sdk.generation_span(model=self.model, model_config={}, input=messages) if self.sdk_span else None
+        if span is not None:
+            span.start(mark_as_current=True)
+        try:
+            answer = await asyncio.to_thread(self._post, body)
+        finally:
+            if span is not None:
+                span.span_data.usage = {
+                    "input_tokens": answer["usage"]["prompt_tokens"],
+                    "output_tokens": answer["usage"]["completion_tokens"],
+                }
+                span.finish(reset_current=True)
+        text = answer["choices"][0]["message"]["content"]
+        part = ResponseOutputText(type="output_text", text=text, annotations=[])
+        message = ResponseOutputMessage(
+            id="msg_1", type="message", role="assistant", status="completed", content=[part]
+        )
+        usage = Usage(
+            requests=1,
+            input_tokens=answer["usage"]["prompt_tokens"],
+            output_tokens=answer["usage"]["completion_tokens"],
+            total_tokens=answer["usage"]["total_tokens"],
+        )
+        return ModelResponse(output=[message], usage=usage, response_id=None)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("sdk_span", [False, True])
+def test_a_custom_model_our_openai_instrumentor_cannot_see_is_still_counted_once(traced, fake, sdk_span):
+    """Our OpenAI instrumentor is on, but this Model does not use the openai SDK: its call is a model span of ours
+    (from its ModelResponse, or from its own generation span), counted once, the agent's."""
+    agent = Agent(name="Custom", instructions="Answer.", model=UrllibModel(fake.openai_base_url, sdk_span))
+    result = arun(Runner.run(agent, QUESTION))
+    assert result.final_output.startswith("Echo:") and len(fake.requests) == 1
+    usage = result.context_wrapper.usage
+    (call,) = counted(traced)
+    a = attrs(call)
+    assert call.name == f"chat {MODEL}" and call.kind is SpanKind.CLIENT
+    assert (a[semconv.LLM_TOKENS_PROMPT], a[semconv.LLM_TOKENS_COMPLETION]) == (usage.input_tokens, usage.output_tokens)
+    assert a[semconv.MLTRACK_USAGE_SOURCE] == "provider" and a[gen_ai.GEN_AI_AGENT_NAME] == "Custom"
+    (custom,) = named(traced, "invoke_agent Custom")
+    assert call.parent.span_id == custom.context.span_id
+    totals = mltrack_otel.totals()
+    assert totals.calls == 1 and (totals.prompt_tokens, totals.completion_tokens) == (
+        usage.input_tokens,
+        usage.output_tokens,
+    )
+    assert mltrack_otel.totals(agent="Custom").calls == 1
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_without_our_openai_instrumentor_a_run_budget_still_stops_a_tool_loop(fake, settings, streamed):
+    """instrument(["openai_agents"]) alone: the Model call reserves its worst case in the agent's scope, so the
+    run's budget refuses the call that would not fit before it is sent."""
+    limit = Decimal("0.00006")
+    with _harness(fake, "openai_agents") as harness:
+        use_settings(agents={"Triage": {"llm_cost_limit": limit}})
+
+        async def run() -> None:
+            if streamed:
+                result = Runner.run_streamed(runaway(fake), QUESTION, max_turns=50)
+                async for _ in result.stream_events():
+                    pass
+            else:
+                await Runner.run(runaway(fake), QUESTION, max_turns=50)
+
+        with pytest.raises(BudgetExceededError) as raised:
+            arun(run())
+        assert raised.value.scope == "agent" and raised.value.kind == "cost"
+        sent = len(fake.requests)
+        assert 2 <= sent < 50
+        calls = counted(harness)
+        assert len(calls) == sent
+        (triage,) = named(harness, "invoke_agent Triage")
+        assert attrs(triage)["error.type"] == "mltrack_otel.BudgetExceededError"
+        assert Decimal(str(attrs(triage)[semconv.LLM_COST_CUMULATIVE])) == cost(calls) <= limit
+        assert ledger.LEDGER.held() == (0, 0)  # every reservation given back
+        assert all(s.end_time is not None for s in harness.spans())
+
+
+def test_uninstrument_under_another_wrapper_leaves_ours_inert_and_instrumenting_again_wraps_nothing_twice(
+    fake, settings
+):
+    """Another wrapt wrapper put over ours (an APM agent): uninstrument cannot take ours off, so it stays under the
+    other, passing every call through; instrument() again uses it (no second wrapper, no recursion)."""
+    targets = [(ToolContext, "from_agent_context"), (OpenAIChatCompletionsModel, "get_response")]
+    originals = {target: target[0].__dict__[target[1]] for target in targets}
+    seen: list[str] = []
+
+    def theirs(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        seen.append(wrapped.__name__)
+        return wrapped(*args, **kwargs)
+
+    try:
+        with _harness(fake, "openai", "openai_agents"):
+            for owner, name in targets:
+                wrapt.wrap_function_wrapper(owner, name, theirs)
+        # Uninstrumented, ours still under theirs: the run and its tool call work, and record nothing.
+        result = arun(Runner.run(team(fake), QUESTION))
+        assert result.last_agent.name == "Weather" and result.final_output.startswith("Echo:")
+        assert "sunny in example" in json.dumps(fake.requests[-1].json)  # the tool ran and its result was sent
+        assert "from_agent_context" in seen and "get_response" in seen
+        with _harness(fake, "openai", "openai_agents") as again:
+            result = arun(Runner.run(team(fake), QUESTION))
+            assert result.final_output.startswith("Echo:")
+            assert again.tree() == TREE
+            (tool,) = named(again, "execute_tool get_weather")
+            assert attrs(tool)[gen_ai.GEN_AI_TOOL_CALL_ID] == tool_call_id(fake)  # our ToolContext hook, once
+            for owner, name in targets:  # theirs over ours over the original: nothing wrapped twice
+                assert owner.__dict__[name].__wrapped__.__wrapped__ is originals[(owner, name)]
+    finally:
+        for owner, name in targets:  # theirs off: ours on top again, and then taken off exactly
+            current = owner.__dict__[name]
+            if current is not originals[(owner, name)] and current._self_wrapper is theirs:
+                setattr(owner, name, current.__wrapped__)
+        openai_agents._PATCH.remove()
+    for owner, name in targets:
+        assert owner.__dict__[name] is originals[(owner, name)]
+
+
+def test_an_abandoned_agent_run_is_not_left_current(traced, fake):
+    """An agent span the SDK never finished ends with its trace, and stops being current: agents.current_run() is
+    None after it, and a later model call is nobody's."""
+    from agents.tracing import agent_span
+
+    with trace("Abandoned"):
+        ghost = agent_span(name="Ghost")
+        ghost.start(mark_as_current=True)
+        assert mltrack_otel.agents.current_run().name == "Ghost"  # ours, made current while it was open
+    assert mltrack_otel.agents.current_run() is None
+    assert ledger.CURRENT_SCOPE.get() is None
+    oai = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+    oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    (call,) = counted(traced)
+    assert gen_ai.GEN_AI_AGENT_NAME not in attrs(call) and call.parent is None
+    (span,) = named(traced, "invoke_agent Ghost")
+    assert attrs(span)[semconv.MLTRACK_STREAM_COMPLETE] is False  # ended with its trace, marked incomplete
+    assert mltrack_otel.totals(agent="Ghost").calls == 0
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots
+
+
+def test_with_responses_not_captured_an_sdk_error_message_is_not_recorded(traced, fake):
+    use_settings(llm_log_prompts=False, llm_log_responses=False)
+    assert arun(Runner.run(team(fake, tool=broken_weather), QUESTION)).final_output
+    (tool,) = named(traced, "execute_tool broken_weather")
+    assert tool.status.status_code is StatusCode.ERROR and attrs(tool)["error.type"] == "_OTHER"
+    assert tool.status.description == "_OTHER"  # the error type alone: the SDK's message quotes the tool's error
+    assert "sensor down" not in json.dumps(attrs(tool))

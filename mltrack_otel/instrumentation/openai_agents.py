@@ -19,20 +19,27 @@ SDK span -> ours:
 - function -> ``execute_tool {name}`` (gen_ai.tool.call.id, and arguments / result under the content policy);
 - handoff -> ``handoff {to agent}``, guardrail -> ``guardrail {name}``, custom -> its name (framework steps: no
   gen_ai.operation.name, as the conventions have none for them);
-- generation / response (the model call): nothing when our OpenAI instrumentor is on (its span is the model call,
-  counted once, a child of the agent span); else a ``chat {model}`` span with the SDK's usage, current during the
-  call, so the run is still priced once (a model span another instrumentation makes below it counts instead);
+- generation / response (the model call): nothing when our OpenAI instrumentor records the call (the SDK's OpenAI
+  models with ``openai`` instrumented: its span is the model call, counted once, a child of the agent span); else
+  a ``chat {model}`` span with the SDK's usage, current during the call, so the run is still priced once (a model
+  span another instrumentation makes below it counts instead). A Model that records no generation span of its
+  own (a custom one) gets the same span from the ModelResponse (or the stream's final response) it returns;
 - task and turn spans, MCP tool listings, voice spans: none (their children attach to the nearest span we made).
 
 A span ends failed (ERROR) when an Exception propagates through its end (error.type: the exception's; one the
 surrounding code was already handling when the span started does not count; a cancelled run ends its spans without
 an error, as the SDK's own are), or when the SDK recorded a failure it
 handled itself, such as a tool error the model was told about (error.type ``_OTHER``, the SDK's message, redacted,
-as the status description). The SDK catches a processor's exceptions, but every hook is guarded anyway.
+as the status description only when responses are captured: else the error type alone). The SDK catches a
+processor's exceptions, but every hook is guarded anyway.
 
-Budgets: a model call of an agent run whose worst case does not fit the run's budget raises
-``mltrack_otel.BudgetExceededError`` from our OpenAI instrumentor before it is sent; the Runner lets it propagate
-unchanged, and every span of the run ends (failed).
+Budgets: every Model's ``get_response`` / ``stream_response`` (each Model subclass's own, wrapped when instrumented
+and when a later-defined one first runs under an agent span) reserves the call's worst case in the current agent
+run's scope before the model is asked, and holds it so that an instrumentor of ours below (OpenAI, LiteLLM) takes
+it over with its exact request: a model call whose worst case does not fit the run's budget raises
+``mltrack_otel.BudgetExceededError`` before it is sent, with or without our OpenAI instrumentor; the Runner lets it
+propagate unchanged, and every span of the run ends (failed). The agent span gets ``gen_ai.provider.name`` from
+the first model call it makes when the provider is known.
 """
 
 from __future__ import annotations
@@ -48,11 +55,12 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from opentelemetry.semconv.attributes import error_attributes
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
 from opentelemetry.trace import Status, StatusCode
 
 from .. import agents as agent_runs
-from .. import estimate, guard, ledger, providers, semconv
+from .. import budget, estimate, guard, ledger, providers, semconv
+from ..errors import BudgetExceededError
 from . import _base, _spans
 
 __all__ = ["OpenAIAgentsInstrumentor"]
@@ -62,6 +70,8 @@ _MAX_OPEN = 10_000  # SDK spans remembered open; beyond this the oldest is ended
 _MESSAGE_BYTES = 256  # the SDK's error message, as the status description
 _OTHER = "_OTHER"
 _ERROR_TYPE = error_attributes.ERROR_TYPE
+_SERVER_ADDRESS = server_attributes.SERVER_ADDRESS
+_SERVER_PORT = server_attributes.SERVER_PORT
 
 # The SDK's model-call span types: a model span of ours only when our OpenAI instrumentor does not record the call.
 _MODEL = ("generation", "response")
@@ -95,7 +105,7 @@ class _Root:
         self.span = operation.span
         self.scope = scope
         self.activation: Any = None
-        self.open: set[str] = set()
+        self.open: dict[str, None] = {}  # the trace's SDK spans open, in start order
         self.before = _in_flight()
 
 
@@ -147,7 +157,10 @@ def _text(value: Any) -> Any:
 
 
 def _message(error: Any, settings: Any) -> str:
-    """The SDK's error message (a SpanError), redacted and bounded, for the status description."""
+    """The SDK's error message (a SpanError), redacted and bounded, for the status description: only when responses
+    are captured (a tool's error text can quote what it was given or found), else the error type alone."""
+    if settings is None or not settings.capture_responses:
+        return _OTHER
     message = error.get("message") if isinstance(error, Mapping) else None
     if not isinstance(message, str) or not message:
         return _OTHER
@@ -206,6 +219,7 @@ class Processor:
         self._patch = patch
         self._open: dict[str, _Node] = {}
         self._roots: dict[str, _Root] = {}
+        self._runs: set[int] = set()  # id() of the agent runs we opened and have not ended
         self._lock = threading.Lock()
 
     # -- traces ------------------------------------------------------------------------------------------------
@@ -238,18 +252,23 @@ class Processor:
         self._roots[trace_.trace_id] = root
 
     def _trace_end(self, trace_: Any, exc: BaseException | None) -> None:
-        root = self._roots.pop(trace_.trace_id, None)
-        if root is None:
-            return
-        _deactivate(root.activation)
-        for span_id in list(root.open):  # spans the SDK never finished (abandoned runs)
-            node = self._open.pop(span_id, None)
-            if node is not None:
-                self._abandon(node)
-        if exc is not None and exc is not root.before:  # the run raised through the trace's end
-            root.operation.fail(exc)
-        else:
-            root.operation.finish()
+        with self._lock:
+            root = self._roots.pop(trace_.trace_id, None)
+            if root is None:
+                return
+            # Spans the SDK never finished (abandoned runs), newest first: each one's activation is undone before
+            # the one it was made over (context variables restore what was current when they were set).
+            abandoned = [node for node in (self._open.pop(i, None) for i in reversed(root.open)) if node is not None]
+            root.open.clear()
+        try:
+            for node in abandoned:
+                guard.guarded("openai_agents.abandon", self._abandon, node, True)
+            _deactivate(root.activation)
+        finally:
+            if exc is not None and exc is not root.before:  # the run raised through the trace's end
+                root.operation.fail(exc)
+            else:
+                root.operation.finish()
 
     # -- spans -------------------------------------------------------------------------------------------------
 
@@ -304,8 +323,8 @@ class Processor:
                 )
             elif kind == "custom":
                 node.handle = _spans.start(tracer, None, str(data.name), settings=settings, context=context)
-            elif kind in _MODEL and not _openai_recorded():
-                self._start_model_call(node, data, tracer, settings, context)
+            elif kind in _MODEL:
+                self._model_span(node, data, tracer, settings, context)
             if node.handle is not None:
                 node.settings = settings
                 node.span = node.handle.span
@@ -321,6 +340,36 @@ class Processor:
         run = agent_runs.start(tracer, str(data.name), attributes, settings=settings, context=context)
         node.handle = run
         node.activation = run.activate()
+        self._runs.add(id(run))
+        guard.guarded("openai_agents.models", self._patch.wrap_models)  # a Model class defined since instrument()
+
+    def ours(self, run: Any) -> bool:
+        """Whether `run` is an agent run this processor opened for the SDK (and has not ended)."""
+        return id(run) in self._runs
+
+    def _model_span(self, node: _Node, data: Any, tracer: Any, settings: Any, context: Any) -> None:
+        """The SDK's generation / response span: the model call of ours that our Model wrapper started for it (made
+        current during the call), nothing when our OpenAI instrumentor records it, or (a Model called outside our
+        wrappers) a model span made from the SDK's record."""
+        state = _CALL.get()
+        if state is None:
+            self._start_model_call(node, data, tracer, settings, context)
+            return
+        call = state.call
+        if call is None or call.ended or state.adopted:  # recorded by our OpenAI instrumentor (or counted already)
+            return
+        state.adopted = True
+        node.handle = call
+        config = getattr(data, "model_config", None)
+        host, port, path = _server(config.get("base_url") if isinstance(config, Mapping) else None)
+        if host and state.address is None:
+            provider = providers.for_host(host, port, path)
+            attributes: dict[str, Any] = {_SERVER_ADDRESS: host}
+            if port:
+                attributes[_SERVER_PORT] = port
+            if provider:
+                attributes[gen_ai.GEN_AI_PROVIDER_NAME] = provider
+            call.span.set_attributes(attributes)
 
     def _start_model_call(self, node: _Node, data: Any, tracer: Any, settings: Any, context: Any) -> None:
         """No instrumentor of ours records this call: a model-call span from the SDK's own record of it."""
@@ -341,20 +390,26 @@ class Processor:
             self._open[span.span_id] = node
             root = self._roots.get(span.trace_id)
             if root is not None:
-                root.open.add(span.span_id)
+                root.open[span.span_id] = None
             if len(self._open) > _MAX_OPEN:
                 oldest = next(iter(self._open))
                 evicted = self._open.pop(oldest)
+                root = self._roots.get(evicted.trace_id)
+                if root is not None:
+                    root.open.pop(oldest, None)
         if evicted is not None:
-            self._abandon(evicted)
+            # Its activation is undone only when it is the innermost one here: undoing one with newer ones above it
+            # would bring back what was current before it under them.
+            self._abandon(evicted, _innermost(evicted))
 
     def _span_end(self, span: Any, exc: BaseException | None) -> None:
-        node = self._open.pop(span.span_id, None)
-        if node is None:
-            return
-        root = self._roots.get(node.trace_id)
-        if root is not None:
-            root.open.discard(span.span_id)
+        with self._lock:
+            node = self._open.pop(span.span_id, None)
+            if node is None:
+                return
+            root = self._roots.get(node.trace_id)
+            if root is not None:
+                root.open.pop(span.span_id, None)
         if node.handle is None:
             return
         _run_deactivate(node)
@@ -386,6 +441,8 @@ class Processor:
                 node.span.update_name(f"handoff {to_agent}")  # type: ignore[union-attr]
         elif kind == "guardrail":
             attributes[_GUARDRAIL_TRIGGERED] = bool(data.triggered)
+        if kind == "agent":
+            self._runs.discard(id(node.handle))
         operation = node.handle.operation if kind == "agent" else node.handle
         _end(operation, outputs, attributes, error, exc, node.settings)
 
@@ -445,10 +502,15 @@ class Processor:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def _abandon(self, node: _Node) -> None:
-        """End a span the SDK never finished (its run was dropped), marked incomplete (a no-op once it ended)."""
+    def _abandon(self, node: _Node, deactivate: bool = False) -> None:
+        """End a span the SDK never finished (its run was dropped), marked incomplete (a no-op once it ended);
+        `deactivate`: undo what it made current, when that was done in this context (else nothing is undone)."""
         if node.handle is None:
             return
+        if deactivate:
+            _run_deactivate(node)
+        if node.kind == "agent":
+            self._runs.discard(id(node.handle))
         attributes = {semconv.MLTRACK_STREAM_COMPLETE: False}
         if isinstance(node.handle, _base.Call):
             node.handle.finish(attributes)
@@ -461,6 +523,7 @@ class Processor:
         with self._lock:
             nodes, self._open = list(self._open.values()), {}
             roots, self._roots = list(self._roots.values()), {}
+            self._runs = set()
         for node in reversed(nodes):
             guard.guarded("openai_agents.end_all", self._abandon, node)
         for root in roots:
@@ -495,6 +558,15 @@ def _end(
         operation.finish(outputs, attributes)
 
 
+def _innermost(node: _Node) -> bool:
+    """Whether what `node` made current is what is current here (nothing newer was made current over it)."""
+    if node.activation is None:
+        return False
+    if trace.get_current_span() is not node.span:
+        return False
+    return agent_runs.current_run() is node.handle if node.kind == "agent" else _ACTIVE.get() is node.span
+
+
 _processor_type: Any = None
 
 
@@ -517,20 +589,282 @@ _GUARDRAIL_NAME = semconv.GEN_AI_GUARDRAIL_NAME
 _GUARDRAIL_TRIGGERED = semconv.GEN_AI_GUARDRAIL_TRIGGERED
 
 
+# --- the models' calls: budget, and the model span when no instrumentor of ours records the call -----------------
+
+
+class _ModelCall:
+    """One model call of an agent (a Model's get_response / stream_response): its budget reservation, and the span
+    of ours that is the model call (None: our OpenAI instrumentor records the call)."""
+
+    __slots__ = ("address", "adopted", "call", "final", "instance", "request", "reservation")
+
+    def __init__(self, instance: Any, call: _base.Call | None, reservation: Any, request: dict[str, Any]) -> None:
+        self.instance = instance
+        self.call = call
+        self.reservation = reservation
+        self.request = request  # the request as we estimate it (instructions, input, max_tokens)
+        self.adopted = False  # the SDK's generation / response span took `call` as its span
+        self.address: str | None = None  # server.address we know from the model's client
+        self.final: Any = None  # a stream's final response
+
+
+_CALL: ContextVar[_ModelCall | None] = ContextVar("mltrack_openai_agents_model_call", default=None)
+
+# Model.get_response / stream_response parameters, by position (the Runner passes some by keyword, some not).
+_INSTRUCTIONS, _INPUT, _SETTINGS = (0, "system_instructions"), (1, "input"), (2, "model_settings")
+
+
+def _argument(args: tuple, kwargs: dict, where: tuple[int, str]) -> Any:
+    index, name = where
+    return args[index] if len(args) > index else kwargs.get(name)
+
+
+def _recorded_by_openai(instance: Any) -> bool:
+    """Whether our OpenAI instrumentor records this model's calls: the SDK's OpenAI models over HTTP, instrumented."""
+    if not _openai_recorded():
+        return False
+    from agents.models import openai_responses
+
+    websocket = getattr(openai_responses, "OpenAIResponsesWSModel", None)
+    if websocket is not None and isinstance(instance, websocket):
+        return False
+    return isinstance(instance, _openai_models())
+
+
+def _openai_models() -> tuple[type, ...]:
+    from agents.models import openai_chatcompletions, openai_responses
+
+    return openai_chatcompletions.OpenAIChatCompletionsModel, openai_responses.OpenAIResponsesModel
+
+
+def _model_route(instance: Any) -> tuple[str | None, str | None, str | None, int | None]:
+    """(model, gen_ai.provider.name or None when unknown, server address, port) of a Model instance."""
+    model = getattr(instance, "model", None)
+    model = model if isinstance(model, str) and model else None
+    client = getattr(instance, "_client", None)
+    url = getattr(client, "base_url", None)
+    host = getattr(url, "host", None)
+    if isinstance(host, str) and host:
+        port = getattr(url, "port", None)
+        port = port if type(port) is int else None
+        return model, providers.for_client(client, host) or "openai", host, port
+    if isinstance(instance, _openai_models()):
+        return model, "openai", None, None
+    provider = providers.for_class(type(instance).__name__)
+    if provider is None and model is not None:
+        from .litellm import split_model
+
+        prefix, _ = split_model(model)  # LitellmModel("anthropic/claude-...")
+        provider = (providers.convention_name(prefix) or prefix) if prefix else None
+    return model, provider, None, None
+
+
+def _begin_model_call(instance: Any, args: tuple, kwargs: dict) -> _ModelCall | None:
+    """Reserve the call's worst case (raises BudgetExceededError before the model is asked) and, unless our OpenAI
+    instrumentor records the call, start its model span. None: pass the call through untouched (not active,
+    tracking off, a subclass's super() call inside ours, or a failure of ours, recorded)."""
+    state = _CALL.get()
+    if not _PATCH.active or (state is not None and state.instance is instance):
+        return None
+    settings = _base.tracking_settings()
+    if settings is None:
+        return None
+    try:
+        model, provider, host, port = _model_route(instance)
+        request: dict[str, Any] = {"instructions": _argument(args, kwargs, _INSTRUCTIONS)}
+        request["input"] = _argument(args, kwargs, _INPUT)
+        max_tokens = getattr(_argument(args, kwargs, _SETTINGS), "max_tokens", None)
+        if type(max_tokens) is int:
+            request["max_tokens"] = max_tokens
+        recorded = _recorded_by_openai(instance)
+    except Exception as exc:
+        guard.record_error("openai_agents.model_call", exc)
+        return None
+    reservation = _base.reserve_budget("openai_agents.budget", request, model, provider, "chat", host, port)
+    try:
+        run = agent_runs.current_run()
+        processor = _PATCH.processor
+        if provider is not None and run is not None and processor is not None and processor.ours(run):
+            run.span.set_attribute(gen_ai.GEN_AI_PROVIDER_NAME, provider)  # required on invoke_agent: where known
+        call = None
+        if not recorded:
+            attributes = _base.base_attributes("chat", provider or "unknown", host, port)
+            if model is not None:
+                attributes[gen_ai.GEN_AI_REQUEST_MODEL] = model
+            if type(max_tokens) is int:
+                attributes[gen_ai.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+            call = _base.Call(_PATCH.tracer, "chat", model, attributes, settings, None, "openai.responses")
+            call.reservation = reservation  # released once its span has ended
+    except Exception as exc:
+        if reservation is not None:
+            reservation.release()
+        guard.record_error("openai_agents.model_call", exc)
+        return None
+    state = _ModelCall(instance, call, reservation, request)
+    state.address = host
+    return state
+
+
+def _enter(state: _ModelCall) -> tuple[Any, Any, Any]:
+    """Make the call current here: our model span (the parent of what is made below), the budget hold (an
+    instrumentor's call below takes it over) and the call itself (for the SDK's generation span)."""
+    otel = otel_context.attach(trace.set_span_in_context(state.call.span)) if state.call is not None else None
+    held = budget.hold(state.reservation) if state.reservation is not None else None
+    return _CALL.set(state), held, otel
+
+
+def _exit(tokens: tuple[Any, Any, Any]) -> None:
+    marker, held, otel = tokens
+    _CALL.reset(marker)
+    if held is not None:
+        budget.unhold(held)
+    if otel is not None:
+        otel_context.detach(otel)
+
+
+def _settle(state: _ModelCall, response: Any = None, error: BaseException | None = None) -> None:
+    """The call is over: end our span if no SDK span of the model ended it (from the response the model returned),
+    then give the reservation back (after the span ended: the call is never counted zero times)."""
+    call = state.call
+    try:
+        if call is not None and not call.ended:
+            if error is not None:
+                call.finish({}, None, None, error)
+            else:
+                _finish_from_response(call, response, state)
+    finally:
+        if state.reservation is not None:
+            state.reservation.release()
+
+
+def _finish_from_response(call: _base.Call, response: Any, state: _ModelCall) -> None:
+    """End a model span from a ModelResponse (or a stream's final Responses object; None: the stream stopped)."""
+    if response is None:
+        call.finish({semconv.MLTRACK_STREAM_COMPLETE: False})
+        return
+    attributes: dict[str, Any] = {}
+    model = _base.get(response, "model")
+    if isinstance(model, str) and model:
+        attributes[gen_ai.GEN_AI_RESPONSE_MODEL] = model
+        if call.model is None:
+            call.span.update_name(f"chat {model}")
+    response_id = _base.get(response, "response_id") or _base.get(response, "id")
+    if isinstance(response_id, str):
+        attributes[gen_ai.GEN_AI_RESPONSE_ID] = response_id
+    usage = _base.get(response, "usage")
+    if not _counts(usage):
+        usage = None
+        output = _base.get(response, "output")
+        if output:  # answered, usage not reported: estimated, not free
+            body = {key: value for key, value in state.request.items() if key != "max_tokens" and value}
+            tokens_in = estimate.input_tokens(body, call.model) if body else 0
+            tokens_out = estimate.input_tokens({"prompt": [_plain(item) for item in output]}, call.model)
+            attributes.update(_base.estimated_usage(tokens_in, tokens_out))
+    call.finish(attributes, None, usage)
+
+
+def _plain(item: Any) -> Any:
+    dump = getattr(item, "model_dump", None)
+    return dump(exclude_none=True) if callable(dump) else item
+
+
+async def _get_response(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        state = _begin_model_call(instance, args, kwargs)
+    except BudgetExceededError:
+        raise
+    except Exception as exc:  # pragma: no cover - _begin_model_call records its own failures
+        guard.record_error("openai_agents.model_call", exc)
+        state = None
+    if state is None:
+        return await wrapped(*args, **kwargs)
+    tokens = _enter(state)
+    try:
+        response = await wrapped(*args, **kwargs)
+    except BaseException as exc:  # a cancellation stopped the call (ended incomplete), it did not fail
+        _exit(tokens)
+        guard.guarded("openai_agents.model_call", _settle, state, None, exc if isinstance(exc, Exception) else None)
+        raise
+    _exit(tokens)
+    guard.guarded("openai_agents.model_call", _settle, state, response)
+    return response
+
+
+def _stream_response(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    return _stream(wrapped, instance, args, kwargs)
+
+
+async def _stream(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """stream_response's events as they come; the call begins at the first read (in the task that reads it) and
+    the hold, our span and the call are made current around each read only (nothing stays current between events)."""
+    try:
+        state = _begin_model_call(instance, args, kwargs)
+    except BudgetExceededError:
+        raise
+    except Exception as exc:  # pragma: no cover - _begin_model_call records its own failures
+        guard.record_error("openai_agents.model_call", exc)
+        state = None
+    events = wrapped(*args, **kwargs)
+    iterator = events.__aiter__()
+    error: BaseException | None = None
+    try:
+        while True:
+            tokens = _enter(state) if state is not None else None
+            try:
+                event = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                error = exc
+                raise
+            finally:
+                if tokens is not None:
+                    _exit(tokens)
+            if state is not None and getattr(event, "type", None) == "response.completed":
+                state.final = getattr(event, "response", None)
+            yield event
+    finally:
+        close = getattr(iterator, "aclose", None)
+        try:
+            if close is not None:
+                await close()
+        finally:
+            if state is not None:
+                guard.guarded("openai_agents.model_call", _settle, state, state.final, error)
+
+
+def _model_classes() -> list[type]:
+    """Every subclass of the SDK's Model interface defined so far."""
+    from agents.models.interface import Model
+
+    found: list[type] = []
+    stack = [Model]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in found:
+                found.append(sub)
+                stack.append(sub)
+    return found
+
+
 # --- install / remove ----------------------------------------------------------------------------------------------
+
+_MODEL_METHODS = (("get_response", _get_response), ("stream_response", _stream_response))
 
 
 class _Patch:
-    """The processor (registered once per SDK trace provider, inert while inactive), the ToolContext hook, and the
-    hook that keeps the processor when the application replaces the SDK's processors."""
+    """The processor (registered once per SDK trace provider, inert while inactive), and the wrappers (wrapt: taken
+    off exactly, or left in place inert when another wrapper was put over ours): ToolContext.from_agent_context (the
+    tool call's identity), DefaultTraceProvider.set_processors (keeps the processor when the application replaces
+    the SDK's), and every Model class's own get_response / stream_response (budget, model span)."""
 
     def __init__(self) -> None:
         self.tracer: trace.Tracer = trace.get_tracer(__name__)
         self.active = False
         self.processor: Any = None
         self.provider: Any = None  # the SDK trace provider the processor is registered with
-        self.original: Any = None  # ToolContext.from_agent_context as it was
-        self.set_processors: Any = None  # DefaultTraceProvider.set_processors as it was
+        self.originals: dict[tuple[Any, str], Any] = {}  # (owner, attribute) -> what was there before our wrapper
+        self._lock = threading.Lock()
 
     def apply(self, tracer_provider: Any = None) -> None:
         self.tracer = _base.get_tracer(__name__, tracer_provider)
@@ -547,12 +881,28 @@ class _Patch:
         if not self._registered(provider):
             provider.register_processor(self.processor)
             self.provider = provider
-        if self.original is None:
-            self.original = ToolContext.__dict__["from_agent_context"]
-            ToolContext.from_agent_context = classmethod(_from_agent_context)  # type: ignore[method-assign,assignment]
-        if self.set_processors is None:
-            self.set_processors = DefaultTraceProvider.__dict__["set_processors"]
-            DefaultTraceProvider.set_processors = _set_processors  # type: ignore[method-assign]
+        self._wrap(ToolContext, "from_agent_context", _from_agent_context)
+        self._wrap(DefaultTraceProvider, "set_processors", _set_processors)
+        self.wrap_models()
+
+    def wrap_models(self) -> None:
+        """Wrap the get_response / stream_response each Model class defines (a new one: since the last time)."""
+        for cls in _model_classes():
+            for name, wrapper in _MODEL_METHODS:
+                if (cls, name) in self.originals:  # wrapped already (read without the lock: _wrap checks again)
+                    continue
+                method = cls.__dict__.get(name)
+                if method is not None and not getattr(method, "__isabstractmethod__", False):
+                    self._wrap(cls, name, wrapper)
+
+    def _wrap(self, owner: Any, name: str, wrapper: Any) -> None:
+        import wrapt
+
+        with self._lock:
+            if (owner, name) in self.originals or name not in owner.__dict__:
+                return
+            self.originals[(owner, name)] = owner.__dict__[name]
+            wrapt.wrap_function_wrapper(owner, name, wrapper)
 
     def _registered(self, provider: Any) -> bool:
         """Whether our processor is among the provider's (set_trace_processors may have dropped it since)."""
@@ -565,36 +915,32 @@ class _Patch:
         self.active = False
         if self.processor is not None:
             self.processor.end_all()
-        if self.original is not None:
-            from agents.tool_context import ToolContext
-
-            current = ToolContext.__dict__.get("from_agent_context")
-            if getattr(current, "__func__", None) is _from_agent_context:
-                ToolContext.from_agent_context = self.original  # type: ignore[method-assign]
-            self.original = None
-        if self.set_processors is not None:
-            from agents.tracing.provider import DefaultTraceProvider
-
-            if DefaultTraceProvider.__dict__.get("set_processors") is _set_processors:
-                DefaultTraceProvider.set_processors = self.set_processors  # type: ignore[method-assign]
-            self.set_processors = None
+        with self._lock:
+            for (owner, name), original in list(self.originals.items()):
+                if getattr(owner.__dict__.get(name), "__wrapped__", None) is original:
+                    setattr(owner, name, original)  # the very object that was there before
+                    del self.originals[(owner, name)]
+            # Kept: a wrapper of ours under another's, which stays in place inert (it passes every call through)
+            # and is used again, not wrapped twice, when instrumented again.
 
 
-def _from_agent_context(cls: Any, *args: Any, **kwargs: Any) -> Any:
-    result = _PATCH.original.__func__(cls, *args, **kwargs)
+def _from_agent_context(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    result = wrapped(*args, **kwargs)
     processor = _PATCH.processor
     if _PATCH.active and processor is not None:
         guard.guarded("openai_agents.tool_context", processor.tool_context, result)
     return result
 
 
-def _set_processors(provider: Any, processors: Any) -> Any:
+def _set_processors(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     """``set_trace_processors([...])`` (e.g. ``[]`` to stop the export to OpenAI's backend) replaces the exporters,
     not our instrumentation: while instrumented, our processor stays among them."""
     processor = _PATCH.processor
-    if _PATCH.active and processor is not None and isinstance(processors, (list, tuple)):
-        processors = processors if processor in processors else [*processors, processor]
-    return _PATCH.set_processors(provider, processors)
+    if _PATCH.active and processor is not None:
+        processors = args[0] if args else kwargs.get("processors")
+        if isinstance(processors, (list, tuple)) and processor not in processors:
+            args, kwargs = ([*processors, processor],), {}
+    return wrapped(*args, **kwargs)
 
 
 _PATCH = _Patch()
