@@ -796,16 +796,33 @@ class UrllibModel(agents_sdk.Model):
         )
         return ModelResponse(output=[message], usage=usage, response_id=None)
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+    def _stream(self, body: dict[str, Any]) -> list[Any]:
+        """The fake's streamed Responses API over urllib, as the openai SDK's event objects."""
+        from openai.types.responses import ResponseStreamEvent
+        from pydantic import TypeAdapter
+
+        request = urllib.request.Request(
+            f"{self.base_url}/responses",
+            data=json.dumps({**body, "stream": True}).encode(),
+            headers={"content-type": "application/json", "authorization": "Bearer sk-test"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            lines = response.read().decode().splitlines()
+        adapter = TypeAdapter(ResponseStreamEvent)
+        return [adapter.validate_json(line[6:]) for line in lines if line.startswith("data: ") and line[6:] != "[DONE]"]
+
+    async def stream_response(self, system_instructions: Any, input: Any, model_settings: Any, *args: Any, **kw: Any):
+        body = {"model": self.model, "instructions": system_instructions or "", "input": str(input)}
+        for event in await asyncio.to_thread(self._stream, body):
+            yield event
 
 
-@pytest.mark.parametrize("sdk_span", [False, True])
-def test_a_custom_model_our_openai_instrumentor_cannot_see_is_still_counted_once(traced, fake, sdk_span):
+@pytest.mark.parametrize(("sdk_span", "stream"), [(False, False), (True, False), (False, True)])
+def test_a_custom_model_our_openai_instrumentor_cannot_see_is_still_counted_once(traced, fake, sdk_span, stream):
     """Our OpenAI instrumentor is on, but this Model does not use the openai SDK: its call is a model span of ours
-    (from its ModelResponse, or from its own generation span), counted once, the agent's."""
+    (from its ModelResponse, its own generation span, or its stream's final response), counted once, the agent's."""
     agent = Agent(name="Custom", instructions="Answer.", model=UrllibModel(fake.openai_base_url, sdk_span))
-    result = arun(Runner.run(agent, QUESTION))
+    result = streamed(agent) if stream else arun(Runner.run(agent, QUESTION))
     assert result.final_output.startswith("Echo:") and len(fake.requests) == 1
     usage = result.context_wrapper.usage
     (call,) = counted(traced)
