@@ -939,3 +939,24 @@ def test_with_responses_not_captured_an_sdk_error_message_is_not_recorded(traced
     assert tool.status.status_code is StatusCode.ERROR and attrs(tool)["error.type"] == "_OTHER"
     assert tool.status.description == "_OTHER"  # the error type alone: the SDK's message quotes the tool's error
     assert "sensor down" not in json.dumps(attrs(tool))
+
+
+def test_an_agent_span_evicted_as_never_finished_is_not_left_current(traced, fake, monkeypatch):
+    """Past _MAX_OPEN open SDK spans the oldest is ended as abandoned; when it is the one current here, it stops
+    being current before the next span starts (which then goes under the workflow, not the dead agent)."""
+    from agents.tracing import agent_span, custom_span
+
+    monkeypatch.setattr(openai_agents, "_MAX_OPEN", 1)
+    with trace("Evicting"):
+        ghost = agent_span(name="Ghost")
+        ghost.start(mark_as_current=True)
+        assert mltrack_otel.agents.current_run().name == "Ghost"
+        with custom_span("step"):
+            assert mltrack_otel.agents.current_run() is None
+    (span,) = named(traced, "invoke_agent Ghost")
+    assert attrs(span)[semconv.MLTRACK_STREAM_COMPLETE] is False
+    (step,) = named(traced, "step")
+    (root,) = named(traced, "invoke_workflow Evicting")
+    assert step.parent.span_id == root.context.span_id
+    assert mltrack_otel.agents.current_run() is None
+    assert not openai_agents._PATCH.processor._open and not openai_agents._PATCH.processor._roots

@@ -301,6 +301,8 @@ class Processor:
         return trace.set_span_in_context(above)
 
     def _span_start(self, span: Any) -> None:
+        if len(self._open) >= _MAX_OPEN:
+            self._evict()  # before this span is made current over the one evicted
         data = span.span_data
         kind = data.type
         above = self._attach_point(span)
@@ -385,22 +387,25 @@ class Processor:
         node.handle = _base.Call(tracer, "chat", model, attributes, settings, None, "openai.responses", context)
 
     def _remember(self, span: Any, node: _Node) -> None:
-        evicted = None
         with self._lock:
             self._open[span.span_id] = node
             root = self._roots.get(span.trace_id)
             if root is not None:
                 root.open[span.span_id] = None
-            if len(self._open) > _MAX_OPEN:
-                oldest = next(iter(self._open))
-                evicted = self._open.pop(oldest)
-                root = self._roots.get(evicted.trace_id)
-                if root is not None:
-                    root.open.pop(oldest, None)
-        if evicted is not None:
-            # Its activation is undone only when it is the innermost one here: undoing one with newer ones above it
-            # would bring back what was current before it under them.
-            self._abandon(evicted, _innermost(evicted))
+
+    def _evict(self) -> None:
+        """Too many SDK spans open (spans the SDK never finished): end the oldest. Its activation is undone when it
+        is the innermost one here (undoing one with newer ones over it would bring back, under them, what was
+        current before it); made in another context, it is gone with that context."""
+        with self._lock:
+            if len(self._open) < _MAX_OPEN:
+                return
+            oldest = next(iter(self._open))
+            evicted = self._open.pop(oldest)
+            root = self._roots.get(evicted.trace_id)
+            if root is not None:
+                root.open.pop(oldest, None)
+        self._abandon(evicted, _innermost(evicted))
 
     def _span_end(self, span: Any, exc: BaseException | None) -> None:
         with self._lock:
