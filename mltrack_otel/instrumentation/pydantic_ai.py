@@ -398,7 +398,7 @@ class PydanticAIInstrumentor(_base.PatchInstrumentor):
     """Instruments pydantic_ai (entry point `opentelemetry_instrumentor: pydantic_ai`)."""
 
     module = "pydantic_ai"
-    dependencies = ("pydantic-ai-slim >= 2.62",)
+    dependencies = ("pydantic-ai-slim >= 2.17",)
     tracer_name = __name__
 
     @staticmethod
