@@ -1,7 +1,8 @@
 """Agent runs: one ``invoke_agent {name}`` span that is the root of its own ledger scope.
 
-Every framework integration (OpenAI Agents SDK, Pydantic AI, LangGraph) and the manual :func:`agent` open a run
-with :func:`start` and make it current while the agent works. A model call made while a run is current, by our
+The framework integrations (OpenAI Agents SDK, LangGraph) and the manual :func:`agent` open a run with :func:`start`
+and make it current while the agent works; one whose framework opens its own agent span (Pydantic AI) starts that
+span inside a :func:`new_scope` and wraps it in an :class:`AgentRun`. A model call made while a run is current, by our
 instrumentors or any other instrumentation:
 
 - is a child of the agent span, and counts in the run's scope: when the agent span ends it carries the run's
@@ -79,14 +80,6 @@ class AgentRun:
         CURRENT_SCOPE.reset(activation.scope)
         otel_context.detach(activation.otel)
         return True
-
-    @contextmanager
-    def current(self) -> Iterator[AgentRun]:
-        activation = self.activate()
-        try:
-            yield self
-        finally:
-            self.deactivate(activation)
 
     def finish(self, outputs: Mapping[str, Any] | None = None, attributes: dict[str, Any] | None = None) -> None:
         """End the span once (see _spans.Operation.finish); the processor adds the run's subtree totals."""
@@ -175,30 +168,38 @@ def agent(
     cost_limit: Decimal | float | str | None = None,
     description: str | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[AgentRun]:
+) -> Iterator[AgentRun | None]:
     """An agent run around a block, for agents written by hand or frameworks we do not instrument::
 
         with mltrack_otel.agent("researcher", cost_limit=0.05) as run:
             ...  # model calls here are the researcher's; the 0.05 USD budget is this run's
 
-    An exception leaving the block marks the span failed and propagates unchanged."""
+    An exception leaving the block marks the span failed and propagates unchanged; a cancellation (CancelledError,
+    a closed generator, Ctrl-C) ends it without an error: the run stopped, it did not fail. ValueError for a bad
+    name or budget; a failure of ours leaves the block untraced (counted in ``health()``), never failed."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"agent(): name must be a non-empty string, not {name!r}")
-    run = start(
+    limits = budget_limits(token_limit, cost_limit)  # the caller's mistake: raised here
+    run = guard.guarded(
+        "agents.start",
+        start,
         _tracer(),
         name,
         dict(attributes) if attributes else None,
         settings=config.current(),
         description=description,
-        token_limit=token_limit,
-        cost_limit=cost_limit,
+        token_limit=limits[0],
+        cost_limit=limits[1],
     )
+    if run is None:
+        yield None
+        return
     activation = run.activate()
     try:
         yield run
-    except BaseException as exc:
+    except Exception as exc:
         guard.guarded("agents.fail", run.fail, exc)
         raise
     finally:
         run.deactivate(activation)
-        run.finish()
+        guard.guarded("agents.finish", run.finish)

@@ -1,5 +1,6 @@
 """`mltrack-otel demo`: a scripted multi-turn session through the real openai and anthropic SDKs against the bundled
-offline fake provider, exported to an embedded MLflow store, then read back and printed as a cost table; then the
+offline fake provider (an agent run with a sub-agent), exported to an embedded MLflow store, then read back and
+printed as cost tables by model and by agent; then the
 same support conversations under two versions of a prompt, compared per version, and a picture of the cost over time
 (mltrack-cost.png, when matplotlib is installed: the `plot` extra).
 
@@ -44,7 +45,10 @@ WEATHER_TOOL = {
 def _session(openai_client, anthropic_client) -> None:
     import mltrack_otel
 
-    with mltrack_otel.track_llm_context("support-session", conversation_id="demo-conversation-1"):
+    with (
+        mltrack_otel.track_llm_context("support-session", conversation_id="demo-conversation-1"),
+        mltrack_otel.agent("support-agent"),
+    ):
         # Multi-turn chat: each call carries the whole history so far.
         messages = [{"role": "system", "content": SYSTEM}]
         for question in QUESTIONS:
@@ -58,14 +62,16 @@ def _session(openai_client, anthropic_client) -> None:
         )
         "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
-        # Anthropic: a tool call, then a streamed follow-up through the SDK's stream helper.
-        anthropic_client.messages.create(
-            model="claude-3-5-haiku-latest",
-            max_tokens=200,
-            system=SYSTEM,
-            tools=[WEATHER_TOOL],
-            messages=[{"role": "user", "content": "What's the weather in Lisbon? [[scenario:tool]]"}],
-        )
+        # A sub-agent on Anthropic: a tool call, with a budget of its own for each run.
+        with mltrack_otel.agent("weather-agent", cost_limit="0.05"):
+            anthropic_client.messages.create(
+                model="claude-3-5-haiku-latest",
+                max_tokens=200,
+                system=SYSTEM,
+                tools=[WEATHER_TOOL],
+                messages=[{"role": "user", "content": "What's the weather in Lisbon? [[scenario:tool]]"}],
+            )
+        # A streamed follow-up through the SDK's stream helper.
         with anthropic_client.messages.stream(
             model="claude-sonnet-4-5",
             max_tokens=200,
@@ -131,6 +137,8 @@ def run_demo(tracking_uri: str | None = None, experiment: str = "mltrack-otel-de
     stored_cost = sum((c.cost_usd for c in calls if c.cost_usd is not None), Decimal(0))
     print(f"\nmltrack-otel demo: {live.calls} model calls, read back from MLflow ({uri})\n")
     print(cost_table(aggregate(calls, "model"), "model"))
+    print("\nBy agent (the calls each agent run made itself; '-' outside any agent):\n")
+    print(cost_table(aggregate(calls, "agent"), "agent"))
     # Span attributes carry float USD; a billionth of a dollar is far below any price's precision.
     same = abs(stored_cost - live.cost_usd) < Decimal("1e-9") and len(calls) == live.calls
     match = "matches" if same else "DIFFERS FROM"

@@ -288,11 +288,6 @@ class Ledger:
         """Totals of the calls agent runs of this name made themselves (their sub-agents' count for those)."""
         return self._agents.get(agent) or Totals()
 
-    def agents(self) -> dict[str, Totals]:
-        """Totals per agent name still remembered, least recently counted first."""
-        with self._lock:
-            return dict(self._agents)
-
     def tag_totals(self, key: str, value: str) -> Totals:
         """Totals of the calls tagged key=value (value as text: attribution.tag_text)."""
         return self._tags.get((key, value)) or Totals()

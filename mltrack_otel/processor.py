@@ -26,6 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv.attributes import server_attributes
+from opentelemetry.trace import SpanKind
 
 from . import alerts, attribution, call_context, estimate, guard, semconv
 from .budget import note_served_model
@@ -60,6 +61,15 @@ _OI_EMBEDDING_MODEL, _OI_SYSTEM = "embedding.model_name", "llm.system"
 _SERVER_ADDRESS, _SERVER_PORT = server_attributes.SERVER_ADDRESS, server_attributes.SERVER_PORT
 _USER_ID = "user.id"  # attribution (attribution.py): the general conventions' name
 _NOT_MODEL_CALLS = frozenset({"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"})
+
+
+def _sums_its_calls(span: ReadableSpan, attrs: Any) -> bool:
+    """An in-process agent, tool or workflow span (INTERNAL) whose usage, if any, sums model calls that are counted
+    themselves: not a model call. A remote agent's span (CLIENT invoke_agent: Bedrock Agents, Assistants) is one,
+    its model calls made out of sight; should a counted call be below it after all, the nesting rule keeps it once."""
+    return span.kind is SpanKind.INTERNAL and attrs.get(gen_ai.GEN_AI_OPERATION_NAME) in _NOT_MODEL_CALLS
+
+
 _AGENT_NAME = gen_ai.GEN_AI_AGENT_NAME  # on a model call: the innermost agent run it was made in (agents.py)
 # What marks a span another instrumentation starts as a model call (its attributes at start).
 _CALL_MARKS = (gen_ai.GEN_AI_OPERATION_NAME, gen_ai.GEN_AI_SYSTEM, "llm.request.type")
@@ -188,11 +198,8 @@ class _Live:
 
 
 def read_usage(attrs: Any) -> Usage | None:
-    """Normalised usage from a span's attributes; None when the span carries no (valid) token usage, or is not a
-    model call (an agent, tool or workflow span that sums its calls' usage: those calls are counted themselves)."""
+    """Normalised usage from a span's attributes; None when the span carries no (valid) token usage."""
     get = attrs.get
-    if get(gen_ai.GEN_AI_OPERATION_NAME) in _NOT_MODEL_CALLS:
-        return None
     for in_key, out_key in _USAGE_KEYS:
         raw_in, raw_out = get(in_key), get(out_key)
         if raw_in is None and raw_out is None:
@@ -361,7 +368,7 @@ class CostSpanProcessor(SpanProcessor):
     def _enrich(self, span: ReadableSpan) -> ReadableSpan:
         ctx = span.context
         attrs = _attributes_of(span)
-        usage = read_usage(attrs) if self._track_tokens else None
+        usage = read_usage(attrs) if self._track_tokens and not _sums_its_calls(span, attrs) else None
         cost = self._price(span, attrs, usage) if usage is not None and self._track_costs else None
         # An MLflow autolog span whose call a span of another trace counted (the SDK's own span: autolog's is not
         # its parent) is a wrapper too.

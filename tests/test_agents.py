@@ -141,6 +141,15 @@ def test_an_error_leaving_the_run_fails_its_span_and_propagates_unchanged(traced
     assert root.attributes[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] > 0  # what it spent before failing
 
 
+def test_a_cancelled_run_ends_without_an_error(traced, oai):
+    with pytest.raises(KeyboardInterrupt), mltrack_otel.agent("interrupted"):
+        ask(oai)
+        raise KeyboardInterrupt
+    (root,) = agent_span(traced, "interrupted")
+    assert "error.type" not in root.attributes and root.status.status_code.name != "ERROR"
+    assert agents.current_run() is None
+
+
 def test_calls_after_the_run_are_not_the_agents(traced, oai):
     with mltrack_otel.agent("brief"):
         ask(oai)
@@ -326,3 +335,26 @@ def test_an_agent_or_tool_span_that_sums_usage_is_not_a_model_call(pipeline):
         assert semconv.LLM_TOKENS_TOTAL not in by_name[name] and semconv.MLTRACK_COST_UNPRICED not in by_name[name]
     assert by_name["chat gpt-4o"][semconv.MLTRACK_USAGE_COUNTED] is True
     assert mltrack_otel.totals().calls == 1 and mltrack_otel.totals().total_tokens == 120
+
+
+def test_a_remote_agents_client_span_with_usage_is_counted(pipeline):
+    """A remote agent (CLIENT invoke_agent: Bedrock Agents, Assistants) reports usage of model calls made out of
+    sight: its span is the only record of them, so it counts, once, and a counted call below it keeps it once."""
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = trace.get_tracer("other")
+    remote = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "openai"}
+    remote["gen_ai.request.model"] = "gpt-4o"
+    usage = {"gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 20}
+    with tracer.start_as_current_span("invoke_agent remote", kind=SpanKind.CLIENT, attributes={**remote, **usage}):
+        pass
+    with tracer.start_as_current_span("invoke_agent remote2", kind=SpanKind.CLIENT, attributes={**remote, **usage}):
+        model = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o"}
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT, attributes={**model, **usage}):
+            pass
+    by_name = {s.name: s.attributes for s in spans(pipeline)}
+    assert by_name["invoke_agent remote"][semconv.MLTRACK_USAGE_COUNTED] is True
+    assert by_name["chat gpt-4o"][semconv.MLTRACK_USAGE_COUNTED] is True
+    assert by_name["invoke_agent remote2"][semconv.MLTRACK_USAGE_COUNTED] is False
+    assert mltrack_otel.totals().calls == 2 and mltrack_otel.totals().total_tokens == 240

@@ -177,7 +177,11 @@ def tool_outcome(result: Any, capture: bool) -> tuple[dict[str, Any], dict[str, 
 
 def _end_failed(operation: _spans.Operation, error: BaseException) -> None:
     """End a span with the convention's error: a JSON-RPC error's code (status: its message, redacted), a params
-    validation error as INVALID_PARAMS (pydantic's text carries the client's input: not recorded), else the class."""
+    validation error as INVALID_PARAMS (pydantic's text carries the client's input: not recorded), else the class;
+    a cancellation ends it without an error, as every other span of ours."""
+    if not isinstance(error, Exception):  # cancelled (CancelledError, a closed generator, Ctrl-C): stopped, not failed
+        operation.finish()
+        return
     code = getattr(error, "error", None)
     code = getattr(code, "code", None)
     if isinstance(code, int) and not isinstance(code, bool) and not operation.ended:
