@@ -17,6 +17,9 @@ async end-callbacks in separate tasks (``@shielded``), so a context attached in 
   callback, which LangChain calls inline in the same context (our handler is ``run_inline``), attaches the span
   and leaves the token in the slot; the wrapper detaches it when the call (or the stream step) returns. Streams
   attach per step, so nothing stays current while the caller holds a chunk.
+* ``stream``/``astream`` then call the provider's own ``_stream``/``_astream`` without the run manager: those
+  (the methods a model class runs, wrapped the first time it streams; never langchain-core's defaults) reserve the
+  run's worst case before the request, held during each step so an instrumented SDK call below takes it over.
 
 Spans: ``chat {model}`` / ``text_completion {model}`` (CLIENT, GenAI attributes, usage from ``usage_metadata``),
 ``execute_tool {name}``, ``retrieval {name}``, ``invoke_agent {name}`` for agents (AgentExecutor, LangGraph graphs)
