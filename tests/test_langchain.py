@@ -301,6 +301,39 @@ def test_stream_abandoned(otel, sdk_on, chat):
         assert otel.parent_of(sdk) is span
 
 
+async def test_streamed_text_completion_held_to_budget(otel, sdk_on, fake):
+    """A text-completion LLM's stream/astream (BaseLLM: its run manager reaches the provider's _stream) is refused
+    before it is sent when its worst case does not fit the agent's budget, and held while it streams when it does."""
+    from langchain_openai import OpenAI
+
+    import mltrack_otel
+    from mltrack_otel import ledger
+
+    client = httpx.AsyncClient()
+    llm = OpenAI(
+        model="gpt-3.5-turbo-instruct",
+        base_url=fake.openai_base_url,
+        api_key="t",
+        max_retries=0,
+        max_tokens=20,
+        http_async_client=client,
+    )
+    fake.clear()
+    with mltrack_otel.agent("writer", token_limit=10), pytest.raises(mltrack_otel.BudgetExceededError):
+        list(llm.stream("hi there"))
+    with mltrack_otel.agent("writer", token_limit=10), pytest.raises(mltrack_otel.BudgetExceededError):
+        [c async for c in llm.astream("hi there")]
+    assert fake.requests == []
+    with mltrack_otel.agent("writer", token_limit=1000):
+        held = []
+        async for _chunk in llm.astream("hi there"):
+            held.append(ledger.LEDGER.held()[0])
+    assert held[0] > 0 and ledger.LEDGER.held() == (0, 0) and len(fake.requests) == 1
+    refused = [s for s in otel.ours() if s.attributes.get("error.type") == "mltrack_otel.BudgetExceededError"]
+    assert len(refused) == 2 and all(s.name == "text_completion gpt-3.5-turbo-instruct" for s in refused)
+    await client.aclose()
+
+
 def test_provider_error(otel, sdk_on, chat):
     import openai
 

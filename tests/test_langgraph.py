@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Annotated
 
 import httpx
+import openai
 import pytest
 
 pytestmark = [pytest.mark.frameworks, pytest.mark.filterwarnings("ignore:create_react_agent has been moved")]
@@ -32,7 +33,7 @@ from langchain_core.messages import ToolMessage  # noqa: E402
 from langchain_core.tools import InjectedToolCallId, tool  # noqa: E402
 from langchain_openai import ChatOpenAI  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
-from langgraph.prebuilt import create_react_agent  # noqa: E402
+from langgraph.prebuilt import ToolNode, create_react_agent, tools_condition  # noqa: E402
 from langgraph.pregel import Pregel  # noqa: E402
 from langgraph.types import Command  # noqa: E402
 from opentelemetry import trace  # noqa: E402
@@ -536,6 +537,109 @@ def test_budget_is_per_run(run, fake, chat):
     run.assert_counted_once(fake, 8)
 
 
+def streaming_looper(chat, asynchronous: bool = False):
+    """The looper with a hand-written agent node that streams its model (model.stream / astream): stream() starts
+    the run and calls the provider's _stream itself, past the wrappers that reserve an invoke()."""
+    model = chat(max_tokens=50, stream_usage=True).bind_tools([get_weather], tool_choice="get_weather")
+
+    def agent(state):
+        message = None
+        for chunk in model.stream(state["messages"]):
+            message = chunk if message is None else message + chunk
+        return {"messages": [message]}
+
+    async def aagent(state):
+        message = None
+        async for chunk in model.astream(state["messages"]):
+            message = chunk if message is None else message + chunk
+        return {"messages": [message]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("agent", aagent if asynchronous else agent)
+    graph.add_node("tools", ToolNode([get_weather]))
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", tools_condition)
+    graph.add_edge("tools", "agent")
+    return graph.compile(name="looper")
+
+
+def test_budget_stops_streaming_tool_loop(run, fake, chat):
+    """A node that streams its model is held to the agent's budget, with or without our OpenAI instrumentor."""
+    use_settings(agents={"looper": {"llm_cost_limit": LIMIT}})
+    with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
+        streaming_looper(chat).invoke({"messages": [("user", "weather in Paris?")]}, LOOP_STEPS)
+    assert_stopped(run, fake, caught.value)
+    assert all(s.attributes["gen_ai.request.stream"] is True for s in run.named(f"chat {MODEL}")[:-1])
+
+
+async def test_budget_stops_streaming_tool_loop_async(run, fake, chat):
+    use_settings(agents={"looper": {"llm_cost_limit": LIMIT}})
+    with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
+        await streaming_looper(chat, asynchronous=True).ainvoke(
+            {"messages": [("user", "weather in Paris?")]}, LOOP_STEPS
+        )
+    assert_stopped(run, fake, caught.value)
+
+
+def test_budget_stops_tool_loop_stream_mode_messages(run, fake, chat):
+    """stream_mode="messages" makes the agent's invoke() stream its model: held to the budget all the same."""
+    use_settings(agents={"looper": {"llm_cost_limit": LIMIT}})
+    tokens = []
+    model = chat(max_tokens=50, stream_usage=True).bind_tools([get_weather], tool_choice="get_weather")
+    agent = create_react_agent(model, [get_weather], name="looper")
+    with pytest.raises(mltrack_otel.BudgetExceededError) as caught:
+        for chunk, _meta in agent.stream(
+            {"messages": [("user", "weather in Paris?")]}, LOOP_STEPS, stream_mode="messages"
+        ):
+            tokens.append(chunk)
+    assert tokens
+    assert_stopped(run, fake, caught.value)
+
+
+@pytest.mark.parametrize("run", ["provider-off"], indirect=True)
+def test_streamed_model_stopped_early_gives_its_hold_back(run, fake, chat):
+    """A streamed call's reservation is held while the stream is open and given back when the caller closes it
+    early or abandons it, and when it fails."""
+    model = chat(max_tokens=50, stream_usage=True)
+    with mltrack_otel.agent("reader", cost_limit="1"):
+        stream = model.stream("hello there")
+        next(stream)
+        assert ledger.LEDGER.held()[0] > 0  # the worst case is held while the answer streams
+        stream.close()
+        assert ledger.LEDGER.held() == (0, 0)
+        stream = model.stream("hello again")
+        next(stream)
+        del stream  # abandoned: collected, closed
+        assert ledger.LEDGER.held() == (0, 0)
+        with pytest.raises(openai.APIError):
+            list(model.stream("fail please [[scenario:stream-error]]"))
+        assert ledger.LEDGER.held() == (0, 0)
+    closed, abandoned, failed = run.named(f"chat {MODEL}")
+    assert len(fake.requests) == 3
+    assert closed.attributes["mltrack.stream.complete"] is abandoned.attributes["mltrack.stream.complete"] is False
+    assert failed.status.status_code is StatusCode.ERROR
+
+
+def test_uninstrument_restores_model_streams(fake, settings, chat):
+    """The provider's _stream/_astream are wrapped when its model first streams, and restored exactly; langchain-core's
+    own defaults never are (it tells a streaming model by `type(self)._stream == BaseChatModel._stream`)."""
+    from langchain_core.language_models.chat_models import BaseChatModel
+
+    originals = {m: ChatOpenAI.__dict__[m] for m in ("_stream", "_astream")}
+    base = {m: BaseChatModel.__dict__[m] for m in ("_stream", "_astream")}
+    harness = Traced()
+    instrument(["langchain"], tracer_provider=harness.provider)
+    try:
+        assert "".join(c.content for c in chat().stream("hi there")).startswith("Echo: hi there")
+        assert all(ChatOpenAI.__dict__[m].__wrapped__ is originals[m] for m in originals)
+    finally:
+        uninstrument(["langchain"])
+    assert {m: ChatOpenAI.__dict__[m] for m in originals} == originals
+    assert {m: BaseChatModel.__dict__[m] for m in base} == base
+    assert len(harness.spans()) == 1
+    harness.shutdown()
+
+
 async def test_budget_stops_a_plain_langchain_call(run, fake, chat):
     """Outside any graph too: a LangChain model call whose worst case does not fit the agent's budget is refused
     before it is sent, by our OpenAI instrumentor or, when it is off, by the LangChain instrumentation itself."""
@@ -544,9 +648,13 @@ async def test_budget_stops_a_plain_langchain_call(run, fake, chat):
         model.invoke("hello")
     with mltrack_otel.agent("solo", cost_limit="0.00001"), pytest.raises(mltrack_otel.BudgetExceededError):
         await model.ainvoke("hello")
+    with mltrack_otel.agent("solo", cost_limit="0.00001"), pytest.raises(mltrack_otel.BudgetExceededError):
+        list(model.stream("hello"))
+    with mltrack_otel.agent("solo", cost_limit="0.00001"), pytest.raises(mltrack_otel.BudgetExceededError):
+        [c async for c in model.astream("hello")]
     assert fake.requests == []
     chats = [s for s in run.named(f"chat {MODEL}") if s.instrumentation_scope.name == LC_SCOPE]
-    assert len(chats) == 2 and all(s.attributes["error.type"] == "mltrack_otel.BudgetExceededError" for s in chats)
+    assert len(chats) == 4 and all(s.attributes["error.type"] == "mltrack_otel.BudgetExceededError" for s in chats)
     assert ledger.LEDGER.held() == (0, 0)
 
 

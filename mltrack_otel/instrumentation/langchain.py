@@ -17,6 +17,9 @@ async end-callbacks in separate tasks (``@shielded``), so a context attached in 
   callback, which LangChain calls inline in the same context (our handler is ``run_inline``), attaches the span
   and leaves the token in the slot; the wrapper detaches it when the call (or the stream step) returns. Streams
   attach per step, so nothing stays current while the caller holds a chunk.
+* ``stream``/``astream`` then call the provider's own ``_stream``/``_astream`` without the run manager: those
+  (the methods a model class runs, wrapped the first time it streams; never langchain-core's defaults) reserve the
+  run's worst case before the request, held during each step so an instrumented SDK call below takes it over.
 
 Spans: ``chat {model}`` / ``text_completion {model}`` (CLIENT, GenAI attributes, usage from ``usage_metadata``),
 ``execute_tool {name}``, ``retrieval {name}``, ``invoke_agent {name}`` for agents (AgentExecutor, LangGraph graphs)
@@ -38,6 +41,7 @@ import contextlib
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -65,6 +69,8 @@ _RETRIEVERS_HOOK = "langchain:retrievers"
 _LANGGRAPH = "langgraph.pregel"  # Pregel: every LangGraph graph runs through its stream/astream
 _LANGGRAPH_HOOK = "langchain:langgraph"
 _LANGGRAPH_CALLBACKS = "langgraph.callbacks"
+# Where langchain-core's model base classes live: their default _stream/_astream are never wrapped (see _hook_model).
+_MODEL_BASES = frozenset({"langchain_core.language_models.chat_models", "langchain_core.language_models.llms"})
 # RunnableSeq, how LangGraph runs a node: its module in langgraph 0.6+, and before.
 _LANGGRAPH_RUNNABLES = ("langgraph._internal._runnable", "langgraph.utils.runnable")
 _MAX_RUNS = 10_000  # open runs remembered; beyond this the oldest is ended as incomplete
@@ -155,11 +161,12 @@ class _Run:
 class _Slot:
     """Opened by a wrapper around a method that starts a run; the run's start callback fills it."""
 
-    __slots__ = ("agent", "agent_token", "context", "kinds", "prompt_token", "taken", "token")
+    __slots__ = ("agent", "agent_token", "context", "kinds", "prompt_token", "run", "taken", "token")
 
     def __init__(self, kinds: tuple[str, ...]) -> None:
         self.kinds = kinds
         self.taken = False
+        self.run: _Run | None = None  # the run that filled the slot (a streamed model's: its budget reservation)
         self.token: Any = None
         self.prompt_token: Any = None  # the model run's prompt identity, attached for the SDK call below it
         self.context: otel_context.Context | None = None
@@ -417,6 +424,7 @@ class Tracer:
         slot = _SLOT.get()
         if slot is not None and not slot.taken and kind in slot.kinds:
             slot.taken = True
+            slot.run = run
             slot.context = run.as_context()
             slot.token = otel_context.attach(slot.context)
             if prompt:
@@ -977,6 +985,10 @@ class _Patch:
         self.active = False
         self.originals: list[tuple[type, str, Any]] = []
         self.hooked = False  # the retriever hook is registered (and may have run)
+        # Model classes whose streaming methods are wrapped (see _hook_model); the lock orders those late patches
+        # with each other and with remove().
+        self.models: weakref.WeakSet[type] = weakref.WeakSet()
+        self.lock = threading.Lock()
 
     # -- install / remove --------------------------------------------------------------------------------------
 
@@ -1033,18 +1045,46 @@ class _Patch:
         langchain-core is recorded and skipped."""
         import importlib
 
-        import wrapt
-
         for module, class_name, method, wrapper in targets:
             try:
                 found = importlib.import_module(module) if isinstance(module, str) else module
                 cls = getattr(found, class_name)
-                original = cls.__dict__[method]
+                cls.__dict__[method]
             except (ImportError, AttributeError, KeyError) as exc:  # another langchain-core layout: skip that hook
                 guard.record_error(f"langchain.install.{class_name}.{method}", exc)
                 continue
-            wrapt.wrap_function_wrapper(cls, method, wrapper)
-            self.originals.append((cls, method, original))
+            self._wrap(cls, method, wrapper)
+
+    def _wrap(self, cls: type, method: str, wrapper: Any) -> None:
+        import wrapt
+
+        original = cls.__dict__[method]
+        wrapt.wrap_function_wrapper(cls, method, wrapper)
+        self.originals.append((cls, method, original))
+
+    def _hook_model(self, cls: type) -> None:
+        """Wrap the `_stream` / `_astream` a model class runs, the first time one of its instances streams.
+
+        stream()/astream() start the model's run and then call `self._stream` / `self._astream` without the run
+        manager, so no wrapper on the base classes sees the request before it goes out: the provider packages
+        override those methods. Never the base classes' own: langchain-core tells a model that streams from one
+        that does not by `type(self)._stream == BaseChatModel._stream`, which a wrapper there would make false."""
+        if cls in self.models:
+            return
+        with self.lock:
+            if cls in self.models or self._live() is None:
+                return
+            for method, wrapper in (("_stream", self._model_stream), ("_astream", self._model_astream)):
+                owner = next((k for k in cls.__mro__ if method in k.__dict__), None)
+                if owner is None or owner.__module__ in _MODEL_BASES:
+                    continue
+                if any(c is owner and m == method for c, m, _ in self.originals):  # a base of one seen before
+                    continue
+                try:
+                    self._wrap(owner, method, wrapper)
+                except Exception as exc:  # this model streams unreserved, as before
+                    guard.record_error("langchain.install.model_stream", exc)
+            self.models.add(cls)
 
     def remove(self) -> None:
         self.active = False
@@ -1055,11 +1095,13 @@ class _Patch:
         if self.handler is not None:
             self.handler.active = False
             self.handler.end_all()
-        for cls, method, original in reversed(self.originals):
-            current = cls.__dict__.get(method)
-            if getattr(current, "__wrapped__", None) is original:
-                setattr(cls, method, original)
-        self.originals.clear()
+        with self.lock:
+            for cls, method, original in reversed(self.originals):
+                current = cls.__dict__.get(method)
+                if getattr(current, "__wrapped__", None) is original:
+                    setattr(cls, method, original)
+            self.originals.clear()
+            self.models = weakref.WeakSet()
 
     def _live(self) -> Tracer | None:
         handler = self.handler
@@ -1094,15 +1136,7 @@ class _Patch:
             ctx, prompt, run = handler.span_context(run_id), handler.prompt_of(run_id), handler.runs.get(run_id)
         except Exception:
             return None, None, None
-        if run is None:
-            return ctx, prompt, None
-        try:
-            return ctx, prompt, handler.reserve(run, request)
-        except BudgetExceededError:
-            raise
-        except Exception as exc:  # the call goes out unreserved
-            guard.record_error("langchain.budget", exc)
-            return ctx, prompt, None
+        return ctx, prompt, _reserve(handler, run, request)
 
     def _generate(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         ctx, prompt, held = self._run_context(_run_manager(args, kwargs), args[0] if args else None)
@@ -1175,6 +1209,7 @@ class _Patch:
     def _stream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if self._live() is None:
             return wrapped(*args, **kwargs)
+        self._hook_model(type(instance))
         return self._stream_steps(wrapped(*args, **kwargs))
 
     def _stream_steps(self, inner: Any, kinds: tuple[str, ...] = ("llm",)) -> Any:
@@ -1211,7 +1246,41 @@ class _Patch:
     def _astream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if self._live() is None:
             return wrapped(*args, **kwargs)
+        self._hook_model(type(instance))
         return self._astream_steps(wrapped(*args, **kwargs))
+
+    # -- a model's own _stream / _astream: the budget reservation of a streamed request -------------------------
+
+    def _stream_reservation(self, args: tuple, kwargs: dict) -> Any:
+        """The streamed model run's reservation (raises only BudgetExceededError, before the request is sent). Its
+        run: the run manager's when one is passed (invoke() streaming: already reserved, so nothing more), else the
+        run that stream()/astream() started in the slot their wrapper opened."""
+        handler = self._live()
+        if handler is None:
+            return None
+        try:
+            manager = _run_manager(args, kwargs)
+            if manager is not None:
+                run = handler.runs.get(manager.run_id)
+            else:
+                slot = _SLOT.get()
+                run = slot.run if slot is not None else None
+            request = args[0] if args else kwargs.get("messages", kwargs.get("prompt"))
+        except Exception:
+            return None
+        return _reserve(handler, run, request)
+
+    def _model_stream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        reservation = self._stream_reservation(args, kwargs)
+        if reservation is None:
+            return wrapped(*args, **kwargs)
+        return _held_steps(wrapped(*args, **kwargs), reservation)
+
+    def _model_astream(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        reservation = self._stream_reservation(args, kwargs)
+        if reservation is None:
+            return wrapped(*args, **kwargs)
+        return _aheld_steps(wrapped(*args, **kwargs), reservation)
 
     async def _astream_steps(self, inner: Any, kinds: tuple[str, ...] = ("llm",)) -> Any:
         ctx: otel_context.Context | None = None
@@ -1253,6 +1322,57 @@ class _Patch:
         if self._live() is None:
             return wrapped(*args, **kwargs)
         return _agraph_steps(wrapped(*args, **kwargs))
+
+
+def _reserve(handler: Tracer, run: _Run | None, request: Any) -> Any:
+    """handler.reserve(run, request), or None if there is no run or it fails (the call then goes out unreserved);
+    raises only BudgetExceededError."""
+    if run is None:
+        return None
+    try:
+        return handler.reserve(run, request)
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error("langchain.budget", exc)
+        return None
+
+
+def _held_steps(inner: Any, reservation: Any) -> Any:
+    """Drive a model's stream with its reservation held during each step (and only then), so the SDK request made
+    in the first takes it over. The reservation itself is the model run's: released when its span ends, however
+    the stream ends (done, failed, closed, abandoned)."""
+    try:
+        while True:
+            held = budget.hold(reservation)
+            try:
+                item = next(inner)
+            except StopIteration:
+                return
+            finally:
+                budget.unhold(held)
+            yield item
+    finally:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+
+
+async def _aheld_steps(inner: Any, reservation: Any) -> Any:
+    try:
+        while True:
+            held = budget.hold(reservation)
+            try:
+                item = await inner.__anext__()
+            except StopAsyncIteration:
+                return
+            finally:
+                budget.unhold(held)
+            yield item
+    finally:
+        aclose = getattr(inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _graph_steps(inner: Any) -> Any:
