@@ -678,3 +678,28 @@ def test_a_failure_of_ours_while_reserving_still_sends_the_request(pipeline, fak
     assert guard.health()["errors.instrumentation.pydantic_ai.budget"] >= 1
     assert len(fake.requests) == mltrack_otel.totals(agent="robust").calls == 1
     assert ledger.LEDGER.held() == (0, 0)
+
+
+class Personal(Agent):
+    """An agent whose description is rendered from the run's deps, as a TemplateStr description is."""
+
+    def render_description(self, deps: Any = None) -> str | None:
+        return f"Assistant of {deps}"
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_the_agent_description_is_rendered_with_the_deps_only_when_prompts_are_captured(pipeline, fake, capture):
+    """The run's deps may be personal: rendered into our agent span's description only under llm_log_prompts; the
+    description as written (a template's source) otherwise."""
+    fake.clear()
+    config.set_current(config.Settings(llm_log_prompts=capture))
+    instrument(["pydantic_ai", "openai"])
+    try:
+        agent = Personal(chat_model(fake, "ok"), name="personal", description="Assistant of the user", deps_type=str)
+        agent.run_sync("hello", deps="alice@example.com")
+    finally:
+        uninstrument(["pydantic_ai", "openai"])
+    (root,) = agent_spans(pipeline, "personal")
+    expected = "Assistant of alice@example.com" if capture else "Assistant of the user"
+    assert root.attributes["gen_ai.agent.description"] == expected
+    assert all("alice@example.com" not in str(s.attributes) for s in spans(pipeline)) is not capture

@@ -10,7 +10,8 @@ already). It sits outermost, outside Pydantic AI's own ``Instrumentation`` capab
   tool counts in its parent's subtree). The scope's root span is Pydantic AI's own ``invoke_agent {name}`` span when
   Pydantic AI's instrumentation is on and records into the same pipeline as ours (one agent span per run, carrying
   our ``llm.cost.cumulative`` / ``llm.tokens.cumulative.*``); otherwise our own ``invoke_agent {name}`` span
-  (``agents.start``);
+  (``agents.start``), whose description is the agent's as written, rendered with the run's deps (a ``TemplateStr``
+  description) only when prompts are captured (``llm_log_prompts``);
 - when Pydantic AI's spans are not ours to see, records each tool call as an ``execute_tool {tool}`` span (Pydantic
   AI's own ``execute_tool`` spans cover them otherwise);
 - reserves each model request's worst case (``mltrack_otel.budget``: the input estimated from the request's
@@ -176,10 +177,7 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     if settings.capture_prompts and prompt is not None:
         message = {"role": "user", "parts": [{"type": "text", "content": _text(prompt)}]}
         inputs = {gen_ai.GEN_AI_INPUT_MESSAGES: [message]}
-    description = None
-    render = getattr(agent, "render_description", None)
-    if callable(render):
-        description = guard.guarded("instrumentation.pydantic_ai.description", render, getattr(ctx, "deps", None))
+    description = guard.guarded("instrumentation.pydantic_ai.description", _description, agent, ctx, settings)
     run = agents.start(
         ours,
         name,
@@ -194,6 +192,16 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     state.run = run
     state.tokens = run.activate()
     return state
+
+
+def _description(agent: Any, ctx: Any, settings: config.Settings) -> str | None:
+    """The agent's description: rendered with the run's deps (a TemplateStr description can put them in it) only when
+    prompts are captured; else as written (a template's source), which is metadata, not content."""
+    render = getattr(agent, "render_description", None)
+    if settings.capture_prompts and callable(render):
+        return render(getattr(ctx, "deps", None))
+    static = getattr(agent, "description", None)
+    return static if isinstance(static, str) else None
 
 
 def _end(state: _Run, result: Any = None, error: BaseException | None = None) -> None:
