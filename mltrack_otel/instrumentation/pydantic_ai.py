@@ -26,8 +26,10 @@ already). It sits outermost, outside Pydantic AI's own ``Instrumentation`` capab
 Model calls are counted once whichever spans exist: our OpenAI (or other SDK) span is the innermost span with usage,
 a child of Pydantic AI's ``chat {model}`` span, which is then a wrapper; without ours, Pydantic AI's ``chat`` span
 carries ``gen_ai.usage.*``, ``gen_ai.request.model`` and ``gen_ai.provider.name`` and is the one priced. Its agent
-run span reports ``gen_ai.aggregated_usage.*`` (not read as usage), or, with
-``use_aggregated_usage_attribute_names=False``, ``gen_ai.usage.*`` that its counted descendants cover.
+run span is an INTERNAL ``invoke_agent`` span, whose usage the processor never reads as a model call's (an
+in-process agent, tool or workflow span only sums calls that are counted themselves): neither its
+``gen_ai.aggregated_usage.*`` nor, with ``use_aggregated_usage_attribute_names=False``, its ``gen_ai.usage.*`` is
+counted again.
 
 Pydantic AI's ``InstrumentationSettings`` govern its spans only: ``include_content`` / ``include_binary_content``
 whether their messages keep their text (off: the shape only; ours follow ``llm_log_prompts`` /
