@@ -703,3 +703,27 @@ def test_the_agent_description_is_rendered_with_the_deps_only_when_prompts_are_c
     expected = "Assistant of alice@example.com" if capture else "Assistant of the user"
     assert root.attributes["gen_ai.agent.description"] == expected
     assert all("alice@example.com" not in str(s.attributes) for s in spans(pipeline)) is not capture
+
+
+def test_a_stream_is_held_once_with_our_openai_instrumentor_switched_on_directly(pipeline, fake):
+    """OpenAIInstrumentor().instrument() (the OTel way, not instrument()): still known to reserve the stream itself."""
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+
+    fake.clear()
+    instrument(["pydantic_ai"])
+    OpenAIInstrumentor().instrument()
+    try:
+        agent = Agent(chat_model(fake, "ok"), name="streamer")
+
+        async def go() -> str:
+            budget = ours_module.AgentBudget(token_limit=20_000)  # one request's worst case fits, not two
+            async with agent.run_stream("stream this answer", capabilities=[budget]) as stream:
+                return await stream.get_output()
+
+        assert asyncio.run(go()).startswith("Echo: stream this answer")
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        uninstrument(["pydantic_ai"])
+    (call,) = counted(pipeline)
+    assert call.instrumentation_scope.name == OURS_SDK
+    assert ledger.LEDGER.held() == (0, 0)

@@ -334,9 +334,10 @@ def _reserved_below(model: Any) -> bool:
     library = _SDK_LIBRARIES.get(type(client).__module__.partition(".")[0])
     if library is None:
         return False
-    from . import _armed
+    from . import _loaded_instrumentor
 
-    return library in _armed
+    instrumentor = _loaded_instrumentor(library)
+    return instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry is True
 
 
 def _settle(held: Any, reservation: ledger.Reservation) -> None:
