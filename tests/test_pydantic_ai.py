@@ -727,3 +727,19 @@ def test_a_stream_is_held_once_with_our_openai_instrumentor_switched_on_directly
     (call,) = counted(pipeline)
     assert call.instrumentation_scope.name == OURS_SDK
     assert ledger.LEDGER.held() == (0, 0)
+
+
+def test_a_stream_left_early_gives_its_reservation_back(traced, fake, mode):
+    """Leaving run_stream after the first piece of text stops the request mid-stream: its hold ends with it."""
+    agent = Agent(chat_model(fake, "long"), name="impatient", capabilities=theirs(mode))
+
+    async def first_piece() -> str:
+        budget = ours_module.AgentBudget(token_limit=20_000)  # a budget applies: the request is reserved
+        async with agent.run_stream("tell me a long story " * 5, capabilities=[budget]) as stream:
+            async for text in stream.stream_text(delta=True):
+                return text
+        return ""
+
+    assert asyncio.run(first_piece())
+    assert len(fake.requests) == 1
+    assert ledger.LEDGER.held() == (0, 0)
