@@ -569,7 +569,7 @@ async def test_astream_abandoned(run, fake, chat):
 def test_uninstrument_restores_pregel(fake, settings, chat):
     harness = Traced()
     instrument(["langchain"], tracer_provider=harness.provider)
-    import langgraph.pregel.main  # noqa: F401  (patched: already imported)
+    import langgraph.pregel  # noqa: F401  (patched: already imported; Pregel's home in every release)
 
     assert Pregel.__dict__["stream"] is not ORIGINAL_STREAM
     uninstrument(["langchain"])
@@ -587,9 +587,12 @@ def test_langgraph_patched_when_the_app_imports_it():
         import langchain_core
         from mltrack_otel.instrumentation import instrument, uninstrument
         instrument(["langchain"])
-        loaded = "langgraph.pregel.main" in sys.modules
-        from langgraph.pregel.main import Pregel
-        from langgraph._internal._runnable import RunnableSeq
+        loaded = "langgraph.pregel" in sys.modules
+        from langgraph.pregel import Pregel  # exported there in every release (defined in pregel.main from 0.6)
+        try:
+            from langgraph._internal._runnable import RunnableSeq  # 0.6+
+        except ImportError:  # 0.5 and before
+            from langgraph.utils.runnable import RunnableSeq
         targets = [Pregel.stream, Pregel.astream, RunnableSeq.invoke, RunnableSeq.ainvoke]
         originals = [getattr(t, "__wrapped__", None) for t in targets]
         uninstrument(["langchain"])

@@ -287,6 +287,30 @@ def test_in_process_the_server_span_and_its_model_call_are_under_the_client_span
     assert root.attributes[semconv.LLM_TOKENS_CUMULATIVE_TOTAL] == call.attributes[semconv.LLM_TOKENS_TOTAL]
 
 
+def test_a_cancelled_tool_call_ends_both_spans_without_an_error(traced):
+    from mcp import Client
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("slow")
+
+    @server.tool()
+    async def wait(seconds: float) -> str:
+        """Wait a while."""
+        await asyncio.sleep(seconds)
+        return "done"
+
+    async def main():
+        async with Client(server) as client:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.call_tool("wait", {"seconds": 30}), 0.2)
+
+    asyncio.run(main())
+    ended = named(traced, "tools/call wait")
+    assert {s.kind for s in ended} == {SpanKind.CLIENT, SpanKind.SERVER}  # both ended (exported), once each
+    for span in ended:
+        assert "error.type" not in span.attributes and span.status.status_code.name != "ERROR"
+
+
 def test_an_agent_budget_stops_an_mcp_tool_loop_before_its_next_model_call(traced, aoai):
     from mcp import Client
 

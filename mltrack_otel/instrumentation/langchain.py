@@ -729,6 +729,9 @@ class Tracer:
                 if _base.get(output, "status") == "error":  # a ToolMessage reporting the tool's failure
                     attributes[error_attributes.ERROR_TYPE] = "tool_error"
                 result = _base.get(output, "content", output) if hasattr(output, "tool_call_id") else output
+                call_id = getattr(output, "tool_call_id", None)
+                if isinstance(call_id, str) and call_id:  # langchain-core < 1.0 gives it at the end only, here
+                    attributes[gen_ai.GEN_AI_TOOL_CALL_ID] = call_id
                 outputs = {gen_ai.GEN_AI_TOOL_CALL_RESULT: result}
             elif run.kind == "retriever":
                 documents = _documents(output) if output is not None and operation.capture_out else None

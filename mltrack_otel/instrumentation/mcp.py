@@ -1,7 +1,7 @@
 """MCP (the ``mcp`` Python SDK 2.x): client and server spans per the MCP semantic conventions, trace context carried
 client to server in the request's ``params._meta``.
 
-What mcp 2.3 already does with OpenTelemetry, and what this adds:
+What mcp 2.x (2.0 to 2.3, alike here) already does with OpenTelemetry, and what this adds:
 
 * Client: ``JSONRPCDispatcher.send_raw_request`` opens a CLIENT span ``MCP send {method} {name}`` (mcp.method.name,
   jsonrpc.request.id, error.type from a JSON-RPC error) and injects the current context (the global propagator:
@@ -177,7 +177,11 @@ def tool_outcome(result: Any, capture: bool) -> tuple[dict[str, Any], dict[str, 
 
 def _end_failed(operation: _spans.Operation, error: BaseException) -> None:
     """End a span with the convention's error: a JSON-RPC error's code (status: its message, redacted), a params
-    validation error as INVALID_PARAMS (pydantic's text carries the client's input: not recorded), else the class."""
+    validation error as INVALID_PARAMS (pydantic's text carries the client's input: not recorded), else the class;
+    a cancellation ends it without an error, as every other span of ours."""
+    if not isinstance(error, Exception):  # cancelled (CancelledError, a closed generator, Ctrl-C): stopped, not failed
+        operation.finish()
+        return
     code = getattr(error, "error", None)
     code = getattr(code, "code", None)
     if isinstance(code, int) and not isinstance(code, bool) and not operation.ended:
@@ -599,6 +603,6 @@ class MCPInstrumentor(_base.PatchInstrumentor):
     """Instruments the mcp SDK, client and server (entry point `opentelemetry_instrumentor: mcp`)."""
 
     module = "mcp"
-    dependencies = ("mcp >= 2.3",)
+    dependencies = ("mcp >= 2.0",)
     tracer_name = __name__
     patch_factory = Patch

@@ -1,4 +1,4 @@
-"""OpenAI Agents SDK (openai-agents 0.24+, module ``agents``): its traces as GenAI agent, tool and handoff spans.
+"""OpenAI Agents SDK (openai-agents 0.20+, module ``agents``): its traces as GenAI agent, tool and handoff spans.
 
 One TracingProcessor is added with ``agents.add_trace_processor``, beside the SDK's own exporter and the user's
 (``set_trace_processors`` is never called: what the user registered stays; when the application calls it, e.g.
@@ -607,6 +607,6 @@ class OpenAIAgentsInstrumentor(_base.PatchInstrumentor):
     Instruments at once if ``agents`` is imported, else the moment it is imported (importing nothing itself)."""
 
     module = _MODULE
-    dependencies = ("openai-agents >= 0.24",)
+    dependencies = ("openai-agents >= 0.20",)
     tracer_name = __name__
     _patch = _PATCH

@@ -148,6 +148,23 @@ def _with_ours(agent: Any, kwargs: dict) -> dict:
 # --- the capability ----------------------------------------------------------------------------------------------
 
 
+def _capability_tracer(agent: Any) -> Any:
+    """The tracer of an ``Instrumentation`` capability the agent was given. Before pydantic-ai-slim 2.49 the run
+    context's ``tracer`` came from ``instrument=`` / ``instrument_all`` only and stayed a NoOpTracer under such a
+    capability, while the capability still made Pydantic AI's agent span: without this we would open a second one."""
+    try:
+        from pydantic_ai.capabilities import Instrumentation
+        from pydantic_ai.capabilities.abstract import leaf_capabilities
+
+        root = getattr(agent, "root_capability", None)
+        for capability in leaf_capabilities(root) if root is not None else ():
+            if isinstance(capability, Instrumentation):
+                return getattr(getattr(capability, "settings", None), "tracer", None)
+    except Exception as exc:
+        guard.record_error("instrumentation.pydantic_ai.capability_tracer", exc)
+    return None
+
+
 def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explicit: bool) -> _Run | None:
     """Open the run's scope (and our span, unless Pydantic AI's will be its root) and make it current."""
     settings = _base.tracking_settings()
@@ -160,6 +177,9 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     ours = _PATCH.tracer
     theirs = getattr(ctx, "tracer", None)
     pipeline = _pipeline(theirs) if theirs is not None else None
+    if pipeline is None:
+        theirs = _capability_tracer(agent) or theirs
+        pipeline = _pipeline(theirs) if theirs is not None else None
     if pipeline is not None and pipeline is _pipeline(ours):
         # Pydantic AI's run span opens next, inside this scope: it is the root (before_run learns its id).
         state = _Run(name, agents.new_scope(name, token_limit, cost_limit), settings)
@@ -530,7 +550,7 @@ class PydanticAIInstrumentor(_base.PatchInstrumentor):
     """Instruments pydantic_ai (entry point `opentelemetry_instrumentor: pydantic_ai`)."""
 
     module = "pydantic_ai"
-    dependencies = ("pydantic-ai-slim >= 2.62",)
+    dependencies = ("pydantic-ai-slim >= 2.17",)
     tracer_name = __name__
 
     @staticmethod
