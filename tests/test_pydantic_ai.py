@@ -23,7 +23,7 @@ from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
 import mltrack_otel
-from mltrack_otel import agents, config, guard, semconv
+from mltrack_otel import agents, config, guard, ledger, semconv
 from mltrack_otel.errors import BudgetExceededError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.instrumentation import pydantic_ai as ours_module
@@ -308,10 +308,10 @@ def test_a_run_budget_stops_a_runaway_tool_loop_before_its_next_model_call(trace
     assert len(fake.requests) == len(steps)  # the refused call never reached the provider
     spent = mltrack_otel.totals(agent="looper")
     assert spent.calls == len(steps)
-    if mode == "theirs":  # only spent money is known: the loop stops once the budget is spent
-        assert spent.cost_usd >= limit
-    else:  # our SDK span reserves each call's worst case: the budget is never overrun
-        assert spent.cost_usd <= limit
+    # Each request's worst case is reserved before it is sent (by our capability, or by our SDK span below it), in
+    # every mode: the budget is never overrun, and nothing stays held once the run has ended.
+    assert spent.cost_usd <= limit
+    assert ledger.LEDGER.held() == (0, 0)
     (root,) = agent_spans(traced, "looper")
     assert root.attributes[CUMULATIVE] == pytest.approx(float(spent.cost_usd))
     assert root.status.status_code.name == "ERROR"
@@ -541,7 +541,66 @@ def test_an_agent_level_budget_is_the_runs_one_capability(traced, fake, mode):
     assert len(agent_spans(traced, "looper")) == 1
     spent = mltrack_otel.totals(agent="looper")
     assert spent.calls >= 2
-    assert spent.total_tokens >= 400 if mode == "theirs" else spent.total_tokens <= 400
+    assert spent.total_tokens <= 400  # each request's worst case reserved: never overrun, whoever records the calls
+    assert ledger.LEDGER.held() == (0, 0)
+
+
+def test_two_runs_at_once_under_one_enclosing_budget_cannot_both_overshoot(traced, fake, mode):
+    """Two agent runs started together inside one budgeted agent block: the budget fits one request's worst case,
+    not the real spend of two. Whichever request comes second (still in flight or done) is refused before it is
+    sent, so only one reaches the provider: with only Pydantic AI's spans too (our capability reserves)."""
+    limit = 150
+    prompt = " ".join(["word"] * 60)  # 63 prompt tokens at the fake; the answer echoes it, cut at max_tokens
+
+    async def both() -> list[Any]:
+        runs = [Agent(chat_model(fake, "ok"), name=f"worker{i}", capabilities=theirs(mode)) for i in (1, 2)]
+        return await asyncio.gather(
+            *(run.run(prompt, model_settings={"max_tokens": 30}) for run in runs), return_exceptions=True
+        )
+
+    with mltrack_otel.agent("team", token_limit=limit):
+        results = asyncio.run(both())
+    refused = [r for r in results if isinstance(r, BudgetExceededError)]
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert len(refused) == len(answered) == 1, results
+    assert answered[0].output.startswith("Echo: word")
+    assert len(fake.requests) == 1  # the refused request was never sent
+    spent = mltrack_otel.totals()
+    assert spent.calls == 1 and spent.total_tokens <= limit
+    assert 2 * spent.total_tokens > limit  # two requests sent at once would have overshot it
+    assert ledger.LEDGER.held() == (0, 0)
+
+
+def test_a_streamed_request_is_held_once_whoever_records_it(traced, fake, mode):
+    """No max_tokens: a request holds the model's whole output (16,384 for gpt-4o-mini) plus its input. A budget of
+    20,000 tokens fits that once, not twice: a stream (sent from the task that consumes it, where our hold is not
+    seen) is reserved by our SDK span when it records the call, else by our capability, never by both."""
+    agent = Agent(chat_model(fake, "ok"), name="streamer", capabilities=theirs(mode))
+
+    async def go() -> str:
+        budget = ours_module.AgentBudget(token_limit=20_000)
+        async with agent.run_stream("stream this answer", capabilities=[budget]) as stream:
+            return await stream.get_output()
+
+    assert asyncio.run(go()).startswith("Echo: stream this answer")
+    assert mltrack_otel.totals(agent="streamer").calls == len(fake.requests) == 1
+    assert ledger.LEDGER.held() == (0, 0)
+
+
+def test_a_failed_request_gives_its_reservation_back(traced, fake, mode):
+    """The provider's error reaches the caller unchanged, and the request's hold ends with it: the same budget
+    then lets the next run's request out."""
+    budget = {"llm_token_limit": 20_000}  # one request's worst case (no max_tokens) fits, not two
+    config.set_current(config.Settings(agents={"flaky": budget}))
+    failing = Agent(chat_model(fake, "error-500"), name="flaky", capabilities=theirs(mode))
+    with pytest.raises(Exception) as info:
+        failing.run_sync("hello")
+    assert not isinstance(info.value, BudgetExceededError)
+    assert ledger.LEDGER.held() == (0, 0)
+    config.set_current(config.Settings(llm_token_limit=20_000))  # a process budget now: a refusal would show here
+    working = Agent(chat_model(fake, "ok"), name="flaky", capabilities=theirs(mode))
+    assert working.run_sync("hello").output.startswith("Echo: hello")
+    assert len(fake.requests) == 2 and ledger.LEDGER.held() == (0, 0)
 
 
 def test_breaking_out_of_iter_ends_the_run_span_once_without_an_error(pipeline, fake):
@@ -598,3 +657,89 @@ def test_pydantic_ai_include_content_governs_its_spans_and_our_settings_ours(pip
     theirs_chat, sdk_chat = chats(pipeline)
     assert "plan the trip" in theirs_chat[0].attributes["gen_ai.input.messages"]
     assert all("gen_ai.input.messages" not in s.attributes for s in sdk_chat)
+
+
+def test_a_failure_of_ours_while_reserving_still_sends_the_request(pipeline, fake, monkeypatch):
+    """Never break the user's program: when we cannot work out a request's worst case, it goes out (only what is
+    spent already is checked), the failure counted in health()."""
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(ours_module, "_request_body", fail)
+    fake.clear()
+    instrument(["pydantic_ai"])
+    try:
+        agent = Agent(chat_model(fake, "ok"), name="robust", capabilities=theirs("theirs"))
+        budget = ours_module.AgentBudget(token_limit=20_000)
+        assert agent.run_sync("hello", capabilities=[budget]).output.startswith("Echo: hello")
+    finally:
+        uninstrument(["pydantic_ai"])
+    assert guard.health()["errors.instrumentation.pydantic_ai.budget"] >= 1
+    assert len(fake.requests) == mltrack_otel.totals(agent="robust").calls == 1
+    assert ledger.LEDGER.held() == (0, 0)
+
+
+class Personal(Agent):
+    """An agent whose description is rendered from the run's deps, as a TemplateStr description is."""
+
+    def render_description(self, deps: Any = None) -> str | None:
+        return f"Assistant of {deps}"
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_the_agent_description_is_rendered_with_the_deps_only_when_prompts_are_captured(pipeline, fake, capture):
+    """The run's deps may be personal: rendered into our agent span's description only under llm_log_prompts; the
+    description as written (a template's source) otherwise."""
+    fake.clear()
+    config.set_current(config.Settings(llm_log_prompts=capture))
+    instrument(["pydantic_ai", "openai"])
+    try:
+        agent = Personal(chat_model(fake, "ok"), name="personal", description="Assistant of the user", deps_type=str)
+        agent.run_sync("hello", deps="alice@example.com")
+    finally:
+        uninstrument(["pydantic_ai", "openai"])
+    (root,) = agent_spans(pipeline, "personal")
+    expected = "Assistant of alice@example.com" if capture else "Assistant of the user"
+    assert root.attributes["gen_ai.agent.description"] == expected
+    assert all("alice@example.com" not in str(s.attributes) for s in spans(pipeline)) is not capture
+
+
+def test_a_stream_is_held_once_with_our_openai_instrumentor_switched_on_directly(pipeline, fake):
+    """OpenAIInstrumentor().instrument() (the OTel way, not instrument()): still known to reserve the stream itself."""
+    from mltrack_otel.instrumentation.openai import OpenAIInstrumentor
+
+    fake.clear()
+    instrument(["pydantic_ai"])
+    OpenAIInstrumentor().instrument()
+    try:
+        agent = Agent(chat_model(fake, "ok"), name="streamer")
+
+        async def go() -> str:
+            budget = ours_module.AgentBudget(token_limit=20_000)  # one request's worst case fits, not two
+            async with agent.run_stream("stream this answer", capabilities=[budget]) as stream:
+                return await stream.get_output()
+
+        assert asyncio.run(go()).startswith("Echo: stream this answer")
+    finally:
+        OpenAIInstrumentor().uninstrument()
+        uninstrument(["pydantic_ai"])
+    (call,) = counted(pipeline)
+    assert call.instrumentation_scope.name == OURS_SDK
+    assert ledger.LEDGER.held() == (0, 0)
+
+
+def test_a_stream_left_early_gives_its_reservation_back(traced, fake, mode):
+    """Leaving run_stream after the first piece of text stops the request mid-stream: its hold ends with it."""
+    agent = Agent(chat_model(fake, "long"), name="impatient", capabilities=theirs(mode))
+
+    async def first_piece() -> str:
+        budget = ours_module.AgentBudget(token_limit=20_000)  # a budget applies: the request is reserved
+        async with agent.run_stream("tell me a long story " * 5, capabilities=[budget]) as stream:
+            async for text in stream.stream_text(delta=True):
+                return text
+        return ""
+
+    assert asyncio.run(first_piece())
+    assert len(fake.requests) == 1
+    assert ledger.LEDGER.held() == (0, 0)

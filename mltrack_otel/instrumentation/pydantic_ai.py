@@ -10,19 +10,26 @@ already). It sits outermost, outside Pydantic AI's own ``Instrumentation`` capab
   tool counts in its parent's subtree). The scope's root span is Pydantic AI's own ``invoke_agent {name}`` span when
   Pydantic AI's instrumentation is on and records into the same pipeline as ours (one agent span per run, carrying
   our ``llm.cost.cumulative`` / ``llm.tokens.cumulative.*``); otherwise our own ``invoke_agent {name}`` span
-  (``agents.start``);
+  (``agents.start``), whose description is the agent's as written, rendered with the run's deps (a ``TemplateStr``
+  description) only when prompts are captured (``llm_log_prompts``);
 - when Pydantic AI's spans are not ours to see, records each tool call as an ``execute_tool {tool}`` span (Pydantic
   AI's own ``execute_tool`` spans cover them otherwise);
-- refuses a model request with BudgetExceededError, before Pydantic AI's model-request span opens, once the run's
-  budget (``AgentBudget(cost_limit=...)``, else ``agents: {NAME: {llm_cost_limit, llm_token_limit}}``) is spent
-  or held in full. Our SDK instrumentors reserve each call's worst case as well; this check is what stops a loop
-  when only Pydantic AI's spans are recorded.
+- reserves each model request's worst case (``mltrack_otel.budget``: the input estimated from the request's
+  messages, instructions and tools; the output from ``max_tokens``, else the model's maximum) before Pydantic AI's
+  model-request span opens, against the run's budget (``AgentBudget(cost_limit=...)``, else ``agents: {NAME:
+  {llm_cost_limit, llm_token_limit}}``) and every enclosing one: BudgetExceededError, and the request is never
+  sent, when it does not fit. The reservation is held around the request, so that our SDK instrumentor below (when
+  on) takes it over with its own exact request, and given back when the request ends (answered, failed or
+  cancelled). A streamed request is sent from the task that consumes the stream, where the hold is not seen: when
+  our SDK instrumentor records the model's client, it alone reserves a stream (this only checks what is spent).
 
 Model calls are counted once whichever spans exist: our OpenAI (or other SDK) span is the innermost span with usage,
 a child of Pydantic AI's ``chat {model}`` span, which is then a wrapper; without ours, Pydantic AI's ``chat`` span
 carries ``gen_ai.usage.*``, ``gen_ai.request.model`` and ``gen_ai.provider.name`` and is the one priced. Its agent
-run span reports ``gen_ai.aggregated_usage.*`` (not read as usage), or, with
-``use_aggregated_usage_attribute_names=False``, ``gen_ai.usage.*`` that its counted descendants cover.
+run span is an INTERNAL ``invoke_agent`` span, whose usage the processor never reads as a model call's (an
+in-process agent, tool or workflow span only sums calls that are counted themselves): neither its
+``gen_ai.aggregated_usage.*`` nor, with ``use_aggregated_usage_attribute_names=False``, its ``gen_ai.usage.*`` is
+counted again.
 
 Pydantic AI's ``InstrumentationSettings`` govern its spans only: ``include_content`` / ``include_binary_content``
 whether their messages keep their text (off: the shape only; ours follow ``llm_log_prompts`` /
@@ -39,12 +46,13 @@ import json
 import threading
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-from .. import agents, call_context, config, guard, ledger
+from .. import agents, budget, call_context, config, guard, ledger
 from ..errors import BudgetExceededError
 from . import _base, _spans
 
@@ -191,10 +199,7 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     if settings.capture_prompts and prompt is not None:
         message = {"role": "user", "parts": [{"type": "text", "content": _text(prompt)}]}
         inputs = {gen_ai.GEN_AI_INPUT_MESSAGES: [message]}
-    description = None
-    render = getattr(agent, "render_description", None)
-    if callable(render):
-        description = guard.guarded("instrumentation.pydantic_ai.description", render, getattr(ctx, "deps", None))
+    description = guard.guarded("instrumentation.pydantic_ai.description", _description, agent, ctx, settings)
     run = agents.start(
         ours,
         name,
@@ -209,6 +214,16 @@ def _begin(ctx: Any, token_limit: int | None, cost_limit: Decimal | None, explic
     state.run = run
     state.tokens = run.activate()
     return state
+
+
+def _description(agent: Any, ctx: Any, settings: config.Settings) -> str | None:
+    """The agent's description: rendered with the run's deps (a TemplateStr description can put them in it) only when
+    prompts are captured; else as written (a template's source), which is metadata, not content."""
+    render = getattr(agent, "render_description", None)
+    if settings.capture_prompts and callable(render):
+        return render(getattr(ctx, "deps", None))
+    static = getattr(agent, "description", None)
+    return static if isinstance(static, str) else None
 
 
 def _end(state: _Run, result: Any = None, error: BaseException | None = None) -> None:
@@ -281,15 +296,144 @@ def _close_tool(operation: _spans.Operation, token: object, result: Any, error: 
         operation.fail(error)
 
 
-def _check_budget() -> None:
-    """Raise BudgetExceededError when a budget over this run (its own, an enclosing one's, the process's) is spent
-    or held in full by calls in flight; any other failure is ours: recorded, and the request goes out."""
+def _reserve(request_context: Any) -> ledger.Reservation | None:
+    """Reserve the model request's worst case (mltrack_otel.budget) against every budget over this run (its own, an
+    enclosing one's, the process's) before it is sent: BudgetExceededError when it does not fit. None: no budget
+    applies. Any other failure is ours: recorded, and only what is spent or held already is checked."""
+    try:
+        scope = ledger.current_scope()
+        if not ledger.LEDGER.budgets_apply(scope, scope.conversation_id if scope is not None else None):
+            return None
+        model = request_context.model
+        if getattr(request_context, "streaming", False) and _reserved_below(model):
+            # A streamed request is sent from the task that consumes the stream, where a hold of ours is not seen:
+            # our SDK instrumentor reserves it there (a reservation here too would hold the call twice).
+            ledger.check_budget()
+            return None
+        name, system = getattr(model, "model_name", None), getattr(model, "system", None)
+        address, port = _server(model)
+        return budget.reserve(
+            _request_body(request_context),
+            name if isinstance(name, str) else None,
+            system if isinstance(system, str) else None,
+            "chat",
+            scope,
+            address,
+            port,
+        )
+    except BudgetExceededError:
+        raise
+    except Exception as exc:
+        guard.record_error("instrumentation.pydantic_ai.budget", exc)
     try:
         ledger.check_budget()
     except BudgetExceededError:
         raise
     except Exception as exc:
         guard.record_error("instrumentation.pydantic_ai.budget", exc)
+    return None
+
+
+# The SDKs whose clients Pydantic AI's models call and our instrumentors record: top-level module -> library name.
+_SDK_LIBRARIES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "groq": "groq",
+    "mistralai": "mistralai",
+    "cohere": "cohere",
+    "google": "google_genai",
+}
+
+
+def _reserved_below(model: Any) -> bool:
+    """Whether the model sends its requests with an SDK client that one of our instrumentors records (and so
+    reserves each request's worst case itself, in the task that sends it)."""
+    client = getattr(model, "client", None)
+    if client is None:
+        return False
+    library = _SDK_LIBRARIES.get(type(client).__module__.partition(".")[0])
+    if library is None:
+        return False
+    from . import _loaded_instrumentor
+
+    instrumentor = _loaded_instrumentor(library)
+    return instrumentor is not None and instrumentor.is_instrumented_by_opentelemetry is True
+
+
+def _settle(held: Any, reservation: ledger.Reservation) -> None:
+    """The request ended (answered, failed or cancelled; Pydantic AI's chat span, or our SDK span, has ended and
+    counted it): stop holding its reservation and give it back."""
+    try:
+        if held is not None:
+            budget.unhold(held)
+    finally:
+        reservation.release()
+
+
+def _server(model: Any) -> tuple[str | None, int | None]:
+    """The host and port the model's requests go to (a local server is priced as such), from its base URL."""
+    base_url = getattr(model, "base_url", None)
+    if not isinstance(base_url, str) or not base_url:
+        return None, None
+    parts = urlsplit(base_url)
+    try:
+        return parts.hostname, parts.port
+    except ValueError:
+        return parts.hostname, None
+
+
+def _request_body(request_context: Any) -> dict[str, Any]:
+    """The request in the shape mltrack_otel.estimate reads: each message's text (tool calls' arguments, tool
+    results, retry prompts included; images and other files are not estimated), the instructions, the tool
+    definitions, and the output cap (model_settings' max_tokens; none: the model's maximum is reserved)."""
+    messages = []
+    for message in getattr(request_context, "messages", None) or ():
+        texts: list[str] = []
+        for part in getattr(message, "parts", None) or ():
+            _part_texts(part, texts)
+        messages.append({"content": "\n".join(texts)})
+    body: dict[str, Any] = {"messages": messages}
+    parameters = getattr(request_context, "model_request_parameters", None)
+    instructions = [
+        part.content
+        for part in getattr(parameters, "instruction_parts", None) or ()
+        if isinstance(getattr(part, "content", None), str)
+    ]
+    if not instructions and messages:  # older releases: the last request carries the rendered instructions
+        last = getattr(request_context.messages[-1], "instructions", None)
+        instructions = [last] if isinstance(last, str) else []
+    if instructions:
+        body["instructions"] = "\n".join(instructions)
+    tools = [
+        {"name": tool.name, "description": tool.description, "parameters": tool.parameters_json_schema}
+        for kind in ("function_tools", "output_tools")
+        for tool in getattr(parameters, kind, None) or ()
+    ]
+    if tools:
+        body["tools"] = tools
+    settings = getattr(request_context, "model_settings", None)
+    max_tokens = settings.get("max_tokens") if isinstance(settings, dict) else None
+    if type(max_tokens) is int:
+        body["max_tokens"] = max_tokens
+    return body
+
+
+def _part_texts(part: Any, texts: list[str]) -> None:
+    args = getattr(part, "args_as_json_str", None)
+    if callable(args):  # a tool call the model made, sent back
+        texts.extend((str(getattr(part, "tool_name", "")), args()))
+        return
+    content = getattr(part, "content", None)
+    if isinstance(content, str):
+        texts.append(content)
+        return
+    render = getattr(part, "model_response_str", None) or getattr(part, "model_response", None)
+    if callable(render):  # a tool's result, a retry prompt: as the model is sent it
+        text = render()
+        if isinstance(text, str):
+            texts.append(text)
+    elif isinstance(content, (list, tuple)):  # a user prompt's parts: its text (files are not estimated)
+        texts.extend(item for item in content if isinstance(item, str))
 
 
 _CLASS: Any = None
@@ -363,9 +507,17 @@ def _build_class() -> Any:
                 guard.guarded("instrumentation.pydantic_ai.adopt", _adopt, state)
 
         async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
-            if self._state is not None:
-                _check_budget()  # BudgetExceededError: the run's budget is spent (or held in full)
-            return await handler(request_context)
+            if self._state is None:
+                return await handler(request_context)
+            reservation = _reserve(request_context)  # BudgetExceededError: its worst case does not fit
+            if reservation is None:
+                return await handler(request_context)
+            # Held while the request runs: an SDK call of ours below (the OpenAI client) takes the hold over.
+            held = guard.guarded("instrumentation.pydantic_ai.budget", budget.hold, reservation)
+            try:
+                return await handler(request_context)
+            finally:
+                guard.guarded("instrumentation.pydantic_ai.budget", _settle, held, reservation)
 
         async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
             state = self._state
