@@ -197,8 +197,9 @@ def agent(
     activation = run.activate()
     try:
         yield run
-    except Exception as exc:
-        guard.guarded("agents.fail", run.fail, exc)
+    except BaseException as exc:
+        if _spans.failure(exc) is not None:
+            guard.guarded("agents.fail", run.fail, exc)
         raise
     finally:
         run.deactivate(activation)

@@ -34,6 +34,12 @@ _OI_MIMES = {OI_INPUT_VALUE: OI_INPUT_MIME, OI_OUTPUT_VALUE: OI_OUTPUT_MIME}
 _JSON = "application/json"
 
 
+def failure(error: BaseException | None) -> Exception | None:
+    """The failure an exception leaving an operation is: an Exception fails it; a cancellation (CancelledError, a
+    closed generator, Ctrl-C, exit) only stopped it, so the span ends without an error, as the frameworks' own do."""
+    return error if isinstance(error, Exception) else None
+
+
 def encode(value: Any, settings: config.Settings, max_bytes: int | None = None) -> tuple[str, bool]:
     """(text, truncated): one value as an attribute in at most max_bytes UTF-8 bytes (the content budget by default).
 

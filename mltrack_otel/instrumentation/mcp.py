@@ -179,7 +179,7 @@ def _end_failed(operation: _spans.Operation, error: BaseException) -> None:
     """End a span with the convention's error: a JSON-RPC error's code (status: its message, redacted), a params
     validation error as INVALID_PARAMS (pydantic's text carries the client's input: not recorded), else the class;
     a cancellation ends it without an error, as every other span of ours."""
-    if not isinstance(error, Exception):  # cancelled (CancelledError, a closed generator, Ctrl-C): stopped, not failed
+    if _spans.failure(error) is None:  # cancelled: stopped, not failed
         operation.finish()
         return
     code = getattr(error, "error", None)

@@ -171,8 +171,7 @@ def _in_flight() -> BaseException | None:
     """The exception being handled where the SDK starts or finishes a span: at its end (the SDK ends spans in
     __exit__ and finally blocks), one that is not the one handled at its start propagated through it. Only an
     Exception: a cancelled run (CancelledError, a closed generator, Ctrl-C) stopped, it did not fail."""
-    exc = sys.exc_info()[1]
-    return exc if isinstance(exc, Exception) else None
+    return _spans.failure(sys.exc_info()[1])
 
 
 def _server(base_url: Any) -> tuple[str | None, int | None, str]:
@@ -788,7 +787,7 @@ async def _get_response(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
         response = await wrapped(*args, **kwargs)
     except BaseException as exc:  # a cancellation stopped the call (ended incomplete), it did not fail
         _exit(tokens)
-        guard.guarded("openai_agents.model_call", _settle, state, None, exc if isinstance(exc, Exception) else None)
+        guard.guarded("openai_agents.model_call", _settle, state, None, _spans.failure(exc))
         raise
     _exit(tokens)
     guard.guarded("openai_agents.model_call", _settle, state, response)

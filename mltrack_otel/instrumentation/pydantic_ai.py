@@ -495,8 +495,7 @@ def _build_class() -> Any:
             try:
                 result = await handler()
             except BaseException as exc:  # a cancellation (a break out of iter()) ends the span without an error
-                failure = exc if isinstance(exc, Exception) else None
-                guard.guarded("instrumentation.pydantic_ai.run", _end, state, None, failure)
+                guard.guarded("instrumentation.pydantic_ai.run", _end, state, None, _spans.failure(exc))
                 raise
             guard.guarded("instrumentation.pydantic_ai.run", _end, state, result)
             return result
@@ -530,7 +529,7 @@ def _build_class() -> Any:
             try:
                 result = await handler(args)
             except BaseException as exc:
-                failure = exc if isinstance(exc, Exception) else None  # cancelled: ends with no result, no error
+                failure = _spans.failure(exc)  # cancelled: ends with no result, no error
                 guard.guarded("instrumentation.pydantic_ai.tool", _close_tool, operation, token, _NO_RESULT, failure)
                 raise
             guard.guarded("instrumentation.pydantic_ai.tool", _close_tool, operation, token, result, None)
