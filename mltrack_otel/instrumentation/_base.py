@@ -11,8 +11,9 @@ import contextlib
 import fnmatch
 import json
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from opentelemetry import context as otel_context
@@ -557,6 +558,47 @@ InstrumentorBase: type = _OTelInstrumentor if _OTelInstrumentor is not None else
 
 def get_tracer(name: str, tracer_provider: Any = None) -> trace.Tracer:
     return trace.get_tracer(name, __version__, tracer_provider=tracer_provider)
+
+
+class WrapperPatch:
+    """A patch made of wrapt wrappers on a library's classes or modules (``targets()``: (owner, attribute, wrapper)),
+    and how to take them off again exactly. An attribute an SDK version lacks is left alone. ``remove()`` puts the
+    original back only while our wrapper is the one there; one under another's wrapper stays, inert while
+    ``active`` is off, and is reused by the next ``apply()`` instead of being wrapped twice."""
+
+    tracer_name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.tracer: trace.Tracer = trace.get_tracer(self.tracer_name)
+        self.active = False
+        self.originals: list[tuple[Any, str, Any]] = []  # (owner, attribute, what was there)
+        self._lock = threading.Lock()
+
+    def targets(self) -> Iterable[tuple[Any, str, Callable[..., Any]]]:
+        raise NotImplementedError
+
+    def apply(self, tracer_provider: Any = None) -> None:
+        self.tracer = get_tracer(self.tracer_name, tracer_provider)
+        self.active = True
+        with self._lock:
+            if self.originals:
+                return
+            import wrapt
+
+            for owner, name, wrapper in self.targets():
+                original = vars(owner).get(name)
+                if original is None:
+                    continue
+                wrapt.wrap_function_wrapper(owner, name, wrapper)
+                self.originals.append((owner, name, original))
+
+    def remove(self) -> None:
+        self.active = False
+        with self._lock:
+            for owner, name, original in reversed(self.originals):
+                if getattr(vars(owner).get(name), "__wrapped__", None) is original:
+                    setattr(owner, name, original)  # the very object that was there before
+            self.originals = [o for o in self.originals if vars(o[0]).get(o[1]) is not o[2]]
 
 
 class PatchInstrumentor(InstrumentorBase):  # type: ignore[misc,valid-type]

@@ -11,12 +11,9 @@ once: exhaustion, close, context exit, error or garbage collection.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
-
-from opentelemetry import trace
 
 from .. import config, guard, providers
 from ..usage import read as read_usage
@@ -218,41 +215,17 @@ def _stream_request(args: tuple, kwargs: dict) -> tuple[dict[str, Any], str | No
     return (kwargs if len(args) < 2 else {**kwargs, "messages": args[1]}), model
 
 
-class Patch:
-    """Wrappers on the litellm module's four entry points, and how to take them off again exactly."""
+class Patch(_base.WrapperPatch):
+    """Wrappers on the litellm module's four entry points."""
 
-    def __init__(self) -> None:
-        self.tracer: trace.Tracer = trace.get_tracer(__name__)
-        self.active = False
-        self.originals: dict[str, Any] = {}
-        self._lock = threading.Lock()
+    tracer_name = __name__
 
-    def apply(self, tracer_provider: Any = None) -> None:
-        self.tracer = _base.get_tracer(__name__, tracer_provider)
-        self.active = True
-        with self._lock:
-            if self.originals:
-                return
-            import wrapt
-
-            module = sys.modules["litellm"]
-            for name, operation, is_async in _FUNCTIONS:
-                original = getattr(module, name, None)
-                if original is None:
-                    continue
-                wrapper = self._async_wrapper(operation) if is_async else self._sync_wrapper(operation)
-                setattr(module, name, wrapt.FunctionWrapper(original, wrapper))
-                self.originals[name] = original
-
-    def remove(self) -> None:
-        self.active = False
-        with self._lock:
-            module = sys.modules.get("litellm")
-            for name, original in self.originals.items():
-                current = getattr(module, name, None)
-                if getattr(current, "__wrapped__", None) is original:
-                    setattr(module, name, original)
-            self.originals.clear()
+    def targets(self) -> list[tuple[Any, str, Any]]:
+        module = sys.modules["litellm"]
+        return [
+            (module, name, self._async_wrapper(operation) if is_async else self._sync_wrapper(operation))
+            for name, operation, is_async in _FUNCTIONS
+        ]
 
     # -- wrappers --------------------------------------------------------------------------------------------
 

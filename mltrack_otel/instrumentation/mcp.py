@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -260,66 +259,33 @@ class _Claimed:
         return None
 
 
-class Patch:
+class Patch(_base.WrapperPatch):
     """The wrappers on the client session, the dispatcher's span helper, the server middleware and the stdio
-    transports."""
+    transports (what another mcp 2.x lacks is left alone)."""
 
-    def __init__(self) -> None:
-        self.tracer: trace.Tracer = trace.get_tracer(__name__)
-        self.active = False
-        self.originals: list[tuple[Any, str, Any]] = []
-        self._lock = threading.Lock()
+    tracer_name = __name__
 
-    # -- install / remove ------------------------------------------------------------------------------------
+    def targets(self) -> list[tuple[Any, str, Any]]:
+        from mcp.client import stdio as client_stdio
+        from mcp.client.session import ClientSession
+        from mcp.client.streamable_http import StreamableHTTPTransport
+        from mcp.server import stdio as server_stdio
+        from mcp.server._otel import OpenTelemetryMiddleware
+        from mcp.shared import jsonrpc_dispatcher
 
-    def apply(self, tracer_provider: Any = None) -> None:
-        self.tracer = _base.get_tracer(__name__, tracer_provider)
-        self.active = True
-        with self._lock:
-            if self.originals:
-                return
-            from mcp.client.session import ClientSession
-            from mcp.server._otel import OpenTelemetryMiddleware
-            from mcp.shared import jsonrpc_dispatcher
-
-            targets: list[tuple[Any, str, Any]] = [
-                (ClientSession, "__init__", self._session_init),
-                (ClientSession, "send_request", self._send_request),
-                (ClientSession, "send_discover", self._send_discover),
-                (jsonrpc_dispatcher, "otel_span", self._dispatcher_span),
-                (jsonrpc_dispatcher, "inject_trace_context", self._inject),
-                (OpenTelemetryMiddleware, "__call__", self._serve),
-            ]
+        return [
+            (ClientSession, "__init__", self._session_init),
+            (ClientSession, "send_request", self._send_request),
+            (ClientSession, "send_discover", self._send_discover),
+            (jsonrpc_dispatcher, "otel_span", self._dispatcher_span),
+            (jsonrpc_dispatcher, "inject_trace_context", self._inject),
+            (OpenTelemetryMiddleware, "__call__", self._serve),
             # The stdio transports, by the module globals they call when entered (whatever name the application
             # imported them under): the client's process spawn, the server's claim of its stdin.
-            from mcp.client import stdio as client_stdio
-            from mcp.server import stdio as server_stdio
-
-            targets.append((client_stdio, "_create_platform_compatible_process", self._spawned))
-            targets.append((server_stdio, "_claim_fd", self._claimed))
-            from mcp.client.streamable_http import StreamableHTTPTransport
-
-            targets.append((StreamableHTTPTransport, "__init__", self._http_transport))
-            self._wrap(targets)
-
-    def _wrap(self, targets: list[tuple[Any, str, Any]]) -> None:
-        import wrapt
-
-        for owner, name, wrapper in targets:
-            original = owner.__dict__.get(name)
-            if original is None:  # another mcp 2.x: what it has is wrapped, the rest left alone
-                continue
-            wrapt.wrap_function_wrapper(owner, name, wrapper)
-            self.originals.append((owner, name, original))
-
-    def remove(self) -> None:
-        self.active = False
-        with self._lock:
-            for owner, name, original in self.originals:
-                current = owner.__dict__.get(name)
-                if getattr(current, "__wrapped__", None) is original:
-                    setattr(owner, name, original)
-            self.originals.clear()
+            (client_stdio, "_create_platform_compatible_process", self._spawned),
+            (server_stdio, "_claim_fd", self._claimed),
+            (StreamableHTTPTransport, "__init__", self._http_transport),
+        ]
 
     # -- transports ------------------------------------------------------------------------------------------
 

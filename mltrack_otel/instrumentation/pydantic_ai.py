@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,35 +89,15 @@ class _Run:
         self.activation: Any = None  # an adopted run made current (agents.current_run()) inside Pydantic AI's span
 
 
-class Patch:
+class Patch(_base.WrapperPatch):
     """The wrapper on Agent.iter that adds our capability to every run."""
 
-    def __init__(self) -> None:
-        self.tracer: trace.Tracer = trace.get_tracer(__name__)
-        self.active = False
-        self.originals: list[tuple[type, str, Any]] = []
-        self._lock = threading.Lock()
+    tracer_name = __name__
 
-    def apply(self, tracer_provider: Any = None) -> None:
-        self.tracer = _base.get_tracer(__name__, tracer_provider)
-        self.active = True
-        with self._lock:
-            if self.originals:
-                return
-            import wrapt
-            from pydantic_ai.agent import Agent
+    def targets(self) -> list[tuple[Any, str, Any]]:
+        from pydantic_ai.agent import Agent
 
-            original = Agent.__dict__["iter"]
-            wrapt.wrap_function_wrapper(Agent, "iter", self._iter)
-            self.originals.append((Agent, "iter", original))
-
-    def remove(self) -> None:
-        self.active = False
-        with self._lock:
-            for owner, name, original in self.originals:
-                if getattr(owner.__dict__.get(name), "__wrapped__", None) is original:
-                    setattr(owner, name, original)
-            self.originals = [o for o in self.originals if o[0].__dict__.get(o[1]) is not o[2]]
+        return [(Agent, "iter", self._iter)]
 
     def _iter(self, wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         if self.active:
