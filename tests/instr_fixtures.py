@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import SpanKind, StatusCode
 
+import mltrack_otel
 from mltrack_otel import config, guard, ledger, provider, semconv
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer
@@ -350,3 +351,37 @@ def _drop(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop(v) for v in value]
     return value
+
+
+@contextmanager
+def mlflow_store(folder: Path, experiment: str, libraries: tuple[str, ...] = (), **settings: Any) -> Iterator[str]:
+    """configure() exporting to a real sqlite MLflow store in `folder`, from a clean slate: no MLTRACK_, OTEL_ or
+    MLFLOW_ variables, the folder as working directory and home, the ledger and error counters reset, `libraries`
+    instrumented. Yields the store's URI; a block that ends normally flushes every span into the store
+    (shutdown: the first export creates the database, seconds on a busy machine). Then everything is undone.
+    `settings`: more configure() keywords (exporters: ["mlflow"] unless given)."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        for key in list(os.environ):
+            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
+                patch.delenv(key)
+        patch.chdir(folder)
+        patch.setenv("HOME", str(folder))
+        ledger.LEDGER.reset()
+        guard.reset()
+        try:
+            mltrack_otel.configure(
+                **{"exporters": ["mlflow"], **settings},
+                mlflow_tracking_uri=uri,
+                mlflow_experiment_name=experiment,
+                shutdown_timeout_seconds=120,
+            )
+            if libraries:
+                instrument(list(libraries))
+            yield uri
+            mltrack_otel.shutdown()
+        finally:
+            if libraries:
+                uninstrument(list(libraries))
+            ledger.LEDGER.reset()
+            config.set_current(None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from decimal import Decimal
 
 import pytest
@@ -17,6 +16,7 @@ from mltrack_otel import agents, cli, config, ledger, provider, semconv
 from mltrack_otel.errors import BudgetExceededError, ConfigError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer, Usage
+from tests.instr_fixtures import mlflow_store
 
 AGENT = "gen_ai.agent.name"
 
@@ -262,39 +262,18 @@ def store(tmp_path_factory, fake):
     pytest.importorskip("mlflow")
     import openai
 
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
-                patch.delenv(key)
-        patch.setenv("MLTRACK_CLOUD_HOSTS", "127.0.0.1")
-        patch.chdir(folder)
-        patch.setenv("HOME", str(folder))
-        ledger.LEDGER.reset()
-        client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
-        try:
-            mltrack_otel.configure(
-                exporters=["mlflow", "memory"],
-                mlflow_tracking_uri=uri,
-                mlflow_experiment_name=EXPERIMENT,
-                shutdown_timeout_seconds=120,
-            )
-            instrument(["openai"])
-            rt = provider.runtime()
-            with mltrack_otel.agent("supervisor"):
-                ask(client, "route")
-                with mltrack_otel.agent("researcher"):
-                    ask(client, "search for it")
-                    ask(client, "search for it again")
-            ask(client, "no agent")
-            live = {a: mltrack_otel.totals(agent=a) for a in ("supervisor", "researcher")}
-            exported = counted(rt)
-            mltrack_otel.shutdown()
-        finally:
-            uninstrument(["openai"])
-            ledger.LEDGER.reset()
-            config.set_current(None)
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+    store = tmp_path_factory.mktemp("store")
+    with mlflow_store(store, EXPERIMENT, ("openai",), exporters=["mlflow", "memory"], cloud_hosts=["127.0.0.1"]) as uri:
+        rt = provider.runtime()
+        with mltrack_otel.agent("supervisor"):
+            ask(client, "route")
+            with mltrack_otel.agent("researcher"):
+                ask(client, "search for it")
+                ask(client, "search for it again")
+        ask(client, "no agent")
+        live = {a: mltrack_otel.totals(agent=a) for a in ("supervisor", "researcher")}
+        exported = counted(rt)
     return uri, exported, live
 
 

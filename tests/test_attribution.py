@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import os
 import threading
 from decimal import Decimal
 
@@ -20,6 +19,7 @@ from mltrack_otel import cli, config, ledger, provider, semconv
 from mltrack_otel.errors import ConfigError
 from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer, Usage
+from tests.instr_fixtures import mlflow_store
 from tests.test_metrics import points
 
 USER, SESSION, FEATURE, TIER = "user.id", "session.id", "mltrack.tag.feature", "mltrack.tag.tier"
@@ -322,41 +322,20 @@ def store(tmp_path_factory, fake):
     pytest.importorskip("mlflow")
     import openai
 
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
-                patch.delenv(key)
-        patch.setenv("MLTRACK_CLOUD_HOSTS", "127.0.0.1")
-        patch.chdir(folder)
-        patch.setenv("HOME", str(folder))
-        ledger.LEDGER.reset()
-        client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
-        try:
-            mltrack_otel.configure(
-                exporters=["mlflow", "memory"],
-                mlflow_tracking_uri=uri,
-                mlflow_experiment_name=EXPERIMENT,
-                shutdown_timeout_seconds=120,  # the first export creates the database: seconds on a busy machine
-            )
-            instrument(["openai"])
-            rt = provider.runtime()
-            with mltrack_otel.attributes(user_id="alice", feature="search"):
-                ask(client, "a")
-                ask(client, "a longer question")
-            with mltrack_otel.track_llm_context("summarise", user="bob", tags={"feature": "summary"}):
-                ask(client, "an even longer question than that")
-            with mltrack_otel.attributes(user_id="bob", feature="search"):
-                ask(client, "b")
-            ask(client, "nobody's call, with no tag")
-            spans = calls(rt)
-            live = {u: mltrack_otel.totals(user=u) for u in ("alice", "bob")}
-            mltrack_otel.shutdown()
-        finally:
-            uninstrument(["openai"])
-            ledger.LEDGER.reset()
-            config.set_current(None)
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+    store = tmp_path_factory.mktemp("store")
+    with mlflow_store(store, EXPERIMENT, ("openai",), exporters=["mlflow", "memory"], cloud_hosts=["127.0.0.1"]) as uri:
+        rt = provider.runtime()
+        with mltrack_otel.attributes(user_id="alice", feature="search"):
+            ask(client, "a")
+            ask(client, "a longer question")
+        with mltrack_otel.track_llm_context("summarise", user="bob", tags={"feature": "summary"}):
+            ask(client, "an even longer question than that")
+        with mltrack_otel.attributes(user_id="bob", feature="search"):
+            ask(client, "b")
+        ask(client, "nobody's call, with no tag")
+        spans = calls(rt)
+        live = {u: mltrack_otel.totals(user=u) for u in ("alice", "bob")}
     return uri, spans, live
 
 

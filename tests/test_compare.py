@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import statistics
 from collections import defaultdict
@@ -17,10 +16,10 @@ from typing import Any
 import pytest
 
 import mltrack_otel
-from mltrack_otel import call_context, cli, config, guard, ledger, provider, semconv
+from mltrack_otel import call_context, cli, provider, semconv
 from mltrack_otel import compare as comparing
-from mltrack_otel.instrumentation import instrument, uninstrument
 from mltrack_otel.pricing import Pricer, Usage
+from tests.instr_fixtures import mlflow_store
 from tests.traced import FAKE
 
 pytest.importorskip("mlflow")
@@ -58,70 +57,48 @@ def store(tmp_path_factory, fake) -> dict[str, Any]:
     import openai
 
     folder = tmp_path_factory.mktemp("compare-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
     rng = random.Random(14)
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
-                patch.delenv(key)
-        patch.setenv("MLTRACK_CLOUD_HOSTS", ",".join(FAKE))
-        patch.chdir(folder)
-        patch.setenv("HOME", str(folder))
-        ledger.LEDGER.reset()
-        guard.reset()
-        try:
-            mltrack_otel.configure(
-                exporters=["mlflow", "memory"],
-                mlflow_tracking_uri=uri,
-                mlflow_experiment_name=EXPERIMENT,
-                shutdown_timeout_seconds=120,
-            )
-            memory = provider.runtime().memory_exporter
-            instrument(["openai"])
+    with mlflow_store(folder, EXPERIMENT, ("openai",), exporters=["mlflow", "memory"], cloud_hosts=list(FAKE)) as uri:
+        memory = provider.runtime().memory_exporter
 
-            def chat(words: int, model: str = "gpt-4o-mini", **kwargs: Any) -> None:
-                client.chat.completions.create(model=model, messages=message(words), **kwargs)
+        def chat(words: int, model: str = "gpt-4o-mini", **kwargs: Any) -> None:
+            client.chat.completions.create(model=model, messages=message(words), **kwargs)
 
-            for version, low, calls in (("v1", 1, V1_CALLS), ("v2", 11, V2_CALLS)):
-                with call_context.attached({PROMPT_NAME: "greeting", PROMPT_VERSION: version}):
-                    for _ in range(calls):
-                        chat(rng.randint(low, low + 9))
-            with call_context.attached({PROMPT_NAME: "greeting", PROMPT_VERSION: "v2"}):
-                for _ in range(V2_FAILURES):
-                    with pytest.raises(openai.InternalServerError):
-                        chat(5, extra_headers={"x-fake-scenario": "error-500"})
-            with call_context.attached({PROMPT_NAME: "other", PROMPT_VERSION: "v1"}):
-                for _ in range(5):
-                    chat(4)
-            for user in range(24):
-                with mltrack_otel.ab(
-                    "model-choice", {"mini": "gpt-4o-mini", "custom": "acme-9000"}, key=f"user-{user}"
-                ) as choice:
-                    chat(6, model=choice.value)
-            for i in range(16):
-                with mltrack_otel.ab("speed", ["fast", "slow"], key=f"s{i}") as choice:
-                    slow = {"extra_headers": {"x-fake-scenario": "slow"}} if choice.name == "slow" else {}
-                    chat(6, max_tokens=SLOW_TOKENS, **slow)
-            # A/B "wrapped": 3 calls that fail, one inside a framework-like span that fails with it: 3 calls.
-            tracer = provider.runtime().tracer_provider.get_tracer("a-framework")
-            for i in range(3):
-                with mltrack_otel.ab("wrapped", ["only"]) as choice:
-                    with pytest.raises(openai.RateLimitError):
-                        if i:
-                            chat(5, extra_headers={"x-fake-scenario": "error-429"})
-                            continue
-                        with tracer.start_as_current_span(
-                            "chat wrapper", attributes={"gen_ai.operation.name": "chat", **choice.attributes}
-                        ) as wrapper:
-                            wrapper.set_attribute("error.type", "RateLimitError")
-                            chat(5, extra_headers={"x-fake-scenario": "error-429"})
-            spans = list(memory.get_finished_spans())
-            mltrack_otel.shutdown()
-        finally:
-            uninstrument(["openai"])
-            ledger.LEDGER.reset()
-            config.set_current(None)
+        for version, low, calls in (("v1", 1, V1_CALLS), ("v2", 11, V2_CALLS)):
+            with call_context.attached({PROMPT_NAME: "greeting", PROMPT_VERSION: version}):
+                for _ in range(calls):
+                    chat(rng.randint(low, low + 9))
+        with call_context.attached({PROMPT_NAME: "greeting", PROMPT_VERSION: "v2"}):
+            for _ in range(V2_FAILURES):
+                with pytest.raises(openai.InternalServerError):
+                    chat(5, extra_headers={"x-fake-scenario": "error-500"})
+        with call_context.attached({PROMPT_NAME: "other", PROMPT_VERSION: "v1"}):
+            for _ in range(5):
+                chat(4)
+        for user in range(24):
+            with mltrack_otel.ab(
+                "model-choice", {"mini": "gpt-4o-mini", "custom": "acme-9000"}, key=f"user-{user}"
+            ) as choice:
+                chat(6, model=choice.value)
+        for i in range(16):
+            with mltrack_otel.ab("speed", ["fast", "slow"], key=f"s{i}") as choice:
+                slow = {"extra_headers": {"x-fake-scenario": "slow"}} if choice.name == "slow" else {}
+                chat(6, max_tokens=SLOW_TOKENS, **slow)
+        # A/B "wrapped": 3 calls that fail, one inside a framework-like span that fails with it: 3 calls.
+        tracer = provider.runtime().tracer_provider.get_tracer("a-framework")
+        for i in range(3):
+            with mltrack_otel.ab("wrapped", ["only"]) as choice:
+                with pytest.raises(openai.RateLimitError):
+                    if i:
+                        chat(5, extra_headers={"x-fake-scenario": "error-429"})
+                        continue
+                    with tracer.start_as_current_span(
+                        "chat wrapper", attributes={"gen_ai.operation.name": "chat", **choice.attributes}
+                    ) as wrapper:
+                        wrapper.set_attribute("error.type", "RateLimitError")
+                        chat(5, extra_headers={"x-fake-scenario": "error-429"})
+        spans = list(memory.get_finished_spans())
     return {"uri": uri, "spans": spans, "folder": folder}
 
 

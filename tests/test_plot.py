@@ -6,7 +6,6 @@ matplotlib's own objects (labels, legend, bar heights against the cost) and as t
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import mltrack_otel
-from mltrack_otel import cli, config, guard, ledger, plot, semconv
+from mltrack_otel import cli, plot, semconv
 from mltrack_otel import report as reporting
-from mltrack_otel.instrumentation import instrument, uninstrument
+from tests.instr_fixtures import mlflow_store
 from tests.test_cli import without
 from tests.traced import FAKE
 
@@ -37,46 +36,23 @@ def store(tmp_path_factory, fake):
     import anthropic
     import openai
 
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
-                patch.delenv(key)
-        patch.chdir(folder)
-        patch.setenv("HOME", str(folder))
-        ledger.LEDGER.reset()
-        guard.reset()
-        try:
-            mltrack_otel.configure(
-                exporters=["mlflow"],
-                mlflow_tracking_uri=uri,
-                mlflow_experiment_name=EXPERIMENT,
-                cloud_hosts=list(FAKE),
-                shutdown_timeout_seconds=120,  # the first export creates the database: seconds on a busy machine
-            )
-            instrument(["openai", "anthropic"])
-            oai = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
-            ant = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
-            for (version, text), feature in zip(VERSIONS.items(), ("search", "chat"), strict=True):
-                template = mltrack_otel.prompt("support", text, version=version)
-                with template.use(), mltrack_otel.attributes(user_id=f"user-{version}", feature=feature):
-                    for question in QUESTIONS:
-                        content = template.format(q=question)
-                        oai.chat.completions.create(
-                            model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
-                        )
-            oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Summarise the week."}])
-            ant.messages.create(
-                model="claude-3-5-haiku-latest", max_tokens=50, messages=[{"role": "user", "content": "A haiku."}]
-            )
-            oai.chat.completions.create(model="acme-9000", messages=[{"role": "user", "content": "Unpriced."}])
-            live = mltrack_otel.totals()
-            mltrack_otel.shutdown()
-        finally:
-            uninstrument(["openai", "anthropic"])
-            ledger.LEDGER.reset()
-            config.set_current(None)
+    with mlflow_store(
+        tmp_path_factory.mktemp("store"), EXPERIMENT, ("openai", "anthropic"), cloud_hosts=list(FAKE)
+    ) as uri:
+        oai = openai.OpenAI(base_url=fake.openai_base_url, api_key="sk-test", max_retries=0)
+        ant = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="sk-ant-test", max_retries=0)
+        for (version, text), feature in zip(VERSIONS.items(), ("search", "chat"), strict=True):
+            template = mltrack_otel.prompt("support", text, version=version)
+            with template.use(), mltrack_otel.attributes(user_id=f"user-{version}", feature=feature):
+                for question in QUESTIONS:
+                    content = template.format(q=question)
+                    oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
+        oai.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Summarise the week."}])
+        ant.messages.create(
+            model="claude-3-5-haiku-latest", max_tokens=50, messages=[{"role": "user", "content": "A haiku."}]
+        )
+        oai.chat.completions.create(model="acme-9000", messages=[{"role": "user", "content": "Unpriced."}])
+        live = mltrack_otel.totals()
     spans = list(reporting.read_spans(uri, EXPERIMENT, None))
     return {"uri": uri, "spans": spans, "calls": list(reporting.counted_calls(spans)), "live": live}
 

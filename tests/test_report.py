@@ -16,10 +16,10 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 
-import mltrack_otel
-from mltrack_otel import cli, config, ledger, semconv
+from mltrack_otel import cli, semconv
 from mltrack_otel import report as reporting
 from mltrack_otel.pricing import Pricer, Usage
+from tests.instr_fixtures import mlflow_store
 
 pytest.importorskip("mlflow")
 
@@ -50,33 +50,14 @@ def store(tmp_path_factory):
     """A real sqlite MLflow store holding: two provider-reported calls, one estimated (a stream stopped early),
     one with no known price, one served locally, and one whose usage never arrived. Made once: creating an
     MLflow database takes seconds."""
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        for key in list(os.environ):
-            if key.startswith(("MLTRACK_", "OTEL_", "MLFLOW_")):
-                patch.delenv(key)
-        patch.chdir(folder)
-        patch.setenv("HOME", str(folder))
-        ledger.LEDGER.reset()
-        try:
-            mltrack_otel.configure(
-                exporters=["mlflow"],
-                mlflow_tracking_uri=uri,
-                mlflow_experiment_name=EXPERIMENT,
-                shutdown_timeout_seconds=120,  # the first export creates the database: seconds on a busy machine
-            )
-            source = semconv.MLTRACK_USAGE_SOURCE
-            model_call("gpt-4o", 1000, 100, **{source: "provider"})
-            model_call("gpt-4o", 400, 50, **{source: "estimated"})
-            model_call("gpt-4o-mini", 3, 1)  # older spans carry no source: the provider reported their usage
-            model_call("acme-9000", 10, 10, **{source: "provider"})
-            model_call("my-local-llama", 20, 5, **{source: "provider", semconv.MLTRACK_COST_LOCAL: True})
-            model_call("gpt-4o-mini", 0, 0, **{source: "absent"})
-            mltrack_otel.shutdown()
-        finally:
-            ledger.LEDGER.reset()
-            config.set_current(None)
+    with mlflow_store(tmp_path_factory.mktemp("store"), EXPERIMENT) as uri:
+        source = semconv.MLTRACK_USAGE_SOURCE
+        model_call("gpt-4o", 1000, 100, **{source: "provider"})
+        model_call("gpt-4o", 400, 50, **{source: "estimated"})
+        model_call("gpt-4o-mini", 3, 1)  # older spans carry no source: the provider reported their usage
+        model_call("acme-9000", 10, 10, **{source: "provider"})
+        model_call("my-local-llama", 20, 5, **{source: "provider", semconv.MLTRACK_COST_LOCAL: True})
+        model_call("gpt-4o-mini", 0, 0, **{source: "absent"})
     return uri
 
 
